@@ -1,0 +1,71 @@
+# The verbs a person types. `make test` and `make local` work on a fresh machine: they create
+# the Python environment (.venv) and the pinned CDK CLI (node_modules) themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CDK := npx --no-install cdk
+STAGE ?= default
+# CPU build of torch for tests and local mode; images pin their own versions.
+TORCH_VERSION ?= 2.13.0
+PYTEST_WORKERS ?= auto
+
+export CDK_DISABLE_CLI_TELEMETRY := true
+export CDK_DISABLE_VERSION_CHECK := true
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+PACKAGES := $(wildcard containers/*/pyproject.toml)
+
+.PHONY: help venv node test lint synth deploy destroy diff local clean images-local bench
+
+help:
+	@echo "make local     run all of Easel on this machine (no AWS account needed)"
+	@echo "make test      run the whole test suite"
+	@echo "make synth     synthesize the CloudFormation template (no AWS credentials needed)"
+	@echo "make deploy    deploy to the AWS account in your environment (STAGE=$(STAGE))"
+	@echo "make destroy   remove the deployment and everything the portal created"
+
+$(VENV)/.ready: pyproject.toml $(PACKAGES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=25.1"
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e . $(foreach p,$(PACKAGES),-e $(dir $(p))) --group dev
+	touch $@
+
+venv: $(VENV)/.ready
+
+node_modules/.ready: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: node_modules/.ready
+
+test: venv node
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+lint: venv
+	$(PY) -m ruff check .
+
+synth: venv node
+	$(CDK) synth -c stage=$(STAGE) --quiet
+
+diff: venv node
+	$(CDK) diff -c stage=$(STAGE)
+
+deploy: venv node
+	$(CDK) deploy -c stage=$(STAGE) --require-approval broadening
+
+destroy: venv node
+	$(CDK) destroy -c stage=$(STAGE)
+
+local: venv
+	@echo "make local arrives with local mode (issue 8); see README.md"; exit 2
+
+clean:
+	rm -rf cdk.out .pytest_cache

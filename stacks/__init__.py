@@ -1,0 +1,1 @@
+"""Easel's one deployable stack and the constructs it is composed of."""

@@ -1,0 +1,158 @@
+"""Custom resource that, on `cdk destroy`, removes what the portal created in SageMaker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import CustomResource, Duration, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+
+from stacks.lambda_defaults import LAMBDA_RUNTIME
+from stacks.nag import BASIC_EXECUTION_POLICY, acknowledge, arn_of, owned_sagemaker_findings
+from stacks.naming import owned_sagemaker_arns
+
+HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
+TOTAL_TIMEOUT = Duration.minutes(30)
+# The handler gives up (logging leftovers) before the Provider's own timeout would fail the delete.
+GIVE_UP = Duration.minutes(25)
+
+
+class DeploymentCleanup(Construct):
+    """On stack delete, deletes every SageMaker endpoint, endpoint config and model tagged with
+    this deployment and stops its running training jobs, waiting until they are gone.
+
+    Make this construct depend on whatever those resources use (execution role, bucket,
+    repositories) so CloudFormation deletes it, and so runs it, first.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, deployment_id: str) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        code = lambda_.Code.from_asset(str(HANDLER_DIR))
+        log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR)
+        environment = {
+            "DEPLOYMENT_ID": deployment_id,
+            "GIVE_UP_SECONDS": str(GIVE_UP.to_seconds()),
+        }
+        self.on_event = lambda_.Function(
+            self,
+            "OnEvent",
+            runtime=LAMBDA_RUNTIME,
+            handler="index.on_event",
+            code=code,
+            timeout=Duration.minutes(5),
+            environment=environment,
+            log_group=log_group,
+            description="Easel: starts deleting this deployment's SageMaker resources",
+        )
+        self.is_complete = lambda_.Function(
+            self,
+            "IsComplete",
+            runtime=LAMBDA_RUNTIME,
+            handler="index.is_complete",
+            code=code,
+            timeout=Duration.minutes(5),
+            environment=environment,
+            log_group=log_group,
+            description="Easel: waits until this deployment's SageMaker resources are gone",
+        )
+
+        owned = owned_sagemaker_arns(stack, deployment_id)
+        for function in (self.on_event, self.is_complete):
+            # SageMaker's List* actions support no resource-level scoping.
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="ListSageMaker",
+                    actions=[
+                        "sagemaker:ListEndpoints",
+                        "sagemaker:ListEndpointConfigs",
+                        "sagemaker:ListModels",
+                        "sagemaker:ListTrainingJobs",
+                    ],
+                    resources=["*"],
+                )
+            )
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="ReadOwnTags", actions=["sagemaker:ListTags"], resources=owned
+                )
+            )
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="DeleteOwnResources",
+                    actions=[
+                        "sagemaker:DeleteEndpoint",
+                        "sagemaker:DeleteEndpointConfig",
+                        "sagemaker:DeleteModel",
+                        "sagemaker:StopTrainingJob",
+                    ],
+                    resources=owned,
+                    conditions={
+                        "StringEquals": {"aws:ResourceTag/easel:deployment": deployment_id}
+                    },
+                )
+            )
+            acknowledge(
+                function,
+                "SageMaker List* actions have no resource scope; the other actions are "
+                "limited to SageMaker resources named for (and tagged with) this deployment.",
+                "IAM5[Resource::*]",
+                *owned_sagemaker_findings(deployment_id),
+            )
+            acknowledge(
+                function,
+                "The basic execution policy only lets the function write its own logs.",
+                BASIC_EXECUTION_POLICY,
+            )
+
+        self.provider = cr.Provider(
+            self,
+            "Provider",
+            on_event_handler=self.on_event,
+            is_complete_handler=self.is_complete,
+            query_interval=Duration.seconds(20),
+            total_timeout=TOTAL_TIMEOUT,
+            log_group=log_group,
+        )
+        framework = {
+            name: self.provider.node.find_child(name)
+            for name in ("framework-onEvent", "framework-isComplete", "framework-onTimeout")
+        }
+        acknowledge(
+            self.provider,
+            "CDK Provider framework: its functions may invoke only this construct's handler "
+            "functions (any version), and its waiter only the framework's own functions.",
+            *(
+                f"IAM5[Resource::{arn_of(target)}:*]"
+                for target in (
+                    self.on_event,
+                    self.is_complete,
+                    framework["framework-isComplete"],
+                    framework["framework-onTimeout"],
+                )
+            ),
+        )
+        acknowledge(
+            self.provider,
+            "CDK Provider framework functions use the basic execution policy for their logs.",
+            BASIC_EXECUTION_POLICY,
+        )
+        acknowledge(
+            self.provider,
+            "The waiter state machine is CDK's own; each step is logged by the handlers "
+            "(SF1), and X-Ray tracing of it would add cost without insight (SF2).",
+            "SF1",
+            "SF2",
+        )
+
+        self.resource = CustomResource(
+            self,
+            "Resource",
+            service_token=self.provider.service_token,
+            resource_type="Custom::EaselCleanup",
+            properties={"DeploymentId": deployment_id},
+        )

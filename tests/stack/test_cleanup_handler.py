@@ -1,0 +1,165 @@
+"""The cleanup custom resource's handlers: delete only this deployment's tagged resources.
+
+moto holds endpoints, configs and models; training jobs use botocore's Stubber because moto has
+no StopTrainingJob.
+"""
+
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+from moto import mock_aws
+
+from stacks.cleanup_handler import index as cleanup
+
+ROLE = "arn:aws:iam::123456789012:role/easel-exec"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/inference:abc"
+OURS = [{"Key": "easel:deployment", "Value": "easel"}]
+DELETE = {"RequestType": "Delete", "ResourceProperties": {"DeploymentId": "easel"},
+          "PhysicalResourceId": "easel-cleanup"}
+
+
+@pytest.fixture
+def sagemaker():
+    with mock_aws():
+        yield boto3.client("sagemaker", region_name="us-east-1")
+
+
+def make_endpoint(client, name, tags):
+    client.create_model(ModelName=name, ExecutionRoleArn=ROLE,
+                        PrimaryContainer={"Image": IMAGE}, Tags=tags)
+    client.create_endpoint_config(
+        EndpointConfigName=name, Tags=tags,
+        ProductionVariants=[{"VariantName": "main", "ModelName": name,
+                             "InitialInstanceCount": 1, "InstanceType": "ml.g4dn.xlarge"}],
+    )
+    client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+
+
+def names(client):
+    return {
+        "endpoints": {e["EndpointName"] for e in client.list_endpoints()["Endpoints"]},
+        "configs": {c["EndpointConfigName"] for c in client.list_endpoint_configs()["EndpointConfigs"]},
+        "models": {m["ModelName"] for m in client.list_models()["Models"]},
+    }
+
+
+def test_delete_removes_this_deployments_tagged_resources_only(sagemaker):
+    make_endpoint(sagemaker, "easel-alice-sd15", OURS)
+    make_endpoint(sagemaker, "easel-untagged", [])  # our prefix but not our tag
+    make_endpoint(sagemaker, "easel2-other", [{"Key": "easel:deployment", "Value": "easel2"}])
+    make_endpoint(sagemaker, "someone-else", [{"Key": "team", "Value": "x"}])
+
+    cleanup.on_event(DELETE, None, client=sagemaker)
+    left = names(sagemaker)
+    for kind in ("endpoints", "configs", "models"):
+        assert "easel-alice-sd15" not in left[kind]
+        assert {"easel-untagged", "easel2-other", "someone-else"} <= left[kind]
+    assert cleanup.is_complete({**DELETE, "Data": {"StartedAt": str(time.time())}}, None,
+                               client=sagemaker) == {"IsComplete": True}
+
+
+def test_create_and_update_touch_nothing(sagemaker):
+    make_endpoint(sagemaker, "easel-keep", OURS)
+    for request in ("Create", "Update"):
+        event = {**DELETE, "RequestType": request}
+        assert cleanup.on_event(event, None, client=sagemaker)["PhysicalResourceId"]
+        assert cleanup.is_complete(event, None, client=sagemaker) == {"IsComplete": True}
+    assert "easel-keep" in names(sagemaker)["endpoints"]
+
+
+def test_nothing_to_delete_completes_at_once(sagemaker):
+    response = cleanup.on_event(DELETE, None, client=sagemaker)
+    assert response["PhysicalResourceId"] == "easel-cleanup"
+    assert cleanup.is_complete({**DELETE, **response}, None, client=sagemaker)["IsComplete"]
+
+
+def stubbed(responses):
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    stub = Stubber(client)
+    for method, response, params in responses:
+        if isinstance(response, str):
+            stub.add_client_error(method, service_error_code=response,
+                                  service_message="Could not find resource", expected_params=params)
+        else:
+            stub.add_response(method, response, params)
+    stub.activate()
+    return client, stub
+
+
+def empty_lists(*, jobs_in_progress=(), jobs_stopping=()):
+    """Stubbed list calls in sweep order: endpoints, configs, models, jobs (2 statuses)."""
+    return [
+        ("list_endpoints", {"Endpoints": []}, {"NameContains": "easel"}),
+        ("list_endpoint_configs", {"EndpointConfigs": []}, {"NameContains": "easel"}),
+        ("list_models", {"Models": []}, {"NameContains": "easel"}),
+        ("list_training_jobs", {"TrainingJobSummaries": list(jobs_in_progress)},
+         {"NameContains": "easel", "StatusEquals": "InProgress"}),
+    ]
+
+
+def job(name, status):
+    return {"TrainingJobName": name, "TrainingJobStatus": status,
+            "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+            "CreationTime": 0}
+
+
+def test_in_progress_training_jobs_of_this_deployment_are_stopped():
+    ours, theirs = job("easel-bob-lora", "InProgress"), job("easel-foreign", "InProgress")
+    calls = empty_lists(jobs_in_progress=[ours, theirs]) + [
+        ("list_tags", {"Tags": OURS}, {"ResourceArn": ours["TrainingJobArn"]}),
+        ("stop_training_job", {}, {"TrainingJobName": "easel-bob-lora"}),
+        ("list_tags", {"Tags": []}, {"ResourceArn": theirs["TrainingJobArn"]}),
+        ("list_training_jobs", {"TrainingJobSummaries": []},
+         {"NameContains": "easel", "StatusEquals": "Stopping"}),
+    ]
+    client, stub = stubbed(calls)
+    result = cleanup.sweep(client, "easel")
+    stub.assert_no_pending_responses()
+    assert result.actions == ["stop training job easel-bob-lora"]
+    assert result.remaining == ["training job easel-bob-lora (inprogress)"]
+
+
+def test_is_complete_waits_while_a_job_is_stopping():
+    stopping = job("easel-bob-lora", "Stopping")
+    calls = empty_lists() + [
+        ("list_training_jobs", {"TrainingJobSummaries": [stopping]},
+         {"NameContains": "easel", "StatusEquals": "Stopping"}),
+        ("list_tags", {"Tags": OURS}, {"ResourceArn": stopping["TrainingJobArn"]}),
+    ]
+    client, _ = stubbed(calls)
+    event = {**DELETE, "Data": {"StartedAt": str(time.time())}}
+    assert cleanup.is_complete(event, None, client=client) == {"IsComplete": False}
+
+
+def test_resources_already_gone_are_tolerated():
+    endpoint = {"EndpointName": "easel-gone", "EndpointStatus": "InService", "CreationTime": 0,
+                "LastModifiedTime": 0,
+                "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/easel-gone"}
+    calls = [
+        ("list_endpoints", {"Endpoints": [endpoint]}, {"NameContains": "easel"}),
+        ("list_tags", "ValidationException", {"ResourceArn": endpoint["EndpointArn"]}),
+        *empty_lists()[1:],
+        ("list_training_jobs", {"TrainingJobSummaries": []},
+         {"NameContains": "easel", "StatusEquals": "Stopping"}),
+    ]
+    client, stub = stubbed(calls)
+    result = cleanup.sweep(client, "easel")
+    stub.assert_no_pending_responses()
+    assert result.remaining == []
+
+
+def test_delete_never_fails_the_stack_even_when_sagemaker_errors():
+    client, _ = stubbed([("list_endpoints", "AccessDeniedException", {"NameContains": ANY})])
+    response = cleanup.on_event(DELETE, None, client=client)
+    assert response["PhysicalResourceId"] == "easel-cleanup"
+
+
+def test_is_complete_gives_up_after_the_deadline_and_lets_the_delete_proceed(monkeypatch):
+    client, _ = stubbed([("list_endpoints", "AccessDeniedException", {"NameContains": ANY})])
+    monkeypatch.setattr(cleanup, "GIVE_UP_SECONDS", 10.0)
+    event = {**DELETE, "Data": {"StartedAt": str(time.time() - 60)}}
+    assert cleanup.is_complete(event, None, client=client) == {"IsComplete": True}
