@@ -1,0 +1,234 @@
+"""FastAPI app: SageMaker ``/ping`` and ``/invocations`` with A1111 payloads.
+
+Model loading and every generation run on one worker thread (a queue of one), so ``/ping``
+keeps answering during a generation and concurrent requests wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from .errors import ApiError, BadRequest, InternalError, NotFound, ResponseTooLarge
+from .generation import StepHook, generate
+from .lora import LoraLibrary
+from .pipelines import PipelineManager, short_hash
+from .samplers import SCHEDULE_TYPES, sampler_listing
+from .schemas import Img2ImgRequest, Invocation, Txt2ImgRequest
+from .settings import Settings
+
+log = logging.getLogger("easel.inference")
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    manager: PipelineManager
+    library: LoraLibrary
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-gen")
+    )
+    ready: bool = False
+    startup_error: str | None = None
+    step_hook: StepHook | None = None
+
+    def start(self) -> None:
+        """Load the default model and warm it up (runs on the worker thread)."""
+        try:
+            model = self.manager.get(None)
+            if self.settings.warmup:
+                warm = Txt2ImgRequest(prompt="warm-up", steps=1, width=64, height=64, seed=0,
+                                      override_settings={"sd_model_checkpoint": model.name})
+                generate(warm, task="txt2img", manager=self.manager, library=self.library,
+                         settings=self.settings)
+            self.ready = True
+            log.info("ready: %s", model.name)
+        except ApiError as exc:
+            self.startup_error = exc.message
+            log.error("startup failed: %s", exc.message)
+        except Exception as exc:  # keep the process up; /ping reports not ready
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            log.exception("startup failed")
+
+    def listing(self, task: str) -> Any:
+        if task == "sd-models":
+            found = self.manager.checkpoints()
+            models = []
+            for name, path in found.items():
+                digest = short_hash(path)
+                title = f"{path.name if path.is_file() else name}" + (f" [{digest}]" if digest else "")
+                config = path.with_suffix(".yaml") if path.is_file() else None
+                models.append({
+                    "title": title,
+                    "model_name": name,
+                    "hash": digest,
+                    "sha256": None,
+                    "filename": str(path),
+                    "config": str(config) if config and config.is_file() else None,
+                })
+            return models
+        if task == "sd-vae":
+            return [
+                {"model_name": name, "filename": str(path)}
+                for name, path in self.manager.vae_files().items()
+            ]
+        if task == "loras":
+            return self.library.listing()
+        if task == "samplers":
+            return sampler_listing()
+        if task == "schedulers":
+            return [{"name": s.lower(), "label": s} for s in SCHEDULE_TYPES]
+        current = self.manager.current
+        return {
+            "sd_model_checkpoint": current,
+            "sd_checkpoints_loaded": self.manager.loaded_names(),
+            "model_load_seconds": self.manager.load_seconds(),
+            "CLIP_stop_at_last_layers": 1,
+            "sd_vae": "Automatic",
+            "samples_format": "png",
+            "device": self.manager.device,
+            "dtype": str(self.manager.dtype).removeprefix("torch."),
+            "max_response_bytes": self.settings.max_response_bytes,
+            "pipeline_budget": self.settings.pipeline_budget,
+        }
+
+    def run_generation(self, task: str, payload: dict[str, Any], queued_at: float) -> dict:
+        model_class = Txt2ImgRequest if task == "txt2img" else Img2ImgRequest
+        try:
+            request = model_class.model_validate(payload)
+            request.controlnet_units()
+        except ValidationError as exc:
+            raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
+        except ValueError as exc:
+            raise BadRequest(str(exc), field="alwayson_scripts") from exc
+        return generate(request, task=task, manager=self.manager, library=self.library,
+                        settings=self.settings, step_hook=self.step_hook, queued_at=queued_at)
+
+
+def _validation_field(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first.get("loc", ())) or "payload"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(part) for part in error.get("loc", ())) or "payload"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def build_engine(settings: Settings) -> Engine:
+    manager = PipelineManager(settings)
+    library = LoraLibrary(
+        settings.model_dir / "Lora", s3_uri=settings.lora_s3_uri, cache_dir=settings.lora_cache_dir
+    )
+    return Engine(settings=settings, manager=manager, library=library)
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    engine = engine or build_engine(settings or Settings.from_env())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        startup = loop.run_in_executor(engine.executor, engine.start)
+        try:
+            yield
+        finally:
+            startup.cancel()
+            engine.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="Easel inference", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine = engine
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse(
+            InternalError("internal error while handling the request").body(), status_code=500
+        )
+
+    @app.get("/ping")
+    async def ping() -> JSONResponse:
+        if engine.ready:
+            return JSONResponse({"status": "ready"})
+        body: dict[str, Any] = {"status": "loading" if not engine.startup_error else "failed"}
+        if engine.startup_error:
+            body["detail"] = engine.startup_error
+        return JSONResponse(body, status_code=503)
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        raw = await request.body()
+        request_limit = engine.settings.max_image_bytes * 4 + 1024 * 1024
+        if len(raw) > request_limit:
+            raise ResponseTooLarge(
+                f"request body of {len(raw)} bytes exceeds {request_limit} bytes "
+                "(4 images of EASEL_MAX_IMAGE_BYTES + 1 MiB)",
+                field="body",
+            )
+        try:
+            data = json.loads(raw or b"null")
+        except ValueError as exc:
+            raise BadRequest("body is not valid JSON", field="body") from exc
+        if not isinstance(data, dict):
+            raise BadRequest('body must be a JSON object {"task": ..., "payload": {...}}',
+                             field="body")
+        try:
+            invocation = Invocation.model_validate(data)
+        except ValidationError as exc:
+            raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
+        if invocation.task in ("txt2img", "img2img"):
+            if not engine.ready:
+                raise NotReady(engine.startup_error or "the model is still loading; retry shortly")
+            loop = asyncio.get_running_loop()
+            try:
+                result = await loop.run_in_executor(
+                    engine.executor, engine.run_generation, invocation.task, invocation.payload,
+                    time.perf_counter(),
+                )
+            except ApiError:
+                raise
+            except Exception as exc:
+                log.exception("generation failed")
+                raise InternalError(
+                    f"internal error during {invocation.task} ({type(exc).__name__}); "
+                    "see the endpoint logs"
+                ) from exc
+        else:
+            result = engine.listing(invocation.task)
+        body = json.dumps(result).encode("utf-8")
+        limit = engine.settings.max_response_bytes
+        if len(body) > limit:
+            raise ResponseTooLarge(
+                f"response of {len(body)} bytes exceeds the limit of {limit} bytes "
+                "(EASEL_MAX_RESPONSE_BYTES); ask for fewer or smaller images, or use an "
+                "asynchronous endpoint",
+                field="batch_size",
+            )
+        return Response(body, media_type="application/json")
+
+    return app
+
+
+class NotReady(ApiError):
+    status = 503
+
+
+__all__ = ["Engine", "NotFound", "build_engine", "create_app"]

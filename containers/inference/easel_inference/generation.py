@@ -1,0 +1,228 @@
+"""txt2img / img2img in A1111 shapes: one call = n_iter batches, seeds, images, info."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from PIL import Image, ImageFilter
+
+from .controlnet import control_images, controlnet_pipeline
+from .errors import BadRequest, Unavailable
+from .images import decode_image, encode_png
+from .lora import LoraLibrary, parse_lora_tags
+from .pipelines import LoadedModel, PipelineManager
+from .prompts import encode_prompt_pair
+from .samplers import make_scheduler, resolve_sampler
+from .schemas import MAX_SEED, GenerationRequest, Img2ImgRequest
+from .settings import Settings
+
+StepHook = Callable[[int], None]
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
+
+
+def _seeds(request: GenerationRequest) -> list[int]:
+    first = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
+    return [(first + index) % (MAX_SEED + 1) for index in range(request.batch_size * request.n_iter)]
+
+
+def _check_budget(request: GenerationRequest, settings: Settings) -> None:
+    pixels = request.width * request.height * request.batch_size
+    if pixels > settings.max_pixels:
+        raise BadRequest(
+            f"width x height x batch_size = {pixels} pixels exceeds the budget of "
+            f"{settings.max_pixels} (EASEL_MAX_PIXELS)",
+            field="width",
+        )
+
+
+def _infotext(request: GenerationRequest, prompt: str, negative: str, seed: int,
+              sampler: str, model: LoadedModel) -> str:
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    lines.append(
+        f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.cfg_scale:g}, "
+        f"Seed: {seed}, Size: {request.width}x{request.height}, Model: {model.name}"
+    )
+    return "\n".join(lines)
+
+
+def _step_callback(hook: StepHook | None) -> Callable[..., dict[str, Any]]:
+    def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if hook is not None:
+            hook(step)
+        return kwargs
+
+    return on_step_end
+
+
+def _img2img_inputs(request: Img2ImgRequest, settings: Settings) -> dict[str, Any]:
+    init = decode_image(request.init_images[0], field="init_images[0]",
+                        max_bytes=settings.max_image_bytes)
+    size = (request.width, request.height)
+    inputs: dict[str, Any] = {"image": init.convert("RGB").resize(size, Image.LANCZOS),
+                              "strength": request.denoising_strength}
+    if request.mask:
+        mask = decode_image(request.mask, field="mask", max_bytes=settings.max_image_bytes)
+        mask = mask.convert("L").resize(size, Image.LANCZOS)
+        if request.inpainting_mask_invert:
+            mask = Image.eval(mask, lambda value: 255 - value)
+        if request.mask_blur:
+            mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+        inputs["mask_image"] = mask
+    return inputs
+
+
+def _task_pipeline(model: LoadedModel, kind: str) -> Any:
+    from diffusers import (
+        AutoPipelineForImage2Image,
+        AutoPipelineForInpainting,
+    )
+
+    if kind == "txt2img":
+        return model.pipe
+    if kind == "img2img":
+        return model.variant("img2img", AutoPipelineForImage2Image.from_pipe)
+    return model.variant("inpaint", AutoPipelineForInpainting.from_pipe)
+
+
+def generate(
+    request: GenerationRequest,
+    *,
+    task: str,
+    manager: PipelineManager,
+    library: LoraLibrary,
+    settings: Settings,
+    step_hook: StepHook | None = None,
+    queued_at: float | None = None,
+) -> dict[str, Any]:
+    """Run one A1111 request; GPU out-of-memory (loading or generating) becomes a 503."""
+    try:
+        return _generate(request, manager=manager, library=library, settings=settings,
+                         step_hook=step_hook, queued_at=queued_at)
+    except OOM_ERRORS as exc:
+        manager.restore_all_loras()
+        manager.release_memory()
+        raise Unavailable(
+            "the GPU ran out of memory for this request; try a smaller size, batch_size or "
+            "fewer ControlNets (the server keeps serving)"
+        ) from exc
+
+
+def _generate(
+    request: GenerationRequest,
+    *,
+    manager: PipelineManager,
+    library: LoraLibrary,
+    settings: Settings,
+    step_hook: StepHook | None,
+    queued_at: float | None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    _check_budget(request, settings)
+    sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
+                                      request.scheduler)
+    prompt, loras = parse_lora_tags(request.prompt)
+    units = request.controlnet_units()
+    extra: dict[str, Any] = {}
+    kind = "txt2img"
+    if isinstance(request, Img2ImgRequest):
+        extra = _img2img_inputs(request, settings)
+        kind = "inpaint" if "mask_image" in extra else "img2img"
+    model = manager.get(request.override_settings.sd_model_checkpoint)
+    load_done = time.perf_counter()
+    if units:
+        if kind == "inpaint":
+            raise BadRequest("ControlNet with an inpainting mask is not supported", field="mask")
+        pipe = controlnet_pipeline(model, manager, units, kind=kind)
+        extra.update(control_images(units, request, settings, img2img=kind == "img2img"))
+    else:
+        pipe = _task_pipeline(model, kind)
+    sampler_label = sampler.name + (" Karras" if karras else "")
+    pipe.scheduler = make_scheduler(model.base_scheduler_config, sampler, karras=karras)
+    if request.eta is not None and "eta" in pipe.scheduler.step.__code__.co_varnames:
+        extra["eta"] = request.eta
+    steps = request.steps
+    strength = extra.get("strength")
+    if strength is not None and int(steps * strength) < 1:
+        # diffusers runs int(steps * strength) steps; run at least one, as A1111 does
+        steps = math.ceil(1 / max(strength, 0.01))
+    seeds = _seeds(request)
+    images: list[str] = []
+    vae = manager.vae(request.override_settings.sd_vae, model)
+    original_vae = pipe.vae
+    model.fuser.apply(loras, library)
+    clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
+    embeds = encode_prompt_pair(pipe, prompt, request.negative_prompt,
+                                clip_skip=clip_skip, device=manager.device)
+    try:
+        if vae is not None:
+            pipe.vae = vae
+        for iteration in range(request.n_iter):
+            batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds]
+            result = pipe(
+                **embeds,
+                num_images_per_prompt=request.batch_size,
+                num_inference_steps=steps,
+                guidance_scale=request.cfg_scale,
+                width=request.width,
+                height=request.height,
+                generator=generators,
+                callback_on_step_end=_step_callback(step_hook),
+                **extra,
+            )
+            images.extend(encode_png(image) for image in result.images)
+    finally:
+        pipe.vae = original_vae
+    finished = time.perf_counter()
+    info = {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * len(seeds),
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * len(seeds),
+        "seed": seeds[0],
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * len(seeds),
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": sampler_label,
+        "scheduler": "Karras" if karras else "Automatic",
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "n_iter": request.n_iter,
+        "sd_model_name": model.name,
+        "sd_model_hash": model.short_hash,
+        "sd_vae_name": request.override_settings.sd_vae if vae is not None else None,
+        "denoising_strength": getattr(request, "denoising_strength", None),
+        "clip_skip": request.clip_skip or 1,
+        "loras": [{"name": u.name, "te": u.text_weight, "unet": u.unet_weight} for u in loras],
+        "controlnet": [{"module": u.module, "model": u.model, "weight": u.weight} for u in units],
+        "index_of_first_image": 0,
+        "infotexts": [
+            _infotext(request, request.prompt, request.negative_prompt, seed, sampler_label, model)
+            for seed in seeds
+        ],
+        "job_timestamp": datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
+        "is_using_inpainting_conditioning": kind == "inpaint",
+        "timings": {
+            "queue_seconds": round(started - queued_at, 4) if queued_at else 0.0,
+            "model_seconds": round(load_done - started, 4),
+            "generation_seconds": round(finished - load_done, 4),
+            "total_seconds": round(finished - (queued_at or started), 4),
+        },
+    }
+    return {
+        "images": images,
+        "parameters": request.model_dump(mode="json", exclude={"init_images", "mask"}),
+        "info": json.dumps(info),
+    }

@@ -1,0 +1,45 @@
+"""Base64 image decoding (with or without a ``data:`` prefix) and PNG encoding."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadRequest
+
+MAX_DIMENSION = 8192
+
+
+def decode_image(value: str, *, field: str, max_bytes: int) -> Image.Image:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{field} must be a base64 image", field=field)
+    if value.startswith("data:"):
+        _, _, value = value.partition(",")
+    if len(value) > max_bytes * 4 // 3 + 4:
+        raise BadRequest(f"{field} is larger than {max_bytes} bytes", field=field)
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"{field} is not valid base64", field=field) from exc
+    if len(raw) > max_bytes:
+        raise BadRequest(f"{field} is larger than {max_bytes} bytes", field=field)
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if image.width > MAX_DIMENSION or image.height > MAX_DIMENSION:
+            raise BadRequest(
+                f"{field} is {image.width}x{image.height}; at most {MAX_DIMENSION} a side",
+                field=field,
+            )
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise BadRequest(f"{field} is not a decodable image", field=field) from exc
+    return image
+
+
+def encode_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,211 @@
+"""``<lora:name:weight>`` prompts: find LoRA files, fuse them into the weights, restore exactly.
+
+Fusing writes ``W + sum(weight * delta)`` into the affected weights, so generation time does not
+grow with the number of LoRAs. The original tensors of every affected weight are kept (copies,
+not deltas) and copied back on removal, so the base model is restored bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from .errors import BadRequest, NotFound
+from .lora_format import LoraFormatError, LoraPatch, ModuleIndex, parse_lora
+from .schemas import check_name
+
+LORA_TAG = re.compile(r"<lora:([^:>]*)((?::[^:>]*){0,2})>")
+MAX_WEIGHT = 10.0
+LORA_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    name: str
+    text_weight: float
+    unet_weight: float
+
+
+def _weight(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise BadRequest(f"LoRA {name!r} has a weight that is not a number: {text!r}",
+                         field="prompt") from exc
+    if not math.isfinite(value) or abs(value) > MAX_WEIGHT:
+        raise BadRequest(f"LoRA {name!r} weight must be finite and within ±{MAX_WEIGHT}",
+                         field="prompt")
+    return value
+
+
+def parse_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:
+    """The prompt without its LoRA tags, and the LoRAs it asks for (A1111 syntax).
+
+    ``<lora:name>`` (weight 1), ``<lora:name:w>``, ``<lora:name:te_w:unet_w>``.
+    """
+    uses: list[LoraUse] = []
+
+    def take(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        try:
+            check_name(name, what="LoRA name")
+        except ValueError as exc:
+            raise BadRequest(f"{exc}: {name!r}", field="prompt") from exc
+        weights = [part for part in match.group(2).split(":")[1:]]
+        text_weight = _weight(weights[0], name) if weights else 1.0
+        unet_weight = _weight(weights[1], name) if len(weights) > 1 else text_weight
+        uses.append(LoraUse(name, text_weight, unet_weight))
+        return ""
+
+    cleaned = LORA_TAG.sub(take, prompt)
+    return re.sub(r"[ \t]{2,}", " ", cleaned).strip(), uses
+
+
+class LoraLibrary:
+    """LoRA files from the model's ``Lora/`` folder or, on demand, from an S3 prefix."""
+
+    def __init__(self, lora_dir: Path, *, s3_uri: str | None = None, cache_dir: Path | None = None,
+                 s3_client: Any = None, memory_items: int = 16) -> None:
+        self.lora_dir = lora_dir
+        self.s3_uri = s3_uri
+        self.cache_dir = cache_dir
+        self._s3 = s3_client
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[str, tuple[dict[str, torch.Tensor], dict[str, str]]] = (
+            OrderedDict()
+        )
+        self._memory_items = memory_items
+
+    def local_names(self) -> list[str]:
+        if not self.lora_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.lora_dir.glob("*" + LORA_SUFFIX) if p.is_file())
+
+    def listing(self) -> list[dict[str, str]]:
+        return [
+            {"name": name, "alias": name, "path": str(self.lora_dir / f"{name}{LORA_SUFFIX}")}
+            for name in self.local_names()
+        ]
+
+    def _s3_location(self, name: str) -> tuple[str, str]:
+        assert self.s3_uri is not None
+        bucket, _, prefix = self.s3_uri[len("s3://") :].partition("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return bucket, f"{prefix}{name}{LORA_SUFFIX}"
+
+    def _fetch_from_s3(self, name: str) -> Path | None:
+        if not self.s3_uri or self.cache_dir is None:
+            return None
+        import botocore.exceptions
+
+        if self._s3 is None:
+            import boto3
+
+            self._s3 = boto3.client("s3")
+        bucket, key = self._s3_location(name)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        target = self.cache_dir / f"{name}{LORA_SUFFIX}"
+        partial = target.with_suffix(".part")
+        try:
+            self._s3.download_file(bucket, key, str(partial))
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        partial.replace(target)
+        return target
+
+    def path_of(self, name: str) -> Path:
+        check_name(name, what="LoRA name")
+        local = self.lora_dir / f"{name}{LORA_SUFFIX}"
+        if local.is_file():
+            return local
+        if self.cache_dir is not None:
+            cached = self.cache_dir / f"{name}{LORA_SUFFIX}"
+            if cached.is_file():
+                return cached
+        fetched = self._fetch_from_s3(name)
+        if fetched is not None:
+            return fetched
+        raise NotFound(f"LoRA {name!r} not found in Lora/ or the LoRA library", field="prompt")
+
+    def load(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        with self._lock:
+            if name in self._memory:
+                self._memory.move_to_end(name)
+                return self._memory[name]
+        path = self.path_of(name)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except Exception as exc:
+            raise BadRequest(f"LoRA {name!r} is not a readable safetensors file",
+                             field="prompt") from exc
+        with self._lock:
+            self._memory[name] = (state, metadata)
+            while len(self._memory) > self._memory_items:
+                self._memory.popitem(last=False)
+        return state, metadata
+
+
+class LoraFuser:
+    """Fuses a set of LoRAs into one pipeline's weights and restores the originals."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.index = ModuleIndex(pipe)
+        self._originals: dict[tuple[str, str], torch.Tensor] = {}
+        self.active: tuple[LoraUse, ...] = ()
+        self._parsed: dict[str, list[LoraPatch]] = {}
+
+    def _patches(self, name: str, library: LoraLibrary) -> list[LoraPatch]:
+        if name not in self._parsed:
+            state, metadata = library.load(name)
+            try:
+                self._parsed[name] = parse_lora(state, self.index, metadata=metadata, name=name)
+            except LoraFormatError as exc:
+                raise BadRequest(str(exc), field="prompt") from exc
+        return self._parsed[name]
+
+    def apply(self, uses: list[LoraUse], library: LoraLibrary) -> None:
+        """Make exactly ``uses`` active (restoring first if the set changes)."""
+        wanted = tuple(uses)
+        if wanted == self.active:
+            return
+        deltas: dict[tuple[str, str], torch.Tensor] = {}
+        for use in wanted:
+            for patch in self._patches(use.name, library):
+                multiplier = use.unet_weight if patch.component == "unet" else use.text_weight
+                if multiplier == 0:
+                    continue
+                key = (patch.component, patch.module)
+                weight = self.index.modules[key].weight
+                delta = patch.delta(weight.shape) * multiplier
+                deltas[key] = deltas[key] + delta if key in deltas else delta
+        self.restore()
+        with torch.no_grad():
+            for key, delta in deltas.items():
+                weight = self.index.modules[key].weight
+                self._originals[key] = weight.detach().clone()
+                fused = weight.detach().float() + delta.to(weight.device)
+                weight.copy_(fused.to(weight.dtype))
+        self.active = wanted
+
+    def restore(self) -> None:
+        """Copy the kept original tensors back: the base weights, bit for bit."""
+        with torch.no_grad():
+            for key, original in self._originals.items():
+                self.index.modules[key].weight.copy_(original)
+        self._originals.clear()
+        self.active = ()

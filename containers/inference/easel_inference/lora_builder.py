@@ -1,0 +1,79 @@
+"""Random-weight LoRA files for tests and benchmarks, in both supported key formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .lora_format import ModuleIndex
+
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _targets(pipe: Any) -> list[tuple[str, str, torch.nn.Module]]:
+    index = ModuleIndex(pipe)
+    chosen = []
+    for (component, name), module in index.modules.items():
+        suffixes = UNET_TARGETS if component == "unet" else TEXT_TARGETS
+        if any(name.endswith("." + suffix) for suffix in suffixes):
+            chosen.append((component, name, module))
+    return chosen
+
+
+def _pair(module: torch.nn.Module, rank: int, generator: torch.Generator) -> tuple:
+    weight = module.weight
+    out_features, in_features = weight.shape[0], weight.shape[1]
+    down = torch.randn(rank, in_features, generator=generator) / in_features**0.5
+    up = torch.randn(out_features, rank, generator=generator) * weight.float().std() * 2
+    return down, up
+
+
+def random_kohya_lora(pipe: Any, *, rank: int = 4, alpha: float = 2.0, seed: int = 0) -> dict:
+    """A1111/kohya keys: ``lora_unet_<module_with_underscores>.lora_down.weight`` + ``.alpha``."""
+    generator = torch.Generator().manual_seed(seed)
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        prefixes["text_encoder"] = "lora_te1_"
+    state = {}
+    for component, name, module in _targets(pipe):
+        if component.startswith("text_encoder") and not name.startswith("text_model."):
+            name = "text_model." + name
+        stem = prefixes[component] + name.replace(".", "_")
+        down, up = _pair(module, rank, generator)
+        state[stem + ".lora_down.weight"] = down.contiguous()
+        state[stem + ".lora_up.weight"] = up.contiguous()
+        state[stem + ".alpha"] = torch.tensor(float(alpha))
+    return state
+
+
+def random_diffusers_lora(pipe: Any, *, rank: int = 4, seed: int = 1) -> dict:
+    """diffusers/PEFT keys: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (alpha = rank)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for component, name, module in _targets(pipe):
+        if component != "unet":
+            continue
+        down, up = _pair(module, rank, generator)
+        state[f"unet.{name}.lora_A.weight"] = down.contiguous()
+        state[f"unet.{name}.lora_B.weight"] = up.contiguous()
+    return state
+
+
+def save_random_loras(pipe: Any, lora_dir: str | Path, *, seed: int = 0) -> dict[str, Path]:
+    """Write ``<dir>/<arch>-kohya.safetensors`` style files; returns name -> path."""
+    lora_dir = Path(lora_dir)
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    kohya = lora_dir / "style-kohya.safetensors"
+    save_file(random_kohya_lora(pipe, seed=seed), str(kohya), metadata={"format": "pt"})
+    written["style-kohya"] = kohya
+    peft = lora_dir / "detail-diffusers.safetensors"
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 4})}
+    save_file(random_diffusers_lora(pipe, seed=seed + 1), str(peft), metadata=metadata)
+    written["detail-diffusers"] = peft
+    return written

@@ -1,0 +1,227 @@
+"""Loaded pipelines kept up to a budget, least recently used evicted; per-task variants."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import NotFound
+from .loader import find_checkpoints, load_controlnet, load_pipeline, load_vae
+from .lora import LoraFuser
+from .settings import Settings
+
+log = logging.getLogger("easel.inference")
+
+
+def resolve_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def resolve_dtype(setting: str, device: str) -> torch.dtype:
+    if setting == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[setting]
+
+
+def short_hash(path: Path) -> str | None:
+    """A1111's legacy model hash: sha256 of 64 KiB at offset 1 MiB, 8 hex digits."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(0x100000)
+        digest.update(handle.read(0x10000))
+    return digest.hexdigest()[:8]
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    pipe: Any
+    fuser: LoraFuser
+    base_scheduler_config: dict[str, Any]
+    load_seconds: float
+    short_hash: str | None = None
+    variants: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_xl(self) -> bool:
+        return getattr(self.pipe, "text_encoder_2", None) is not None
+
+    def variant(self, kind: str, make: Callable[[Any], Any]) -> Any:
+        if kind not in self.variants:
+            variant = make(self.pipe)
+            variant.set_progress_bar_config(disable=True)
+            self.variants[kind] = variant
+        return self.variants[kind]
+
+
+class PipelineManager:
+    def __init__(self, settings: Settings, *, loader: Callable[..., Any] = load_pipeline) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self._loader = loader
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._controlnets: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self.current: str | None = None
+
+    def checkpoints(self) -> dict[str, Path]:
+        return find_checkpoints(self.settings.model_dir)
+
+    def default_name(self) -> str:
+        found = self.checkpoints()
+        if not found:
+            raise NotFound(f"no checkpoints under {self.settings.model_dir}/Stable-diffusion")
+        wanted = self.settings.default_model
+        if wanted:
+            name = self.lookup_name(wanted, found)
+            if name is None:
+                raise NotFound(
+                    f"EASEL_DEFAULT_MODEL {wanted!r} not found; available: {', '.join(found)}"
+                )
+            return name
+        return next(iter(found))
+
+    @staticmethod
+    def lookup_name(wanted: str, found: dict[str, Path]) -> str | None:
+        if wanted in found:
+            return wanted
+        for name, path in found.items():
+            if wanted in (path.name, path.stem):
+                return name
+        return None
+
+    def loaded_names(self) -> list[str]:
+        return list(self._loaded)
+
+    def load_seconds(self) -> dict[str, float]:
+        return {name: round(model.load_seconds, 3) for name, model in self._loaded.items()}
+
+    def get(self, name: str | None) -> LoadedModel:
+        with self._lock:
+            found = self.checkpoints()
+            resolved = self.lookup_name(name, found) if name else self.default_name()
+            if resolved is None:
+                raise NotFound(
+                    f"checkpoint {name!r} not found; available: {', '.join(found) or 'none'}",
+                    field="override_settings.sd_model_checkpoint",
+                )
+            if resolved in self._loaded:
+                self._loaded.move_to_end(resolved)
+                self.current = resolved
+                return self._loaded[resolved]
+            while len(self._loaded) >= self.settings.pipeline_budget:
+                evicted, model = self._loaded.popitem(last=False)
+                log.info("evicting pipeline %s (budget %d)", evicted, self.settings.pipeline_budget)
+                model.fuser.restore()
+                del model
+                self.release_memory()
+            import time
+
+            started = time.perf_counter()
+            pipe = self._loader(found[resolved], device=self.device, dtype=self.dtype)
+            pipe.set_progress_bar_config(disable=True)
+            loaded = LoadedModel(
+                name=resolved,
+                path=found[resolved],
+                pipe=pipe,
+                fuser=LoraFuser(pipe),
+                base_scheduler_config=dict(pipe.scheduler.config),
+                load_seconds=time.perf_counter() - started,
+                short_hash=short_hash(found[resolved]),
+            )
+            self._loaded[resolved] = loaded
+            self.current = resolved
+            log.info("loaded %s in %.1fs on %s", resolved, loaded.load_seconds, self.device)
+            return loaded
+
+    def controlnet_files(self) -> dict[str, Path]:
+        """ControlNets under ``ControlNet/``: diffusers folders and single files, by name."""
+        root = self.settings.model_dir / "ControlNet"
+        if not root.is_dir():
+            return {}
+        found: dict[str, Path] = {}
+        for path in sorted(root.iterdir()):
+            if path.is_dir() and (path / "config.json").is_file():
+                found[path.name] = path
+            elif path.is_file() and path.suffix in (".safetensors", ".pth", ".ckpt"):
+                found.setdefault(path.stem, path)
+        return found
+
+    def controlnet(self, name: str, model: LoadedModel) -> Any:
+        with self._lock:
+            found = self.controlnet_files()
+            key = name if name in found else next(
+                (stem for stem, path in found.items() if path.name == name), None
+            )
+            if key is None:
+                raise NotFound(
+                    f"ControlNet {name!r} not found; available: {', '.join(found) or 'none'}",
+                    field="alwayson_scripts.controlnet.args.model",
+                )
+            cache_key = (key, model.name)
+            if cache_key in self._controlnets:
+                self._controlnets.move_to_end(cache_key)
+                return self._controlnets[cache_key]
+            controlnet = load_controlnet(
+                found[key], unet_config=dict(model.pipe.unet.config), device=self.device,
+                dtype=self.dtype,
+            )
+            self._controlnets[cache_key] = controlnet
+            while len(self._controlnets) > 2:
+                self._controlnets.popitem(last=False)
+            return controlnet
+
+    def restore_all_loras(self) -> None:
+        for model in self._loaded.values():
+            model.fuser.restore()
+
+    def vae_files(self) -> dict[str, Path]:
+        root = self.settings.model_dir / "VAE"
+        if not root.is_dir():
+            return {}
+        found = {}
+        for path in sorted(root.iterdir()):
+            if path.is_file() and path.suffix == ".safetensors" or path.is_dir() and (path / "config.json").is_file():
+                found[path.name] = path
+        return found
+
+    def vae(self, name: str | None, model: LoadedModel) -> Any:
+        """The VAE named by ``override_settings.sd_vae`` for this model, or None (built-in)."""
+        if not name:
+            return None
+        found = self.vae_files()
+        key = name if name in found else next(
+            (file for file, path in found.items() if path.stem == name), None
+        )
+        if key is None:
+            raise NotFound(
+                f"VAE {name!r} not found; available: {', '.join(found) or 'none'}",
+                field="override_settings.sd_vae",
+            )
+        cache_key = f"vae:{key}"
+        if cache_key not in model.variants:
+            model.variants[cache_key] = load_vae(
+                found[key], base_config=dict(model.pipe.vae.config), device=self.device,
+                dtype=self.dtype,
+            )
+        return model.variants[cache_key]
+
+    def release_memory(self) -> None:
+        gc.collect()
+        if self.device == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,128 @@
+"""A1111 sampler and schedule-type names mapped to diffusers schedulers."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+from .errors import BadRequest
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    scheduler_class: type
+    options: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    karras: bool = True
+
+
+SAMPLERS: dict[str, Sampler] = {
+    sampler.name: sampler
+    for sampler in (
+        Sampler("Euler a", EulerAncestralDiscreteScheduler, aliases=("k_euler_a",), karras=False),
+        Sampler("Euler", EulerDiscreteScheduler, aliases=("k_euler",)),
+        Sampler("Heun", HeunDiscreteScheduler, aliases=("k_heun",)),
+        Sampler("LMS", LMSDiscreteScheduler, aliases=("k_lms",)),
+        Sampler("DDIM", DDIMScheduler, aliases=("ddim",), karras=False),
+        Sampler("UniPC", UniPCMultistepScheduler, aliases=("unipc",), karras=False),
+        Sampler(
+            "DPM++ 2M",
+            DPMSolverMultistepScheduler,
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            aliases=("k_dpmpp_2m",),
+        ),
+        Sampler(
+            "DPM++ 2M SDE",
+            DPMSolverMultistepScheduler,
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+            aliases=("k_dpmpp_2m_sde",),
+        ),
+        Sampler(
+            "DPM++ SDE",
+            DPMSolverSinglestepScheduler,
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            aliases=("k_dpmpp_sde",),
+        ),
+    )
+}
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras")
+DEFAULT_SAMPLER = "Euler a"
+
+
+def advertised_sampler_names() -> list[str]:
+    """Every sampler_name accepted, A1111 style: the base names and their Karras variants."""
+    names = []
+    for sampler in SAMPLERS.values():
+        names.append(sampler.name)
+        if sampler.karras:
+            names.append(f"{sampler.name} Karras")
+    return names
+
+
+def sampler_listing() -> list[dict[str, Any]]:
+    listing = []
+    for sampler in SAMPLERS.values():
+        listing.append({"name": sampler.name, "aliases": list(sampler.aliases), "options": {}})
+        if sampler.karras:
+            listing.append(
+                {
+                    "name": f"{sampler.name} Karras",
+                    "aliases": [alias + "_ka" for alias in sampler.aliases],
+                    "options": {"scheduler": "karras"},
+                }
+            )
+    return listing
+
+
+def resolve_sampler(sampler_name: str | None, schedule: str | None) -> tuple[Sampler, bool]:
+    """(sampler, use_karras) for A1111's ``sampler_name`` and ``scheduler`` fields."""
+    name = (sampler_name or DEFAULT_SAMPLER).strip()
+    by_alias = {alias: s for s in SAMPLERS.values() for alias in s.aliases}
+    karras = False
+    if name.endswith(" Karras") and name[: -len(" Karras")] in SAMPLERS:
+        name, karras = name[: -len(" Karras")], True
+    sampler = SAMPLERS.get(name) or by_alias.get(name)
+    if sampler is None or (karras and not sampler.karras):
+        raise BadRequest(
+            f"unknown sampler_name {name!r}; valid: {', '.join(advertised_sampler_names())}",
+            field="sampler_name",
+        )
+    schedule_name = (schedule or "Automatic").strip()
+    matched = {s.lower(): s for s in SCHEDULE_TYPES}.get(schedule_name.lower())
+    if matched is None:
+        raise BadRequest(
+            f"unknown scheduler {schedule_name!r}; valid: {', '.join(SCHEDULE_TYPES)}",
+            field="scheduler",
+        )
+    if matched == "Karras":
+        karras = True
+    elif matched == "Uniform":
+        karras = False
+    if karras and not sampler.karras:
+        raise BadRequest(
+            f"sampler {sampler.name!r} has no Karras variant", field="scheduler"
+        )
+    return sampler, karras
+
+
+def make_scheduler(base_config: dict[str, Any], sampler: Sampler, *, karras: bool) -> Any:
+    """A fresh scheduler of the sampler's class, keeping the model's noise schedule."""
+    accepted = set(inspect.signature(sampler.scheduler_class.__init__).parameters)
+    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    config.update(sampler.options)
+    if "use_karras_sigmas" in accepted:
+        config["use_karras_sigmas"] = karras
+    return sampler.scheduler_class.from_config(config)

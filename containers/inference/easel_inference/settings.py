@@ -1,0 +1,80 @@
+"""Server settings from environment variables (the SageMaker contract plus Easel's own)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """An environment variable has an unusable value; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8080
+    host: str = "0.0.0.0"
+    model_dir: Path = Path("/opt/ml/model")
+    default_model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    lora_s3_uri: str | None = None
+    lora_cache_dir: Path = Path("/tmp/easel-lora-cache")
+    warmup: bool = True
+    pipeline_budget: int = 2
+    max_pixels: int = 2048 * 2048
+    max_image_bytes: int = 16 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        lora_uri = env.get("EASEL_LORA_S3_URI", "").strip() or None
+        if lora_uri and not lora_uri.startswith("s3://"):
+            raise SettingsError(f"EASEL_LORA_S3_URI must start with s3://, got {lora_uri!r}")
+        return cls(
+            port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, low=1, high=65535),
+            host=env.get("EASEL_HOST", "").strip() or "0.0.0.0",
+            model_dir=Path(env.get("EASEL_MODEL_DIR", "").strip() or "/opt/ml/model"),
+            default_model=env.get("EASEL_DEFAULT_MODEL", "").strip() or None,
+            device=_choice(env, "EASEL_DEVICE", "auto", ("auto", "cpu", "cuda")),
+            dtype=_choice(env, "EASEL_DTYPE", "auto", ("auto", "float16", "bfloat16", "float32")),
+            max_response_bytes=_int(
+                env, "EASEL_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES, low=1024, high=2**40
+            ),
+            lora_s3_uri=lora_uri,
+            lora_cache_dir=Path(
+                env.get("EASEL_LORA_CACHE_DIR", "").strip() or "/tmp/easel-lora-cache"
+            ),
+            warmup=_choice(env, "EASEL_WARMUP", "1", ("1", "0", "true", "false"))
+            in ("1", "true"),
+            pipeline_budget=_int(env, "EASEL_PIPELINE_BUDGET", 2, low=1, high=64),
+            max_pixels=_int(env, "EASEL_MAX_PIXELS", 2048 * 2048, low=64 * 64, high=8192 * 8192),
+            max_image_bytes=_int(
+                env, "EASEL_MAX_IMAGE_BYTES", 16 * 1024 * 1024, low=1024, high=2**31
+            ),
+        )
