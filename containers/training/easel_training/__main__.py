@@ -1,0 +1,3 @@
+from easel_training.cli import main
+
+raise SystemExit(main())

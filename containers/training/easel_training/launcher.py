@@ -1,0 +1,84 @@
+"""Data-parallel launch: one worker process per device, supervised by the entry point.
+
+Workers get the torch.distributed environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT, ...), which
+accelerate turns into a process group (NCCL on GPUs, gloo on CPUs). A SIGTERM to the entry point
+is passed on to every worker, which checkpoints and exits 0. If one worker fails, the others are
+stopped so the job ends promptly with that worker's reason in ``output/failure``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from easel_training.failure import write_failure
+from easel_training.paths import JobPaths
+from easel_training.stopping import StopRequest
+
+POLL_SECONDS = 0.2
+KILL_GRACE_SECONDS = 20.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def worker_environment(base: dict[str, str], *, rank: int, world_size: int,
+                       port: int) -> dict[str, str]:
+    env = dict(base)
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+               LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port), EASEL_TRAIN_WORKER="1")
+    if "OMP_NUM_THREADS" not in base:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world_size))
+    return env
+
+
+def _terminate(processes: list[subprocess.Popen], sig: int) -> None:
+    for process in processes:
+        if process.poll() is None:
+            try:
+                process.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+
+def launch_workers(world_size: int, *, paths: JobPaths, stop: StopRequest) -> int:
+    port = free_port()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "easel_training"],
+            env=worker_environment(dict(os.environ), rank=rank, world_size=world_size, port=port),
+        )
+        for rank in range(world_size)
+    ]
+    forwarded = False
+    failed_at: float | None = None
+    while any(p.poll() is None for p in processes):
+        if stop.requested and not forwarded:
+            _terminate(processes, signal.SIGTERM)
+            forwarded = True
+        codes = [p.poll() for p in processes]
+        if failed_at is None and any(code not in (None, 0) for code in codes):
+            failed_at = time.monotonic()
+            _terminate(processes, signal.SIGTERM)
+        if failed_at is not None and time.monotonic() - failed_at > KILL_GRACE_SECONDS:
+            _terminate(processes, signal.SIGKILL)
+        time.sleep(POLL_SECONDS)
+    codes = [p.returncode for p in processes]
+    bad = [(rank, code) for rank, code in enumerate(codes) if code != 0]
+    if not bad:
+        return 0
+    rank, code = bad[0]
+    write_failure(paths.failure, f"training worker {rank} of {world_size} exited with code {code}"
+                  " before the job finished")
+    from easel_training.cli import EXIT_INPUT, EXIT_RUNTIME, _safe_progress_failed
+
+    _safe_progress_failed(paths, "0")
+    return EXIT_INPUT if code == EXIT_INPUT else EXIT_RUNTIME

@@ -1,0 +1,97 @@
+"""Progress reporting: ``checkpoints/progress.json`` and metric lines on stdout.
+
+The stdout lines look like ``easel-progress step=12 total_steps=1000 loss=0.1234
+images_per_second=21.5 eta_seconds=46`` so SageMaker metric definitions such as
+``loss=([0-9.eE+-]+)`` pick them up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TextIO
+
+Status = Literal["running", "completed", "failed", "stopped"]
+
+
+def write_json_atomically(path: Path, payload: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def format_metric_line(*, step: int, total_steps: int, loss: float | None,
+                       images_per_second: float, eta_seconds: float | None) -> str:
+    parts = [f"step={step}", f"total_steps={total_steps}"]
+    if loss is not None and math.isfinite(loss):
+        parts.append(f"loss={loss:.6f}")
+    parts.append(f"images_per_second={images_per_second:.3f}")
+    if eta_seconds is not None:
+        parts.append(f"eta_seconds={eta_seconds:.0f}")
+    return "easel-progress " + " ".join(parts)
+
+
+class ProgressReporter:
+    """Throttled writer of progress.json + stdout metric lines (main process only)."""
+
+    def __init__(self, path: Path, *, total_steps: int, images_per_step: int = 1,
+                 enabled: bool = True,
+                 min_interval_s: float = 1.0, stream: TextIO | None = None,
+                 clock=time.monotonic) -> None:
+        self.path = path
+        self.total_steps = total_steps
+        self.images_per_step = images_per_step
+        self.enabled = enabled
+        self.min_interval_s = min_interval_s
+        self.stream = stream or sys.stdout
+        self.clock = clock
+        self._last_report = -math.inf
+        self._rate_mark: tuple[float, int] | None = None
+        self.images_per_second = 0.0
+
+    def start_timing(self, *, step: int) -> None:
+        """Mark the point from which throughput is measured (after model load/caching)."""
+        self._rate_mark = (self.clock(), step)
+
+    def due(self) -> bool:
+        return self.enabled and self.clock() - self._last_report >= self.min_interval_s
+
+    def report(self, *, step: int, loss: float | None, status: Status = "running",
+               force: bool = False) -> None:
+        if not self.enabled or not (force or self.due()):
+            return
+        now = self.clock()
+        self._last_report = now
+        if self._rate_mark is not None and step > self._rate_mark[1]:
+            elapsed = now - self._rate_mark[0]
+            steps = step - self._rate_mark[1]
+            if elapsed > 0:
+                self.images_per_second = steps * self.images_per_step / elapsed
+        eta = None
+        if status == "running" and self.images_per_second > 0:
+            eta = (self.total_steps - step) * self.images_per_step / self.images_per_second
+        elif status == "completed":
+            eta = 0.0
+        payload = {
+            "step": step,
+            "total_steps": self.total_steps,
+            "loss": loss if loss is not None and math.isfinite(loss) else None,
+            "images_per_second": round(self.images_per_second, 3),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "status": status,
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_json_atomically(self.path, payload)
+        line = format_metric_line(step=step, total_steps=self.total_steps, loss=loss,
+                                  images_per_second=self.images_per_second, eta_seconds=eta)
+        print(line, file=self.stream, flush=True)
+
+    def status_only(self, status: Status, *, step: int, loss: float | None = None) -> None:
+        """Record a status change (failed/stopped/completed) immediately."""
+        self.report(step=step, loss=loss, status=status, force=True)

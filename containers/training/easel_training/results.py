@@ -1,0 +1,63 @@
+"""Writing the result into ``/opt/ml/model``: the LoRA or checkpoint, and training_report.json."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from easel_training import lora
+from easel_training.base_model import BaseModel
+from easel_training.hyperparams import HyperParameters
+from easel_training.progress import write_json_atomically
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+REPORT_NAME = "training_report.json"
+
+
+def save_lora_result(*, model_dir: Path, hp: HyperParameters, base: BaseModel,
+                     steps: int) -> Path:
+    pipe = base.pipe
+    sdxl = base.arch == "sdxl"
+    encoders = []
+    if hp.train_text_encoder:
+        encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if sdxl else [])
+    state = lora.export_kohya(pipe.unet, encoders, sdxl=sdxl, dtype=SAVE_DTYPES[hp.save_precision])
+    v2 = not sdxl and pipe.text_encoder.config.hidden_act == "gelu"
+    metadata = lora.kohya_metadata(rank=hp.rank, alpha=hp.effective_alpha, sdxl=sdxl, v2=v2,
+                                   output_name=hp.effective_output_name, steps=steps,
+                                   base_model=base.name)
+    target = model_dir / "Lora" / f"{hp.effective_output_name}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(target), metadata=metadata)
+    return target
+
+
+def save_full_result(*, model_dir: Path, hp: HyperParameters, base: BaseModel) -> Path:
+    from easel_inference.builder import save_single_file
+
+    pipe = base.pipe
+    pipe.to("cpu", SAVE_DTYPES[hp.save_precision])
+    target = model_dir / "Stable-diffusion" / f"{hp.effective_output_name}.safetensors"
+    return save_single_file(pipe, target)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "easel-training",
+                 "easel-inference"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_report(model_dir: Path, report: dict[str, Any]) -> Path:
+    target = model_dir / REPORT_NAME
+    write_json_atomically(target, report)
+    return target

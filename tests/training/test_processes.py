@@ -1,0 +1,98 @@
+"""The `train` entry point as SageMaker runs it: a separate process, stopped with SIGTERM, and
+two data-parallel CPU workers (gloo) matching one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .conftest import run_in_process
+
+TRAIN = shutil.which("train", path=str(Path(sys.executable).parent))
+
+
+def _start(layout, **extra_env) -> subprocess.Popen:
+    assert TRAIN, "the `train` console script is not installed next to the interpreter"
+    env = {**os.environ, "EASEL_OPT_ML": str(layout.root), "EASEL_DEVICE": "cpu", **extra_env}
+    return subprocess.Popen([TRAIN], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _wait_for(predicate, *, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"train exited early ({process.returncode}):\n"
+                                 + process.stdout.read()[-3000:])
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("timed out:\n" + process.stdout.read()[-3000:])
+
+
+def _progress(layout) -> dict:
+    try:
+        return json.loads((layout.root / "checkpoints" / "progress.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(make_job):
+    layout = make_job({"max_train_steps": "100000", "validation_steps": "1",
+                       "validation_inference_steps": "1"})
+    process = _start(layout)
+    preview = layout.root / "checkpoints" / "preview" / "step-1.png"
+    # progress.json and previews appear while the job runs
+    _wait_for(lambda: _progress(layout).get("step", 0) >= 1 and preview.is_file(),
+              timeout=120, process=process)
+    running = _progress(layout)
+    assert running["status"] == "running" and running["total_steps"] == 100000
+    assert running["eta_seconds"] is None or running["eta_seconds"] > 0
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    # metric lines on stdout, in the shape SageMaker metric definitions parse
+    assert re.search(r"^easel-progress step=\d+ total_steps=100000 loss=[0-9.]+ "
+                     r"images_per_second=[0-9.]+", output, re.MULTILINE), output[-3000:]
+    stopped = _progress(layout)
+    assert stopped["status"] == "stopped"
+    checkpoints = sorted((layout.root / "checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == [f"checkpoint-{stopped['step']}"]
+    assert (checkpoints[0] / "trainable.safetensors").is_file()
+    assert not (layout.root / "output" / "failure").exists()
+    assert not (layout.root / "model" / "Lora").exists()
+
+
+DATA_PARALLEL = {"max_train_steps": "2", "learning_rate": "0.02", "rank": "4",
+                 "random_flip": "true"}
+
+
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(make_job):
+    pair = make_job({**DATA_PARALLEL, "train_batch_size": "1"}, images=3)
+    process = _start(pair, EASEL_NUM_PROCESSES="2")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    report = json.loads((pair.root / "model" / "training_report.json").read_text())
+    assert report["world_size"] == 2
+
+    single = make_job({**DATA_PARALLEL, "train_batch_size": "2"}, images=3)
+    run_in_process(single)
+    together = load_file(str(pair.root / "model" / "Lora" / "easel-lora.safetensors"))
+    alone = load_file(str(single.root / "model" / "Lora" / "easel-lora.safetensors"))
+    assert together.keys() == alone.keys()
+    moved = 0
+    for name, tensor in alone.items():
+        torch.testing.assert_close(together[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        moved += name.endswith("lora_up.weight") and bool(tensor.abs().max() > 1e-3)
+    assert moved, "training did not move the LoRA weights"
