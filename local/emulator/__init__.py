@@ -1,0 +1,1 @@
+"""The AWS emulator: a moto server subprocess whose state is kept on disk."""

@@ -1,0 +1,1 @@
+"""The SageMaker stand-in: SageMaker and SageMaker-runtime APIs over local processes."""

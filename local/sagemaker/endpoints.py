@@ -1,0 +1,408 @@
+"""Endpoints as local inference-server processes: Creating -> InService | Failed."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from local.processes import ManagedProcess, ProcessRegistry, free_port, log_tail
+from local.sagemaker import s3io
+from local.sagemaker.arns import ArnFactory
+from local.sagemaker.records import RecordStore, now
+from local.settings import StandInSettings
+
+log = logging.getLogger(__name__)
+
+FAILURE_REASON_MAX = 1024
+_LIVE_STATUSES = ("InService", "Creating", "Updating", "SystemUpdating")
+
+
+class DeployError(Exception):
+    """Why an endpoint could not be brought up (user-facing FailureReason)."""
+
+
+@dataclass
+class ServingProcess:
+    """The inference server running one endpoint config."""
+
+    process: ManagedProcess
+    port: int
+    variant_name: str
+    config_name: str
+    model_dir: Path
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def primary_container(model: dict[str, Any]) -> dict[str, Any]:
+    if model.get("PrimaryContainer"):
+        return dict(model["PrimaryContainer"])
+    containers = model.get("Containers") or []
+    return dict(containers[0]) if containers else {}
+
+
+def _truncate(text: str, limit: int = FAILURE_REASON_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def ping(port: int, *, timeout: float = 2.0) -> int | None:
+    """The status of ``GET /ping`` on the loopback port, or None if nothing answers."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", "/ping")
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+class EndpointManager:
+    """Runs, watches and stops the inference-server process of every endpoint."""
+
+    def __init__(
+        self,
+        *,
+        records: RecordStore,
+        s3: Any,
+        settings: StandInSettings,
+        work_root: Path,
+        log_root: Path,
+        arns: ArnFactory,
+        registry: ProcessRegistry | None = None,
+    ) -> None:
+        self._registry = registry
+        self._records = records
+        self._s3 = s3
+        self._settings = settings
+        self._work_root = work_root
+        self._log_root = log_root
+        self._arns = arns
+        self._lock = threading.RLock()
+        self._serving: dict[str, ServingProcess] = {}
+        self._deploys: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        self._closing = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="endpoint-monitor", daemon=True)
+        self._monitor.start()
+
+    # --- public operations (arguments already validated by the API layer)
+
+    def log_path(self, name: str) -> Path:
+        return self._log_root / "endpoints" / f"{name}.log"
+
+    def start_deploy(self, name: str, *, config: dict[str, Any], model: dict[str, Any]) -> None:
+        """Bring up ``config`` for endpoint ``name`` in the background."""
+        cancel = threading.Event()
+        thread = threading.Thread(
+            target=self._deploy,
+            args=(name, config, model, cancel),
+            name=f"deploy-{name}",
+            daemon=True,
+        )
+        with self._lock:
+            self._deploys[name] = (thread, cancel)
+        thread.start()
+
+    def serving(self, name: str) -> ServingProcess | None:
+        with self._lock:
+            return self._serving.get(name)
+
+    def is_deploying(self, name: str) -> bool:
+        with self._lock:
+            entry = self._deploys.get(name)
+            return entry is not None and entry[0].is_alive()
+
+    def stop_endpoint(self, name: str) -> None:
+        """Cancel a deploy in progress and end the endpoint's process (waits for both)."""
+        with self._lock:
+            deploy = self._deploys.pop(name, None)
+            serving = self._serving.pop(name, None)
+        if deploy is not None:
+            thread, cancel = deploy
+            cancel.set()
+            thread.join(timeout=self._settings.stop_grace_s + 30)
+            with self._lock:  # a deploy that finished meanwhile may have registered a process
+                late = self._serving.pop(name, None)
+            if late is not None:
+                late.process.terminate(grace_seconds=self._settings.stop_grace_s)
+        if serving is not None:
+            serving.process.terminate(grace_seconds=self._settings.stop_grace_s)
+
+    def remove_files(self, name: str) -> None:
+        shutil.rmtree(self._work_root / name, ignore_errors=True)
+
+    def resume(self) -> None:
+        """After a restart: start again every endpoint that was live when the runtime stopped."""
+        for record in self._records.all("endpoint"):
+            name = record["EndpointName"]
+            status = record.get("EndpointStatus")
+            # An endpoint still Creating restarts its pending config; one in service (or in
+            # an update that the stop interrupted) restarts the config that was serving.
+            deployed = (
+                record.get("_pending")
+                if status == "Creating"
+                else (record.get("_deployed") or record.get("_pending"))
+            )
+            if status == "Deleting":
+                self._records.delete("endpoint", name)
+                self.remove_files(name)
+            elif status in _LIVE_STATUSES and deployed:
+                self._records.update(
+                    "endpoint", name, EndpointStatus="Creating", LastModifiedTime=now()
+                )
+                self.start_deploy(name, config=deployed["config"], model=deployed["model"])
+
+    def shutdown(self) -> None:
+        """End every process this manager started."""
+        self._closing.set()
+        with self._lock:
+            names = set(self._serving) | set(self._deploys)
+        for name in names:
+            self.stop_endpoint(name)
+        self._monitor.join(timeout=5)
+
+    # --- deploy
+
+    def _deploy(
+        self,
+        name: str,
+        config: dict[str, Any],
+        model: dict[str, Any],
+        cancel: threading.Event,
+    ) -> None:
+        variant = config["ProductionVariants"][0]
+        updating = (self._records.get("endpoint", name) or {}).get("EndpointStatus") == "Updating"
+        try:
+            model_dir = self._prepare_model(name, model)
+            if cancel.is_set():
+                return
+            serving = self._start_server(name, config, model, variant, model_dir, cancel)
+        except DeployError as exc:
+            self._deploy_failed(name, str(exc), updating=updating)
+            return
+        except Exception as exc:  # noqa: BLE001 - any surprise becomes a Failed endpoint
+            log.exception("deploy of endpoint %s failed", name)
+            self._deploy_failed(name, f"Internal error while deploying: {exc}", updating=updating)
+            return
+        if serving is None:
+            return  # cancelled
+        with self._lock:
+            if cancel.is_set():
+                old = serving
+            else:
+                old = self._serving.get(name)
+                self._serving[name] = serving
+        if old is not None:
+            old.process.terminate(grace_seconds=self._settings.stop_grace_s)
+        if cancel.is_set():
+            return
+        self._records.update(
+            "endpoint",
+            name,
+            EndpointStatus="InService",
+            EndpointConfigName=config["EndpointConfigName"],
+            FailureReason=None,
+            LastModifiedTime=now(),
+            _deployed={"config": config, "model": model},
+        )
+        self._prune_model_dirs(name, keep=serving)
+
+    def _deploy_failed(self, name: str, reason: str, *, updating: bool) -> None:
+        reason = _truncate(reason)
+        if updating and self.serving(name) is not None:
+            # SageMaker rolls a failed update back: the old config keeps serving.
+            self._records.update(
+                "endpoint",
+                name,
+                EndpointStatus="InService",
+                FailureReason=reason,
+                LastModifiedTime=now(),
+            )
+        else:
+            self._records.update(
+                "endpoint",
+                name,
+                EndpointStatus="Failed",
+                FailureReason=reason,
+                LastModifiedTime=now(),
+            )
+
+    def _prepare_model(self, name: str, model: dict[str, Any]) -> Path:
+        """Fetch and unpack the model data into a folder (reused if already unpacked)."""
+        container = primary_container(model)
+        endpoint_dir = self._work_root / name
+        source_uri, kind = _model_source(container)
+        if source_uri is None:
+            model_dir = endpoint_dir / "model-empty"
+            model_dir.mkdir(parents=True, exist_ok=True)
+            return model_dir
+        try:
+            fingerprint = s3io.data_fingerprint(self._s3, source_uri, field="ModelDataUrl")
+            model_dir = endpoint_dir / f"model-{fingerprint}"
+            ready_marker = endpoint_dir / f"model-{fingerprint}.ready"
+            if ready_marker.exists() and model_dir.is_dir():
+                return model_dir
+            shutil.rmtree(model_dir, ignore_errors=True)
+            model_dir.mkdir(parents=True)
+            if kind == "archive":
+                archive = endpoint_dir / f".download-{fingerprint}.tar.gz"
+                _require_single_object(self._s3, source_uri)
+                s3io.download_object(self._s3, source_uri, archive, field="ModelDataUrl")
+                try:
+                    s3io.extract_tar(archive, model_dir)
+                finally:
+                    archive.unlink(missing_ok=True)
+            elif kind == "object":
+                _require_single_object(self._s3, source_uri)
+                target = model_dir / source_uri.rstrip("/").rsplit("/", 1)[-1]
+                s3io.download_object(self._s3, source_uri, target, field="ModelDataSource")
+            else:
+                if s3io.download_prefix(self._s3, source_uri, model_dir, field="S3Uri") == 0:
+                    raise s3io.S3DataError(f"no objects found under {source_uri}")
+        except s3io.S3DataError as exc:
+            raise DeployError(f"Failed to download model data from {source_uri}: {exc}") from exc
+        ready_marker.write_text(source_uri)
+        return model_dir
+
+    def _prune_model_dirs(self, name: str, *, keep: ServingProcess) -> None:
+        for path in (self._work_root / name).glob("model-*"):
+            if path.is_dir() and path != keep.model_dir:
+                shutil.rmtree(path, ignore_errors=True)
+                path.with_name(path.name + ".ready").unlink(missing_ok=True)
+
+    def _start_server(
+        self,
+        name: str,
+        config: dict[str, Any],
+        model: dict[str, Any],
+        variant: dict[str, Any],
+        model_dir: Path,
+        cancel: threading.Event,
+    ) -> ServingProcess | None:
+        command = self._settings.resolved_serve_command()
+        if command is None:
+            raise DeployError(
+                "The inference server entry point `serve` is not installed in this environment "
+                "(install containers/inference)."
+            )
+        port = free_port()
+        env = self._server_env(name, model, model_dir, port)
+        process = ManagedProcess(
+            command,
+            env=env,
+            log_path=self.log_path(name),
+            cwd=self._work_root / name,
+            registry=self._registry,
+        )
+        serving = ServingProcess(
+            process=process,
+            port=port,
+            variant_name=variant["VariantName"],
+            config_name=config["EndpointConfigName"],
+            model_dir=model_dir,
+        )
+        timeout = float(
+            variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
+            or self._settings.endpoint_startup_timeout_s
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if cancel.is_set():
+                process.terminate(grace_seconds=self._settings.stop_grace_s)
+                return None
+            code = process.poll()
+            if code is not None:
+                process.terminate(grace_seconds=1)
+                raise DeployError(
+                    f"The primary container for production variant {variant['VariantName']} "
+                    f"exited with code {code} before it passed the ping health check. "
+                    f"Log tail: {log_tail(self.log_path(name), max_chars=700)}"
+                )
+            if ping(port) == 200:
+                return serving
+            if time.monotonic() > deadline:
+                process.terminate(grace_seconds=self._settings.stop_grace_s)
+                raise DeployError(
+                    f"The primary container for production variant {variant['VariantName']} "
+                    f"did not pass the ping health check within {timeout:g} seconds. "
+                    f"Log tail: {log_tail(self.log_path(name), max_chars=700)}"
+                )
+            cancel.wait(0.25)
+
+    def _server_env(
+        self, name: str, model: dict[str, Any], model_dir: Path, port: int
+    ) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self._settings.process_env)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env["EASEL_LORA_CACHE_DIR"] = str(self._work_root / name / "lora-cache")
+        env.update(
+            {k: str(v) for k, v in (primary_container(model).get("Environment") or {}).items()}
+        )
+        env.update(self._settings.device_env())
+        env.update(
+            {
+                "EASEL_MODEL_DIR": str(model_dir),
+                "SAGEMAKER_BIND_TO_PORT": str(port),
+                "EASEL_HOST": "127.0.0.1",
+            }
+        )
+        return env
+
+    # --- watching
+
+    def _watch(self) -> None:
+        """Mark an endpoint Failed when its server process dies while serving."""
+        while not self._closing.wait(1.0):
+            with self._lock:
+                dead = [(n, s) for n, s in self._serving.items() if not s.is_alive()]
+                for name, _ in dead:
+                    self._serving.pop(name, None)
+            for name, serving in dead:
+                code = serving.process.poll()
+                serving.process.terminate(grace_seconds=1)
+                self._records.update(
+                    "endpoint",
+                    name,
+                    EndpointStatus="Failed",
+                    FailureReason=_truncate(
+                        f"The inference server exited unexpectedly with code {code}. "
+                        f"Log tail: {log_tail(self.log_path(name), max_chars=700)}"
+                    ),
+                    LastModifiedTime=now(),
+                )
+
+
+def _model_source(container: dict[str, Any]) -> tuple[str | None, str]:
+    """(S3 URI, kind) of a container's model data; kind is archive|prefix|object."""
+    if container.get("ModelDataUrl"):
+        return container["ModelDataUrl"], "archive"
+    source = (container.get("ModelDataSource") or {}).get("S3DataSource")
+    if not source:
+        return None, "none"
+    compressed = source.get("CompressionType") == "Gzip"
+    if source.get("S3DataType") == "S3Object":
+        return source["S3Uri"], "archive" if compressed else "object"
+    return source["S3Uri"], "archive" if compressed else "prefix"
+
+
+def _require_single_object(s3: Any, uri: str) -> None:
+    bucket, key = s3io.parse_s3_uri(uri, field="ModelDataUrl")
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # noqa: BLE001 - missing object, missing bucket, ...
+        raise s3io.S3DataError(
+            f"the object {uri} does not exist (ModelDataUrl must name a model.tar.gz object; "
+            "use ModelDataSource with S3DataType S3Prefix and CompressionType None for an "
+            "uncompressed folder)"
+        ) from exc

@@ -1,0 +1,220 @@
+"""Endpoints: model data from S3 -> a running server process -> InService, or Failed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError
+from local_helpers import GOOD_MODEL, deploy, process_is_running, tar_gz, unique, wait_for
+
+from local.processes import port_is_open
+
+
+def invoke_echo(clients, name: str) -> dict:
+    response = clients.runtime.invoke_endpoint(
+        EndpointName=name, Body=json.dumps({"task": "txt2img"}), ContentType="application/json"
+    )
+    return json.loads(response["Body"].read())
+
+
+def test_endpoint_from_model_tar_gz_goes_in_service_and_answers(clients):
+    name = deploy(clients, unique("ep"), environment={"FAKE_GREETING": "hello"})
+
+    described = clients.sagemaker.describe_endpoint(EndpointName=name)
+    assert described["EndpointStatus"] == "InService"
+    assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 1
+    reply = invoke_echo(clients, name)
+    assert reply["model_files"] == ["Stable-diffusion/tiny.safetensors"]
+    assert reply["greeting"] == "hello"  # the model's Environment reaches the process
+    assert reply["device"] == "cpu"
+
+
+def test_endpoint_from_uncompressed_s3_prefix(clients):
+    name = unique("prefix")
+    clients.s3.put_object(
+        Bucket=clients.bucket, Key=f"models/{name}/Stable-diffusion/a.safetensors", Body=b"w"
+    )
+    clients.s3.put_object(Bucket=clients.bucket, Key=f"models/{name}/Lora/l.safetensors", Body=b"l")
+    clients.sagemaker.create_model(
+        ModelName=name,
+        PrimaryContainer={
+            "Image": "local/easel-inference:test",
+            "ModelDataSource": {
+                "S3DataSource": {
+                    "S3Uri": clients.s3_uri(f"models/{name}/"),
+                    "S3DataType": "S3Prefix",
+                    "CompressionType": "None",
+                }
+            },
+        },
+        ExecutionRoleArn=clients.aws.names.execution_role_arn,
+    )
+    clients.sagemaker.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "v",
+                "ModelName": name,
+                "InstanceType": "ml.g5.xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    clients.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    clients.sagemaker.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.5, "MaxAttempts": 120}
+    )
+
+    assert invoke_echo(clients, name)["model_files"] == [
+        "Lora/l.safetensors",
+        "Stable-diffusion/a.safetensors",
+    ]
+
+
+def test_model_whose_server_cannot_start_fails_with_the_log_tail(clients):
+    name = deploy(clients, unique("broken"), files={"README.txt": b"no checkpoint here"})
+
+    described = clients.sagemaker.describe_endpoint(EndpointName=name)
+    assert described["EndpointStatus"] == "Failed"
+    assert "exited with code 3" in described["FailureReason"]
+    assert "no Stable-diffusion folder" in described["FailureReason"]
+
+
+def test_missing_model_archive_fails_with_the_s3_location(clients):
+    name = unique("nodata")
+    clients.sagemaker.create_model(
+        ModelName=name,
+        PrimaryContainer={"Image": "x", "ModelDataUrl": clients.s3_uri("models/none.tar.gz")},
+        ExecutionRoleArn=clients.aws.names.execution_role_arn,
+    )
+    clients.sagemaker.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "v",
+                "ModelName": name,
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    clients.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    wait_for(
+        lambda: (
+            clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Failed"
+        ),
+        timeout=30,
+    )
+    reason = clients.sagemaker.describe_endpoint(EndpointName=name)["FailureReason"]
+    assert clients.s3_uri("models/none.tar.gz") in reason
+
+
+def test_delete_endpoint_ends_its_process_and_closes_its_port(clients):
+    name = deploy(clients, unique("del"), environment={"FAKE_SPAWN_CHILD": "1"})
+    reply = invoke_echo(clients, name)
+    assert process_is_running(reply["pid"]) and port_is_open(reply["port"])
+
+    clients.sagemaker.delete_endpoint(EndpointName=name)
+
+    assert not process_is_running(reply["pid"])
+    assert not process_is_running(reply["child_pid"])  # its whole process group ended
+    assert not port_is_open(reply["port"])
+    with pytest.raises(ClientError) as raised:
+        clients.sagemaker.describe_endpoint(EndpointName=name)
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_update_endpoint_switches_to_the_new_config_and_ends_the_old_process(clients):
+    name = deploy(clients, unique("upd"), environment={"FAKE_GREETING": "v1"})
+    old = invoke_echo(clients, name)
+    new_model = unique("upd-model")
+    clients.s3.put_object(
+        Bucket=clients.bucket,
+        Key=f"models/{new_model}/model.tar.gz",
+        Body=tar_gz(GOOD_MODEL),
+    )
+    clients.sagemaker.create_model(
+        ModelName=new_model,
+        PrimaryContainer={
+            "Image": "x",
+            "ModelDataUrl": clients.s3_uri(f"models/{new_model}/model.tar.gz"),
+            "Environment": {"FAKE_GREETING": "v2"},
+        },
+        ExecutionRoleArn=clients.aws.names.execution_role_arn,
+    )
+    clients.sagemaker.create_endpoint_config(
+        EndpointConfigName=new_model,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": new_model,
+                "InstanceType": "ml.g5.xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+
+    clients.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=new_model)
+    wait_for(
+        lambda: (
+            clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
+        ),
+        timeout=30,
+    )
+
+    assert clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointConfigName"] == new_model
+    assert invoke_echo(clients, name)["greeting"] == "v2"
+    assert not process_is_running(old["pid"])
+
+
+def test_endpoint_listing_filters_by_status_and_name(clients):
+    healthy = deploy(clients, unique("listok"))
+    broken = deploy(clients, unique("listbad"), files={"x.txt": b"x"})
+
+    failed = clients.sagemaker.list_endpoints(StatusEquals="Failed", MaxResults=100)["Endpoints"]
+    names = {e["EndpointName"] for e in failed}
+    assert broken in names and healthy not in names
+    by_name = clients.sagemaker.list_endpoints(NameContains=healthy)["Endpoints"]
+    assert [e["EndpointName"] for e in by_name] == [healthy]
+
+
+def test_a_failed_update_keeps_the_old_config_serving(clients):
+    name = deploy(clients, unique("rollback"), environment={"FAKE_GREETING": "old"})
+    broken = unique("broken-model")
+    clients.s3.put_object(
+        Bucket=clients.bucket, Key=f"models/{broken}/model.tar.gz", Body=tar_gz({"x.txt": b"x"})
+    )
+    clients.sagemaker.create_model(
+        ModelName=broken,
+        PrimaryContainer={
+            "Image": "x",
+            "ModelDataUrl": clients.s3_uri(f"models/{broken}/model.tar.gz"),
+        },
+        ExecutionRoleArn=clients.aws.names.execution_role_arn,
+    )
+    clients.sagemaker.create_endpoint_config(
+        EndpointConfigName=broken,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": broken,
+                "InstanceType": "ml.g5.xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+
+    clients.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=broken)
+    wait_for(
+        lambda: (
+            clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] != "Updating"
+        ),
+        timeout=30,
+    )
+
+    described = clients.sagemaker.describe_endpoint(EndpointName=name)
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == name
+    assert "no Stable-diffusion folder" in described["FailureReason"]
+    assert invoke_echo(clients, name)["greeting"] == "old"
