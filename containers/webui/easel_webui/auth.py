@@ -1,0 +1,280 @@
+"""Who is calling: users, passwords, signed sessions, CSRF tokens and login throttling.
+
+- `admin` signs in with the admin secret's current password; other users live in the table with
+  argon2 hashes and a role (`admin` or `user`).
+- A session is a signed cookie `{u: user, g: generation, n: nonce}`. It stays valid across portal
+  tasks (all share the session key) and is revoked when the user's generation changes: a user's
+  generation is bumped on every password or role change, and deleting the user removes it; the
+  built-in admin's generation is a fingerprint of the current admin password.
+- CSRF: forms carry a token derived from the session nonce (or, before sign-in, a double-submit
+  cookie).
+- Failed sign-ins are counted per user name in the table, so every task sees the same count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from easel_webui.errors import Conflict, NotFound, PortalError, TooManyAttempts
+from easel_webui.secret_cache import SecretCache
+from easel_webui.settings import Settings
+from easel_webui.store import Table, iso_now, now
+
+ADMIN_USERNAME = "admin"
+Role = Literal["admin", "user"]
+ROLES: tuple[Role, ...] = ("admin", "user")
+SESSION_COOKIE = "easel_session"
+LOGIN_CSRF_COOKIE = "easel_login_csrf"
+USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,30}[a-z0-9]$")
+MIN_PASSWORD_LENGTH = 12
+
+BASIC_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: Role
+    generation: str
+    builtin: bool = False
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def check_username(value: str) -> str:
+    value = (value or "").strip().lower()
+    if not USERNAME_RE.match(value):
+        raise PortalError(
+            "username: use 3-32 lower-case letters, digits, '-' or '_', starting with a letter"
+        )
+    return value
+
+
+def check_password(value: str) -> str:
+    if len(value or "") < MIN_PASSWORD_LENGTH:
+        raise PortalError(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
+    if len(value) > 256:
+        raise PortalError("password: use at most 256 characters")
+    return value
+
+
+def check_role(value: str) -> Role:
+    if value not in ROLES:
+        raise PortalError("role: choose admin or user")
+    return value  # type: ignore[return-value]
+
+
+class Auth:
+    """Sign-in, sessions and user management over the table and the secrets."""
+
+    def __init__(self, *, settings: Settings, table: Table, secrets_cache: SecretCache) -> None:
+        self.settings = settings
+        self.table = table
+        self.secrets = secrets_cache
+        self._hasher = PasswordHasher(time_cost=settings.password_hash_time_cost,
+                                      memory_cost=settings.password_hash_memory_kib)
+        # Verified against when the user does not exist, so timing does not reveal names.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        # HTTP Basic clients send the password on every call: remember a verified one briefly
+        # (keyed by an HMAC, never the password) instead of paying argon2 each time.
+        self._basic_ok: dict[str, tuple[float, str]] = {}
+    # --- keys
+
+    def _session_key(self) -> str:
+        return self.secrets.get(self.settings.session_secret)
+
+    def _serializer(self) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(self._session_key(), salt="easel-session")
+
+    def _admin_generation(self, password: str) -> str:
+        digest = hmac.new(self._session_key().encode(), b"admin:" + password.encode(),
+                          hashlib.sha256)
+        return digest.hexdigest()[:20]
+
+    # --- users
+
+    def _user_record(self, username: str) -> dict[str, Any] | None:
+        return self.table.get(f"user#{username}", "profile")
+
+    def lookup(self, username: str) -> User | None:
+        if username == ADMIN_USERNAME:
+            password = self.secrets.admin_password(self.settings.admin_secret)
+            return User(ADMIN_USERNAME, "admin", self._admin_generation(password), builtin=True)
+        record = self._user_record(username)
+        if not record:
+            return None
+        return User(record["username"], record["role"], str(record.get("generation", 0)))
+
+    def list_users(self) -> list[dict[str, Any]]:
+        users = [{"username": ADMIN_USERNAME, "role": "admin", "builtin": True,
+                  "created_at": ""}]
+        for record in self.table.query_index("users"):
+            users.append({"username": record["username"], "role": record["role"],
+                          "builtin": False, "created_at": record.get("created_at", "")})
+        return users
+
+    def create_user(self, *, username: str, password: str, role: str, by: str) -> None:
+        username = check_username(username)
+        if username == ADMIN_USERNAME:
+            raise Conflict("username: 'admin' is the built-in administrator")
+        check_password(password)
+        role = check_role(role)
+        created = self.table.put(
+            {
+                "pk": f"user#{username}", "sk": "profile", "gsi1pk": "users",
+                "gsi1sk": username, "username": username, "role": role,
+                "password_hash": self._hasher.hash(password), "generation": 1,
+                "created_at": iso_now(), "created_by": by,
+            },
+            must_not_exist=True,
+        )
+        if not created:
+            raise Conflict(f"username: {username!r} already exists")
+
+    def _require_table_user(self, username: str) -> None:
+        if username == ADMIN_USERNAME:
+            raise PortalError(
+                "The built-in admin's password is the admin secret in Secrets Manager; "
+                "it is rotated there, not here."
+            )
+
+    def set_password(self, *, username: str, password: str) -> None:
+        self._require_table_user(username)
+        check_password(password)
+        updated = self.table.update(
+            f"user#{username}", "profile",
+            {"password_hash": self._hasher.hash(password), "password_changed_at": iso_now()},
+            add={"generation": 1},
+        )
+        if updated is None:
+            raise NotFound(f"user {username!r} does not exist")
+
+    def set_role(self, *, username: str, role: str) -> None:
+        self._require_table_user(username)
+        role = check_role(role)
+        updated = self.table.update(
+            f"user#{username}", "profile", {"role": role}, add={"generation": 1}
+        )
+        if updated is None:
+            raise NotFound(f"user {username!r} does not exist")
+
+    def delete_user(self, *, username: str) -> None:
+        self._require_table_user(username)
+        if self._user_record(username) is None:
+            raise NotFound(f"user {username!r} does not exist")
+        self.table.delete(f"user#{username}", "profile")
+        self.table.delete(f"user#{username}", "prefs")
+
+    # --- sign-in
+
+    def _window(self) -> int:
+        size = self.settings.login_window_seconds
+        return int(now() // size * size)
+
+    def _throttle_key(self, username: str) -> tuple[str, str]:
+        return f"throttle#{username}", f"w#{self._window()}"
+
+    def _failures(self, username: str) -> int:
+        record = self.table.get(*self._throttle_key(username))
+        if not record or record.get("ttl", 0) < now():
+            return 0
+        return int(record.get("failures", 0))
+
+    def _record_failure(self, username: str) -> None:
+        pk, sk = self._throttle_key(username)
+        expires = self._window() + self.settings.login_window_seconds
+        self.table.update(pk, sk, {"ttl": math.ceil(expires)}, must_exist=False,
+                          add={"failures": 1})
+
+    def authenticate(self, username: str, password: str) -> User:
+        """The user, or `PortalError` (wrong credentials) / `TooManyAttempts`."""
+        name = (username or "").strip().lower()[:64]
+        if not name or not password:
+            raise PortalError("Enter your user name and password.", status_code=401)
+        throttle_name = name if USERNAME_RE.match(name) else "_invalid"
+        if self._failures(throttle_name) >= self.settings.login_max_failures:
+            raise TooManyAttempts(
+                "Too many failed sign-ins for this user; wait "
+                f"{self.settings.login_window_seconds // 60 or 1} minutes and try again."
+            )
+        user = self._verify(name, password)
+        if user is None:
+            self._record_failure(throttle_name)
+            raise PortalError("Wrong user name or password.", status_code=401)
+        self.table.delete(*self._throttle_key(throttle_name))  # a success clears the count
+        return user
+
+    def authenticate_basic(self, username: str, password: str) -> User:
+        """`authenticate` for HTTP Basic: a verified password is remembered for a minute; the
+        user's current generation is still checked on every call, so revocation is immediate."""
+        name = (username or "").strip().lower()[:64]
+        key = hmac.new(self._session_key().encode(), f"{name}\0{password}".encode(),
+                       hashlib.sha256).hexdigest()
+        cached = self._basic_ok.get(key)
+        if cached and cached[0] > now():
+            user = self.lookup(name)
+            if user is not None and hmac.compare_digest(user.generation, cached[1]):
+                return user
+            self._basic_ok.pop(key, None)
+        user = self.authenticate(name, password)
+        if len(self._basic_ok) > 10000:
+            self._basic_ok.clear()
+        self._basic_ok[key] = (now() + BASIC_CACHE_SECONDS, user.generation)
+        return user
+
+    def _verify(self, name: str, password: str) -> User | None:
+        if name == ADMIN_USERNAME:
+            expected = self.secrets.admin_password(self.settings.admin_secret)
+            if hmac.compare_digest(expected.encode(), password.encode()):
+                return self.lookup(ADMIN_USERNAME)
+            return None
+        record = self._user_record(name) if USERNAME_RE.match(name) else None
+        try:
+            self._hasher.verify(record["password_hash"] if record else self._dummy_hash, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if not record:
+            return None
+        return User(record["username"], record["role"], str(record.get("generation", 0)))
+
+    # --- sessions
+
+    def issue_session(self, user: User) -> str:
+        payload = {"u": user.username, "g": user.generation, "n": secrets.token_urlsafe(16)}
+        return self._serializer().dumps(payload)
+
+    def read_session(self, cookie: str | None) -> tuple[User, str] | None:
+        """The signed-in user and the session nonce, or None when missing/expired/revoked."""
+        if not cookie:
+            return None
+        try:
+            payload = self._serializer().loads(
+                cookie, max_age=self.settings.session_max_age_seconds
+            )
+        except BadSignature:
+            return None
+        if not isinstance(payload, dict) or not {"u", "g", "n"} <= payload.keys():
+            return None
+        user = self.lookup(str(payload["u"]))
+        if user is None or not hmac.compare_digest(user.generation, str(payload["g"])):
+            return None
+        return user, str(payload["n"])
+
+    def csrf_token(self, nonce: str) -> str:
+        key = self._session_key().encode()
+        return hmac.new(key, b"csrf:" + nonce.encode(), hashlib.sha256).hexdigest()
+
+    def check_csrf(self, nonce: str, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(self.csrf_token(nonce), token or "")

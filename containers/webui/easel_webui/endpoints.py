@@ -1,0 +1,290 @@
+"""Deploying, listing and deleting SageMaker endpoints for the portal."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from easel_webui import sagemaker_requests as req
+from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
+from easel_webui.settings import Settings
+from easel_webui.storage import Bucket
+from easel_webui.store import Table, iso_now, now
+
+log = logging.getLogger("easel_webui.endpoints")
+ACTIVE_STATES = {"Creating", "Updating", "SystemUpdating", "InService", "RollingBack"}
+
+
+def _aws_message(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+
+
+class Endpoints:
+    def __init__(self, *, settings: Settings, clients: Any, table: Table, bucket: Bucket) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.table = table
+        self.bucket = bucket
+
+    # --- deploy
+
+    def spec_from_form(self, form: dict[str, Any], *, creator: str) -> req.EndpointSpec:
+        settings = self.settings
+        instance_type = str(form.get("instance_type", ""))
+        info = settings.endpoint_instance_types.get(instance_type)
+        if info is None:
+            raise PortalError(f"instance type: {instance_type!r} is not in the allowlist")
+        model = str(form.get("model_s3_uri") or form.get("model") or "").strip()
+        if not model:
+            raise PortalError("model: choose a model from the bucket or enter an s3:// URI")
+        self._check_model_uri(model)
+        mode = str(form.get("mode") or "realtime")
+        if mode not in ("realtime", "async"):
+            raise PortalError("mode: choose realtime or async")
+        min_default = "1" if mode == "realtime" else "0"
+        try:
+            min_instances = int(form.get("min_instances") or min_default)
+            max_instances = int(form.get("max_instances") or max(min_instances, 1))
+            idle = float(form.get("idle_ttl_hours") if form.get("idle_ttl_hours") not in (None, "")
+                         else settings.idle_ttl_hours)
+            volume_raw = form.get("volume_size_gb")
+            volume = int(volume_raw) if volume_raw not in (None, "") else None
+        except ValueError:
+            raise PortalError(
+                "min/max instances, idle hours and volume size must be numbers"
+            ) from None
+        if max_instances > settings.max_instances_per_endpoint:
+            raise PortalError(
+                f"max instances: at most {settings.max_instances_per_endpoint} per endpoint"
+            )
+        if volume is not None and info.instance_storage:
+            volume = None  # types with instance storage take no EBS volume: ignore the field
+        if not info.instance_storage and volume is None:
+            volume = 100
+        if not settings.inference_image:
+            raise PortalError("The inference image is not configured (EASEL_INFERENCE_IMAGE).")
+        try:
+            return req.EndpointSpec(
+                deployment_id=settings.deployment_id,
+                name=str(form.get("name", "")).strip(),
+                creator=creator,
+                image=settings.inference_image,
+                execution_role_arn=settings.execution_role_arn,
+                model_s3_uri=model,
+                instance_type=instance_type,
+                instance=req.InstanceFacts(**info.model_dump()),
+                mode=mode,  # type: ignore[arg-type]
+                min_instances=min_instances,
+                max_instances=max_instances,
+                volume_size_gb=volume,
+                idle_ttl_hours=idle,
+                max_response_bytes=(settings.realtime_max_response_bytes if mode == "realtime"
+                                    else settings.async_max_response_bytes),
+                async_s3_uri=f"{self.bucket.uri}/async",
+                lora_s3_uri=f"{self.bucket.uri}/loras/",
+                log_retention_days=settings.log_retention_days,
+                created_at=now(),
+            )
+        except ValidationError as exc:
+            raise PortalError(describe_validation(list(exc.errors()))) from None
+        except ValueError as exc:
+            raise PortalError(str(exc)) from None
+
+    def _check_model_uri(self, uri: str) -> None:
+        try:
+            bucket, key = req.parse_s3_uri(uri)
+        except ValueError as exc:
+            raise PortalError(f"model: {exc}") from None
+        if bucket != self.bucket.name:
+            raise PortalError(
+                f"model: the execution role reads only the data bucket ({self.bucket.name}); "
+                "copy the model under models/ first"
+            )
+        if not key.startswith(("models/", "training/")) or ".." in key.split("/"):
+            raise PortalError(
+                "model: the execution role reads models only under models/ or training/"
+            )
+        if not key.endswith(("/", ".tar.gz", ".tgz")):
+            raise PortalError("model: give a model.tar.gz object or a folder ending in '/'")
+
+    def deploy(self, spec: req.EndpointSpec) -> str:
+        """Create model, endpoint config, endpoint, log group and scaling; returns the name."""
+        owned = [e for e in self.records() if e.get("creator") == spec.creator
+                 and self.describe(e["endpoint"])]
+        if len(owned) >= self.settings.max_endpoints_per_user:
+            raise Conflict(
+                f"You already have {len(owned)} endpoints; the limit is "
+                f"{self.settings.max_endpoints_per_user}. Delete one first."
+            )
+        sm = self.clients.sagemaker
+        try:
+            sm.describe_endpoint(EndpointName=spec.endpoint_name)
+        except ClientError:
+            pass
+        else:
+            raise Conflict(f"name: an endpoint {spec.endpoint_name!r} already exists")
+        self.table.put({
+            "pk": f"endpoint#{spec.endpoint_name}", "sk": "meta", "gsi1pk": "endpoints",
+            "gsi1sk": spec.endpoint_name, "endpoint": spec.endpoint_name,
+            "creator": spec.creator, "mode": spec.mode, "instance_type": spec.instance_type,
+            "min_instances": spec.min_instances, "max_instances": spec.max_instances,
+            "idle_ttl_hours": spec.idle_ttl_hours, "model_s3_uri": spec.model_s3_uri,
+            "model_name": spec.model_name, "endpoint_config_name": spec.endpoint_config_name,
+            "created_at": iso_now(), "last_used_at": int(now()), "status": "Creating",
+        })
+        try:
+            self._create_log_group(spec)
+            sm.create_model(**req.build_create_model(spec))
+            sm.create_endpoint_config(**req.build_create_endpoint_config(spec))
+            sm.create_endpoint(**req.build_create_endpoint(spec))
+        except ClientError as exc:
+            # Undo what was made, so a refused deployment leaves nothing behind.
+            with suppress(ClientError):
+                sm.delete_endpoint_config(EndpointConfigName=spec.endpoint_config_name)
+            with suppress(ClientError):
+                sm.delete_model(ModelName=spec.model_name)
+            self.table.delete(f"endpoint#{spec.endpoint_name}", "meta")
+            raise UpstreamError(f"SageMaker refused the deployment: {_aws_message(exc)}") from None
+        return spec.endpoint_name
+
+    def _create_log_group(self, spec: req.EndpointSpec) -> None:
+        request = req.build_log_group(spec)
+        logs = self.clients.logs
+        try:
+            logs.create_log_group(logGroupName=request["logGroupName"], tags=request["tags"])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceAlreadyExistsException":
+                raise
+        logs.put_retention_policy(logGroupName=request["logGroupName"],
+                                  retentionInDays=request["retentionInDays"])
+
+    def register_scaling(self, spec: req.EndpointSpec) -> None:
+        plan = req.build_scaling(spec)
+        autoscaling = self.clients.autoscaling
+        autoscaling.register_scalable_target(**plan["scalable_target"])
+        arns: dict[str, str] = {}
+        for policy in plan["policies"]:
+            answer = autoscaling.put_scaling_policy(**policy)
+            arns[policy["PolicyName"]] = answer.get("PolicyARN", "")
+        for alarm in plan["alarms"]:
+            request = {k: v for k, v in alarm.items() if k != "policy_name"}
+            request["AlarmActions"] = [arns[alarm["policy_name"]]]
+            self.clients.cloudwatch.put_metric_alarm(**request)
+
+    # --- read
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.table.query_index("endpoints")
+
+    def record(self, name: str) -> dict[str, Any]:
+        record = self.table.get(f"endpoint#{name}", "meta")
+        if not record:
+            raise NotFound(f"endpoint {name!r} is not one of this portal's endpoints")
+        return record
+
+    def describe(self, name: str) -> dict[str, Any]:
+        try:
+            return self.clients.sagemaker.describe_endpoint(EndpointName=name)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"):
+                return {}
+            raise UpstreamError(f"SageMaker: {_aws_message(exc)}") from None
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every endpoint of this deployment with live status and running cost."""
+        result = []
+        for record in self.records():
+            name = record["endpoint"]
+            live = self.describe(name)
+            status = live.get("EndpointStatus", "Deleted" if live == {} else "Unknown")
+            instances = 0
+            for variant in live.get("ProductionVariants", []) or []:
+                instances += int(variant.get("CurrentInstanceCount") or 0)
+            if status == "InService" and not record.get("scaling_applied"):
+                self._scale_when_ready(record)
+            info = self.settings.endpoint_instance_types.get(record.get("instance_type", ""))
+            hourly = (info.hourly_usd if info else 0.0) * instances
+            result.append({
+                **record,
+                "status": status,
+                "failure": live.get("FailureReason") or record.get("failure", ""),
+                "instances": instances,
+                "cost_per_hour": round(hourly, 3),
+                "usable": status in ("InService", "Updating"),
+            })
+        return result
+
+    def _scale_when_ready(self, record: dict[str, Any]) -> None:
+        spec = self._spec_for_record(record)
+        try:
+            self.register_scaling(spec)
+        except ClientError as exc:
+            log.warning("scaling for %s not applied yet: %s", record["endpoint"],
+                        _aws_message(exc))
+            return
+        self.table.update(f"endpoint#{record['endpoint']}", "meta", {"scaling_applied": True})
+
+    def _spec_for_record(self, record: dict[str, Any]) -> req.EndpointSpec:
+        info = self.settings.endpoint_instance_types.get(record["instance_type"])
+        facts = req.InstanceFacts(**info.model_dump()) if info else req.InstanceFacts(
+            gpu_memory_gb=1, instance_storage=True, hourly_usd=0)
+        return req.EndpointSpec(
+            deployment_id=self.settings.deployment_id,
+            name=record["endpoint"][len(self.settings.deployment_id) + 1:],
+            creator=record["creator"], image=self.settings.inference_image or "unused",
+            execution_role_arn=self.settings.execution_role_arn,
+            model_s3_uri=record["model_s3_uri"], instance_type=record["instance_type"],
+            instance=facts, mode=record["mode"], min_instances=record["min_instances"],
+            max_instances=record["max_instances"], idle_ttl_hours=record["idle_ttl_hours"],
+            async_s3_uri=f"{self.bucket.uri}/async",
+        )
+
+    def usable_names(self) -> list[str]:
+        return [e["endpoint"] for e in self.listing() if e["usable"]]
+
+    def touch(self, name: str) -> None:
+        """Mark an endpoint used now (the reaper spares endpoints used within their TTL)."""
+        self.table.update(f"endpoint#{name}", "meta", {"last_used_at": int(now())})
+
+    # --- delete
+
+    def delete(self, name: str) -> None:
+        record = self.record(name)
+        sm = self.clients.sagemaker
+        resource_id = req.scaling_resource_id(name)
+        autoscaling = self.clients.autoscaling
+        # Scaling first (SageMaker refuses to delete a variant that is still registered);
+        # any of these may not exist yet when the endpoint never reached InService.
+        if record.get("scaling_applied"):
+            for suffix in ("invocations", "backlog", "wake"):
+                with suppress(ClientError):
+                    autoscaling.delete_scaling_policy(
+                        PolicyName=f"{name}-{suffix}", ServiceNamespace="sagemaker",
+                        ResourceId=resource_id, ScalableDimension=req.SCALABLE_DIMENSION,
+                    )
+            if record.get("mode") == "async":
+                with suppress(ClientError):
+                    self.clients.cloudwatch.delete_alarms(
+                        AlarmNames=[f"{name}-backlog-without-capacity"])
+            with suppress(ClientError):
+                autoscaling.deregister_scalable_target(
+                    ServiceNamespace="sagemaker", ResourceId=resource_id,
+                    ScalableDimension=req.SCALABLE_DIMENSION,
+                )
+        for call, kwargs in (
+            (sm.delete_endpoint, {"EndpointName": name}),
+            (sm.delete_endpoint_config, {"EndpointConfigName": record["endpoint_config_name"]}),
+            (sm.delete_model, {"ModelName": record["model_name"]}),
+        ):
+            try:
+                call(**kwargs)
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                if code not in ("ValidationException", "ResourceNotFound"):
+                    raise UpstreamError(f"SageMaker: {_aws_message(exc)}") from None
+        self.table.delete(f"endpoint#{name}", "meta")

@@ -1,0 +1,42 @@
+"""Everything a request handler needs, built once per application from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from easel_webui.auth import Auth
+from easel_webui.aws import Clients
+from easel_webui.endpoints import Endpoints
+from easel_webui.generation import Generation
+from easel_webui.secret_cache import SecretCache
+from easel_webui.settings import Settings
+from easel_webui.storage import Bucket
+from easel_webui.store import Table
+from easel_webui.training import Training
+
+
+@dataclass
+class Portal:
+    settings: Settings
+    clients: Any
+    table: Table
+    bucket: Bucket
+    secrets: SecretCache
+    auth: Auth
+    endpoints: Endpoints
+    generation: Generation
+    training: Training
+
+    @classmethod
+    def build(cls, settings: Settings, clients: Any | None = None) -> Portal:
+        clients = clients or Clients(region=settings.region)
+        table = Table(clients.dynamodb, settings.table)
+        bucket = Bucket(clients.s3, settings.bucket)
+        secrets = SecretCache(clients.secrets, ttl_seconds=settings.secret_cache_seconds)
+        auth = Auth(settings=settings, table=table, secrets_cache=secrets)
+        endpoints = Endpoints(settings=settings, clients=clients, table=table, bucket=bucket)
+        generation = Generation(clients=clients, table=table, bucket=bucket, endpoints=endpoints)
+        training = Training(settings=settings, clients=clients, table=table, bucket=bucket)
+        return cls(settings, clients, table, bucket, secrets, auth, endpoints, generation,
+                   training)

@@ -1,0 +1,88 @@
+"""Generate page and gallery: submit a generation, poll it, browse and reuse results."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from easel_webui.access import Access, CurrentUser, PortalDep, Routes
+from easel_webui.errors import NotFound, PortalError
+from easel_webui.payloads import validate_payload
+from easel_webui.routes.common import blocking, redirect
+from easel_webui.templating import render
+
+routes = Routes()
+
+
+@routes.get("/generate", access=Access.USER)
+def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
+                  reuse: str = "") -> Response:
+    reused: dict[str, Any] = {}
+    if reuse:
+        try:
+            reused = portal.generation.image(reuse, user=user)
+        except NotFound:
+            reused = {}
+    endpoints = [e for e in portal.endpoints.listing() if e["usable"]]
+    return render(request, "generate.html", endpoints=endpoints, reused=reused,
+                  library_loras=portal.bucket.loras())
+
+
+@routes.get("/generate/options", access=Access.USER)
+def generate_options(portal: PortalDep, user: CurrentUser, endpoint: str) -> dict[str, Any]:
+    """What the endpoint serves: models, LoRAs, samplers (its listing tasks)."""
+    portal.endpoints.record(endpoint)
+    answer: dict[str, Any] = {}
+    for task in ("sd-models", "loras", "samplers"):
+        answer[task] = portal.generation.listing(endpoint, task)
+    return answer
+
+
+def _resolve_images(portal: Any, user: Any, body: dict[str, Any]) -> None:
+    """`init_image_id`: reuse a gallery image (the user's own) as the img2img input."""
+    image_id = body.pop("init_image_id", None)
+    if image_id:
+        record = portal.generation.image(str(image_id), user=user)
+        key = portal.table.get(f"image#{record['image_id']}", "meta")["key"]
+        encoded = base64.b64encode(portal.bucket.read(key, max_bytes=12 * 1024**2)).decode()
+        body.setdefault("init_images", [encoded])
+
+
+@routes.post("/generate", access=Access.USER)
+async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise PortalError("body: must be JSON {endpoint, task, payload}") from None
+    if not isinstance(body, dict):
+        raise PortalError("body: must be a JSON object")
+    endpoint = str(body.get("endpoint", ""))
+    task = str(body.get("task", "txt2img"))
+    payload = body.get("payload")
+    if isinstance(payload, dict):
+        await blocking(_resolve_images, portal, user, payload)
+    checked = validate_payload(task, payload)
+    job_id = await blocking(portal.generation.submit, user=user, endpoint=endpoint, task=task,
+                            payload=checked)
+    return JSONResponse({"job_id": job_id, "poll": f"/generate/jobs/{job_id}"}, status_code=202)
+
+
+@routes.get("/generate/jobs/{job_id}", access=Access.USER)
+def job_status(job_id: str, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    return portal.generation.job(job_id, user=user)
+
+
+@routes.get("/gallery", access=Access.USER)
+def gallery(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    return render(request, "gallery.html", images=portal.generation.gallery(user=user))
+
+
+@routes.post("/gallery/{image_id}/delete", access=Access.USER)
+def delete_image(image_id: str, portal: PortalDep, user: CurrentUser) -> Response:
+    portal.generation.delete_image(image_id, user=user)
+    return redirect("/gallery", notice="Image deleted.")
+
+

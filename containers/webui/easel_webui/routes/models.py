@@ -1,0 +1,162 @@
+"""Models page: models and LoRAs in the bucket, LoRA upload, concept sets (direct upload)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from easel_webui.access import Access, CurrentUser, PortalDep, Routes
+from easel_webui.auth import User
+from easel_webui.errors import NotFound, PortalError
+from easel_webui.routes.common import blocking, redirect
+from easel_webui.storage import (
+    IMAGE_EXTENSIONS,
+    MAX_CONCEPT_FILE_BYTES,
+    MAX_LORA_BYTES,
+    check_file_name,
+    check_set_name,
+)
+from easel_webui.templating import render
+
+routes = Routes()
+MAX_PRESIGN_FILES = 200
+
+
+@routes.get("/models", access=Access.USER)
+def models_page(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    sets = portal.bucket.concept_sets(None if user.is_admin else user.username)
+    for entry in sets:
+        entry["thumbs"] = [portal.bucket.url(key) for key in entry["images"][:8]]
+        entry["count"] = len(entry["images"])
+    return render(request, "models.html", models=portal.bucket.models(),
+                  loras=portal.bucket.loras(), sets=sets)
+
+
+def _check_safetensors_header(head: bytes) -> None:
+    if len(head) < 8:
+        raise PortalError("file: not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", head[:8])
+    if not 2 <= length <= 100 * 1024 * 1024:
+        raise PortalError("file: not a safetensors file (bad header length)")
+
+
+@routes.post("/models/loras", access=Access.USER)
+async def upload_lora(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        return redirect("/models", error="file: choose a .safetensors file")
+    try:
+        name = check_file_name(str(upload.filename or ""), field="file name")
+        if not name.endswith(".safetensors"):
+            raise PortalError("file name: LoRAs are uploaded as .safetensors files")
+        size = getattr(upload, "size", None)
+        if size is not None and size > MAX_LORA_BYTES:
+            raise PortalError("file: larger than 2 GB")
+        head = await upload.read(8)
+        _check_safetensors_header(head)
+        await upload.seek(0)
+        key = f"loras/{name}"
+        if await blocking(portal.bucket.exists, key) and not form.get("replace"):
+            raise PortalError(f"file name: {name} is already in the library (tick replace)")
+        await blocking(portal.clients.s3.upload_fileobj, upload.file, portal.bucket.name, key,
+                       ExtraArgs={"ContentType": "application/octet-stream"})
+    except PortalError as exc:
+        return redirect("/models", error=exc.message)
+    return redirect("/models", notice=f"LoRA {name} uploaded.")
+
+
+@routes.post("/models/concepts/presign", access=Access.USER)
+async def presign_concepts(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    """Pre-signed POSTs for uploading files straight to `concepts/<user>/<set>/`."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise PortalError("body: must be JSON {set, files: [{name, type}]}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("files"), list):
+        raise PortalError("files: a list of {name, type} is required")
+    files = body["files"]
+    if not 1 <= len(files) <= MAX_PRESIGN_FILES:
+        raise PortalError(f"files: between 1 and {MAX_PRESIGN_FILES} per request")
+    uploads = []
+    for index, item in enumerate(files):
+        if not isinstance(item, dict):
+            raise PortalError(f"files[{index}]: must be an object with name and type")
+        uploads.append(await blocking(
+            portal.bucket.presigned_concept_upload,
+            owner=user.username, set_name=str(body.get("set", "")),
+            file_name=str(item.get("name", "")), content_type=str(item.get("type", "")),
+        ))
+    return JSONResponse({"uploads": uploads, "max_bytes": MAX_CONCEPT_FILE_BYTES})
+
+
+@routes.post("/models/concepts/upload", access=Access.USER)
+async def upload_concepts(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    """Fallback when the browser cannot reach S3 directly: files go through the portal."""
+    form = await request.form()
+    set_name = check_set_name(str(form.get("set", "")))
+    stored = 0
+    for upload in form.getlist("files"):
+        if not isinstance(upload, UploadFile):
+            continue
+        name = check_file_name(str(upload.filename or ""))
+        if not name.lower().endswith((*IMAGE_EXTENSIONS, ".txt")):
+            raise PortalError(f"{name}: only images and .txt captions can be uploaded")
+        data = await upload.read(MAX_CONCEPT_FILE_BYTES + 1)
+        if len(data) > MAX_CONCEPT_FILE_BYTES:
+            raise PortalError(f"{name}: larger than {MAX_CONCEPT_FILE_BYTES // 1024**2} MB")
+        await blocking(portal.bucket.write, f"concepts/{user.username}/{set_name}/{name}", data,
+                       content_type=upload.content_type or "application/octet-stream")
+        stored += 1
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse({"stored": stored})
+    return redirect("/models", notice=f"{stored} files uploaded to {set_name}.")
+
+
+def _set_owner(user: User, owner: str) -> str:
+    if owner != user.username and not user.is_admin:
+        raise NotFound("No such concept set.")
+    return owner
+
+
+@routes.get("/models/concepts/{owner}/{set_name}", access=Access.USER)
+def concept_set(owner: str, set_name: str, portal: PortalDep, user: CurrentUser) -> Any:
+    _set_owner(user, owner)
+    prefix = f"concepts/{owner}/{check_set_name(set_name)}/"
+    objects, _ = portal.bucket.list(prefix)
+    if not objects:
+        raise NotFound("No such concept set.")
+    return {"set": set_name, "owner": owner, "files": [
+        {"name": o.key[len(prefix):], "size": o.size,
+         "url": portal.bucket.url(o.key) if o.key.lower().endswith(IMAGE_EXTENSIONS) else None}
+        for o in objects
+    ]}
+
+
+@routes.post("/models/concepts/{owner}/{set_name}/delete", access=Access.USER)
+def delete_concept_set(owner: str, set_name: str, portal: PortalDep,
+                       user: CurrentUser) -> Response:
+    _set_owner(user, owner)
+    count = portal.bucket.delete_prefix(f"concepts/{owner}/{check_set_name(set_name)}/")
+    if not count:
+        raise NotFound("No such concept set.")
+    return redirect("/models", notice=f"Concept set {set_name} deleted ({count} files).")
+
+
+@routes.post("/models/concepts/{owner}/{set_name}/files/delete", access=Access.USER)
+async def delete_concept_file(request: Request, owner: str, set_name: str, portal: PortalDep,
+                              user: CurrentUser) -> Response:
+    _set_owner(user, owner)
+    form = await request.form()
+    name = check_file_name(str(form.get("name", "")))
+    key = f"concepts/{owner}/{check_set_name(set_name)}/{name}"
+    if not await blocking(portal.bucket.exists, key):
+        raise NotFound("No such file.")
+    await blocking(portal.clients.s3.delete_object, Bucket=portal.bucket.name, Key=key)
+    return redirect("/models", notice=f"{name} deleted.")
+
+

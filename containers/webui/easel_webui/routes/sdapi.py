@@ -1,0 +1,175 @@
+"""AUTOMATIC1111-compatible API under `/sdapi/v1/` (HTTP Basic auth with a portal user).
+
+Requests go to the caller's chosen endpoint (`POST /sdapi/v1/options` with `easel_endpoint`; by
+default the first endpoint in service) and model (`sd_model_checkpoint`). Generations are saved to
+the caller's gallery like the portal's. A synchronous call waits at most about 50 s; after that
+the answer is 504 with a job id to poll at `/api/v1/jobs/<id>`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from easel_webui.access import Access, CurrentUser, PortalDep, Routes
+from easel_webui.auth import User
+from easel_webui.errors import PortalError
+from easel_webui.payloads import validate_payload
+from easel_webui.routes.common import blocking
+from easel_webui.store import iso_now
+
+routes = Routes()
+API = {"access": Access.USER, "scheme": "basic"}
+
+
+def _prefs(portal: Any, user: User) -> dict[str, Any]:
+    return portal.table.get(f"user#{user.username}", "prefs") or {}
+
+
+def _save_prefs(portal: Any, user: User, **values: Any) -> None:
+    portal.table.update(f"user#{user.username}", "prefs", {**values, "updated_at": iso_now()},
+                        must_exist=False)
+
+
+def _endpoint_for(portal: Any, user: User) -> str:
+    usable = portal.endpoints.usable_names()
+    chosen = _prefs(portal, user).get("endpoint")
+    if chosen and chosen in usable:
+        return chosen
+    if chosen and chosen not in usable:
+        raise PortalError(
+            f"Your chosen endpoint {chosen!r} is not in service; choose another with POST "
+            "/sdapi/v1/options {\"easel_endpoint\": ...}.", status_code=503)
+    if not usable:
+        raise PortalError("No endpoint is in service; ask an admin to deploy one.",
+                          status_code=503)
+    return usable[0]
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise PortalError("body: must be a JSON object", status_code=422) from None
+    if not isinstance(body, dict):
+        raise PortalError("body: must be a JSON object", status_code=422)
+    return body
+
+
+def _run_sync(task: str, portal: Any, user: User, payload: dict[str, Any]) -> dict[str, Any]:
+    checkpoint = _prefs(portal, user).get("checkpoint")
+    overrides = payload.setdefault("override_settings", {})
+    if checkpoint and not overrides.get("sd_model_checkpoint"):
+        overrides["sd_model_checkpoint"] = checkpoint
+    endpoint = _endpoint_for(portal, user)
+    return portal.generation.run_sync(
+        user=user, endpoint=endpoint, task=task, payload=payload,
+        timeout=portal.settings.sync_timeout_seconds,
+    )
+
+
+async def _generate(task: str, request: Request, portal: Any, user: User) -> dict[str, Any]:
+    payload = validate_payload(task, await _json_body(request))
+    answer = await blocking(_run_sync, task, portal, user, payload)
+    return {"images": answer.get("images", []), "parameters": answer.get("parameters", payload),
+            "info": answer.get("info", "")}
+
+
+@routes.post("/sdapi/v1/txt2img", **API)
+async def txt2img(request: Request, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    return await _generate("txt2img", request, portal, user)
+
+
+@routes.post("/sdapi/v1/img2img", **API)
+async def img2img(request: Request, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    return await _generate("img2img", request, portal, user)
+
+
+def _listing(portal: Any, user: User, task: str) -> Any:
+    return portal.generation.listing(_endpoint_for(portal, user), task)
+
+
+@routes.get("/sdapi/v1/sd-models", **API)
+def sd_models(portal: PortalDep, user: CurrentUser) -> Any:
+    return _listing(portal, user, "sd-models")
+
+
+@routes.get("/sdapi/v1/samplers", **API)
+def samplers(portal: PortalDep, user: CurrentUser) -> Any:
+    return _listing(portal, user, "samplers")
+
+
+@routes.get("/sdapi/v1/schedulers", **API)
+def schedulers(portal: PortalDep, user: CurrentUser) -> Any:
+    return _listing(portal, user, "schedulers")
+
+
+@routes.get("/sdapi/v1/loras", **API)
+def loras(portal: PortalDep, user: CurrentUser) -> Any:
+    return _listing(portal, user, "loras")
+
+
+@routes.get("/sdapi/v1/options", **API)
+def get_options(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    endpoint = _endpoint_for(portal, user)
+    options = portal.generation.listing(endpoint, "options")
+    options = dict(options) if isinstance(options, dict) else {}
+    checkpoint = _prefs(portal, user).get("checkpoint")
+    if checkpoint:
+        options["sd_model_checkpoint"] = checkpoint
+    options["easel_endpoint"] = endpoint
+    return options
+
+
+def _model_names(listing: Any) -> set[str]:
+    names: set[str] = set()
+    for item in listing if isinstance(listing, list) else []:
+        if isinstance(item, dict):
+            names.update(str(item[k]) for k in ("title", "model_name") if item.get(k))
+    return names
+
+
+@routes.post("/sdapi/v1/options", **API)
+async def set_options(request: Request, portal: PortalDep, user: CurrentUser) -> None:
+    await blocking(_apply_options, portal, user, await _json_body(request))
+
+
+def _apply_options(portal: Any, user: User, body: dict[str, Any]) -> None:
+    unknown = set(body) - {"sd_model_checkpoint", "easel_endpoint"}
+    changes: dict[str, Any] = {}
+    if "easel_endpoint" in body:
+        endpoint = str(body["easel_endpoint"])
+        if endpoint not in portal.endpoints.usable_names():
+            raise PortalError(f"easel_endpoint: {endpoint!r} is not an endpoint in service",
+                              status_code=422)
+        changes["endpoint"] = endpoint
+    if "sd_model_checkpoint" in body:
+        checkpoint = str(body["sd_model_checkpoint"])
+        endpoint = changes.get("endpoint") or _endpoint_for(portal, user)
+        if checkpoint not in _model_names(portal.generation.listing(endpoint, "sd-models")):
+            raise PortalError(
+                f"sd_model_checkpoint: {checkpoint!r} is not served by {endpoint}; see "
+                "GET /sdapi/v1/sd-models", status_code=422)
+        changes["checkpoint"] = checkpoint
+    if changes:
+        _save_prefs(portal, user, **changes)
+    if unknown and not changes:
+        raise PortalError("options: only sd_model_checkpoint and easel_endpoint can be set "
+                          "here", status_code=422)
+
+
+@routes.get("/sdapi/v1/progress", **API)
+def progress(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    running = portal.generation.running_job(user=user)
+    state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
+             "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+    if running:
+        state.update(job=running["job_id"], job_count=1, job_timestamp=running["created_at"])
+    return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
+            "textinfo": f"running on {running['endpoint']}" if running else "idle"}
+
+
+@routes.get("/api/v1/jobs/{job_id}", **API)
+def api_job(job_id: str, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    return portal.generation.job(job_id, user=user)

@@ -1,0 +1,75 @@
+"""Training page: submit a job on a concepts path, follow it, publish or deploy the result."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from easel_webui.access import Access, CurrentUser, PortalDep, Routes
+from easel_webui.errors import PortalError
+from easel_webui.routes.common import blocking, form_dict, redirect
+from easel_webui.templating import render
+
+routes = Routes()
+
+
+@routes.get("/training", access=Access.USER)
+def training_page(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    sets = portal.bucket.concept_sets(None if user.is_admin else user.username)
+    return render(
+        request, "training.html", jobs=portal.training.jobs(user=user),
+        models=portal.bucket.models(), sets=sets,
+        instance_types=portal.settings.training_instance_types, settings=portal.settings,
+    )
+
+
+@routes.post("/training", access=Access.USER)
+async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    form = await form_dict(request)
+    try:
+        spec = await blocking(portal.training.spec_from_form, form, user=user)
+        job = await blocking(portal.training.submit, spec)
+    except PortalError as exc:
+        return redirect("/training", error=exc.message)
+    return redirect(f"/training/{job}", notice=f"Training job {job} submitted.")
+
+
+@routes.get("/training/{job}", access=Access.USER)
+def job_page(request: Request, job: str, portal: PortalDep, user: CurrentUser) -> Response:
+    detail = portal.training.job(job, user=user)
+    usable = []
+    if detail.get("published_lora"):
+        usable = [e["endpoint"] for e in portal.endpoints.listing()
+                  if e.get("model_s3_uri") == detail.get("model_s3_uri")]
+    deploy_link = "/endpoints?model=" + quote(detail["result_uri"], safe="")
+    return render(request, "training_job.html", job=detail, usable_endpoints=usable,
+                  deploy_link=deploy_link)
+
+
+@routes.get("/training/{job}/status", access=Access.USER)
+def job_status(job: str, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    detail = portal.training.job(job, user=user)
+    return {k: detail.get(k) for k in ("job", "status", "secondary_status", "failure",
+                                       "progress", "percent", "previews", "published_lora")}
+
+
+@routes.post("/training/{job}/stop", access=Access.USER)
+def stop(job: str, portal: PortalDep, user: CurrentUser) -> Response:
+    try:
+        portal.training.stop(job, user=user)
+    except PortalError as exc:
+        return redirect(f"/training/{job}", error=exc.message)
+    return redirect(f"/training/{job}", notice="Stopping; the last checkpoint is kept.")
+
+
+@routes.post("/training/{job}/publish", access=Access.USER)
+def publish(job: str, portal: PortalDep, user: CurrentUser) -> Response:
+    try:
+        name = portal.training.publish_lora(job, user=user)
+    except PortalError as exc:
+        return redirect(f"/training/{job}", error=exc.message)
+    return redirect(f"/training/{job}",
+                    notice=f"Published: use <lora:{name}:0.8> in a prompt.")

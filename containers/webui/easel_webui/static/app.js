@@ -1,0 +1,217 @@
+// Easel portal: light progressive enhancement. Every page works without it except the
+// generate page (which submits and polls) and the direct-to-S3 concept upload.
+"use strict";
+(function () {
+  const csrf = document.body.dataset.csrf || "";
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  async function api(url, options) {
+    const opts = Object.assign({ headers: {} }, options || {});
+    opts.headers = Object.assign({ "X-CSRF-Token": csrf, Accept: "application/json" }, opts.headers);
+    if (opts.json !== undefined) {
+      opts.body = JSON.stringify(opts.json);
+      opts.headers["Content-Type"] = "application/json";
+      delete opts.json;
+    }
+    const response = await fetch(url, opts);
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    if (!response.ok) {
+      const detail = (data && data.detail) || response.statusText;
+      throw new Error(detail);
+    }
+    return data;
+  }
+
+  // Confirm destructive forms.
+  $$("form[data-confirm]").forEach((form) => form.addEventListener("submit", (ev) => {
+    if (!window.confirm(form.dataset.confirm)) ev.preventDefault();
+  }));
+
+  // Deploy form: only types without instance storage take a volume size.
+  const instanceType = $("#instance-type");
+  if (instanceType) {
+    const volume = $("#volume-field");
+    const sync = () => {
+      const opt = instanceType.selectedOptions[0];
+      volume.hidden = !opt || opt.dataset.storage === "yes";
+    };
+    instanceType.addEventListener("change", sync); sync();
+    const mode = $$("input[name=mode]");
+    mode.forEach((m) => m.addEventListener("change", () => {
+      const min = $("input[name=min_instances]");
+      if (m.checked && m.value === "async") { min.value = 0; }
+      if (m.checked && m.value === "realtime" && Number(min.value) < 1) { min.value = 1; }
+    }));
+  }
+
+  // Endpoint list: refresh live status.
+  const list = $("#endpoint-list");
+  if (list) {
+    setInterval(async () => {
+      try {
+        const data = await api(list.dataset.refresh);
+        data.endpoints.forEach((e) => {
+          const row = list.querySelector(`tr[data-endpoint="${CSS.escape(e.endpoint)}"]`);
+          if (!row) return;
+          const cell = row.querySelector(".status");
+          cell.textContent = e.status;
+          cell.className = "status s-" + String(e.status).toLowerCase();
+          if (e.failure) { const s = document.createElement("small"); s.className = "error"; s.textContent = " " + e.failure; cell.appendChild(s); }
+          row.querySelector(".instances").textContent = e.instances;
+          row.querySelector(".cost").textContent = "$" + Number(e.cost_per_hour).toFixed(3);
+        });
+      } catch (e) { /* keep the last known state */ }
+    }, 15000);
+  }
+
+  // Concept upload: pre-signed POSTs straight to S3, falling back to the portal.
+  const upload = $("#concept-upload");
+  if (upload) {
+    upload.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const status = $(".status", upload); const bar = $("progress", upload);
+      const setName = upload.elements.set.value.trim();
+      const files = Array.from(upload.elements.files.files);
+      if (!files.length) return;
+      bar.hidden = false; bar.value = 0; status.textContent = "Uploading…";
+      let done = 0;
+      try {
+        let direct = true;
+        let presigned;
+        try {
+          presigned = await api(upload.dataset.presign, { method: "POST", json: {
+            set: setName, files: files.map((f) => ({ name: f.name, type: f.type || "application/octet-stream" })) } });
+        } catch (e) { throw e; }
+        for (let i = 0; i < files.length; i++) {
+          const target = presigned.uploads[i];
+          const form = new FormData();
+          Object.entries(target.fields).forEach(([k, v]) => form.append(k, v));
+          form.append("file", files[i]);
+          let ok = false;
+          if (direct) {
+            try { ok = (await fetch(target.url, { method: "POST", body: form })).ok; } catch (e) { ok = false; }
+          }
+          if (!ok) {
+            direct = false;
+            const fallback = new FormData();
+            fallback.append("set", setName); fallback.append("files", files[i]);
+            await api(upload.dataset.fallback, { method: "POST", body: fallback });
+          }
+          done += 1; bar.value = Math.round(100 * done / files.length);
+        }
+        status.textContent = `${done} files uploaded.`;
+        window.location.reload();
+      } catch (e) { status.textContent = "Upload failed: " + e.message; }
+    });
+  }
+
+  // Generate page.
+  const gen = $("#generate-form");
+  if (gen) {
+    const endpoint = $("#endpoint");
+    const fillSelect = (select, items, keep) => {
+      const current = select.value;
+      select.length = 1;
+      items.forEach((name) => { const o = document.createElement("option"); o.value = name; o.textContent = name; select.appendChild(o); });
+      if (keep || current) select.value = keep || current;
+    };
+    const loadOptions = async (keep) => {
+      if (!endpoint.value) return;
+      try {
+        const data = await api("/generate/options?endpoint=" + encodeURIComponent(endpoint.value));
+        fillSelect($("#checkpoint"), (data["sd-models"] || []).map((m) => m.title || m.model_name), keep && keep.checkpoint);
+        fillSelect($("#sampler"), (data.samplers || []).map((s) => s.name), keep && keep.sampler);
+        const loras = (data.loras || []).map((l) => l.name);
+        const pick = $("#lora-pick");
+        const known = new Set($$("option", pick).map((o) => o.value));
+        loras.forEach((n) => { if (!known.has(n)) { const o = document.createElement("option"); o.value = n; o.textContent = n; pick.appendChild(o); } });
+      } catch (e) { $(".status", gen).textContent = "Could not read the endpoint's models: " + e.message; }
+    };
+    endpoint.addEventListener("change", () => loadOptions());
+    $("#lora-add").addEventListener("click", () => {
+      const name = $("#lora-pick").value; if (!name) return;
+      const prompt = gen.elements.prompt;
+      prompt.value = (prompt.value ? prompt.value.trim() + " " : "") + `<lora:${name}:${$("#lora-weight").value}>`;
+    });
+    const reuse = JSON.parse(gen.dataset.reuse || "{}");
+    ["prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "denoising_strength"].forEach((k) => {
+      if (reuse[k] !== undefined && gen.elements[k]) gen.elements[k].value = reuse[k];
+    });
+    loadOptions({ checkpoint: (reuse.override_settings || {}).sd_model_checkpoint, sampler: reuse.sampler_name });
+
+    const fileB64 = (file) => new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result).split(",")[1]);
+      reader.onerror = reject; reader.readAsDataURL(file);
+    });
+    const show = (images) => {
+      const box = $("#results .gallery");
+      images.forEach((img) => {
+        const fig = document.createElement("figure");
+        fig.innerHTML = `<a target="_blank" rel="noopener"><img alt=""></a><figcaption><a class="reuse">Reuse settings</a> · <a class="dl">Download</a></figcaption>`;
+        fig.querySelector("a").href = img.url; fig.querySelector("img").src = img.url;
+        fig.querySelector("img").alt = img.prompt; fig.querySelector(".reuse").href = "/generate?reuse=" + img.image_id;
+        fig.querySelector(".dl").href = img.download_url;
+        box.prepend(fig);
+      });
+    };
+    gen.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const el = gen.elements; const status = $(".status", gen); const bar = $("progress", gen); const button = $("#generate-button");
+      const payload = { prompt: el.prompt.value, negative_prompt: el.negative_prompt.value,
+        steps: Number(el.steps.value), cfg_scale: Number(el.cfg_scale.value), seed: Number(el.seed.value),
+        width: Number(el.width.value), height: Number(el.height.value), batch_size: Number(el.batch_size.value) };
+      if (el.sampler_name.value) payload.sampler_name = el.sampler_name.value;
+      if (el.checkpoint.value) payload.override_settings = { sd_model_checkpoint: el.checkpoint.value };
+      let task = "txt2img";
+      try {
+        if ($("#img2img").checked) {
+          task = "img2img"; payload.denoising_strength = Number(el.denoising_strength.value);
+          const reuseBox = $("#init-reuse");
+          if (reuseBox && reuseBox.checked) payload.init_image_id = reuseBox.value;
+          else if ($("#init-file").files[0]) payload.init_images = [await fileB64($("#init-file").files[0])];
+          else throw new Error("choose an image to start from");
+        }
+        if ($("#cn-on").checked) {
+          const file = $("#cn-file").files[0] || $("#init-file").files[0];
+          if (!file) throw new Error("choose a control image for ControlNet");
+          payload.alwayson_scripts = { controlnet: { args: [{ enabled: true, module: "canny", model: $("#cn-model").value,
+            weight: Number($("#cn-weight").value), image: await fileB64(file) }] } };
+        }
+        button.disabled = true; bar.hidden = false; bar.removeAttribute("value"); status.textContent = "Submitting…";
+        const job = await api("/generate", { method: "POST", json: { endpoint: endpoint.value, task, payload } });
+        const started = Date.now();
+        for (;;) {
+          await sleep(1500);
+          const state = await api(job.poll);
+          status.textContent = `Running on ${state.endpoint}… ${Math.round((Date.now() - started) / 1000)} s`;
+          if (state.status === "done") { show(state.images); status.textContent = `Done in ${state.elapsed} s.`; break; }
+          if (state.status === "failed") { throw new Error(state.error); }
+        }
+      } catch (e) { status.textContent = "Failed: " + e.message; }
+      finally { button.disabled = false; bar.hidden = true; }
+    });
+  }
+
+  // Training job page: follow progress until the job ends.
+  const job = $("#job");
+  if (job && job.dataset.final !== "yes") {
+    (async () => {
+      let last = null;
+      for (;;) {
+        await sleep(10000);
+        try {
+          const state = await api(job.dataset.statusUrl);
+          $("progress", job).value = state.percent; $(".percent", job).textContent = state.percent;
+          $(".job-status", job).textContent = state.status;
+          const previews = (state.previews || []).length;
+          if (["Completed", "Failed", "Stopped"].includes(state.status) || (last !== null && previews !== last)) { window.location.reload(); return; }
+          last = previews;
+        } catch (e) { /* try again */ }
+      }
+    })();
+  }
+})();

@@ -1,0 +1,197 @@
+"""Recording stand-ins for the SageMaker, SageMaker-runtime, Application Auto Scaling and
+CloudWatch clients (moto covers S3, DynamoDB, Secrets Manager and CloudWatch Logs)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from typing import Any
+
+from botocore.exceptions import ClientError
+from PIL import Image
+
+
+def client_error(code: str, message: str, operation: str, **extra: Any) -> ClientError:
+    response: dict[str, Any] = {"Error": {"Code": code, "Message": message}, **extra}
+    return ClientError(response, operation)
+
+
+def png_b64(color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def record(self, name: str, kwargs: dict[str, Any]) -> None:
+        with self.lock:
+            self.calls.append((name, kwargs))
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [kwargs for call, kwargs in self.calls if call == name]
+
+
+class FakeSageMaker(Recorder):
+    """Endpoints and training jobs kept in memory; status set by the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    def create_model(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("create_model", kwargs)
+        return {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{kwargs['ModelName']}"}
+
+    def create_endpoint_config(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("create_endpoint_config", kwargs)
+        return {"EndpointConfigArn": "arn:config"}
+
+    def create_endpoint(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("create_endpoint", kwargs)
+        self.endpoints[kwargs["EndpointName"]] = {
+            "EndpointName": kwargs["EndpointName"], "EndpointStatus": "Creating",
+            "ProductionVariants": [],
+        }
+        return {"EndpointArn": "arn:endpoint"}
+
+    def set_status(self, name: str, status: str, *, instances: int = 1,
+                   failure: str = "") -> None:
+        self.endpoints[name] = {
+            "EndpointName": name, "EndpointStatus": status,
+            "ProductionVariants": [{"VariantName": "AllTraffic",
+                                    "CurrentInstanceCount": instances}],
+            **({"FailureReason": failure} if failure else {}),
+        }
+
+    def describe_endpoint(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("describe_endpoint", kwargs)
+        name = kwargs["EndpointName"]
+        if name not in self.endpoints:
+            raise client_error("ValidationException", f"Could not find endpoint {name}",
+                               "DescribeEndpoint")
+        return dict(self.endpoints[name])
+
+    def delete_endpoint(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("delete_endpoint", kwargs)
+        self.endpoints.pop(kwargs["EndpointName"], None)
+        return {}
+
+    def delete_endpoint_config(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("delete_endpoint_config", kwargs)
+        return {}
+
+    def delete_model(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("delete_model", kwargs)
+        return {}
+
+    def create_training_job(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("create_training_job", kwargs)
+        name = kwargs["TrainingJobName"]
+        if name in self.jobs:
+            raise client_error("ResourceInUse", "exists", "CreateTrainingJob")
+        self.jobs[name] = {"TrainingJobName": name, "TrainingJobStatus": "InProgress",
+                           "SecondaryStatus": "Training"}
+        return {"TrainingJobArn": f"arn:job/{name}"}
+
+    def stop_training_job(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("stop_training_job", kwargs)
+        name = kwargs["TrainingJobName"]
+        if name not in self.jobs:
+            raise client_error("ValidationException", "no such job", "StopTrainingJob")
+        self.jobs[name]["TrainingJobStatus"] = "Stopping"
+        return {}
+
+    def describe_training_job(self, **kwargs: Any) -> dict[str, Any]:
+        name = kwargs["TrainingJobName"]
+        if name not in self.jobs:
+            raise client_error("ValidationException", "no such job", "DescribeTrainingJob")
+        return dict(self.jobs[name])
+
+
+class FakeRuntime(Recorder):
+    """invoke_endpoint answering A1111 shapes; `delay` slows generations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delay = 0.0
+        self.fail_with: str | None = None
+        self.release = threading.Event()
+        self.release.set()
+
+    s3: Any = None  # set by tests that use async endpoints
+
+    def invoke_endpoint_async(self, **kwargs: Any) -> dict[str, Any]:
+        """Reads the input from S3 and writes the answer where SageMaker would."""
+        self.record("invoke_endpoint_async", kwargs)
+        bucket, _, key = kwargs["InputLocation"].removeprefix("s3://").partition("/")
+        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        answer = self._answer(json.loads(body))
+        out_key = f"async/out/{kwargs['EndpointName']}/{len(self.calls)}.out"
+        self.s3.put_object(Bucket=bucket, Key=out_key, Body=json.dumps(answer).encode())
+        return {"OutputLocation": f"s3://{bucket}/{out_key}", "InferenceId": "fake"}
+
+    def invoke_endpoint(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("invoke_endpoint", kwargs)
+        answer = self._answer(json.loads(kwargs["Body"]))
+        return {"Body": io.BytesIO(json.dumps(answer).encode()),
+                "ContentType": "application/json"}
+
+    def _answer(self, request: dict[str, Any]) -> Any:
+        task, payload = request["task"], request["payload"]
+        if task in ("txt2img", "img2img"):
+            self.release.wait(timeout=30)
+            if self.fail_with:
+                raise client_error("ModelError", "model failed", "InvokeEndpoint",
+                                   OriginalStatusCode=400,
+                                   OriginalMessage=json.dumps({"detail": self.fail_with}))
+            count = int(payload.get("batch_size", 1))
+            answer: Any = {"images": [png_b64() for _ in range(count)], "parameters": payload,
+                           "info": json.dumps({"seed": 1234, "prompt": payload.get("prompt")})}
+        elif task == "sd-models":
+            answer = [{"title": "tiny.safetensors", "model_name": "tiny", "filename": "tiny"}]
+        elif task == "loras":
+            answer = [{"name": "style", "alias": "style", "path": "Lora/style.safetensors"}]
+        elif task == "samplers":
+            answer = [{"name": "Euler a", "aliases": ["k_euler_a"], "options": {}}]
+        elif task == "schedulers":
+            answer = [{"name": "automatic", "label": "Automatic"}]
+        elif task == "options":
+            answer = {"sd_model_checkpoint": "tiny.safetensors", "CLIP_stop_at_last_layers": 1}
+        else:
+            raise client_error("ModelError", "unknown task", "InvokeEndpoint")
+        return answer
+
+
+class FakeAutoscaling(Recorder):
+    def register_scalable_target(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("register_scalable_target", kwargs)
+        return {}
+
+    def put_scaling_policy(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("put_scaling_policy", kwargs)
+        return {"PolicyARN": f"arn:policy/{kwargs['PolicyName']}"}
+
+    def delete_scaling_policy(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("delete_scaling_policy", kwargs)
+        return {}
+
+    def deregister_scalable_target(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("deregister_scalable_target", kwargs)
+        return {}
+
+
+class FakeCloudWatch(Recorder):
+    def put_metric_alarm(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("put_metric_alarm", kwargs)
+        return {}
+
+    def delete_alarms(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("delete_alarms", kwargs)
+        return {}

@@ -1,0 +1,232 @@
+"""The portal in a real browser (Debian chromium through Playwright): sign in, add a user, upload
+concept photos, deploy, generate, see the gallery, submit training. Screenshots are kept under
+test-artifacts/webui/ as test artifacts.
+
+The portal runs in uvicorn against moto in server mode (so the browser can reach the pre-signed
+S3 URLs) with the recording SageMaker fakes. Marked `slow`; skipped without chromium/Playwright.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian chromium is not installed", allow_module_level=True)
+
+import uvicorn  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+from .conftest import ADMIN_PASSWORD, BUCKET, create_resources, make_world  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "webui"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _lora_archive(name: str) -> bytes:
+    import tarfile
+
+    data = b"\x02\x00\x00\x00\x00\x00\x00\x00{}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(f"Lora/{name}.safetensors")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    probe = _free_socket()
+    moto_port = probe.getsockname()[1]
+    probe.close()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    moto.start()
+    # in-process moto keeps its state between servers: start from nothing
+    requests.post(f"http://127.0.0.1:{moto_port}/moto-api/reset", timeout=10)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{moto_port}")
+    try:
+        create_resources()
+        world = make_world()
+        world.s3.put_bucket_cors(Bucket=BUCKET, CORSConfiguration={"CORSRules": [{
+            "AllowedMethods": ["GET", "POST"], "AllowedOrigins": ["*"],
+            "AllowedHeaders": ["*"]}]})
+        sock = _free_socket()
+        server = uvicorn.Server(uvicorn.Config(world.app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", world
+        server.should_exit = True
+        thread.join(timeout=10)
+    finally:
+        moto.stop()
+
+
+@pytest.fixture
+def page(served: tuple[str, Any]) -> Iterator[Any]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(15000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield page
+        browser.close()
+        assert errors == [], errors
+
+
+def _shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _sign_in(page: Any, base: str, user: str, password: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(f"{base}/generate")
+
+
+def test_admin_flow_in_a_browser(served, page, tmp_path):
+    base, world = served
+    page.goto(f"{base}/login")
+    _shot(page, "01-login")
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+
+    # users: add one
+    page.goto(f"{base}/users")
+    page.fill("form[action='/users'] input[name=username]", "alice")
+    page.fill("form[action='/users'] input[name=password]", "alice-password-1")
+    page.click("form[action='/users'] button")
+    page.wait_for_selector("text=User alice added.")
+    assert page.locator("tr[data-user=alice]").count() == 1
+    _shot(page, "02-users")
+
+    # concept set: upload two photos from the browser
+    files = []
+    for index, color in enumerate([(200, 40, 40), (40, 200, 40)]):
+        path = tmp_path / f"dog{index}.png"
+        path.write_bytes(_png(color))
+        files.append(str(path))
+    page.goto(f"{base}/models")
+    page.fill("#concept-upload input[name=set]", "dogs")
+    page.set_input_files("#concept-upload input[name=files]", files)
+    page.click("#concept-upload button")
+    page.wait_for_selector("article[data-set='admin/dogs'] img")
+    assert sorted(world.keys("concepts/admin/dogs/")) == ["concepts/admin/dogs/dog0.png",
+                                                          "concepts/admin/dogs/dog1.png"]
+    _shot(page, "03-models-concepts")
+
+    # endpoints: deploy through the form
+    world.put("models/tiny.tar.gz", b"x" * 4096)
+    page.goto(f"{base}/endpoints")
+    page.fill("#deploy-form input[name=name]", "demo")
+    page.select_option("#deploy-form select[name=model]", f"s3://{BUCKET}/models/tiny.tar.gz")
+    page.select_option("#instance-type", "ml.p3.2xlarge")
+    assert page.locator("#volume-field").is_visible()  # no instance storage: volume asked
+    page.select_option("#instance-type", "ml.g5.xlarge")
+    assert not page.locator("#volume-field").is_visible()
+    page.click("#deploy-form button")
+    page.wait_for_selector("tr[data-endpoint=easel-demo]")
+    world.sagemaker.set_status("easel-demo", "InService")
+    page.reload()
+    page.wait_for_selector("tr[data-endpoint=easel-demo] .s-inservice")
+    _shot(page, "04-endpoints")
+
+    # generate: the page submits, polls and shows the image
+    page.goto(f"{base}/generate")
+    page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    page.select_option("#lora-pick", "style")
+    page.fill("textarea[name=prompt]", "a watercolor fox")
+    page.click("#lora-add")
+    assert "<lora:style:0.8>" in page.input_value("textarea[name=prompt]")
+    page.click("#generate-button")
+    page.wait_for_selector("#results .gallery figure img")
+    assert "Done" in page.text_content("#generate-form .status")
+    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    assert sent["payload"]["prompt"] == "a watercolor fox <lora:style:0.8>"
+    _shot(page, "05-generate")
+
+    # gallery with reuse
+    page.goto(f"{base}/gallery")
+    page.click("text=Reuse settings")
+    page.wait_for_url(f"{base}/generate?reuse=*")
+    assert "watercolor fox" in page.input_value("textarea[name=prompt]")
+    page.goto(f"{base}/gallery")
+    _shot(page, "06-gallery")
+
+    # training: a bad path is refused, a good one submitted
+    page.goto(f"{base}/training")
+    page.fill("input[name=name]", "dogs-v1")
+    page.fill("input[name=instance_prompt]", "a photo of sks dog")
+    page.fill("input[name=concepts_s3_uri]", f"s3://{BUCKET}/concepts/admin/nothing/")
+    page.click("button:has-text('Start training')")
+    page.wait_for_selector("p.error")
+    assert "is empty or does not exist" in page.text_content("p.error")
+    assert world.sagemaker.named("create_training_job") == []
+    page.fill("input[name=name]", "dogs-v1")
+    page.fill("input[name=instance_prompt]", "a photo of sks dog")
+    page.select_option("select[name=concept_set]", "admin/dogs")
+    page.click("button:has-text('Start training')")
+    page.wait_for_url(f"{base}/training/easel-dogs-v1*")
+    assert len(world.sagemaker.named("create_training_job")) == 1
+    _shot(page, "07-training-job")
+
+    # the job finishes: progress, previews, then publish the LoRA with one click
+    prefix = "training/easel-dogs-v1/"
+    world.put(prefix + "checkpoints/progress.json", json.dumps(
+        {"step": 800, "total_steps": 800, "loss": 0.08, "status": "completed"}).encode())
+    for step, color in ((400, (90, 60, 160)), (800, (60, 140, 90))):
+        world.put(prefix + f"checkpoints/preview/step-{step}.png", _png(color))
+    world.put(prefix + "output/model.tar.gz", _lora_archive("dogs-v1"))
+    world.sagemaker.jobs["easel-dogs-v1"]["TrainingJobStatus"] = "Completed"
+    page.goto(f"{base}/training/easel-dogs-v1")
+    assert page.locator(".previews img").count() == 2
+    page.click("button:has-text('Publish to the LoRA library')")
+    page.wait_for_selector("text=<lora:dogs-v1:0.8>")
+    assert world.keys("loras/") == ["loras/dogs-v1.safetensors"]
+    _shot(page, "08-training-published")
+
+
+def test_user_sees_no_admin_pages_in_a_browser(served, page):
+    base, world = served
+    world.add_user("bob")
+    _sign_in(page, base, "bob", "user-password-123")
+    assert page.locator("nav a:has-text('Endpoints')").count() == 0
+    page.goto(f"{base}/users")
+    assert "Only administrators" in page.text_content("main")

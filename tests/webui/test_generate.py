@@ -1,0 +1,164 @@
+"""Generate: submit then poll; images and parameters land in S3 and the table; gallery."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import BUCKET
+from .helpers import poll_job
+
+
+def _submit(client, endpoint="easel-demo", task="txt2img", **payload):
+    body = {"endpoint": endpoint, "task": task,
+            "payload": {"prompt": "a red square", "steps": 2, "width": 64, "height": 64,
+                        **payload}}
+    return client.post("/generate", json=body)
+
+
+def test_submit_returns_a_job_then_poll_gives_images(world):
+    world.in_service()
+    world.add_user("alice")
+    alice = world.signed_in("alice")
+    response = _submit(alice, batch_size=2)
+    assert response.status_code == 202
+    state = poll_job(alice, response.json()["job_id"])
+    assert state["status"] == "done", state
+    assert len(state["images"]) == 2
+    assert all(i["url"] and i["download_url"] for i in state["images"])
+    (call,) = world.runtime.named("invoke_endpoint")
+    assert call["EndpointName"] == "easel-demo"
+    body = json.loads(call["Body"])
+    assert body["task"] == "txt2img" and body["payload"]["prompt"] == "a red square"
+
+
+def test_images_and_parameters_land_in_s3_and_the_table(world):
+    world.in_service()
+    world.add_user("alice")
+    alice = world.signed_in("alice")
+    state = poll_job(alice, _submit(alice).json()["job_id"])
+    keys = world.keys("outputs/alice/")
+    pngs = [k for k in keys if k.endswith(".png")]
+    metas = [k for k in keys if k.endswith(".json")]
+    assert len(pngs) == 1 and len(metas) == 1
+    png = world.s3.get_object(Bucket=BUCKET, Key=pngs[0])["Body"].read()
+    assert png.startswith(b"\x89PNG")
+    meta = json.loads(world.s3.get_object(Bucket=BUCKET, Key=metas[0])["Body"].read())
+    assert meta["request"]["prompt"] == "a red square" and meta["endpoint"] == "easel-demo"
+    image_id = state["images"][0]["image_id"]
+    record = world.portal.table.get(f"image#{image_id}", "meta")
+    assert record["owner"] == "alice" and record["key"] == pngs[0]
+    assert json.loads(record["params"])["steps"] == 2
+    endpoint = world.portal.table.get("endpoint#easel-demo", "meta")
+    assert endpoint["last_used_at"] > 0  # the reaper sees it was used
+
+
+def test_gallery_lists_images_with_reuse_and_download(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, prompt="gallery prompt").json()["job_id"])
+    image_id = state["images"][0]["image_id"]
+    page = admin.get("/gallery")
+    assert "gallery prompt" in page.text
+    assert f"/generate?reuse={image_id}" in page.text
+    assert "response-content-disposition=attachment" in page.text
+    reuse = admin.get(f"/generate?reuse={image_id}")
+    assert "gallery prompt" in reuse.text  # the form is prefilled from the stored parameters
+
+
+def test_model_server_errors_are_shown_not_raised(world):
+    world.in_service()
+    world.runtime.fail_with = "width must be a multiple of 8"
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin).json()["job_id"])
+    assert state["status"] == "failed"
+    assert "width must be a multiple of 8" in state["error"]
+    assert world.keys("outputs/") == []
+
+
+def test_invalid_parameters_are_refused_with_the_field_name(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    response = _submit(admin, width=65)
+    assert response.status_code == 422
+    assert "width" in response.json()["detail"]
+    response = _submit(admin, steps=0)
+    assert "steps" in response.json()["detail"]
+    assert world.runtime.named("invoke_endpoint") == []
+
+
+def test_unknown_endpoint_is_refused(world):
+    admin = world.signed_in("admin")
+    response = _submit(admin, endpoint="easel-nope")
+    assert response.status_code == 404
+
+
+def test_img2img_can_reuse_a_gallery_image(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    first = poll_job(admin, _submit(admin).json()["job_id"])
+    image_id = first["images"][0]["image_id"]
+    second = _submit(admin, task="img2img", init_image_id=image_id, denoising_strength=0.5)
+    assert second.status_code == 202, second.text
+    assert poll_job(admin, second.json()["job_id"])["status"] == "done"
+    body = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    assert body["task"] == "img2img"
+    assert body["payload"]["init_images"][0].startswith("iVBOR")  # base64 PNG
+    meta = world.portal.table.get(f"image#{image_id}", "meta")
+    assert meta is not None
+
+
+def test_controlnet_canny_parameters_pass_through(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    unit = {"enabled": True, "module": "canny", "model": "canny", "image": "iVBORw0KGgo="}
+    response = _submit(admin, alwayson_scripts={"controlnet": {"args": [unit]}})
+    state = poll_job(admin, response.json()["job_id"])
+    assert state["status"] == "done"
+    body = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    assert body["payload"]["alwayson_scripts"]["controlnet"]["args"][0]["module"] == "canny"
+    stored = state["images"][0]["params"]["alwayson_scripts"]["controlnet"]["args"][0]
+    assert "image" not in stored  # control images are not copied into the history
+
+
+def test_generate_options_come_from_the_endpoint_listing_tasks(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    data = admin.get("/generate/options?endpoint=easel-demo").json()
+    assert data["sd-models"][0]["title"] == "tiny.safetensors"
+    assert data["loras"][0]["name"] == "style"
+    assert data["samplers"][0]["name"] == "Euler a"
+    tasks = [json.loads(c["Body"])["task"] for c in world.runtime.named("invoke_endpoint")]
+    assert tasks == ["sd-models", "loras", "samplers"]
+
+
+def test_generate_page_lists_library_loras_for_the_picker(world):
+    world.in_service()
+    world.put("loras/my-style.safetensors", b"12345678{}")
+    page = world.signed_in("admin").get("/generate")
+    assert 'value="my-style"' in page.text
+    assert 'value="easel-demo"' in page.text
+
+
+def test_async_endpoint_input_goes_through_s3_and_the_answer_is_read_back(world):
+    world.in_service("easel-queue", mode="async")
+    world.runtime.s3 = world.s3
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, endpoint="easel-queue").json()["job_id"])
+    assert state["status"] == "done", state
+    (call,) = world.runtime.named("invoke_endpoint_async")
+    assert call["InputLocation"].startswith(f"s3://{BUCKET}/async/in/")
+    assert world.runtime.named("invoke_endpoint") == []
+    assert len([k for k in world.keys("outputs/admin/") if k.endswith(".png")]) == 1
+
+
+def test_a_job_whose_worker_vanished_is_reported_failed(world):
+    from easel_webui.generation import STALE_AFTER_SECONDS
+
+    world.add_user("alice")
+    world.portal.table.put({
+        "pk": "gen#lost", "sk": "meta", "job_id": "lost", "owner": "alice",
+        "endpoint": "easel-demo", "task": "txt2img", "status": "running",
+        "started": 1000.0, "created_at": "2026-01-01T00:00:00Z"})
+    state = world.signed_in("alice").get("/generate/jobs/lost").json()
+    assert STALE_AFTER_SECONDS < 3600
+    assert state["status"] == "failed" and "submit it again" in state["error"]

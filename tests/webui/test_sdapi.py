@@ -1,0 +1,146 @@
+"""The AUTOMATIC1111-compatible API: Basic auth per user, A1111 shapes, saved outputs."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from .conftest import ADMIN_PASSWORD
+
+
+def _auth(user="alice", password="user-password-123"):
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _setup(world):
+    world.add_user("alice")
+    world.in_service()
+    return world.client()
+
+
+def test_txt2img_answers_the_a1111_shape_and_saves_outputs(world):
+    client = _setup(world)
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(),
+                           json={"prompt": "api cat", "steps": 2, "width": 64, "height": 64})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"images", "parameters", "info"}
+    assert base64.b64decode(body["images"][0]).startswith(b"\x89PNG")
+    assert json.loads(body["info"])["seed"] == 1234
+    assert body["parameters"]["prompt"] == "api cat"
+    assert len([k for k in world.keys("outputs/alice/") if k.endswith(".png")]) == 1
+    images = world.portal.table.query_index("images")
+    assert [i["owner"] for i in images] == ["alice"]
+
+
+def test_img2img_requires_init_images(world):
+    client = _setup(world)
+    missing = client.post("/sdapi/v1/img2img", headers=_auth(), json={"prompt": "x"})
+    assert missing.status_code == 422
+    assert "init_images" in missing.json()["detail"]
+    image = base64.b64encode(b"\x89PNG fake").decode()
+    ok = client.post("/sdapi/v1/img2img", headers=_auth(),
+                     json={"prompt": "x", "init_images": [image], "denoising_strength": 0.4})
+    assert ok.status_code == 200
+    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    assert sent["task"] == "img2img" and sent["payload"]["init_images"] == [image]
+
+
+def test_listing_routes_return_the_endpoint_listings(world):
+    client = _setup(world)
+    assert client.get("/sdapi/v1/sd-models", headers=_auth()).json()[0]["title"] == \
+        "tiny.safetensors"
+    assert client.get("/sdapi/v1/samplers", headers=_auth()).json()[0]["name"] == "Euler a"
+    assert client.get("/sdapi/v1/loras", headers=_auth()).json()[0]["name"] == "style"
+    options = client.get("/sdapi/v1/options", headers=_auth()).json()
+    assert options["sd_model_checkpoint"] == "tiny.safetensors"
+    assert options["easel_endpoint"] == "easel-demo"
+
+
+def test_options_post_selects_the_checkpoint_for_later_generations(world):
+    client = _setup(world)
+    bad = client.post("/sdapi/v1/options", headers=_auth(),
+                      json={"sd_model_checkpoint": "nope.safetensors"})
+    assert bad.status_code == 422 and "sd_model_checkpoint" in bad.json()["detail"]
+    ok = client.post("/sdapi/v1/options", headers=_auth(),
+                     json={"sd_model_checkpoint": "tiny.safetensors"})
+    assert ok.status_code == 200 and ok.json() is None
+    client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
+    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    assert sent["payload"]["override_settings"]["sd_model_checkpoint"] == "tiny.safetensors"
+
+
+def test_options_post_chooses_the_users_endpoint(world):
+    client = _setup(world)
+    world.in_service("easel-second")
+    assert client.post("/sdapi/v1/options", headers=_auth(),
+                       json={"easel_endpoint": "easel-second"}).status_code == 200
+    client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
+    assert world.runtime.named("invoke_endpoint")[-1]["EndpointName"] == "easel-second"
+    # another user's choice is their own
+    world.portal.auth.create_user(username="bob", password="user-password-123", role="user",
+                                  by="t")
+    client.post("/sdapi/v1/txt2img", headers=_auth("bob"), json={"prompt": "x"})
+    assert world.runtime.named("invoke_endpoint")[-1]["EndpointName"] == "easel-demo"
+
+
+def test_progress_has_the_a1111_shape(world):
+    client = _setup(world)
+    body = client.get("/sdapi/v1/progress", headers=_auth()).json()
+    assert {"progress", "eta_relative", "state", "current_image", "textinfo"} <= set(body)
+    assert body["state"]["job_count"] == 0
+
+
+def test_wrong_basic_credentials_are_401_with_challenge(world):
+    client = _setup(world)
+    response = client.get("/sdapi/v1/sd-models", headers=_auth(password="wrong-password"))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Basic")
+    assert client.get("/sdapi/v1/sd-models").status_code == 401
+    assert world.runtime.named("invoke_endpoint") == []
+
+
+def test_session_cookie_does_not_authenticate_the_api(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    assert admin.get("/sdapi/v1/sd-models").status_code == 401
+    assert admin.get("/sdapi/v1/sd-models",
+                     headers=_auth("admin", ADMIN_PASSWORD)).status_code == 200
+
+
+def test_revoked_password_stops_the_api_at_once(world):
+    client = _setup(world)
+    assert client.get("/sdapi/v1/sd-models", headers=_auth()).status_code == 200
+    world.portal.auth.set_password(username="alice", password="a-new-password-1")
+    assert client.get("/sdapi/v1/sd-models", headers=_auth()).status_code == 401
+
+
+def test_slow_generation_answers_504_with_a_job_to_poll(world_factory):
+    world = world_factory(EASEL_SYNC_TIMEOUT_SECONDS="0.3")
+    client = _setup(world)
+    world.runtime.release.clear()
+    try:
+        response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "slow"})
+        assert response.status_code == 504
+        body = response.json()
+        assert "async" in body["detail"] and body["job_id"]
+        running = client.get(f"/api/v1/jobs/{body['job_id']}", headers=_auth()).json()
+        assert running["status"] == "running"
+    finally:
+        world.runtime.release.set()
+    import time
+
+    for _ in range(100):
+        state = client.get(f"/api/v1/jobs/{body['job_id']}", headers=_auth()).json()
+        if state["status"] != "running":
+            break
+        time.sleep(0.05)
+    assert state["status"] == "done" and len(state["images"]) == 1
+
+
+def test_no_endpoint_in_service_is_a_clear_error(world):
+    world.add_user("alice")
+    response = world.client().post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
+    assert response.status_code == 503
+    assert "No endpoint is in service" in response.json()["detail"]

@@ -1,0 +1,182 @@
+"""Training: the concepts path is checked before any job exists; progress; publish a LoRA."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import tarfile
+
+import pytest
+
+from .conftest import BUCKET
+
+MODEL = f"s3://{BUCKET}/models/tiny.tar.gz"
+
+
+def _form(**fields):
+    data = {"name": "dog-v1", "model_s3_uri": MODEL, "instance_prompt": "a photo of sks dog",
+            "mode": "lora", "max_train_steps": "10", "learning_rate": "1e-4", "rank": "4",
+            "instance_type": "ml.g5.2xlarge", "concept_set": "dogs"}
+    data.update(fields)
+    return data
+
+
+@pytest.fixture
+def alice_world(world):
+    world.add_user("alice")
+    world.add_user("bob")
+    world.put("models/tiny.tar.gz")
+    world.put("concepts/alice/dogs/1.png", b"\x89PNG fake")
+    world.put("concepts/alice/dogs/1.txt", b"a dog")
+    world.put("concepts/alice/captions-only/1.txt", b"text only")
+    world.put("concepts/bob/cats/1.png", b"\x89PNG fake")
+    world.put("outputs/alice/x/1.png", b"\x89PNG fake")
+    return world
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"concept_set": "", "concepts_s3_uri": ""}, "choose an uploaded set"),
+    ({"concept_set": "nothing-here"}, "is empty or does not exist"),
+    ({"concept_set": "captions-only"}, "holds no images"),
+    ({"concept_set": "", "concepts_s3_uri": "s3://other-bucket/concepts/alice/dogs/"},
+     "can only read the data bucket"),
+    ({"concept_set": "", "concepts_s3_uri": f"s3://{BUCKET}/outputs/alice/x/"},
+     "inside a prefix the training job can read"),
+    ({"concept_set": "", "concepts_s3_uri": f"s3://{BUCKET}/concepts/bob/cats/"},
+     "use a path under concepts/alice/"),
+    ({"concept_set": "bob/cats"}, "only train on your own concept sets"),
+    ({"concept_set": "", "concepts_s3_uri": f"s3://{BUCKET}/concepts/alice/../bob/cats/"},
+     "must not contain '..'"),
+    ({"concept_set": "", "concepts_s3_uri": "not-a-uri"}, "is not an s3://bucket/key URI"),
+    ({"concept_set": "dogs", "concepts_s3_uri": f"s3://{BUCKET}/concepts/alice/dogs/"},
+     "not both"),
+])
+def test_each_bad_concepts_path_is_refused_and_no_job_is_created(alice_world, fields, message):
+    alice = alice_world.signed_in("alice")
+    response = alice.post("/training", data=_form(**fields))
+    assert response.status_code == 303
+    page = alice.get(response.headers["location"])
+    assert message in html.unescape(page.text), page.text[-3000:]
+    assert alice_world.sagemaker.named("create_training_job") == []
+    assert alice_world.portal.table.query_index("training") == []
+
+
+def test_other_bad_inputs_name_the_field(alice_world):
+    alice = alice_world.signed_in("alice")
+    for fields, word in [({"instance_type": "ml.m5.large"}, "instance type"),
+                         ({"mode": "dreambooth"}, "mode"),
+                         ({"max_train_steps": "0"}, "max train steps"),
+                         ({"learning_rate": "abc"}, "learning rate"),
+                         ({"instance_prompt": ""}, "instance prompt"),
+                         ({"name": "Bad Name"}, "job name")]:
+        location = alice.post("/training", data=_form(**fields)).headers["location"]
+        assert word in html.unescape(alice.get(location).text), fields
+    assert alice_world.sagemaker.named("create_training_job") == []
+
+
+def test_valid_submission_creates_the_training_job(alice_world):
+    alice = alice_world.signed_in("alice")
+    response = alice.post("/training", data=_form(spot="1"))
+    assert response.headers["location"].startswith("/training/easel-dog-v1")
+    (job,) = alice_world.sagemaker.named("create_training_job")
+    assert job["TrainingJobName"] == "easel-dog-v1"
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in job["InputDataConfig"]}
+    assert channels == {"concepts": f"s3://{BUCKET}/concepts/alice/dogs/", "model": MODEL}
+    hp = job["HyperParameters"]
+    assert hp["mode"] == "lora" and hp["max_train_steps"] == "10" and hp["rank"] == "4"
+    assert all(isinstance(v, str) for v in hp.values())
+    assert job["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/training/easel-dog-v1/checkpoints/"
+    assert job["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/training/"
+    assert job["EnableManagedSpotTraining"] is True
+    stop = job["StoppingCondition"]
+    assert stop["MaxRuntimeInSeconds"] == 4 * 3600
+    assert stop["MaxWaitTimeInSeconds"] >= stop["MaxRuntimeInSeconds"]
+    tags = {t["Key"]: t["Value"] for t in job["Tags"]}
+    assert tags == {"easel:deployment": "easel", "easel:creator": "alice"}
+
+
+def test_progress_bar_and_previews_from_checkpoints(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    prefix = "training/easel-dog-v1/checkpoints/"
+    alice_world.put(prefix + "progress.json", json.dumps(
+        {"step": 5, "total_steps": 10, "loss": 0.12, "status": "running"}).encode())
+    alice_world.put(prefix + "preview/step-5.png", b"\x89PNG")
+    alice_world.put(prefix + "preview/step-10.png", b"\x89PNG")
+    status = alice.get("/training/easel-dog-v1/status").json()
+    assert status["percent"] == 50.0
+    assert [p["step"] for p in status["previews"]] == [5, 10]
+    page = alice.get("/training/easel-dog-v1")
+    assert 'value="50.0"' in page.text and "step 5/10" in page.text
+    listing = alice.get("/training")
+    assert "easel-dog-v1" in listing.text
+
+
+def test_failure_reason_is_shown(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    alice_world.sagemaker.jobs["easel-dog-v1"].update(
+        TrainingJobStatus="Failed", FailureReason="AlgorithmError: out of memory")
+    assert "AlgorithmError: out of memory" in alice.get("/training/easel-dog-v1").text
+
+
+def _result_archive(name: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
+        info = tarfile.TarInfo(f"Lora/{name}.safetensors")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_completed_lora_is_published_with_one_click(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form(output_name="sks-dog"))
+    early = alice.post("/training/easel-dog-v1/publish")
+    assert "error=" in early.headers["location"]
+    alice_world.sagemaker.jobs["easel-dog-v1"]["TrainingJobStatus"] = "Completed"
+    alice_world.put("training/easel-dog-v1/output/model.tar.gz", _result_archive("sks-dog"))
+    alice_world.in_service()  # serves models/tiny.tar.gz, the job's base model
+    response = alice.post("/training/easel-dog-v1/publish")
+    assert "notice=" in response.headers["location"]
+    assert alice_world.keys("loras/") == ["loras/sks-dog.safetensors"]
+    page = alice.get("/training/easel-dog-v1")
+    assert "&lt;lora:sks-dog:0.8&gt;" in page.text
+    assert "easel-demo" in page.text  # which endpoints can use it
+
+
+def test_full_result_offers_deploy_to_admins(alice_world):
+    admin = alice_world.signed_in("admin")
+    alice_world.put("concepts/admin/set/1.png", b"\x89PNG")
+    admin.post("/training", data=_form(mode="full", concept_set="set", name="full-one"))
+    alice_world.sagemaker.jobs["easel-full-one"]["TrainingJobStatus"] = "Completed"
+    page = admin.get("/training/easel-full-one")
+    assert "/endpoints?model=s3%3A%2F%2F" in page.text
+    deploy = admin.get("/endpoints?model=" + f"s3://{BUCKET}/training/easel-full-one/output/"
+                       "model.tar.gz")
+    assert "training/easel-full-one/output/model.tar.gz" in deploy.text
+
+
+def test_users_see_only_their_jobs(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    bob = alice_world.signed_in("bob")
+    assert "easel-dog-v1" not in bob.get("/training").text
+    assert bob.get("/training/easel-dog-v1").status_code == 404
+    assert bob.post("/training/easel-dog-v1/publish").status_code in (303, 404)
+    assert "easel-dog-v1" in alice_world.signed_in("admin").get("/training").text
+
+
+def test_owner_can_stop_a_running_job_others_cannot(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    assert "Stop the job" in alice.get("/training/easel-dog-v1").text
+    bob = alice_world.signed_in("bob")
+    assert "error=No%20such" in bob.post("/training/easel-dog-v1/stop").headers["location"]
+    assert alice_world.sagemaker.named("stop_training_job") == []
+    assert "notice=" in alice.post("/training/easel-dog-v1/stop").headers["location"]
+    assert alice_world.sagemaker.named("stop_training_job") == [
+        {"TrainingJobName": "easel-dog-v1"}]
