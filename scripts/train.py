@@ -1,0 +1,356 @@
+"""Submit a DreamBooth/LoRA training job from the terminal and follow its progress.
+
+    python -m scripts.train --name my-dog --concepts s3://BUCKET/concepts/admin/dog/ \
+        --model s3://BUCKET/models/base/model.tar.gz --instance-prompt "a photo of sks dog"
+    python -m scripts.train --follow easel-my-dog
+
+The settings are checked by the portal's own code (`easel_webui.training` and
+`easel_webui.sagemaker_requests`): one definition of what a valid job is, for both. A concepts
+path that is outside the data bucket, empty, or holds no images is refused before any job exists.
+The job is submitted with the SageMaker Python SDK v3 (`sagemaker.train.ModelTrainer`, the kit's
+bucket as the SDK's default bucket, so no other bucket is created), or with `--via boto3` as the
+same CreateTrainingJob request the portal sends. The job is recorded in the portal's table, so it
+shows on the portal's Training page too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from botocore.exceptions import ClientError
+from tqdm import tqdm
+
+from scripts.cli import ScriptError, UsageError, run_main
+from scripts.stack import StackOutputs, Target, add_target_arguments, resolve_target
+
+TERMINAL = ("Completed", "Failed", "Stopped")
+SDK_MISSING = (
+    "the SageMaker Python SDK v3 is not installed in this environment. Install it with "
+    "`pip install 'sagemaker>=3,<4'`, or pass --via boto3 to send the same request with boto3."
+)
+CLI_USER = "admin"  # jobs from the terminal belong to the portal's admin
+NOT_USED = "not-used-by-scripts"  # portal settings that training does not read
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.train",
+        description="Submit a DreamBooth/LoRA training job and follow its progress.",
+        epilog="The result's S3 URI is printed on stdout when the job completes.",
+    )
+    parser.add_argument("--follow", metavar="JOB", help="only follow an existing job")
+    job = parser.add_argument_group("job")
+    job.add_argument("--name", help="job name (lower-case letters, digits, '-'); the job is "
+                     "named <deployment_id>-<name>")
+    job.add_argument("--concepts", help="S3 URI of the training images (+ .txt captions), "
+                     "e.g. s3://BUCKET/concepts/admin/dog/")
+    job.add_argument("--model", help="S3 URI of the base model (models/<name>/model.tar.gz "
+                     "or a prefix)")
+    job.add_argument("--checkpoint", default="", help="checkpoint name inside the model "
+                     "(default: the first one)")
+    job.add_argument("--instance-prompt", help="e.g. 'a photo of sks dog'")
+    job.add_argument("--class-prompt", default="", help="e.g. 'a photo of a dog'")
+    job.add_argument("--prior", action="store_true",
+                     help="prior preservation with --class-prompt")
+    job.add_argument("--mode", choices=("lora", "full"), default="lora")
+    job.add_argument("--output-name", default="", help="name of the result (default: --name)")
+    job.add_argument("--steps", default="", help="max train steps (default 800)")
+    job.add_argument("--learning-rate", default="", help="default 1e-4 (lora) / 2e-6 (full)")
+    job.add_argument("--rank", default="", help="LoRA rank (default 16)")
+    job.add_argument("--instance-type", default="",
+                     help="training instance type from the config's allowlist (default: first)")
+    job.add_argument("--spot", action="store_true", help="managed spot training")
+    job.add_argument("--image", help="training image URI (default: EASEL_TRAINING_IMAGE, else "
+                     "the stack's TrainingImageUri output)")
+    job.add_argument("--via", choices=("sdk", "boto3"), default="sdk",
+                     help="submit with the SageMaker Python SDK (default) or plain boto3")
+    follow = parser.add_argument_group("following")
+    follow.add_argument("--no-follow", action="store_true", help="return once submitted")
+    follow.add_argument("--interval", type=float, default=15,
+                        help="seconds between progress checks (default 15)")
+    follow.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_target_arguments(parser)
+    return parser
+
+
+class Locations:
+    """Where the deployment keeps things: EASEL_* variables first (local mode), then outputs."""
+
+    def __init__(self, target: Target, outputs: StackOutputs) -> None:
+        self.target = target
+        self.outputs = outputs
+
+    def _value(self, env: str, output: str) -> str:
+        return os.environ.get(env) or self.outputs.require(output)
+
+    @property
+    def bucket(self) -> str:
+        return self._value("EASEL_BUCKET", "BucketName")
+
+    @property
+    def table(self) -> str:
+        return self._value("EASEL_TABLE", "TableName")
+
+    @property
+    def role(self) -> str:
+        return self._value("EASEL_EXECUTION_ROLE_ARN", "ExecutionRoleArn")
+
+    def image(self, flag: str | None) -> str:
+        image = flag or os.environ.get("EASEL_TRAINING_IMAGE") or self.outputs.get(
+            "TrainingImageUri")
+        if not image:
+            raise ScriptError(
+                "no training image: pass --image URI or set EASEL_TRAINING_IMAGE (the stack "
+                f"{self.target.stack_name!r} has no TrainingImageUri output)"
+            )
+        return image
+
+
+def _require_portal_package() -> None:
+    try:
+        import easel_webui.training  # noqa: F401
+    except ImportError:
+        raise ScriptError(
+            "train needs the portal package for its request builder and checks: "
+            "`pip install -e containers/webui` (make venv does it)"
+        ) from None
+
+
+def _portal_training(target: Target, where: Locations, image: str) -> Any:
+    """The portal's Training service, configured like the portal for this deployment."""
+    from easel_webui.settings import Settings
+    from easel_webui.storage import Bucket
+    from easel_webui.store import Table
+    from easel_webui.training import Training
+
+    config = target.config
+    session = target.session()
+    settings = Settings(
+        bucket=where.bucket, table=where.table,
+        admin_secret=NOT_USED, session_secret=NOT_USED, execution_role_arn=where.role,
+        deployment_id=config.deployment_id, region=target.region, training_image=image,
+        endpoint_instance_types={k: v.model_dump() for k, v in
+                                 config.endpoints.instance_types.items()},
+        training_instance_types={k: v.model_dump() for k, v in
+                                 config.training.instance_types.items()},
+        training_max_runtime_hours=config.training.max_runtime_hours,
+        spot_by_default=config.training.spot_by_default,
+    )
+    clients = SimpleNamespace(sagemaker=session.client("sagemaker"), s3=session.client("s3"))
+    return Training(settings=settings, clients=clients,
+                    table=Table(session.client("dynamodb"), settings.table),
+                    bucket=Bucket(clients.s3, settings.bucket))
+
+
+def form_from_args(args: argparse.Namespace, *, default_instance_type: str) -> dict[str, Any]:
+    return {
+        "name": args.name, "concepts_s3_uri": args.concepts, "model_s3_uri": args.model,
+        "checkpoint": args.checkpoint, "instance_prompt": args.instance_prompt,
+        "class_prompt": args.class_prompt, "prior": "on" if args.prior else "",
+        "mode": args.mode, "output_name": args.output_name or args.name,
+        "max_train_steps": args.steps, "learning_rate": args.learning_rate, "rank": args.rank,
+        "instance_type": args.instance_type or default_instance_type,
+        "spot": "true" if args.spot else "",
+    }
+
+
+def submit_with_sdk(request: dict[str, Any], *, boto_session: Any, bucket: str) -> str:
+    """Submit the portal's CreateTrainingJob request through `ModelTrainer`; returns the job name.
+
+    ModelTrainer adds a time stamp to the job name; the checkpoint (progress) location stays the
+    one the request names.
+    """
+    try:
+        from sagemaker.core.helper.session_helper import Session
+        from sagemaker.core.training.configs import (
+            CheckpointConfig,
+            Compute,
+            InputData,
+            OutputDataConfig,
+            StoppingCondition,
+            Tag,
+        )
+        from sagemaker.train import ModelTrainer
+    except ImportError:
+        raise ScriptError(SDK_MISSING) from None
+    resources = request["ResourceConfig"]
+    stopping = request["StoppingCondition"]
+    # The stack made the execution role for exactly these jobs (prefix-scoped S3 access); the
+    # SDK's generic client-side role check would judge it against broader needs, so skip it.
+    os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
+    session = Session(boto_session=boto_session, default_bucket=bucket,
+                      default_bucket_prefix="training")
+    trainer = ModelTrainer(
+        sagemaker_session=session,
+        role=request["RoleArn"],
+        base_job_name=request["TrainingJobName"],
+        training_image=request["AlgorithmSpecification"]["TrainingImage"],
+        training_input_mode="File",
+        compute=Compute(instance_type=resources["InstanceType"],
+                        instance_count=resources["InstanceCount"],
+                        volume_size_in_gb=resources["VolumeSizeInGB"],
+                        enable_managed_spot_training=request["EnableManagedSpotTraining"]),
+        stopping_condition=StoppingCondition(**{
+            "max_runtime_in_seconds": stopping["MaxRuntimeInSeconds"],
+            **({"max_wait_time_in_seconds": stopping["MaxWaitTimeInSeconds"]}
+               if "MaxWaitTimeInSeconds" in stopping else {}),
+        }),
+        hyperparameters=dict(request["HyperParameters"]),
+        output_data_config=OutputDataConfig(
+            s3_output_path=request["OutputDataConfig"]["S3OutputPath"]),
+        checkpoint_config=CheckpointConfig(s3_uri=request["CheckpointConfig"]["S3Uri"],
+                                           local_path=request["CheckpointConfig"]["LocalPath"]),
+        tags=[Tag(key=t["Key"], value=t["Value"]) for t in request["Tags"]],
+    )
+    channels = [InputData(channel_name=c["ChannelName"],
+                          data_source=c["DataSource"]["S3DataSource"]["S3Uri"])
+                for c in request["InputDataConfig"]]
+    trainer.train(input_data_config=channels, wait=False, logs=False)
+    return str(trainer._latest_training_job.training_job_name)
+
+
+def record_job(training: Any, spec: Any, job_name: str) -> None:
+    """The same table record the portal writes, so the job shows on its Training page."""
+    from easel_webui.store import iso_now
+
+    created = iso_now()
+    training.table.put({
+        "pk": f"training#{job_name}", "sk": "meta", "gsi1pk": "training",
+        "gsi1sk": f"{created}#{job_name}", "job": job_name, "owner": spec.creator,
+        "mode": spec.hyperparameters["mode"], "output_name": spec.hyperparameters["output_name"],
+        "model_s3_uri": spec.model_s3_uri, "concepts_s3_uri": spec.concepts_s3_uri,
+        "instance_type": spec.instance_type, "created_at": created,
+    })
+
+
+def submit(args: argparse.Namespace, target: Target) -> tuple[str, Any]:
+    _require_portal_package()
+    from easel_webui.auth import User
+    from easel_webui.errors import PortalError
+    from easel_webui.sagemaker_requests import build_create_training_job
+
+    missing = [flag for flag, value in (("--name", args.name), ("--concepts", args.concepts),
+                                        ("--model", args.model),
+                                        ("--instance-prompt", args.instance_prompt))
+               if not value]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)} (or use --follow JOB)")
+    where = Locations(target, StackOutputs(target))
+    training = _portal_training(target, where, where.image(args.image))
+    default_type = next(iter(target.config.training.instance_types))
+    user = User(username=CLI_USER, role="admin", generation="", builtin=True)
+    try:
+        spec = training.spec_from_form(form_from_args(args, default_instance_type=default_type),
+                                       user=user)
+    except PortalError as exc:
+        raise ScriptError(f"not submitted: {exc}") from None
+    if args.via == "boto3":
+        try:
+            job_name = training.submit(spec)
+        except PortalError as exc:
+            raise ScriptError(f"not submitted: {exc}") from None
+    else:
+        job_name = submit_with_sdk(build_create_training_job(spec),
+                                   boto_session=target.session(), bucket=training.bucket.name)
+        record_job(training, spec, job_name)
+    return job_name, training.clients
+
+
+def _read_progress(s3: Any, uri: str) -> dict[str, Any]:
+    if not uri.startswith("s3://"):
+        return {}
+    bucket, _, prefix = uri[5:].partition("/")
+    key = prefix.rstrip("/") + "/progress.json"
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(64 * 1024)
+        data = json.loads(body)
+    except (ClientError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def follow(sagemaker: Any, s3: Any, job_name: str, *, interval: float, quiet: bool,
+           sleep: Callable[[float], None] = time.sleep) -> int:
+    """Show progress.json as a bar until the job ends; print the result URI on success."""
+    bar = tqdm(total=None, desc=job_name, unit="step", file=sys.stderr, disable=quiet)
+    try:
+        while True:
+            try:
+                job = sagemaker.describe_training_job(TrainingJobName=job_name)
+            except ClientError as exc:
+                message = exc.response.get("Error", {}).get("Message", "").lower()
+                if any(word in message for word in ("could not find", "not found",
+                                                    "does not exist")):
+                    raise ScriptError(
+                        f"training job {job_name!r} was not found in this region; check the "
+                        "name (it starts with the deployment id) and --region"
+                    ) from None
+                raise
+            progress = _read_progress(s3, job.get("CheckpointConfig", {}).get("S3Uri", ""))
+            total = progress.get("total_steps")
+            if isinstance(total, int) and total > 0 and bar.total != total:
+                bar.total = total
+            if isinstance(progress.get("step"), int):
+                bar.n = progress["step"]
+            status = job.get("TrainingJobStatus", "Unknown")
+            details = {"status": job.get("SecondaryStatus", status)}
+            if isinstance(progress.get("loss"), int | float):
+                details["loss"] = f"{progress['loss']:.4f}"
+            if isinstance(progress.get("eta_seconds"), int | float):
+                details["eta"] = f"{int(progress['eta_seconds'])}s"
+            bar.set_postfix(details, refresh=True)
+            if status in TERMINAL:
+                if status == "Completed" and bar.total:
+                    bar.n = bar.total
+                    bar.refresh()
+                break
+            sleep(interval)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped following; the job keeps running. Follow it again with "
+              f"`python -m scripts.train --follow {job_name}`", file=sys.stderr)
+        return 130
+    bar.close()
+    if status == "Completed":
+        result = job.get("ModelArtifacts", {}).get("S3ModelArtifacts") or (
+            job.get("OutputDataConfig", {}).get("S3OutputPath", "").rstrip("/")
+            + f"/{job_name}/output/model.tar.gz")
+        mode = job.get("HyperParameters", {}).get("mode", "lora")
+        hint = ("publish its LoRA to the library from the portal's Training page"
+                if mode == "lora" else "deploy it from the portal with this S3 URI")
+        print(f"completed: the result is in the archive below; {hint}", file=sys.stderr)
+        print(result)
+        return 0
+    reason = job.get("FailureReason") or "no reason given"
+    raise ScriptError(f"training job {job_name} {status.lower()}: {reason}")
+
+
+def run(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    if args.follow:
+        session = target.session()
+        clients = SimpleNamespace(sagemaker=session.client("sagemaker"), s3=session.client("s3"))
+        job_name = args.follow
+    else:
+        job_name, clients = submit(args, target)
+        print(f"submitted training job {job_name}", file=sys.stderr)
+        if args.no_follow:
+            print(job_name)
+            return 0
+    return follow(clients.sagemaker, clients.s3, job_name, interval=args.interval,
+                  quiet=args.quiet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

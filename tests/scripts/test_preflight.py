@@ -1,0 +1,122 @@
+"""preflight: pass/fail table with a fix per failure; Service Quotas stubbed (moto lacks it)."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.stub import Stubber
+
+from scripts import preflight
+from scripts.preflight import BOOTSTRAP_PARAMETER
+
+ENDPOINT_TYPES = ("ml.g4dn.xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g6.xlarge",
+                  "ml.g6e.xlarge")
+TRAINING_TYPES = ("ml.g5.2xlarge", "ml.g6e.2xlarge", "ml.p4d.24xlarge")
+CODEBUILD_LARGE = "Concurrently running builds for Linux/Large environment"
+
+
+def _quotas(values):
+    return {"Quotas": [{"QuotaName": name, "Value": value, "QuotaCode": f"L-{i:08d}"}
+                       for i, (name, value) in enumerate(values.items())]}
+
+
+def _sagemaker_quotas(endpoint=1.0, training=1.0):
+    values = {f"{t} for endpoint usage": endpoint for t in ENDPOINT_TYPES}
+    values.update({f"{t} for training job usage": training for t in TRAINING_TYPES})
+    return values
+
+
+@pytest.fixture
+def bootstrapped(aws):
+    aws.client("ssm").put_parameter(Name=BOOTSTRAP_PARAMETER, Value="30", Type="String")
+    return aws
+
+
+def _run(capsys, monkeypatch, session, *, sagemaker, codebuild, codebuild_defaults=None):
+    quotas = session.client("service-quotas")
+    stubber = Stubber(quotas)
+    stubber.add_response("list_service_quotas", _quotas(sagemaker), {"ServiceCode": "sagemaker"})
+    stubber.add_response("list_service_quotas", _quotas(codebuild), {"ServiceCode": "codebuild"})
+    if codebuild_defaults is not None:
+        stubber.add_response("list_aws_default_service_quotas", _quotas(codebuild_defaults),
+                             {"ServiceCode": "codebuild"})
+    stubber.activate()
+
+    def make_client(target, service):
+        return quotas if service == "service-quotas" else session.client(service)
+
+    monkeypatch.setattr(preflight, "make_client", make_client)
+    code = preflight.main([])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _row(out, name):
+    return next(line for line in out.splitlines() if line.startswith(name))
+
+
+def test_ready_account_passes(bootstrapped, capsys, monkeypatch):
+    code, out, err = _run(capsys, monkeypatch, bootstrapped, sagemaker=_sagemaker_quotas(),
+                          codebuild={CODEBUILD_LARGE: 1.0})
+    assert code == 0, out + err
+    assert "pass" in _row(out, "credentials") and "123456789012" in out
+    assert "version 30" in _row(out, "CDK bootstrap")
+    assert "OK: 0 failing" in out
+    assert "only a proxy for GPU capacity" in out
+
+
+def test_codebuild_quota_of_zero_fails_with_the_fix(bootstrapped, capsys, monkeypatch):
+    code, out, _ = _run(capsys, monkeypatch, bootstrapped, sagemaker=_sagemaker_quotas(),
+                        codebuild={CODEBUILD_LARGE: 0.0})
+    assert code == 1
+    assert "FAIL" in _row(out, "quota: CodeBuild builds")
+    assert f"request an increase of '{CODEBUILD_LARGE}'" in out
+
+
+def test_quota_without_an_applied_value_is_read_from_the_aws_default(bootstrapped, capsys,
+                                                                     monkeypatch):
+    code, out, _ = _run(capsys, monkeypatch, bootstrapped, sagemaker=_sagemaker_quotas(),
+                        codebuild={}, codebuild_defaults={CODEBUILD_LARGE: 0.0})
+    assert code == 1
+    assert "is 0: the image builds during `cdk deploy` cannot start" in out
+
+
+def test_endpoint_quotas_all_zero_fail(bootstrapped, capsys, monkeypatch):
+    code, out, _ = _run(capsys, monkeypatch, bootstrapped,
+                        sagemaker=_sagemaker_quotas(endpoint=0.0),
+                        codebuild={CODEBUILD_LARGE: 1.0})
+    assert code == 1
+    assert "FAIL" in _row(out, "quota: ml.g5.xlarge for endpoint usage")
+    assert "no configured endpoint instance type has a quota above 0" in out
+    assert "pass" in _row(out, "quota: ml.g5.2xlarge for training job usage")
+
+
+def test_one_zero_quota_among_others_is_only_a_warning(bootstrapped, capsys, monkeypatch):
+    values = _sagemaker_quotas()
+    values["ml.g6e.xlarge for endpoint usage"] = 0.0
+    code, out, _ = _run(capsys, monkeypatch, bootstrapped, sagemaker=values,
+                        codebuild={CODEBUILD_LARGE: 2.0})
+    assert code == 0
+    assert "warn" in _row(out, "quota: ml.g6e.xlarge for endpoint usage")
+
+
+def test_missing_bootstrap_fails_with_the_bootstrap_command(aws, capsys, monkeypatch):
+    code, out, _ = _run(capsys, monkeypatch, aws, sagemaker=_sagemaker_quotas(),
+                        codebuild={CODEBUILD_LARGE: 1.0})
+    assert code == 1
+    assert "FAIL" in _row(out, "CDK bootstrap")
+    assert "npx cdk bootstrap aws://123456789012/us-east-1" in out
+
+
+def test_account_other_than_the_configured_one_fails(bootstrapped, capsys, monkeypatch,
+                                                     tmp_path):
+    from stacks.config import CONFIG_DIR, load_config
+
+    (tmp_path / "default.yaml").write_text((CONFIG_DIR / "default.yaml").read_text())
+    (tmp_path / "prod.yaml").write_text('account: "210987654321"\n')
+    monkeypatch.setattr("scripts.stack.load_config",
+                        lambda stage, config_dir=None: load_config(stage, config_dir=tmp_path))
+    monkeypatch.setenv("EASEL_STAGE", "prod")
+    code, out, _ = _run(capsys, monkeypatch, bootstrapped, sagemaker=_sagemaker_quotas(),
+                        codebuild={CODEBUILD_LARGE: 1.0})
+    assert code == 1
+    assert "config/prod.yaml says 210987654321" in _row(out, "credentials")
