@@ -21,7 +21,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PACKAGES := $(wildcard containers/*/pyproject.toml)
 
-.PHONY: help venv node test lint synth deploy destroy diff local clean images-local bench
+.PHONY: help venv node test lint synth deploy destroy diff local clean images-local bench \
+	preflight leftovers admin-password upload-model
 
 help:
 	@echo "make local     run all of Easel on this machine (no AWS account needed)"
@@ -29,12 +30,19 @@ help:
 	@echo "make synth     synthesize the CloudFormation template (no AWS credentials needed)"
 	@echo "make deploy    deploy to the AWS account in your environment (STAGE=$(STAGE))"
 	@echo "make destroy   remove the deployment and everything the portal created"
+	@echo "make preflight check the AWS account before the first deploy"
+	@echo "make leftovers list what this deployment left in the account (and its cost)"
+	@echo "make admin-password           print the portal's admin password"
+	@echo "make upload-model MODEL=path  upload a checkpoint, diffusers folder or A1111 models folder"
+	@echo "make images-local [IMAGES=..] build the images with a local Docker instead of CodeBuild"
 
 $(VENV)/.ready: pyproject.toml $(PACKAGES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=25.1"
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e . $(foreach p,$(PACKAGES),-e $(dir $(p))) --group dev
+	# The CLIP BPE vocabulary ships in open_clip_torch; --no-deps keeps torchvision/timm out.
+	$(PIP) install -q --no-deps open_clip_torch==3.3.0
 	touch $@
 
 venv: $(VENV)/.ready
@@ -64,8 +72,26 @@ deploy: venv node
 destroy: venv node
 	$(CDK) destroy -c stage=$(STAGE)
 
+# make local [MODEL=path] [CLEAN=1] [PORT=8000]: all of Easel on this machine; Ctrl-C stops it.
 local: venv
-	@echo "make local arrives with local mode (issue 8); see README.md"; exit 2
+	$(PY) -m local.studio --stage $(STAGE) $(if $(MODEL),--model "$(MODEL)") \
+		$(if $(CLEAN),--clean) $(if $(PORT),--port $(PORT))
+
+preflight: venv
+	$(PY) -m scripts.preflight --stage $(STAGE)
+
+leftovers: venv
+	$(PY) -m scripts.leftovers --stage $(STAGE)
+
+admin-password: venv
+	@$(PY) -m scripts.admin_password get --stage $(STAGE)
+
+upload-model: venv
+	@test -n "$(MODEL)" || { echo "usage: make upload-model MODEL=path [NAME=name]"; exit 2; }
+	$(PY) -m scripts.upload_model "$(MODEL)" $(if $(NAME),--name $(NAME)) --stage $(STAGE)
+
+images-local: venv
+	scripts/images_local.sh $(IMAGES)
 
 clean:
 	rm -rf cdk.out .pytest_cache

@@ -12,8 +12,15 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from stacks.lambda_defaults import LAMBDA_RUNTIME
-from stacks.nag import BASIC_EXECUTION_POLICY, acknowledge, arn_of, owned_sagemaker_findings
-from stacks.naming import owned_sagemaker_arns
+from stacks.nag import (
+    BASIC_EXECUTION_POLICY,
+    acknowledge,
+    alarm_finding,
+    arn_of,
+    log_group_finding,
+    owned_sagemaker_findings,
+)
+from stacks.naming import alarm_arn, endpoint_log_group, log_group_arn, owned_sagemaker_arns
 
 HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
 TOTAL_TIMEOUT = Duration.minutes(30)
@@ -29,7 +36,9 @@ class DeploymentCleanup(Construct):
     repositories) so CloudFormation deletes it, and so runs it, first.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, deployment_id: str) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, deployment_id: str, purge_logs: bool
+    ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         code = lambda_.Code.from_asset(str(HANDLER_DIR))
@@ -37,6 +46,7 @@ class DeploymentCleanup(Construct):
         environment = {
             "DEPLOYMENT_ID": deployment_id,
             "GIVE_UP_SECONDS": str(GIVE_UP.to_seconds()),
+            "PURGE_LOGS": "true" if purge_logs else "false",
         }
         self.on_event = lambda_.Function(
             self,
@@ -96,12 +106,47 @@ class DeploymentCleanup(Construct):
                     },
                 )
             )
+            # Scaling targets and policies the portal registered for the endpoints.
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="RemoveEndpointScaling",
+                    actions=[
+                        "application-autoscaling:DescribeScalableTargets",
+                        "application-autoscaling:DeregisterScalableTarget",
+                    ],
+                    resources=["*"],
+                )
+            )
+            alarms = alarm_arn(stack, deployment_id)
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="RemoveBacklogAlarms",
+                    actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
+                    resources=[alarms],
+                )
+            )
+            log_groups = log_group_arn(stack, endpoint_log_group(deployment_id))
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="RemoveEndpointLogGroups",
+                    actions=["logs:DescribeLogGroups", "logs:DeleteLogGroup"],
+                    resources=[log_groups, f"{log_groups}:*"],
+                )
+            )
             acknowledge(
                 function,
-                "SageMaker List* actions have no resource scope; the other actions are "
-                "limited to SageMaker resources named for (and tagged with) this deployment.",
+                "Alarms and log groups are limited to names of this deployment's endpoints.",
+                alarm_finding(stack, deployment_id),
+                log_group_finding(stack, endpoint_log_group(deployment_id)),
+                log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
+            )
+            acknowledge(
+                function,
+                "SageMaker List* and Application Auto Scaling actions have no resource scope; "
+                "the other actions are limited to resources named for (and SageMaker deletes to "
+                "resources tagged with) this deployment.",
                 "IAM5[Resource::*]",
-                *owned_sagemaker_findings(deployment_id),
+                *owned_sagemaker_findings(stack, deployment_id),
             )
             acknowledge(
                 function,

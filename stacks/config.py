@@ -91,7 +91,7 @@ InstanceTypes = Annotated[dict[str, InstanceType], AfterValidator(_check_instanc
 
 class ImageBuildConfig(_Strict):
     compute_type: Literal["small", "medium", "large", "2xlarge"] = "large"
-    timeout_minutes: int = Field(default=90, ge=10, le=480)
+    timeout_minutes: int = Field(default=50, ge=10, le=480)
 
 
 class PortalConfig(_Strict):

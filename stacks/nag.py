@@ -6,7 +6,7 @@ acknowledgement names the exact finding it accepts; a new wildcard is a new, fai
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
+from aws_cdk import Acknowledgment, CfnResource, Stack, Token, Validations
 from constructs import IConstruct
 
 PACK = "AwsSolutions"
@@ -31,16 +31,41 @@ def arn_of(construct: IConstruct) -> str:
     return f"<{Stack.of(construct).get_logical_id(child)}.Arn>"
 
 
-def partition_arn(service: str, resource: str) -> str:
-    """How cdk-nag writes an ARN built from the stack's partition, region and account."""
-    return f"arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"
+def partition_arn(stack: Stack, service: str, resource: str) -> str:
+    """How cdk-nag writes an ARN built with `stack.format_arn`: pseudo parameters where the
+    stack is environment-agnostic, literal values where config pins them."""
+
+    def part(value: str, pseudo: str) -> str:
+        return f"<AWS::{pseudo}>" if Token.is_unresolved(value) else value
+
+    partition = part(stack.partition, "Partition")
+    region = part(stack.region, "Region")
+    account = part(stack.account, "AccountId")
+    return f"arn:{partition}:{service}:{region}:{account}:{resource}"
 
 
-def owned_sagemaker_findings(deployment_id: str) -> list[str]:
+def owned_sagemaker_findings(stack: Stack, deployment_id: str) -> list[str]:
     """The IAM5 findings that `naming.owned_sagemaker_arns` produces."""
     from stacks.naming import OWNED_SAGEMAKER_KINDS
 
     return [
-        f"IAM5[Resource::{partition_arn('sagemaker', f'{kind}/{deployment_id}-*')}]"
+        f"IAM5[Resource::{partition_arn(stack, 'sagemaker', f'{kind}/{deployment_id}-*')}]"
         for kind in OWNED_SAGEMAKER_KINDS
     ]
+
+
+def log_group_finding(stack: Stack, name: str) -> str:
+    """The IAM5 finding for `naming.log_group_arn(stack, name)`."""
+    return f"IAM5[Resource::{partition_arn(stack, 'logs', 'log-group:' + name)}]"
+
+
+def alarm_finding(stack: Stack, deployment_id: str) -> str:
+    """The IAM5 finding for `naming.alarm_arn(stack, deployment_id)`."""
+    return f"IAM5[Resource::{partition_arn(stack, 'cloudwatch', f'alarm:{deployment_id}-*')}]"
+
+
+def bucket_arn(bucket: IConstruct) -> str:
+    """How cdk-nag writes a bucket's ARN: a GetAtt for a bucket of this stack, else its name."""
+    if isinstance(bucket.node.default_child, CfnResource):
+        return arn_of(bucket)
+    return f"arn:<AWS::Partition>:s3:::{bucket.bucket_name}"  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ from aws_cdk import ArnFormat, Stack
 
 DEPLOYMENT_TAG = "easel:deployment"
 OWNED_SAGEMAKER_KINDS = ("endpoint", "endpoint-config", "model", "training-job")
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
 
 def owned_sagemaker_arns(stack: Stack, deployment_id: str) -> list[str]:
@@ -19,3 +20,26 @@ def owned_sagemaker_arns(stack: Stack, deployment_id: str) -> list[str]:
         )
         for kind in OWNED_SAGEMAKER_KINDS
     ]
+
+
+def endpoint_log_group(deployment_id: str) -> str:
+    """Pattern of the log groups of this deployment's endpoints."""
+    return f"/aws/sagemaker/Endpoints/{deployment_id}-*"
+
+
+def log_group_arn(stack: Stack, name: str) -> str:
+    return stack.format_arn(
+        service="logs",
+        resource="log-group",
+        resource_name=name,
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )
+
+
+def alarm_arn(stack: Stack, deployment_id: str) -> str:
+    return stack.format_arn(
+        service="cloudwatch",
+        resource="alarm",
+        resource_name=f"{deployment_id}-*",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, CfnResource, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from stacks.nag import acknowledge, arn_of, owned_sagemaker_findings, partition_arn
-from stacks.naming import owned_sagemaker_arns
+from stacks.nag import acknowledge, bucket_arn, log_group_finding, owned_sagemaker_findings
+from stacks.naming import (
+    TRAINING_LOG_GROUP,
+    endpoint_log_group,
+    log_group_arn,
+    owned_sagemaker_arns,
+)
 
 # Data-bucket prefixes, per ARCHITECTURE.md's table.
 READ_PREFIXES = ("models/*", "loras/*", "concepts/*", "training/*", "async/in/*")
@@ -48,20 +53,13 @@ class SageMakerExecutionRole(Construct):
         for repository in repositories:
             repository.grant_pull(self.role)
 
-        def log_arn(name: str) -> str:
-            return stack.format_arn(
-                service="logs",
-                resource="log-group",
-                resource_name=name,
-                arn_format=ArnFormat.COLON_RESOURCE_NAME,
-            )
-
-        log_groups = [
-            log_arn(f"/aws/sagemaker/Endpoints/{deployment_id}-*"),
-            log_arn(f"/aws/sagemaker/Endpoints/{deployment_id}-*:log-stream:*"),
-            log_arn("/aws/sagemaker/TrainingJobs"),
-            log_arn(f"/aws/sagemaker/TrainingJobs:log-stream:{deployment_id}-*"),
+        log_names = [
+            endpoint_log_group(deployment_id),
+            f"{endpoint_log_group(deployment_id)}:log-stream:*",
+            TRAINING_LOG_GROUP,
+            f"{TRAINING_LOG_GROUP}:log-stream:{deployment_id}-*",
         ]
+        log_groups = [log_group_arn(stack, name) for name in log_names]
         self.role.add_to_policy(
             iam.PolicyStatement(
                 sid="OwnLogs",
@@ -89,17 +87,14 @@ class SageMakerExecutionRole(Construct):
                 resources=owned_sagemaker_arns(stack, deployment_id),
             )
         )
-        if isinstance(bucket.node.default_child, CfnResource):
-            bucket_arn = arn_of(bucket)
-        else:  # a re-attached bucket, imported by name
-            bucket_arn = f"arn:<AWS::Partition>:s3:::{bucket.bucket_name}"
+        data_arn = bucket_arn(bucket)
         prefixes = sorted(set(READ_PREFIXES) | set(WRITE_PREFIXES))
         acknowledge(
             self.role,
             "Object access is limited to the data-bucket prefixes in ARCHITECTURE.md's table "
             "(read models/loras/concepts/training/async-in, write training/async-out); the "
             "grant_read/grant_put action groups are CDK's read and write sets for objects.",
-            *(f"IAM5[Resource::{bucket_arn}/{prefix}]" for prefix in prefixes),
+            *(f"IAM5[Resource::{data_arn}/{prefix}]" for prefix in prefixes),
             "IAM5[Action::s3:GetObject*]",
             "IAM5[Action::s3:GetBucket*]",
             "IAM5[Action::s3:List*]",
@@ -109,15 +104,8 @@ class SageMakerExecutionRole(Construct):
             self.role,
             "Logs go only to SageMaker log groups/streams named for this deployment's "
             "endpoints and training jobs; tags only on SageMaker resources named for it.",
-            *(
-                f"IAM5[Resource::{partition_arn('logs', 'log-group:' + name)}]"
-                for name in (
-                    f"/aws/sagemaker/Endpoints/{deployment_id}-*",
-                    f"/aws/sagemaker/Endpoints/{deployment_id}-*:log-stream:*",
-                    f"/aws/sagemaker/TrainingJobs:log-stream:{deployment_id}-*",
-                )
-            ),
-            *owned_sagemaker_findings(deployment_id),
+            *(log_group_finding(stack, name) for name in log_names if "*" in name),
+            *owned_sagemaker_findings(stack, deployment_id),
         )
         acknowledge(
             self.role,

@@ -2,7 +2,9 @@
 
 Custom-resource handlers for the CDK Provider framework:
 - `on_event`: on Delete, starts deleting every endpoint, endpoint config and model tagged with
-  this deployment and stops its in-progress training jobs.
+  this deployment (with the endpoints' auto-scaling targets and policies and the portal's backlog
+  alarms) and stops its in-progress training jobs; unless data is kept (`PURGE_LOGS` false), also
+  the endpoints' log groups.
 - `is_complete`: polled until none of them is left (re-issuing deletes, which are idempotent).
 
 Resources are found by name prefix (`<deployment_id>-`, cheap to list) and confirmed by the
@@ -28,6 +30,18 @@ logger.setLevel(logging.INFO)
 
 TAG_KEY = "easel:deployment"
 GIVE_UP_SECONDS = float(os.environ.get("GIVE_UP_SECONDS", "1500"))
+
+
+ENDPOINT_LOG_PREFIX = "/aws/sagemaker/Endpoints/"
+
+
+@dataclass
+class Extras:
+    """Optional clients for what the portal makes besides SageMaker resources."""
+
+    autoscaling: Any = None
+    cloudwatch: Any = None
+    logs: Any = None  # only when log groups are to be deleted (data not kept)
 
 
 @dataclass
@@ -68,9 +82,10 @@ def _list(client: Any, operation: str, key: str, deployment_id: str, **kwargs: A
     return items
 
 
-def sweep(client: Any, deployment_id: str) -> SweepResult:
+def sweep(client: Any, deployment_id: str, *, extras: Extras | None = None) -> SweepResult:
     """Issue one round of deletes/stops; return what is still present afterwards."""
     result = SweepResult()
+    extras = extras or Extras()
 
     def attempt(kind: str, name: str, call: Any, **kwargs: Any) -> None:
         try:
@@ -90,6 +105,12 @@ def sweep(client: Any, deployment_id: str) -> SweepResult:
         if item.get("EndpointStatus") == "Deleting":
             result.remaining.append(f"endpoint {name} (deleting)")
             continue
+        if extras.autoscaling is not None:
+            for target in _scalable_targets(extras.autoscaling, name):
+                attempt("deregister scaling target", target,
+                        extras.autoscaling.deregister_scalable_target,
+                        ServiceNamespace="sagemaker", ResourceId=target,
+                        ScalableDimension="sagemaker:variant:DesiredInstanceCount")
         attempt("delete endpoint", name, client.delete_endpoint, EndpointName=name)
         result.remaining.append(f"endpoint {name}")
 
@@ -120,37 +141,78 @@ def sweep(client: Any, deployment_id: str) -> SweepResult:
             if status == "InProgress":
                 attempt("stop training job", name, client.stop_training_job, TrainingJobName=name)
             result.remaining.append(f"training job {name} ({status.lower()})")
+
+    if extras.cloudwatch is not None:
+        alarms = [a["AlarmName"] for page in extras.cloudwatch.get_paginator("describe_alarms")
+                  .paginate(AlarmNamePrefix=f"{deployment_id}-") for a in page["MetricAlarms"]]
+        if alarms:
+            attempt("delete alarms", ",".join(alarms), extras.cloudwatch.delete_alarms,
+                    AlarmNames=alarms[:100])
+    if extras.logs is not None:
+        prefix = f"{ENDPOINT_LOG_PREFIX}{deployment_id}-"
+        for page in extras.logs.get_paginator("describe_log_groups").paginate(
+            logGroupNamePrefix=prefix
+        ):
+            for group in page["logGroups"]:
+                attempt("delete log group", group["logGroupName"], extras.logs.delete_log_group,
+                        logGroupName=group["logGroupName"])
     return result
+
+
+def _scalable_targets(autoscaling: Any, endpoint: str) -> list[str]:
+    targets = []
+    for page in autoscaling.get_paginator("describe_scalable_targets").paginate(
+        ServiceNamespace="sagemaker"
+    ):
+        for target in page["ScalableTargets"]:
+            if target["ResourceId"].startswith(f"endpoint/{endpoint}/variant/"):
+                targets.append(target["ResourceId"])
+    return targets
 
 
 def _client() -> Any:
     return boto3.client("sagemaker")
 
 
+def _extras() -> Extras:
+    purge_logs = os.environ.get("PURGE_LOGS", "false").lower() == "true"
+    return Extras(
+        autoscaling=boto3.client("application-autoscaling"),
+        cloudwatch=boto3.client("cloudwatch"),
+        logs=boto3.client("logs") if purge_logs else None,
+    )
+
+
 def _deployment_id(event: dict[str, Any]) -> str:
     return event.get("ResourceProperties", {}).get("DeploymentId") or os.environ["DEPLOYMENT_ID"]
 
 
-def on_event(event: dict[str, Any], context: Any, client: Any = None) -> dict[str, Any]:
+def on_event(
+    event: dict[str, Any], context: Any, client: Any = None, extras: Extras | None = None
+) -> dict[str, Any]:
     physical_id = event.get("PhysicalResourceId") or f"{_deployment_id(event)}-cleanup"
     response: dict[str, Any] = {"PhysicalResourceId": physical_id}
     if event["RequestType"] != "Delete":
         return response
     response["Data"] = {"StartedAt": str(time.time())}
     try:
-        result = sweep(client or _client(), _deployment_id(event))
+        result = sweep(client or _client(), _deployment_id(event),
+                       extras=extras if client else _extras())
         logger.info("cleanup started: %s", result.actions or "nothing to delete")
     except Exception:  # never fail the stack delete
         logger.exception("cleanup sweep failed; is_complete will retry")
     return response
 
 
-def is_complete(event: dict[str, Any], context: Any, client: Any = None) -> dict[str, Any]:
+def is_complete(
+    event: dict[str, Any], context: Any, client: Any = None, extras: Extras | None = None
+) -> dict[str, Any]:
     if event["RequestType"] != "Delete":
         return {"IsComplete": True}
     started = float(event.get("Data", {}).get("StartedAt") or time.time())
     try:
-        result = sweep(client or _client(), _deployment_id(event))
+        result = sweep(client or _client(), _deployment_id(event),
+                       extras=extras if client else _extras())
     except Exception:
         logger.exception("cleanup sweep failed")
         result = SweepResult(remaining=["(sweep failed)"])

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks to group the tests
 def pytest_collection_modifyitems(config, items):
     # Keep every test that uses the synthesized template on one xdist worker: one synth.
     here = Path(__file__).parent

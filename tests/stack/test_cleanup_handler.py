@@ -163,3 +163,59 @@ def test_is_complete_gives_up_after_the_deadline_and_lets_the_delete_proceed(mon
     monkeypatch.setattr(cleanup, "GIVE_UP_SECONDS", 10.0)
     event = {**DELETE, "Data": {"StartedAt": str(time.time() - 60)}}
     assert cleanup.is_complete(event, None, client=client) == {"IsComplete": True}
+
+
+@pytest.fixture
+def aws_clients():
+    with mock_aws():
+        region = {"region_name": "us-east-1"}
+        yield {
+            "sagemaker": boto3.client("sagemaker", **region),
+            "autoscaling": boto3.client("application-autoscaling", **region),
+            "cloudwatch": boto3.client("cloudwatch", **region),
+            "logs": boto3.client("logs", **region),
+        }
+
+
+def scaling_target(autoscaling, endpoint):
+    resource = f"endpoint/{endpoint}/variant/main"
+    autoscaling.register_scalable_target(
+        ServiceNamespace="sagemaker", ResourceId=resource,
+        ScalableDimension="sagemaker:variant:DesiredInstanceCount", MinCapacity=1, MaxCapacity=2,
+    )
+    return resource
+
+
+def test_scaling_targets_alarms_and_log_groups_of_the_deployment_are_removed(aws_clients):
+    c = aws_clients
+    make_endpoint(c["sagemaker"], "easel-alice-sd15", OURS)
+    make_endpoint(c["sagemaker"], "someone-else", [])
+    ours = scaling_target(c["autoscaling"], "easel-alice-sd15")
+    theirs = scaling_target(c["autoscaling"], "someone-else")
+    for name in ("easel-alice-sd15-backlog", "other-alarm"):
+        c["cloudwatch"].put_metric_alarm(
+            AlarmName=name, MetricName="HasBacklogWithoutCapacity", Namespace="AWS/SageMaker",
+            Statistic="Average", Period=60, EvaluationPeriods=1, Threshold=1,
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+        )
+    for group in ("/aws/sagemaker/Endpoints/easel-alice-sd15", "/aws/sagemaker/Endpoints/someone-else"):
+        c["logs"].create_log_group(logGroupName=group)
+
+    extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=c["logs"])
+    cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
+
+    targets = {t["ResourceId"] for t in c["autoscaling"].describe_scalable_targets(
+        ServiceNamespace="sagemaker")["ScalableTargets"]}
+    assert ours not in targets and theirs in targets
+    alarms = {a["AlarmName"] for a in c["cloudwatch"].describe_alarms()["MetricAlarms"]}
+    assert alarms == {"other-alarm"}
+    groups = {g["logGroupName"] for g in c["logs"].describe_log_groups()["logGroups"]}
+    assert groups == {"/aws/sagemaker/Endpoints/someone-else"}
+
+
+def test_log_groups_are_kept_when_data_is_kept(aws_clients):
+    c = aws_clients
+    c["logs"].create_log_group(logGroupName="/aws/sagemaker/Endpoints/easel-bob")
+    extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=None)
+    cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
+    assert c["logs"].describe_log_groups()["logGroups"]

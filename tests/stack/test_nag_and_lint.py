@@ -25,8 +25,10 @@ def test_cdk_nag_fails_synth_on_a_new_finding(tmp_path):
     stack = cdk.Stack(app, "Probe")
     s3.Bucket(stack, "Insecure")
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    with pytest.raises(Exception, match="AwsSolutions-S10"):
+    with pytest.raises(Exception, match="Validation ?[Ff]ailed"):
         app.synth()
+    report = (tmp_path / "validation-report.json").read_text()
+    assert "AwsSolutions-S10" in report
 
 
 def test_acknowledgement_requires_a_real_reason(tmp_path):

@@ -1,0 +1,73 @@
+"""The portal's VPC: two AZs by default, NAT count from config (0 = no NAT)."""
+
+from __future__ import annotations
+
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from stacks.nag import BASIC_EXECUTION_POLICY, acknowledge
+
+FLOW_LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+
+
+class PortalNetwork(Construct):
+    """VPC with public subnets and private subnets for the internal load balancer and tasks.
+
+    With `nat_gateways > 0` the portal tasks run in private subnets and reach AWS through NAT;
+    with 0 there is no NAT, and the tasks run in public subnets with a public IP but accept
+    traffic only from the load balancer's security group. Gateway endpoints keep S3 and DynamoDB
+    traffic off the NAT. VPC flow logs go to CloudWatch Logs.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        cidr: str,
+        max_azs: int,
+        nat_gateways: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        private_type = (
+            ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_gateways else ec2.SubnetType.PRIVATE_ISOLATED
+        )
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(cidr),
+            max_azs=max_azs,
+            nat_gateways=nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC,
+                                        cidr_mask=24),
+                ec2.SubnetConfiguration(name="private", subnet_type=private_type, cidr_mask=22),
+            ],
+            gateway_endpoints={
+                "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3),
+                "DynamoDB": ec2.GatewayVpcEndpointOptions(
+                    service=ec2.GatewayVpcEndpointAwsService.DYNAMODB
+                ),
+            },
+            restrict_default_security_group=True,
+        )
+        self.vpc.add_flow_log(
+            "FlowLog",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(
+                logs.LogGroup(self, "FlowLogs", retention=FLOW_LOG_RETENTION)
+            ),
+        )
+        task_type = ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_gateways else ec2.SubnetType.PUBLIC
+        self.task_subnets = ec2.SubnetSelection(subnet_type=task_type)
+        self.tasks_need_public_ip = nat_gateways == 0
+        self.alb_subnets = ec2.SubnetSelection(subnet_type=private_type)
+
+        restrict = self.node.try_find_child("Vpc")
+        if restrict is not None:
+            acknowledge(
+                restrict,
+                "CDK's custom resource that removes all rules from the VPC's default security "
+                "group; its function only writes its own logs.",
+                BASIC_EXECUTION_POLICY,
+            )

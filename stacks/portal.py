@@ -1,0 +1,335 @@
+"""The portal: the webui image on ECS Fargate behind an internal ALB, reached over HTTPS through
+CloudFront (VPC origin), with a task role scoped to the kit's own resources."""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_cloudfront as cloudfront
+from aws_cdk import aws_cloudfront_origins as origins
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as sm
+from constructs import Construct
+
+from stacks.config import EaselConfig
+from stacks.nag import (
+    acknowledge,
+    alarm_finding,
+    arn_of,
+    bucket_arn,
+    log_group_finding,
+    owned_sagemaker_findings,
+)
+from stacks.naming import (
+    DEPLOYMENT_TAG,
+    TRAINING_LOG_GROUP,
+    alarm_arn,
+    endpoint_log_group,
+    log_group_arn,
+    owned_sagemaker_arns,
+)
+from stacks.network import PortalNetwork
+
+CONTAINER_PORT = 8080
+HEALTH_PATH = "/health"
+# Prefixes from ARCHITECTURE.md's table: the portal reads and writes these ...
+READ_WRITE_PREFIXES = ("models/*", "loras/*", "concepts/*", "async/*", "outputs/*")
+# ... and only reads training output (jobs write it).
+READ_PREFIXES = ("training/*",)
+LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+
+
+class PortalService(Construct):
+    """Fargate service + internal ALB + CloudFront distribution for the portal."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EaselConfig,
+        network: PortalNetwork,
+        repository: ecr.IRepository,
+        image_tag: str,
+        environment: dict[str, str],
+        bucket: s3.IBucket,
+        log_bucket: s3.IBucket,
+        table: dynamodb.ITable,
+        secrets: list[sm.ISecret],
+        execution_role: iam.IRole,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        deployment_id = config.deployment_id
+        vpc = network.vpc
+
+        # --- load balancer: internal, reachable only from inside the VPC (CloudFront's VPC origin)
+        self.alb_security_group = ec2.SecurityGroup(
+            self, "AlbSecurityGroup", vpc=vpc, allow_all_outbound=False,
+            description="Easel portal ALB: HTTP from the CloudFront VPC origin inside the VPC",
+        )
+        self.alb_security_group.add_ingress_rule(
+            ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.tcp(80),
+            "CloudFront VPC origin ENIs live in this VPC",
+        )
+        self.alb = elbv2.ApplicationLoadBalancer(
+            self, "Alb", vpc=vpc, internet_facing=False,
+            vpc_subnets=network.alb_subnets, security_group=self.alb_security_group,
+            drop_invalid_header_fields=True,
+        )
+        if config.region:
+            self.alb.log_access_logs(log_bucket, prefix="alb")
+        else:
+            acknowledge(
+                self.alb,
+                "ALB access logs need the region's ELB log-delivery principal, which an "
+                "environment-agnostic synth cannot know; set `region` in config to turn them on. "
+                "CloudFront and the portal's own logs still record every request.",
+                "ELB2",
+            )
+
+        # --- the service
+        cluster = ecs.Cluster(
+            self, "Cluster", vpc=vpc, container_insights_v2=ecs.ContainerInsights.ENABLED
+        )
+        task = ecs.FargateTaskDefinition(
+            self, "Task", cpu=config.portal.cpu, memory_limit_mib=config.portal.memory_mib,
+            runtime_platform=ecs.RuntimePlatform(
+                cpu_architecture=ecs.CpuArchitecture.X86_64,
+                operating_system_family=ecs.OperatingSystemFamily.LINUX,
+            ),
+        )
+        self.task_role = task.task_role
+        task.add_container(
+            "web",
+            image=ecs.ContainerImage.from_ecr_repository(repository, image_tag),
+            port_mappings=[ecs.PortMapping(container_port=CONTAINER_PORT)],
+            environment={
+                **environment,
+                "EASEL_PORTAL_CONFIG": portal_settings_json(config),
+                "UVICORN_PORT": str(CONTAINER_PORT),
+                "FORWARDED_ALLOW_IPS": "*",  # only the ALB can reach the task
+            },
+            logging=ecs.LogDriver.aws_logs(
+                stream_prefix="portal",
+                log_group=logs.LogGroup(self, "Logs", retention=LOG_RETENTION),
+            ),
+            readonly_root_filesystem=False,
+        )
+        self.service_security_group = ec2.SecurityGroup(
+            self, "ServiceSecurityGroup", vpc=vpc, allow_all_outbound=True,
+            description="Easel portal tasks: only the ALB may connect",
+        )
+        self.service = ecs.FargateService(
+            self, "Service", cluster=cluster, task_definition=task,
+            desired_count=config.portal.desired_count,
+            assign_public_ip=network.tasks_need_public_ip,
+            vpc_subnets=network.task_subnets,
+            security_groups=[self.service_security_group],
+            circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
+            min_healthy_percent=100,
+        )
+        self.service.connections.allow_from(self.alb, ec2.Port.tcp(CONTAINER_PORT))
+        listener = self.alb.add_listener("Http", port=80, open=False)
+        listener.add_targets(
+            "Portal", port=CONTAINER_PORT, protocol=elbv2.ApplicationProtocol.HTTP,
+            targets=[self.service],
+            health_check=elbv2.HealthCheck(path=HEALTH_PATH, healthy_http_codes="200"),
+            deregistration_delay=Duration.seconds(30),
+            stickiness_cookie_duration=None,
+        )
+
+        # --- CloudFront: HTTPS for viewers; the origin is the internal ALB through a VPC origin
+        self.distribution = cloudfront.Distribution(
+            self, "Cdn",
+            comment=f"Easel portal ({deployment_id})",
+            default_behavior=cloudfront.BehaviorOptions(
+                origin=origins.VpcOrigin.with_application_load_balancer(
+                    self.alb,
+                    protocol_policy=cloudfront.OriginProtocolPolicy.HTTP_ONLY,
+                    read_timeout=Duration.seconds(60),
+                ),
+                viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
+                allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
+                cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
+                origin_request_policy=cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER,
+            ),
+            http_version=cloudfront.HttpVersion.HTTP2_AND_3,
+        )
+        self.url = f"https://{self.distribution.distribution_domain_name}"
+        acknowledge(
+            self.distribution,
+            "Without a custom domain the distribution uses CloudFront's default certificate, "
+            "whose TLS policy is fixed (CFR4); WAF web ACLs for CloudFront must live in "
+            "us-east-1, so WAF is opt-in (CFR2, README: Security); people sign in, so no geo "
+            "restriction is imposed (CFR1); request logs come from the portal itself, since "
+            "CloudFront standard logs need an ACL-enabled bucket (CFR3).",
+            "CFR1", "CFR2", "CFR3", "CFR4",
+        )
+        acknowledge(
+            self.alb_security_group,
+            "Ingress is HTTP from the VPC's own CIDR only: CloudFront's VPC origin connects from "
+            "ENIs inside the VPC and TLS ends at CloudFront; the ALB is internal.",
+            "EC23",
+        )
+        acknowledge(
+            task,
+            "The environment holds only resource names and ARNs; the portal reads secret values "
+            "from Secrets Manager at run time (so rotations apply without a restart).",
+            "ECS2",
+        )
+        acknowledge(
+            task.obtain_execution_role(),
+            "ecr:GetAuthorizationToken, needed to pull the portal image, has no resource scope.",
+            "IAM5[Resource::*]",
+        )
+
+        self._grant(stack, deployment_id, bucket, table, secrets, execution_role)
+        self._acknowledge(stack, deployment_id, bucket, table)
+
+    def _grant(
+        self,
+        stack: Stack,
+        deployment_id: str,
+        bucket: s3.IBucket,
+        table: dynamodb.ITable,
+        secrets: list[sm.ISecret],
+        execution_role: iam.IRole,
+    ) -> None:
+        role = self.task_role
+        for prefix in READ_WRITE_PREFIXES:
+            bucket.grant_read_write(role, prefix)
+            bucket.grant_delete(role, prefix)
+        for prefix in READ_PREFIXES:
+            bucket.grant_read(role, prefix)
+        table.grant_read_write_data(role)
+        for secret in secrets:
+            secret.grant_read(role)
+
+        owned = owned_sagemaker_arns(stack, deployment_id)
+        tag_condition = {"StringEquals": {f"aws:RequestTag/{DEPLOYMENT_TAG}": deployment_id}}
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="CreateTaggedSageMakerResources",
+            actions=["sagemaker:CreateModel", "sagemaker:CreateEndpointConfig",
+                     "sagemaker:CreateEndpoint", "sagemaker:CreateTrainingJob"],
+            resources=owned, conditions=tag_condition,
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ManageOwnSageMakerResources",
+            actions=["sagemaker:AddTags", "sagemaker:ListTags", "sagemaker:DescribeModel",
+                     "sagemaker:DeleteModel", "sagemaker:DescribeEndpointConfig",
+                     "sagemaker:DeleteEndpointConfig", "sagemaker:DescribeEndpoint",
+                     "sagemaker:DeleteEndpoint", "sagemaker:UpdateEndpoint",
+                     "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
+                     "sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"],
+            resources=owned,
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ListSageMaker",
+            actions=["sagemaker:ListEndpoints", "sagemaker:ListEndpointConfigs",
+                     "sagemaker:ListModels", "sagemaker:ListTrainingJobs"],
+            resources=["*"],
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="PassExecutionRoleToSageMaker",
+            actions=["iam:PassRole"],
+            resources=[execution_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="EndpointAutoScaling",
+            actions=["application-autoscaling:RegisterScalableTarget",
+                     "application-autoscaling:DeregisterScalableTarget",
+                     "application-autoscaling:PutScalingPolicy",
+                     "application-autoscaling:DeleteScalingPolicy",
+                     "application-autoscaling:DescribeScalableTargets",
+                     "application-autoscaling:DescribeScalingPolicies"],
+            resources=["*"],
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="AutoScalingServiceLinkedRole",
+            actions=["iam:CreateServiceLinkedRole"],
+            resources=[stack.format_arn(
+                service="iam", region="", resource="role",
+                resource_name="aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+                "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+            )],
+            conditions={"StringEquals": {
+                "iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}},
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="AsyncBacklogAlarms",
+            actions=["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms",
+                     "cloudwatch:DescribeAlarms"],
+            resources=[alarm_arn(stack, deployment_id)],
+        ))
+        endpoint_logs = log_group_arn(stack, endpoint_log_group(deployment_id))
+        training_logs = log_group_arn(stack, TRAINING_LOG_GROUP)
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="EndpointLogGroups",
+            actions=["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:TagResource",
+                     "logs:DeleteLogGroup", "logs:FilterLogEvents", "logs:GetLogEvents"],
+            resources=[endpoint_logs, f"{endpoint_logs}:*"],
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ReadTrainingLogs",
+            actions=["logs:FilterLogEvents", "logs:GetLogEvents"],
+            resources=[f"{training_logs}:log-stream:{deployment_id}-*"],
+        ))
+
+    def _acknowledge(
+        self, stack: Stack, deployment_id: str, bucket: s3.IBucket, table: dynamodb.ITable
+    ) -> None:
+        data_arn = bucket_arn(bucket)
+        prefixes = sorted(set(READ_WRITE_PREFIXES) | set(READ_PREFIXES))
+        policy = self.task_role.node.find_child("DefaultPolicy")
+        acknowledge(
+            policy,
+            "Object access is limited to the data-bucket prefixes in ARCHITECTURE.md's table "
+            "(read/write models, loras, concepts, async, outputs; read training); the action "
+            "groups are CDK's object read/write/delete sets.",
+            *(f"IAM5[Resource::{data_arn}/{prefix}]" for prefix in prefixes),
+            "IAM5[Action::s3:GetObject*]", "IAM5[Action::s3:GetBucket*]",
+            "IAM5[Action::s3:List*]", "IAM5[Action::s3:DeleteObject*]", "IAM5[Action::s3:Abort*]",
+        )
+        acknowledge(
+            policy,
+            "SageMaker, log-group and alarm access is limited to resources named for this "
+            "deployment; creation also requires the deployment tag.",
+            *owned_sagemaker_findings(stack, deployment_id),
+            alarm_finding(stack, deployment_id),
+            log_group_finding(stack, endpoint_log_group(deployment_id)),
+            log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
+            log_group_finding(stack, f"{TRAINING_LOG_GROUP}:log-stream:{deployment_id}-*"),
+        )
+        acknowledge(
+            policy,
+            "SageMaker List* and Application Auto Scaling actions support no resource-level "
+            "scoping; scaling targets are the deployment's own endpoints.",
+            "IAM5[Resource::*]",
+        )
+        acknowledge(
+            policy,
+            "The table grant covers the table's own indexes (its GSI), <table>/index/*.",
+            f"IAM5[Resource::{arn_of(table)}/index/*]",
+        )
+
+
+def portal_settings_json(config: EaselConfig) -> str:
+    """The settings the portal needs from config, as one JSON environment variable."""
+    return json.dumps(
+        {
+            "deployment_id": config.deployment_id,
+            "endpoints": config.endpoints.model_dump(),
+            "training": config.training.model_dump(),
+        },
+        separators=(",", ":"),
+    )

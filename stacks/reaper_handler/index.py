@@ -1,0 +1,155 @@
+"""Scheduled Lambda: delete this deployment's endpoints that have been idle past their TTL.
+
+An endpoint is a candidate when it is named `<deployment_id>-…` and tagged
+`easel:deployment=<deployment_id>`. Its time-to-live comes from its `easel:idle-ttl-hours` tag
+(set by the portal; `0` or `off` disables auto-delete) or `DEFAULT_IDLE_TTL_HOURS`. It is idle
+when it has been InService (or Failed) for longer than the TTL and CloudWatch shows no
+invocations, and no async backlog, in the last TTL hours. The endpoint, its config and its
+model are deleted; the portal's records show it as deleted on the next refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+logger = logging.getLogger("easel.reaper")
+logger.setLevel(logging.INFO)
+
+TAG_DEPLOYMENT = "easel:deployment"
+TAG_TTL = "easel:idle-ttl-hours"
+REAPABLE_STATUSES = ("InService", "Failed", "OutOfService")
+
+
+@dataclass(frozen=True)
+class Decision:
+    endpoint: str
+    delete: bool
+    reason: str
+
+
+def _ttl_hours(tags: dict[str, str], default: float) -> float | None:
+    raw = tags.get(TAG_TTL)
+    if raw is None:
+        return default
+    if raw.strip().lower() in ("0", "off", "never", ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        logger.warning("ignoring malformed %s tag %r", TAG_TTL, raw)
+        return default
+    return value if value > 0 else None
+
+
+def _activity(cloudwatch: Any, endpoint: str, variants: list[str], since: datetime,
+              now: datetime) -> float:
+    """Invocations plus async backlog over the window, summed across variants."""
+    queries = []
+    for index, variant in enumerate(variants):
+        queries.append({
+            "Id": f"inv{index}",
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": "AWS/SageMaker",
+                    "MetricName": "Invocations",
+                    "Dimensions": [{"Name": "EndpointName", "Value": endpoint},
+                                   {"Name": "VariantName", "Value": variant}],
+                },
+                "Period": 300,
+                "Stat": "Sum",
+            },
+        })
+    queries.append({
+        "Id": "backlog",
+        "MetricStat": {
+            "Metric": {
+                "Namespace": "AWS/SageMaker",
+                "MetricName": "ApproximateBacklogSize",
+                "Dimensions": [{"Name": "EndpointName", "Value": endpoint}],
+            },
+            "Period": 300,
+            "Stat": "Maximum",
+        },
+    })
+    result = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=since, EndTime=now)
+    return sum(sum(r.get("Values", [])) for r in result.get("MetricDataResults", []))
+
+
+def decide(sagemaker: Any, cloudwatch: Any, endpoint: dict[str, Any], *, deployment_id: str,
+           default_ttl: float, now: datetime) -> Decision:
+    name = endpoint["EndpointName"]
+    tags = {t["Key"]: t["Value"]
+            for t in sagemaker.list_tags(ResourceArn=endpoint["EndpointArn"]).get("Tags", [])}
+    if tags.get(TAG_DEPLOYMENT) != deployment_id:
+        return Decision(name, False, "not this deployment's")
+    ttl = _ttl_hours(tags, default_ttl)
+    if ttl is None:
+        return Decision(name, False, "auto-delete off")
+    if endpoint.get("EndpointStatus") not in REAPABLE_STATUSES:
+        return Decision(name, False, f"status {endpoint.get('EndpointStatus')}")
+    window = timedelta(hours=ttl)
+    changed = endpoint.get("LastModifiedTime") or endpoint["CreationTime"]
+    if now - changed < window:
+        return Decision(name, False, "younger than its idle TTL")
+    described = sagemaker.describe_endpoint(EndpointName=name)
+    variants = [v["VariantName"] for v in described.get("ProductionVariants", [])]
+    if _activity(cloudwatch, name, variants, now - window, now) > 0:
+        return Decision(name, False, "used within its idle TTL")
+    return Decision(name, True, f"idle for more than {ttl:g} h")
+
+
+def delete_endpoint(sagemaker: Any, name: str) -> None:
+    described = sagemaker.describe_endpoint(EndpointName=name)
+    config_name = described["EndpointConfigName"]
+    models: list[str] = []
+    try:
+        config = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+        models = [v["ModelName"] for v in config.get("ProductionVariants", [])]
+    except ClientError:
+        logger.warning("endpoint config %s already gone", config_name)
+    sagemaker.delete_endpoint(EndpointName=name)
+    for call, kwargs in [(sagemaker.delete_endpoint_config, {"EndpointConfigName": config_name}),
+                         *[(sagemaker.delete_model, {"ModelName": m}) for m in models]]:
+        try:
+            call(**kwargs)
+        except ClientError as error:
+            logger.warning("could not delete %s: %s", kwargs, error)
+
+
+def reap(sagemaker: Any, cloudwatch: Any, *, deployment_id: str, default_ttl: float,
+         now: datetime | None = None) -> list[Decision]:
+    now = now or datetime.now(UTC)
+    decisions = []
+    paginator = sagemaker.get_paginator("list_endpoints")
+    for page in paginator.paginate(NameContains=deployment_id):
+        for endpoint in page.get("Endpoints", []):
+            if not endpoint["EndpointName"].startswith(f"{deployment_id}-"):
+                continue
+            try:
+                decision = decide(sagemaker, cloudwatch, endpoint, deployment_id=deployment_id,
+                                  default_ttl=default_ttl, now=now)
+                if decision.delete:
+                    delete_endpoint(sagemaker, decision.endpoint)
+            except ClientError as error:
+                decision = Decision(endpoint["EndpointName"], False, f"error: {error}")
+            logger.info("%s: %s (%s)", decision.endpoint,
+                        "deleted" if decision.delete else "kept", decision.reason)
+            decisions.append(decision)
+    return decisions
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    decisions = reap(
+        boto3.client("sagemaker"),
+        boto3.client("cloudwatch"),
+        deployment_id=os.environ["DEPLOYMENT_ID"],
+        default_ttl=float(os.environ.get("DEFAULT_IDLE_TTL_HOURS", "4")),
+    )
+    return {"deleted": [d.endpoint for d in decisions if d.delete]}

@@ -1,0 +1,105 @@
+"""The idle-endpoint reaper: deletes only idle endpoints of this deployment past their TTL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from stacks.reaper_handler import index as reaper
+
+ROLE = "arn:aws:iam::123456789012:role/easel-exec"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/inference:abc"
+LATER = datetime.now(UTC) + timedelta(hours=10)  # every endpoint created now is 10 h old then
+
+
+@pytest.fixture
+def clients():
+    with mock_aws():
+        yield (boto3.client("sagemaker", region_name="us-east-1"),
+               boto3.client("cloudwatch", region_name="us-east-1"))
+
+
+def make_endpoint(sagemaker, name, tags):
+    sagemaker.create_model(ModelName=name, ExecutionRoleArn=ROLE,
+                           PrimaryContainer={"Image": IMAGE}, Tags=tags)
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=name, Tags=tags,
+        ProductionVariants=[{"VariantName": "main", "ModelName": name,
+                             "InitialInstanceCount": 1, "InstanceType": "ml.g4dn.xlarge"}],
+    )
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+
+
+def tags(ttl=None, deployment="easel"):
+    result = [{"Key": "easel:deployment", "Value": deployment}]
+    if ttl is not None:
+        result.append({"Key": "easel:idle-ttl-hours", "Value": ttl})
+    return result
+
+
+def invoked(cloudwatch, name, when):
+    cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[{
+        "MetricName": "Invocations", "Value": 3, "Timestamp": when,
+        "Dimensions": [{"Name": "EndpointName", "Value": name},
+                       {"Name": "VariantName", "Value": "main"}],
+    }])
+
+
+def endpoints(sagemaker):
+    return {e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]}
+
+
+def run(clients, now=LATER, default_ttl=4.0):
+    return {d.endpoint: d for d in reaper.reap(*clients, deployment_id="easel",
+                                               default_ttl=default_ttl, now=now)}
+
+
+def test_idle_endpoint_past_ttl_is_deleted_with_its_config_and_model(clients):
+    sagemaker, _ = clients
+    make_endpoint(sagemaker, "easel-idle", tags())
+    decisions = run(clients)
+    assert decisions["easel-idle"].delete
+    assert "easel-idle" not in endpoints(sagemaker)
+    assert not sagemaker.list_endpoint_configs()["EndpointConfigs"]
+    assert not sagemaker.list_models()["Models"]
+
+
+def test_busy_endpoint_is_spared(clients):
+    sagemaker, cloudwatch = clients
+    make_endpoint(sagemaker, "easel-busy", tags())
+    invoked(cloudwatch, "easel-busy", LATER - timedelta(hours=1))  # inside the 4 h window
+    decisions = run(clients)
+    assert not decisions["easel-busy"].delete
+    assert decisions["easel-busy"].reason == "used within its idle TTL"
+    assert "easel-busy" in endpoints(sagemaker)
+
+
+def test_young_endpoint_is_spared(clients):
+    sagemaker, _ = clients
+    make_endpoint(sagemaker, "easel-new", tags())
+    decisions = run(clients, now=datetime.now(UTC) + timedelta(hours=1))
+    assert not decisions["easel-new"].delete
+    assert "easel-new" in endpoints(sagemaker)
+
+
+def test_ttl_tag_overrides_default_and_off_disables(clients):
+    sagemaker, _ = clients
+    make_endpoint(sagemaker, "easel-long", tags(ttl="24"))
+    make_endpoint(sagemaker, "easel-pinned", tags(ttl="off"))
+    make_endpoint(sagemaker, "easel-short", tags(ttl="2"))
+    decisions = run(clients)
+    assert not decisions["easel-long"].delete
+    assert decisions["easel-pinned"].reason == "auto-delete off"
+    assert decisions["easel-short"].delete
+    assert endpoints(sagemaker) == {"easel-long", "easel-pinned"}
+
+
+def test_other_deployments_and_untagged_endpoints_are_never_touched(clients):
+    sagemaker, _ = clients
+    make_endpoint(sagemaker, "easel-foreign", tags(deployment="other"))
+    make_endpoint(sagemaker, "someone-else", [])
+    run(clients)
+    assert endpoints(sagemaker) == {"easel-foreign", "someone-else"}
