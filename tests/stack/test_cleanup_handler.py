@@ -14,9 +14,8 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from stacks.cleanup_handler import index as cleanup
+from tests.stack.sagemaker_fakes import make_endpoint
 
-ROLE = "arn:aws:iam::123456789012:role/easel-exec"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/inference:abc"
 OURS = [{"Key": "easel:deployment", "Value": "easel"}]
 DELETE = {"RequestType": "Delete", "ResourceProperties": {"DeploymentId": "easel"},
           "PhysicalResourceId": "easel-cleanup"}
@@ -27,16 +26,6 @@ def sagemaker():
     with mock_aws():
         yield boto3.client("sagemaker", region_name="us-east-1")
 
-
-def make_endpoint(client, name, tags):
-    client.create_model(ModelName=name, ExecutionRoleArn=ROLE,
-                        PrimaryContainer={"Image": IMAGE}, Tags=tags)
-    client.create_endpoint_config(
-        EndpointConfigName=name, Tags=tags,
-        ProductionVariants=[{"VariantName": "main", "ModelName": name,
-                             "InitialInstanceCount": 1, "InstanceType": "ml.g4dn.xlarge"}],
-    )
-    client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
 
 
 def names(client):

@@ -9,9 +9,8 @@ import pytest
 from moto import mock_aws
 
 from stacks.reaper_handler import index as reaper
+from tests.stack.sagemaker_fakes import make_endpoint
 
-ROLE = "arn:aws:iam::123456789012:role/easel-exec"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/inference:abc"
 LATER = datetime.now(UTC) + timedelta(hours=10)  # every endpoint created now is 10 h old then
 
 
@@ -21,16 +20,6 @@ def clients():
         yield (boto3.client("sagemaker", region_name="us-east-1"),
                boto3.client("cloudwatch", region_name="us-east-1"))
 
-
-def make_endpoint(sagemaker, name, tags):
-    sagemaker.create_model(ModelName=name, ExecutionRoleArn=ROLE,
-                           PrimaryContainer={"Image": IMAGE}, Tags=tags)
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=name, Tags=tags,
-        ProductionVariants=[{"VariantName": "main", "ModelName": name,
-                             "InitialInstanceCount": 1, "InstanceType": "ml.g4dn.xlarge"}],
-    )
-    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
 
 
 def tags(ttl=None, deployment="easel"):
