@@ -9,6 +9,7 @@ with a message a person can act on instead of a broken deploy.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -216,3 +217,16 @@ def load_config(stage: str = "default", *, config_dir: Path | None = None) -> Ea
         return EaselConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
+
+
+
+def portal_settings_json(config: EaselConfig) -> str:
+    """The settings the portal needs from config, as one JSON environment variable."""
+    return json.dumps(
+        {
+            "deployment_id": config.deployment_id,
+            "endpoints": config.endpoints.model_dump(),
+            "training": config.training.model_dump(),
+        },
+        separators=(",", ":"),
+    )

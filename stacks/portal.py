@@ -3,8 +3,6 @@ CloudFront (VPC origin), with a task role scoped to the kit's own resources."""
 
 from __future__ import annotations
 
-import json
-
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
@@ -19,7 +17,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as sm
 from constructs import Construct
 
-from stacks.config import EaselConfig
+from stacks.config import EaselConfig, portal_settings_json
 from stacks.nag import (
     acknowledge,
     alarm_finding,
@@ -322,14 +320,3 @@ class PortalService(Construct):
             f"IAM5[Resource::{arn_of(table)}/index/*]",
         )
 
-
-def portal_settings_json(config: EaselConfig) -> str:
-    """The settings the portal needs from config, as one JSON environment variable."""
-    return json.dumps(
-        {
-            "deployment_id": config.deployment_id,
-            "endpoints": config.endpoints.model_dump(),
-            "training": config.training.model_dump(),
-        },
-        separators=(",", ":"),
-    )

@@ -7,6 +7,7 @@ not deltas) and copied back on removal, so the base model is restored bit for bi
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -25,6 +26,7 @@ from .schemas import check_name
 LORA_TAG = re.compile(r"<lora:([^:>]*)((?::[^:>]*){0,2})>")
 MAX_WEIGHT = 10.0
 LORA_SUFFIX = ".safetensors"
+logger = logging.getLogger("easel.inference")
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,46 @@ class LoraLibrary:
             return []
         return sorted(p.stem for p in self.lora_dir.glob("*" + LORA_SUFFIX) if p.is_file())
 
+    def library_names(self) -> list[str]:
+        """LoRAs in the S3 library prefix (e.g. published from a training job); [] if none or
+        S3 cannot be read (the listing is advisory; generation fetches on demand)."""
+        if not self.s3_uri:
+            return []
+        import botocore.exceptions
+
+        if self._s3 is None:
+            import boto3
+
+            self._s3 = boto3.client("s3")
+        bucket, _, prefix = self.s3_uri[len("s3://") :].partition("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        names = []
+        try:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    rest = item["Key"][len(prefix) :]
+                    if "/" not in rest and rest.endswith(LORA_SUFFIX):
+                        names.append(rest[: -len(LORA_SUFFIX)])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            logger.warning("cannot list the LoRA library %s: %s", self.s3_uri, exc)
+            return []
+        return sorted(names)
+
     def listing(self) -> list[dict[str, str]]:
-        return [
+        local = self.local_names()
+        entries = [
             {"name": name, "alias": name, "path": str(self.lora_dir / f"{name}{LORA_SUFFIX}")}
-            for name in self.local_names()
+            for name in local
         ]
+        base = (self.s3_uri or "").rstrip("/")
+        entries += [
+            {"name": name, "alias": name, "path": f"{base}/{name}{LORA_SUFFIX}"}
+            for name in self.library_names()
+            if name not in local
+        ]
+        return entries
 
     def _s3_location(self, name: str) -> tuple[str, str]:
         assert self.s3_uri is not None
