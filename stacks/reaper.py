@@ -13,8 +13,13 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from stacks.lambda_defaults import LAMBDA_RUNTIME
-from stacks.nag import BASIC_EXECUTION_POLICY, acknowledge, owned_sagemaker_findings
-from stacks.naming import DEPLOYMENT_TAG, owned_sagemaker_arns
+from stacks.nag import (
+    BASIC_EXECUTION_POLICY,
+    acknowledge,
+    alarm_finding,
+    owned_sagemaker_findings,
+)
+from stacks.naming import DEPLOYMENT_TAG, alarm_arn, owned_sagemaker_arns
 
 HANDLER_DIR = Path(__file__).resolve().parent / "reaper_handler"
 SCHEDULE = Duration.minutes(15)
@@ -54,10 +59,25 @@ class EndpointReaper(Construct):
             resources=owned,
             conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment_id}},
         ))
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["application-autoscaling:DescribeScalableTargets",
+                     "application-autoscaling:DeregisterScalableTarget"],
+            resources=["*"],
+        ))
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
+            resources=[alarm_arn(stack, deployment_id)],
+        ))
         acknowledge(
             self.function,
-            "ListEndpoints and GetMetricData have no resource scope; every other action is "
-            "limited to SageMaker resources named for (deletes: tagged with) this deployment.",
+            "Alarms are limited to names of this deployment's endpoints.",
+            alarm_finding(stack, deployment_id),
+        )
+        acknowledge(
+            self.function,
+            "ListEndpoints, GetMetricData and Application Auto Scaling have no resource scope; "
+            "every other action is limited to SageMaker resources named for (deletes: tagged "
+            "with) this deployment.",
             "IAM5[Resource::*]", *owned_sagemaker_findings(stack, deployment_id),
         )
         acknowledge(self.function, "The basic execution policy only writes the function's logs.",

@@ -4,8 +4,9 @@ An endpoint is a candidate when it is named `<deployment_id>-…` and tagged
 `easel:deployment=<deployment_id>`. Its time-to-live comes from its `easel:idle-ttl-hours` tag
 (set by the portal; `0` or `off` disables auto-delete) or `DEFAULT_IDLE_TTL_HOURS`. It is idle
 when it has been InService (or Failed) for longer than the TTL and CloudWatch shows no
-invocations, and no async backlog, in the last TTL hours. The endpoint, its config and its
-model are deleted; the portal's records show it as deleted on the next refresh.
+invocations, and no async backlog, in the last TTL hours. Its scaling targets (with their
+policies) and the portal's alarms named after it, the endpoint, its config and its model are
+deleted; the portal's list shows it as Deleted on the next refresh.
 """
 
 from __future__ import annotations
@@ -105,6 +106,25 @@ def decide(sagemaker: Any, cloudwatch: Any, endpoint: dict[str, Any], *, deploym
     return Decision(name, True, f"idle for more than {ttl:g} h")
 
 
+def remove_scaling(autoscaling: Any, cloudwatch: Any, name: str) -> None:
+    """Deregister the endpoint's scalable targets (which drops their policies) and delete the
+    portal's alarms named after it."""
+    prefix = f"endpoint/{name}/variant/"
+    for page in autoscaling.get_paginator("describe_scalable_targets").paginate(
+        ServiceNamespace="sagemaker"
+    ):
+        for target in page["ScalableTargets"]:
+            if target["ResourceId"].startswith(prefix):
+                autoscaling.deregister_scalable_target(
+                    ServiceNamespace="sagemaker", ResourceId=target["ResourceId"],
+                    ScalableDimension=target["ScalableDimension"],
+                )
+    alarms = [a["AlarmName"] for page in cloudwatch.get_paginator("describe_alarms")
+              .paginate(AlarmNamePrefix=f"{name}-") for a in page["MetricAlarms"]]
+    if alarms:
+        cloudwatch.delete_alarms(AlarmNames=alarms[:100])
+
+
 def delete_endpoint(sagemaker: Any, name: str) -> None:
     described = sagemaker.describe_endpoint(EndpointName=name)
     config_name = described["EndpointConfigName"]
@@ -124,7 +144,7 @@ def delete_endpoint(sagemaker: Any, name: str) -> None:
 
 
 def reap(sagemaker: Any, cloudwatch: Any, *, deployment_id: str, default_ttl: float,
-         now: datetime | None = None) -> list[Decision]:
+         now: datetime | None = None, autoscaling: Any = None) -> list[Decision]:
     now = now or datetime.now(UTC)
     decisions = []
     paginator = sagemaker.get_paginator("list_endpoints")
@@ -136,6 +156,8 @@ def reap(sagemaker: Any, cloudwatch: Any, *, deployment_id: str, default_ttl: fl
                 decision = decide(sagemaker, cloudwatch, endpoint, deployment_id=deployment_id,
                                   default_ttl=default_ttl, now=now)
                 if decision.delete:
+                    if autoscaling is not None:
+                        remove_scaling(autoscaling, cloudwatch, decision.endpoint)
                     delete_endpoint(sagemaker, decision.endpoint)
             except ClientError as error:
                 decision = Decision(endpoint["EndpointName"], False, f"error: {error}")
@@ -151,5 +173,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         boto3.client("cloudwatch"),
         deployment_id=os.environ["DEPLOYMENT_ID"],
         default_ttl=float(os.environ.get("DEFAULT_IDLE_TTL_HOURS", "4")),
+        autoscaling=boto3.client("application-autoscaling"),
     )
     return {"deleted": [d.endpoint for d in decisions if d.delete]}

@@ -21,6 +21,11 @@ def clients():
                boto3.client("cloudwatch", region_name="us-east-1"))
 
 
+@pytest.fixture
+def autoscaling(clients):
+    return boto3.client("application-autoscaling", region_name="us-east-1")
+
+
 
 def tags(ttl=None, deployment="easel"):
     result = [{"Key": "easel:deployment", "Value": deployment}]
@@ -92,3 +97,27 @@ def test_other_deployments_and_untagged_endpoints_are_never_touched(clients):
     make_endpoint(sagemaker, "someone-else", [])
     run(clients)
     assert endpoints(sagemaker) == {"easel-foreign", "someone-else"}
+
+
+def test_reaped_endpoint_loses_its_scaling_target_and_alarms(clients, autoscaling):
+    sagemaker, cloudwatch = clients
+    for name in ("easel-idle", "easel-busy"):
+        make_endpoint(sagemaker, name, tags())
+        autoscaling.register_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{name}/variant/main",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount", MinCapacity=1,
+            MaxCapacity=2,
+        )
+        cloudwatch.put_metric_alarm(
+            AlarmName=f"{name}-backlog-without-capacity", MetricName="HasBacklogWithoutCapacity",
+            Namespace="AWS/SageMaker", Statistic="Average", Period=60, EvaluationPeriods=1,
+            Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold",
+        )
+    invoked(cloudwatch, "easel-busy", LATER - timedelta(hours=1))
+    reaper.reap(sagemaker, cloudwatch, deployment_id="easel", default_ttl=4.0, now=LATER,
+                autoscaling=autoscaling)
+    targets = {t["ResourceId"] for t in autoscaling.describe_scalable_targets(
+        ServiceNamespace="sagemaker")["ScalableTargets"]}
+    assert targets == {"endpoint/easel-busy/variant/main"}
+    alarms = {a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]}
+    assert alarms == {"easel-busy-backlog-without-capacity"}

@@ -85,8 +85,7 @@ def test_oversized_bodies_are_refused_before_reading(world):
 
 
 def test_portal_config_from_the_stack_sets_allowlists_and_caps():
-    from stacks.config import load_config
-    from stacks.config import portal_settings_json
+    from stacks.config import load_config, portal_settings_json
 
     document = portal_settings_json(load_config())
     settings = load_settings(base_env(EASEL_PORTAL_CONFIG=document,
