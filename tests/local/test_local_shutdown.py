@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -78,9 +79,14 @@ def test_processes_left_by_a_crash_are_ended_at_the_next_start(tmp_path, monkeyp
     with LocalAws(tmp_path, settings=fake_settings()) as aws:
         assert [pid for pid in pids if process_is_running(pid)] == []
         clients = clients_for(aws, monkeypatch)
-        clients.sagemaker.get_waiter("endpoint_in_service").wait(
-            EndpointName="survivor", WaiterConfig={"Delay": 0.5, "MaxAttempts": 60}
-        )
+        deadline = time.monotonic() + 60
+        status = {}
+        while time.monotonic() < deadline:
+            status = clients.sagemaker.describe_endpoint(EndpointName="survivor")
+            if status["EndpointStatus"] != "Creating":
+                break
+            time.sleep(0.5)
+        assert status["EndpointStatus"] == "InService", status.get("FailureReason", status)
 
 
 def test_a_state_folder_serves_one_local_aws_at_a_time(tmp_path):

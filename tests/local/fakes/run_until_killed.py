@@ -22,6 +22,9 @@ def main() -> None:
     reply = json.loads(
         clients.runtime.invoke_endpoint(EndpointName=name, Body=b"{}")["Body"].read()
     )
+    # Writes reach the on-disk state within about a second; make sure they have before the
+    # "crash", so the restart has the endpoint's model to start again.
+    aws.save()
     print(json.dumps({"pids": [aws.emulator_pid, reply["pid"], reply["child_pid"]]}), flush=True)
     while True:
         time.sleep(1)
