@@ -87,6 +87,54 @@ def unique(prefix: str) -> str:
 unique.counter = 0  # type: ignore[attr-defined]
 
 
+def upload_model(clients: Clients, name: str, files: dict[str, bytes] | None = None) -> str:
+    """Put `files` (default: a good model) as models/<name>/model.tar.gz; its S3 URI."""
+    key = f"models/{name}/model.tar.gz"
+    clients.s3.put_object(Bucket=clients.bucket, Key=key, Body=tar_gz(files or GOOD_MODEL))
+    return clients.s3_uri(key)
+
+
+def create_model_and_config(
+    clients: Clients,
+    name: str,
+    *,
+    container: dict[str, Any],
+    async_output: str | None = None,
+    instance_type: str = "ml.g5.xlarge",
+) -> None:
+    """A model called `name` with `container`, and a one-variant endpoint config of that name."""
+    clients.sagemaker.create_model(
+        ModelName=name,
+        PrimaryContainer=container,
+        ExecutionRoleArn=clients.aws.names.execution_role_arn,
+    )
+    config: dict[str, Any] = {
+        "EndpointConfigName": name,
+        "ProductionVariants": [
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": name,
+                "InstanceType": instance_type,
+                "InitialInstanceCount": 1,
+            }
+        ],
+    }
+    if async_output:
+        config["AsyncInferenceConfig"] = {"OutputConfig": {"S3OutputPath": async_output}}
+    clients.sagemaker.create_endpoint_config(**config)
+
+
+def wait_while(clients: Clients, name: str, status: str, *, timeout: float = 60,
+               interval: float = 0.2) -> dict[str, Any]:
+    """Wait until the endpoint leaves `status`; its description."""
+    wait_for(
+        lambda: clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] != status,
+        timeout=timeout,
+        interval=interval,
+    )
+    return clients.sagemaker.describe_endpoint(EndpointName=name)
+
+
 def deploy(
     clients: Clients,
     name: str,
@@ -97,40 +145,15 @@ def deploy(
     wait: bool = True,
 ) -> str:
     """Upload a model.tar.gz, create model + config + endpoint; wait until not Creating."""
-    key = f"models/{name}/model.tar.gz"
-    clients.s3.put_object(Bucket=clients.bucket, Key=key, Body=tar_gz(files or GOOD_MODEL))
-    clients.sagemaker.create_model(
-        ModelName=name,
-        PrimaryContainer={
-            "Image": "local/easel-inference:test",
-            "ModelDataUrl": clients.s3_uri(key),
-            "Environment": environment or {},
-        },
-        ExecutionRoleArn=clients.aws.names.execution_role_arn,
-    )
-    config: dict[str, Any] = {
-        "EndpointConfigName": name,
-        "ProductionVariants": [
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name,
-                "InstanceType": "ml.g5.xlarge",
-                "InitialInstanceCount": 1,
-            }
-        ],
+    container = {
+        "Image": "local/easel-inference:test",
+        "ModelDataUrl": upload_model(clients, name, files),
+        "Environment": environment or {},
     }
-    if async_output:
-        config["AsyncInferenceConfig"] = {"OutputConfig": {"S3OutputPath": async_output}}
-    clients.sagemaker.create_endpoint_config(**config)
+    create_model_and_config(clients, name, container=container, async_output=async_output)
     clients.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
     if wait:
-        wait_for(
-            lambda: (
-                clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"]
-                != "Creating"
-            ),
-            timeout=60,
-        )
+        wait_while(clients, name, "Creating")
     return name
 
 

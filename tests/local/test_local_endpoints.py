@@ -6,7 +6,14 @@ import json
 
 import pytest
 from botocore.exceptions import ClientError
-from local_helpers import GOOD_MODEL, deploy, process_is_running, tar_gz, unique, wait_for
+from local_helpers import (
+    create_model_and_config,
+    deploy,
+    process_is_running,
+    unique,
+    upload_model,
+    wait_while,
+)
 
 from local.processes import port_is_open
 
@@ -36,31 +43,16 @@ def test_endpoint_from_uncompressed_s3_prefix(clients):
         Bucket=clients.bucket, Key=f"models/{name}/Stable-diffusion/a.safetensors", Body=b"w"
     )
     clients.s3.put_object(Bucket=clients.bucket, Key=f"models/{name}/Lora/l.safetensors", Body=b"l")
-    clients.sagemaker.create_model(
-        ModelName=name,
-        PrimaryContainer={
-            "Image": "local/easel-inference:test",
-            "ModelDataSource": {
-                "S3DataSource": {
-                    "S3Uri": clients.s3_uri(f"models/{name}/"),
-                    "S3DataType": "S3Prefix",
-                    "CompressionType": "None",
-                }
-            },
-        },
-        ExecutionRoleArn=clients.aws.names.execution_role_arn,
-    )
-    clients.sagemaker.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[
-            {
-                "VariantName": "v",
-                "ModelName": name,
-                "InstanceType": "ml.g5.xlarge",
-                "InitialInstanceCount": 1,
+    create_model_and_config(clients, name, container={
+        "Image": "local/easel-inference:test",
+        "ModelDataSource": {
+            "S3DataSource": {
+                "S3Uri": clients.s3_uri(f"models/{name}/"),
+                "S3DataType": "S3Prefix",
+                "CompressionType": "None",
             }
-        ],
-    )
+        },
+    })
     clients.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
     clients.sagemaker.get_waiter("endpoint_in_service").wait(
         EndpointName=name, WaiterConfig={"Delay": 0.5, "MaxAttempts": 120}
@@ -83,30 +75,14 @@ def test_model_whose_server_cannot_start_fails_with_the_log_tail(clients):
 
 def test_missing_model_archive_fails_with_the_s3_location(clients):
     name = unique("nodata")
-    clients.sagemaker.create_model(
-        ModelName=name,
-        PrimaryContainer={"Image": "x", "ModelDataUrl": clients.s3_uri("models/none.tar.gz")},
-        ExecutionRoleArn=clients.aws.names.execution_role_arn,
-    )
-    clients.sagemaker.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[
-            {
-                "VariantName": "v",
-                "ModelName": name,
-                "InstanceType": "ml.m5.large",
-                "InitialInstanceCount": 1,
-            }
-        ],
+    create_model_and_config(
+        clients, name, instance_type="ml.m5.large",
+        container={"Image": "x", "ModelDataUrl": clients.s3_uri("models/none.tar.gz")},
     )
     clients.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
-    wait_for(
-        lambda: (
-            clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Failed"
-        ),
-        timeout=30,
-    )
-    reason = clients.sagemaker.describe_endpoint(EndpointName=name)["FailureReason"]
+    described = wait_while(clients, name, "Creating", timeout=30)
+    assert described["EndpointStatus"] == "Failed"
+    reason = described["FailureReason"]
     assert clients.s3_uri("models/none.tar.gz") in reason
 
 
@@ -129,41 +105,17 @@ def test_update_endpoint_switches_to_the_new_config_and_ends_the_old_process(cli
     name = deploy(clients, unique("upd"), environment={"FAKE_GREETING": "v1"})
     old = invoke_echo(clients, name)
     new_model = unique("upd-model")
-    clients.s3.put_object(
-        Bucket=clients.bucket,
-        Key=f"models/{new_model}/model.tar.gz",
-        Body=tar_gz(GOOD_MODEL),
-    )
-    clients.sagemaker.create_model(
-        ModelName=new_model,
-        PrimaryContainer={
-            "Image": "x",
-            "ModelDataUrl": clients.s3_uri(f"models/{new_model}/model.tar.gz"),
-            "Environment": {"FAKE_GREETING": "v2"},
-        },
-        ExecutionRoleArn=clients.aws.names.execution_role_arn,
-    )
-    clients.sagemaker.create_endpoint_config(
-        EndpointConfigName=new_model,
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": new_model,
-                "InstanceType": "ml.g5.xlarge",
-                "InitialInstanceCount": 1,
-            }
-        ],
-    )
+    create_model_and_config(clients, new_model, container={
+        "Image": "x",
+        "ModelDataUrl": upload_model(clients, new_model),
+        "Environment": {"FAKE_GREETING": "v2"},
+    })
 
     clients.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=new_model)
-    wait_for(
-        lambda: (
-            clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
-        ),
-        timeout=30,
-    )
+    described = wait_while(clients, name, "Updating", timeout=30)
 
-    assert clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointConfigName"] == new_model
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == new_model
     assert invoke_echo(clients, name)["greeting"] == "v2"
     assert not process_is_running(old["pid"])
 
@@ -182,38 +134,13 @@ def test_endpoint_listing_filters_by_status_and_name(clients):
 def test_a_failed_update_keeps_the_old_config_serving(clients):
     name = deploy(clients, unique("rollback"), environment={"FAKE_GREETING": "old"})
     broken = unique("broken-model")
-    clients.s3.put_object(
-        Bucket=clients.bucket, Key=f"models/{broken}/model.tar.gz", Body=tar_gz({"x.txt": b"x"})
-    )
-    clients.sagemaker.create_model(
-        ModelName=broken,
-        PrimaryContainer={
-            "Image": "x",
-            "ModelDataUrl": clients.s3_uri(f"models/{broken}/model.tar.gz"),
-        },
-        ExecutionRoleArn=clients.aws.names.execution_role_arn,
-    )
-    clients.sagemaker.create_endpoint_config(
-        EndpointConfigName=broken,
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": broken,
-                "InstanceType": "ml.g5.xlarge",
-                "InitialInstanceCount": 1,
-            }
-        ],
-    )
+    create_model_and_config(clients, broken, container={
+        "Image": "x",
+        "ModelDataUrl": upload_model(clients, broken, {"x.txt": b"x"}),
+    })
 
     clients.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=broken)
-    wait_for(
-        lambda: (
-            clients.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] != "Updating"
-        ),
-        timeout=30,
-    )
-
-    described = clients.sagemaker.describe_endpoint(EndpointName=name)
+    described = wait_while(clients, name, "Updating", timeout=30)
     assert described["EndpointStatus"] == "InService"
     assert described["EndpointConfigName"] == name
     assert "no Stable-diffusion folder" in described["FailureReason"]

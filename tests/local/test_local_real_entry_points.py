@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_helpers import Clients, clients_for, unique, wait_for
+from local_helpers import (
+    Clients,
+    clients_for,
+    create_model_and_config,
+    unique,
+    wait_for,
+    wait_while,
+)
 
 from local.runtime import LocalAws
 from local.settings import StandInSettings, console_script
@@ -150,32 +157,12 @@ def test_real_endpoint_from_tiny_model_tar_gz_answers_txt2img_with_a_png(real, t
     real.s3.put_object(
         Bucket=real.bucket, Key=f"models/{name}/model.tar.gz", Body=archive.getvalue()
     )
-    real.sagemaker.create_model(
-        ModelName=name,
-        PrimaryContainer={
-            "Image": "easel-inference",
-            "ModelDataUrl": real.s3_uri(f"models/{name}/model.tar.gz"),
-        },
-        ExecutionRoleArn=real.aws.names.execution_role_arn,
-    )
-    real.sagemaker.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name,
-                "InstanceType": "ml.g5.xlarge",
-                "InitialInstanceCount": 1,
-            }
-        ],
-    )
+    create_model_and_config(real, name, container={
+        "Image": "easel-inference",
+        "ModelDataUrl": real.s3_uri(f"models/{name}/model.tar.gz"),
+    })
     real.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
-    wait_for(
-        lambda: real.sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] != "Creating",
-        timeout=200,
-        interval=0.5,
-    )
-    described = real.sagemaker.describe_endpoint(EndpointName=name)
+    described = wait_while(real, name, "Creating", timeout=200, interval=0.5)
     assert described["EndpointStatus"] == "InService", described.get("FailureReason")
 
     response = real.runtime.invoke_endpoint(

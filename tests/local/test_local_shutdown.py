@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from urllib.parse import urlparse
 
 import pytest
@@ -18,6 +17,7 @@ from local_helpers import (
     process_is_running,
     start_training_job,
     wait_for,
+    wait_while,
 )
 
 from local.processes import port_is_open
@@ -79,13 +79,7 @@ def test_processes_left_by_a_crash_are_ended_at_the_next_start(tmp_path, monkeyp
     with LocalAws(tmp_path, settings=fake_settings()) as aws:
         assert [pid for pid in pids if process_is_running(pid)] == []
         clients = clients_for(aws, monkeypatch)
-        deadline = time.monotonic() + 60
-        status = {}
-        while time.monotonic() < deadline:
-            status = clients.sagemaker.describe_endpoint(EndpointName="survivor")
-            if status["EndpointStatus"] != "Creating":
-                break
-            time.sleep(0.5)
+        status = wait_while(clients, "survivor", "Creating", interval=0.5)
         assert status["EndpointStatus"] == "InService", status.get("FailureReason", status)
 
 
