@@ -20,6 +20,9 @@ export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PACKAGES := $(wildcard containers/*/pyproject.toml)
+# The images' lock files constrain the test environment (scripts/lock_constraints.py), so
+# `make test` runs the library versions the images ship, whatever is released upstream.
+LOCKS := $(wildcard containers/*/requirements.lock)
 
 .PHONY: help venv node test lint synth deploy destroy diff local clean images-local bench \
 	preflight leftovers admin-password upload-model
@@ -36,11 +39,13 @@ help:
 	@echo "make upload-model MODEL=path  upload a checkpoint, diffusers folder or A1111 models folder"
 	@echo "make images-local [IMAGES=..] build the images with a local Docker instead of CodeBuild"
 
-$(VENV)/.ready: pyproject.toml $(PACKAGES)
+$(VENV)/.ready: pyproject.toml $(PACKAGES) $(LOCKS) scripts/lock_constraints.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=25.1"
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e . $(foreach p,$(PACKAGES),-e $(dir $(p))) --group dev
+	$(PY) scripts/lock_constraints.py > $(VENV)/constraints.txt
+	$(PIP) install -q -e . $(foreach p,$(PACKAGES),-e $(dir $(p))) --group dev \
+		-c $(VENV)/constraints.txt
 	# The CLIP BPE vocabulary ships in open_clip_torch; --no-deps keeps torchvision/timm out.
 	$(PIP) install -q --no-deps open_clip_torch==3.3.0
 	touch $@
