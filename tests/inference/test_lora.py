@@ -195,3 +195,23 @@ def test_server_uses_a_lora_published_to_s3_after_start(tiny_model_dir, tmp_path
             assert fresh.status_code == 200, fresh.text
             assert fresh.json()["images"][0] != plain
     assert (tmp_path / "cache" / "fresh.safetensors").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
+def test_fused_lora_matches_stock_diffusers_peft_output(tmp_path: Path, fmt: str) -> None:
+    """The builder's LoRA files are real formats (stock diffusers loads them) and Easel's fused
+    result equals stock diffusers' unfused PEFT result at the same weight."""
+    from easel_inference.lora_builder import save_random_loras
+
+    name = {"kohya": "style-kohya", "diffusers": "detail-diffusers"}[fmt]
+    path = save_random_loras(build_pipeline(arch="sd15", seed=21), tmp_path)[name]
+    ours = build_pipeline(arch="sd15", seed=21)
+    fuser = LoraFuser(ours)
+    fuser.apply([LoraUse(name, 0.7, 0.7)], LoraLibrary(tmp_path))
+    stock = build_pipeline(arch="sd15", seed=21)
+    stock.load_lora_weights(str(tmp_path), weight_name=path.name, adapter_name=name)
+    stock.set_adapters([name], adapter_weights=[0.7])
+    base = _generate(build_pipeline(arch="sd15", seed=21))
+    expected, actual = _generate(stock), _generate(ours)
+    assert not np.allclose(expected, base, atol=1e-3)  # the LoRA does something
+    np.testing.assert_allclose(actual, expected, atol=2e-4)

@@ -312,3 +312,29 @@ def test_serve_process_honours_the_port_variable(tiny_model_dir, tmp_path) -> No
             process.kill()
             process.wait()
         log.close()
+
+
+def test_warm_up_runs_at_the_models_native_size_before_ping_is_200(client) -> None:
+    model = client.app.state.engine.manager.get("tiny")
+    native = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
+    warmed = invoke(client, "options").json()["warmed_up"]
+    assert (warmed["model"], warmed["width"], warmed["height"]) == ("tiny", native, native)
+    assert warmed["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("sample_size", "max_pixels", "side"),
+    [(64, 2048 * 2048, 512), (96, 2048 * 2048, 768), (128, 2048 * 2048, 1024),
+     (128, 512 * 512, 512)],
+)
+def test_warm_up_size_follows_the_architecture_within_the_pixel_budget(
+    sample_size, max_pixels, side
+) -> None:
+    from types import SimpleNamespace
+
+    from easel_inference.app import warmup_request
+
+    pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(sample_size=sample_size)),
+                           vae_scale_factor=8)
+    request = warmup_request(pipe, "m", max_pixels=max_pixels)
+    assert (request.width, request.height) == (side, side)

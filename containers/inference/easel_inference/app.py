@@ -43,15 +43,20 @@ class Engine:
     startup_error: str | None = None
     step_hook: StepHook | None = None
 
+    warmed_up: dict[str, Any] | None = None
+
     def start(self) -> None:
         """Load the default model and warm it up (runs on the worker thread)."""
         try:
             model = self.manager.get(None)
             if self.settings.warmup:
-                warm = Txt2ImgRequest(prompt="warm-up", steps=1, width=64, height=64, seed=0,
-                                      override_settings={"sd_model_checkpoint": model.name})
+                warm = warmup_request(model.pipe, model.name, max_pixels=self.settings.max_pixels)
+                started = time.perf_counter()
                 generate(warm, task="txt2img", manager=self.manager, library=self.library,
                          settings=self.settings)
+                self.warmed_up = {"model": model.name, "width": warm.width,
+                                  "height": warm.height, "steps": warm.steps,
+                                  "seconds": round(time.perf_counter() - started, 3)}
             self.ready = True
             log.info("ready: %s", model.name)
         except ApiError as exc:
@@ -101,6 +106,7 @@ class Engine:
             "dtype": str(self.manager.dtype).removeprefix("torch."),
             "max_response_bytes": self.settings.max_response_bytes,
             "pipeline_budget": self.settings.pipeline_budget,
+            "warmed_up": self.warmed_up,
         }
 
     def run_generation(self, task: str, payload: dict[str, Any], queued_at: float) -> dict:
@@ -114,6 +120,18 @@ class Engine:
             raise BadRequest(str(exc), field="alwayson_scripts") from exc
         return generate(request, task=task, manager=self.manager, library=self.library,
                         settings=self.settings, step_hook=self.step_hook, queued_at=queued_at)
+
+
+def warmup_request(pipe: Any, model_name: str, *, max_pixels: int) -> Txt2ImgRequest:
+    """A 2-step generation at the model's native size (512 for SD1.5, 768 for SD2-v, 1024 for
+    SDXL), so the first real request does not pay for first-use work at that size (kernel
+    selection, allocator growth); smaller when the pixel budget is smaller."""
+    side = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    while side > 64 and side * side > max_pixels:
+        side //= 2
+    side = max(64, side - side % 8)
+    return Txt2ImgRequest(prompt="warm-up", steps=2, width=side, height=side, seed=0,
+                          override_settings={"sd_model_checkpoint": model_name})
 
 
 def _validation_field(exc: ValidationError) -> str:

@@ -46,13 +46,18 @@ def _unet_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pipeline(
-    *, arch: str = "sd15", size: str = "tiny", seed: int = 0
+    *, arch: str = "sd15", size: str = "tiny", seed: int = 0, inpainting: bool = False
 ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    """A pipeline of the given architecture with random weights (CPU, float32)."""
+    """A pipeline of the given architecture with random weights (CPU, float32); ``inpainting``
+    gives the UNet the 9 input channels of an inpainting checkpoint (latents, mask, masked
+    image latents)."""
     check_arch(arch)
     configs = components_for(arch, size)
+    unet_config = _unet_config(configs["unet"])
+    if inpainting:
+        unet_config["in_channels"] = 9
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(_unet_config(configs["unet"])).eval()
+    unet = UNet2DConditionModel.from_config(unet_config).eval()
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL.from_config(_unet_config(configs["vae"])).eval()
     scheduler = EulerDiscreteScheduler.from_config(_unet_config(configs["scheduler"]))
@@ -243,6 +248,7 @@ def build_model_dir(
     with_controlnet: bool = False,
     seed: int = 0,
     with_vae: bool = False,
+    inpainting: bool = False,
 ) -> Path:
     """An A1111-layout model folder (``Stable-diffusion/``, ``Lora/``, ``ControlNet/``, ``VAE/``)."""
     if fmt not in ("single_file", "diffusers"):
@@ -252,7 +258,7 @@ def build_model_dir(
     root = Path(root)
     for folder in MODEL_FOLDERS:
         (root / folder).mkdir(parents=True, exist_ok=True)
-    pipe = build_pipeline(arch=arch, size=size, seed=seed)
+    pipe = build_pipeline(arch=arch, size=size, seed=seed, inpainting=inpainting)
     if fmt == "single_file":
         save_single_file(pipe, root / "Stable-diffusion" / f"{name}.safetensors")
     else:

@@ -19,7 +19,7 @@ from .images import decode_image, encode_png
 from .lora import LoraLibrary, parse_lora_tags
 from .pipelines import LoadedModel, PipelineManager
 from .prompts import encode_prompt_pair
-from .samplers import make_scheduler, resolve_sampler
+from .samplers import make_scheduler, resolve_sampler, seed_scheduler_noise
 from .schemas import MAX_SEED, GenerationRequest, Img2ImgRequest
 from .settings import Settings
 
@@ -77,6 +77,25 @@ def _img2img_inputs(request: Img2ImgRequest, settings: Settings) -> dict[str, An
         if request.mask_blur:
             mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
         inputs["mask_image"] = mask
+    return inputs
+
+
+def _overlay(image: Image.Image, overlay: tuple[Image.Image, Image.Image] | None) -> Image.Image:
+    if overlay is None:
+        return image
+    init, mask = overlay
+    return Image.composite(image.convert("RGB"), init, mask)
+
+
+def _inpainting_model_inputs(request: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
+    """txt2img / img2img on an inpainting checkpoint (9-channel UNet), as A1111 does: the whole
+    image is the mask, so the masked-image conditioning is empty; txt2img starts from noise."""
+    size = (request.width, request.height)
+    inputs = dict(extra)
+    inputs["mask_image"] = Image.new("L", size, 255)
+    if "image" not in inputs:
+        inputs["image"] = Image.new("RGB", size, (127, 127, 127))
+        inputs["strength"] = 1.0
     return inputs
 
 
@@ -138,6 +157,13 @@ def _generate(
         kind = "inpaint" if "mask_image" in extra else "img2img"
     model = manager.get(request.override_settings.sd_model_checkpoint)
     load_done = time.perf_counter()
+    if model.is_inpainting and kind != "inpaint":
+        if units:
+            raise BadRequest(
+                f"{model.name} is an inpainting checkpoint; ControlNet needs a regular one",
+                field="alwayson_scripts",
+            )
+        extra, kind = _inpainting_model_inputs(request, extra), "inpaint"
     if units:
         if kind == "inpaint":
             raise BadRequest("ControlNet with an inpainting mask is not supported", field="mask")
@@ -156,6 +182,8 @@ def _generate(
         steps = math.ceil(1 / max(strength, 0.01))
     seeds = _seeds(request)
     images: list[str] = []
+    # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
+    overlay = (extra["image"], extra["mask_image"]) if getattr(request, "mask", None) else None
     vae = manager.vae(request.override_settings.sd_vae, model)
     original_vae = pipe.vae
     model.fuser.apply(loras, library)
@@ -168,6 +196,7 @@ def _generate(
         for iteration in range(request.n_iter):
             batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds]
+            seed_scheduler_noise(pipe.scheduler, batch_seeds)
             result = pipe(
                 **embeds,
                 num_images_per_prompt=request.batch_size,
@@ -179,7 +208,7 @@ def _generate(
                 callback_on_step_end=_step_callback(step_hook),
                 **extra,
             )
-            images.extend(encode_png(image) for image in result.images)
+            images.extend(encode_png(_overlay(image, overlay)) for image in result.images)
     finally:
         pipe.vae = original_vae
     finished = time.perf_counter()

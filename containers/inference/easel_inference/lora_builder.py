@@ -73,7 +73,10 @@ def save_random_loras(pipe: Any, lora_dir: str | Path, *, seed: int = 0) -> dict
     save_file(random_kohya_lora(pipe, seed=seed), str(kohya), metadata={"format": "pt"})
     written["style-kohya"] = kohya
     peft = lora_dir / "detail-diffusers.safetensors"
-    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 4})}
+    # the adapter config as diffusers' save_lora_weights writes it ("unet."-prefixed LoraConfig
+    # fields), so stock diffusers/PEFT can load the file too
+    adapter = {"unet.r": 4, "unet.lora_alpha": 4, "unet.target_modules": list(UNET_TARGETS)}
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter)}
     save_file(random_diffusers_lora(pipe, seed=seed + 1), str(peft), metadata=metadata)
     written["detail-diffusers"] = peft
     return written

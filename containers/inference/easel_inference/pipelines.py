@@ -57,6 +57,11 @@ class LoadedModel:
     variants: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel UNet (latents + mask + masked-image latents): an inpainting checkpoint."""
+        return int(getattr(self.pipe.unet.config, "in_channels", 4)) == 9
+
+    @property
     def is_xl(self) -> bool:
         return getattr(self.pipe, "text_encoder_2", None) is not None
 

@@ -9,7 +9,7 @@ from typing import Any
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler,
+    DPMSolverSDEScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
@@ -50,12 +50,9 @@ SAMPLERS: dict[str, Sampler] = {
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
             aliases=("k_dpmpp_2m_sde",),
         ),
-        Sampler(
-            "DPM++ SDE",
-            DPMSolverSinglestepScheduler,
-            {"algorithm_type": "dpmsolver++", "solver_order": 2},
-            aliases=("k_dpmpp_sde",),
-        ),
+        # A1111's DPM++ SDE: second-order SDE steps with Brownian-tree noise (torchsde), seeded
+        # per image by generate() through ``noise_sampler_seed``
+        Sampler("DPM++ SDE", DPMSolverSDEScheduler, aliases=("k_dpmpp_sde",)),
     )
 }
 SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras")
@@ -116,6 +113,14 @@ def resolve_sampler(sampler_name: str | None, schedule: str | None) -> tuple[Sam
             f"sampler {sampler.name!r} has no Karras variant", field="scheduler"
         )
     return sampler, karras
+
+
+def seed_scheduler_noise(scheduler: Any, seeds: list[int]) -> None:
+    """Seed a Brownian-tree scheduler's noise, one tree per image, so the same seed gives the
+    same image; schedulers that draw noise from the pipeline's generators need nothing."""
+    if hasattr(scheduler, "noise_sampler_seed"):
+        scheduler.noise_sampler_seed = list(seeds)
+        scheduler.noise_sampler = None
 
 
 def make_scheduler(base_config: dict[str, Any], sampler: Sampler, *, karras: bool) -> Any:
