@@ -18,6 +18,8 @@ opencv-python-headless, httpx, and open_clip_torch installed with --no-deps (BPE
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -46,6 +48,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _gpu_memory_mib(pid: int) -> int | None:
+    """GPU memory the server process holds, from nvidia-smi (None without one)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        fields = [part.strip() for part in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return int(fields[1])
+    return None
 
 
 def build_model(root: Path, *, size: str) -> dict[str, float]:
@@ -87,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     env = dict(os.environ, SAGEMAKER_BIND_TO_PORT=str(port), EASEL_HOST="127.0.0.1",
                EASEL_MODEL_DIR=str(work / "model"), EASEL_LORA_CACHE_DIR=str(work / "cache"),
                HF_HUB_OFFLINE="1")
-    log_path = work / "serve.log"
+    log_path = args.log_path = work / "serve.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         started = time.perf_counter()
@@ -122,6 +139,8 @@ def run(args: argparse.Namespace) -> dict:
                               + " <lora:style-kohya:0.8> <lora:detail-diffusers:0.6>")
             requests = [("no_lora", base), ("two_loras_first", with_loras),
                         ("two_loras_again", with_loras), ("no_lora_after", base)]
+            digests = {}
+            first_image = None
             for label, payload in requests:
                 elapsed, body = post(url, {"task": "txt2img", "payload": payload},
                                      timeout=args.request_timeout)
@@ -129,6 +148,23 @@ def run(args: argparse.Namespace) -> dict:
                 results[f"{label}_latency_seconds"] = round(elapsed, 3)
                 results[f"{label}_generation_seconds"] = info["timings"]["generation_seconds"]
                 results[f"{label}_images"] = len(body["images"])
+                digests[label] = hashlib.sha256(base64.b64decode(body["images"][0])).hexdigest()
+                first_image = first_image or body["images"][0]
+            # facts read off the images, reported rather than asserted (the GPU is not
+            # guaranteed bit-deterministic, and these are random weights)
+            results["same_seed_same_image"] = (
+                digests["two_loras_first"] == digests["two_loras_again"])
+            results["loras_change_image"] = digests["no_lora"] != digests["two_loras_first"]
+            results["lora_removal_restores_image"] = digests["no_lora"] == digests["no_lora_after"]
+            img2img = dict(base, init_images=[first_image], denoising_strength=0.6)
+            elapsed, body = post(url, {"task": "img2img", "payload": img2img},
+                                 timeout=args.request_timeout)
+            results["img2img_latency_seconds"] = round(elapsed, 3)
+            bad = httpx.post(f"{url}/invocations", timeout=30, json={
+                "task": "txt2img", "payload": dict(base, width=500)})
+            results["bad_width_status"] = bad.status_code
+            results["bad_width_detail"] = bad.json().get("detail")
+            results["gpu_memory_mib"] = _gpu_memory_mib(process.pid)
             results["ok"] = True
         finally:
             process.terminate()
@@ -164,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "serve_smoke.json").write_text(text + "\n")
+        log = getattr(args, "log_path", None)
+        if log is not None and log.is_file():
+            shutil.copy(log, Path(out) / "serve.log")
     return 0 if results.get("ok") else 1
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timing import sync, timed
 
 RESULTS: dict[str, object] = {}
 
@@ -44,25 +44,6 @@ def dump() -> None:
     out = os.environ.get("OUT")
     if out:
         Path(out, "training_bench.json").write_text(json.dumps(RESULTS, indent=1))
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, *, device: str, warmup: int, repeat: int) -> float:
-    """Median seconds of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def peak_gb(device: str) -> float | None:

@@ -1,0 +1,48 @@
+"""The GPU benchmarks keep working: each runs its own CPU check on the tiny model, as a process,
+and reports what the GPU run reports (the figures themselves are not judged here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str, out: Path) -> dict:
+    env = dict(os.environ, OUT=str(out), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+@pytest.mark.slow
+def test_serve_smoke_runs_serve_and_reports_the_lora_facts(tmp_path) -> None:
+    _run("serve_smoke.py", "--size", "tiny", "--steps", "2", "--width", "64", "--height", "64",
+         "--work-dir", str(tmp_path / "work"), out=tmp_path)
+    report = json.loads((tmp_path / "serve_smoke.json").read_text())
+    assert report["ok"] is True
+    assert report["two_loras_first_images"] == 1
+    assert report["same_seed_same_image"] and report["loras_change_image"]
+    assert report["lora_removal_restores_image"]
+    assert report["bad_width_status"] == 400
+    assert (tmp_path / "serve.log").is_file()
+
+
+@pytest.mark.slow
+def test_inference_bench_times_stock_and_easel_in_one_run(tmp_path) -> None:
+    _run("inference.py", "--size", "tiny", "--steps", "2", "--width", "64", "--height", "64",
+         "--warmup", "1", "--repeat", "1", out=tmp_path)
+    report = json.loads((tmp_path / "inference_bench.json").read_text())
+    for key in ("stock_seconds", "stock_two_loras_seconds", "easel_seconds",
+                "easel_two_loras_seconds", "easel_over_stock", "easel_over_stock_two_loras"):
+        assert report[key] > 0, key
+    assert "stock_two_loras_error" not in report
