@@ -119,6 +119,17 @@ def test_logout_clears_the_cookie(world):
     assert client.get("/users").status_code == 303
 
 
+def test_logout_revokes_the_session_on_the_server_not_only_in_the_browser(world):
+    world.add_user("ivy")
+    leaving, staying = world.signed_in("ivy"), world.signed_in("ivy")
+    copied = world.client()  # the same cookie, kept elsewhere (another tab, a stolen copy)
+    copied.cookies.set(SESSION_COOKIE, leaving.cookies.get(SESSION_COOKIE))
+    assert copied.get("/account").status_code == 200
+    assert leaving.post("/logout").status_code == 303
+    assert copied.get("/account").status_code == 303  # back to the sign-in page
+    assert staying.get("/account").status_code == 200  # the user's other session goes on
+
+
 def test_rotated_admin_password_works_and_old_stops_after_cache_ttl(world_factory):
     world = world_factory(EASEL_SECRET_CACHE_SECONDS="1")
     old_session = world.signed_in("admin")

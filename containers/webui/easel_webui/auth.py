@@ -5,7 +5,8 @@
 - A session is a signed cookie `{u: user, g: generation, n: nonce}`. It stays valid across portal
   tasks (all share the session key) and is revoked when the user's generation changes: a user's
   generation is bumped on every password or role change, and deleting the user removes it; the
-  built-in admin's generation is a fingerprint of the current admin password.
+  built-in admin's generation is a fingerprint of the current admin password. Signing out
+  revokes that one session (its nonce is recorded in the table until the session would expire).
 - CSRF: forms carry a token derived from the session nonce (or, before sign-in, a double-submit
   cookie).
 - Failed sign-ins are counted per user name in the table, so every task sees the same count.
@@ -270,7 +271,22 @@ class Auth:
         user = self.lookup(str(payload["u"]))
         if user is None or not hmac.compare_digest(user.generation, str(payload["g"])):
             return None
-        return user, str(payload["n"])
+        nonce = str(payload["n"])
+        revoked = self.table.get(*self._revoked_key(nonce))
+        if revoked and revoked.get("ttl", 0) >= now():
+            return None
+        return user, nonce
+
+    @staticmethod
+    def _revoked_key(nonce: str) -> tuple[str, str]:
+        return f"revoked#{nonce}", "session"
+
+    def revoke_session(self, nonce: str) -> None:
+        """Sign-out: the session's cookie stops working on every portal task, not only in the
+        browser that deleted it; the record expires (table TTL) when the session would have."""
+        pk, sk = self._revoked_key(nonce)
+        expires = math.ceil(now() + self.settings.session_max_age_seconds)
+        self.table.put({"pk": pk, "sk": sk, "ttl": expires, "revoked_at": iso_now()})
 
     def csrf_token(self, nonce: str) -> str:
         key = self._session_key().encode()

@@ -87,7 +87,10 @@ async def login(request: Request, portal: PortalDep) -> Response:
 
 
 @routes.post("/logout", access=Access.USER)
-def logout(user: CurrentUser) -> Response:
+async def logout(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    nonce = getattr(request.state, "session_nonce", None)
+    if nonce:
+        await blocking(portal.auth.revoke_session, nonce)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
