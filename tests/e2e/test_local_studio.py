@@ -256,6 +256,8 @@ def _journey_in_the_browser(journey: Journey, studio: Studio, *, bucket: str, de
     error = user.text_content("p.error") or ""
     assert "concepts" in error.lower() and "image" in error.lower(), (
         f"the error should say the concept set holds no images: {error!r}")
+    assert user.input_value("input[name=instance_prompt]") == "a photo of sks toy", (
+        "the refused training form lost what was typed")
     journey.shot(user, "empty-concepts-refused")
     user.goto(f"{base}/training")
     assert user.locator(f"tr[data-job=easel-{empty_job}]").count() == 0, (

@@ -243,3 +243,16 @@ def test_a_successful_sign_in_clears_the_failure_count(world_factory):
     for _ in range(2):
         assert login(world.client(), "nora", "wrong-password-x").status_code == 401
     assert login(world.client(), "nora", "user-password-123").status_code == 303
+
+
+def test_a_refused_new_user_keeps_the_name_and_role_but_never_echoes_the_password(world):
+    admin = world.signed_in("admin")
+    secret = "short-pw"  # under the 12-character minimum
+    response = admin.post("/users", data={"username": "nora", "password": secret,
+                                          "role": "admin"})
+    assert response.status_code == 400
+    assert "12" in response.text  # the error names the rule
+    assert 'value="nora"' in response.text
+    assert '<option value="admin" selected' in response.text
+    assert secret not in response.text
+    assert world.portal.auth.lookup("nora") is None

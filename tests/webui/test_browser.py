@@ -199,8 +199,11 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     page.wait_for_selector("p.error")
     assert "is empty or does not exist" in page.text_content("p.error")
     assert world.sagemaker.named("create_training_job") == []
-    page.fill("input[name=name]", "dogs-v1")
-    page.fill("input[name=instance_prompt]", "a photo of sks dog")
+    # nothing typed is lost: the refused form comes back filled in; fix the path and go
+    assert page.input_value("input[name=name]") == "dogs-v1"
+    assert page.input_value("input[name=instance_prompt]") == "a photo of sks dog"
+    assert page.input_value("input[name=concepts_s3_uri]").endswith("/concepts/admin/nothing/")
+    page.fill("input[name=concepts_s3_uri]", "")
     page.select_option("select[name=concept_set]", "admin/dogs")
     page.click("button:has-text('Start training')")
     page.wait_for_url(f"{base}/training/easel-dogs-v1*")

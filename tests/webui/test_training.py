@@ -55,9 +55,8 @@ def alice_world(world):
 def test_each_bad_concepts_path_is_refused_and_no_job_is_created(alice_world, fields, message):
     alice = alice_world.signed_in("alice")
     response = alice.post("/training", data=_form(**fields))
-    assert response.status_code == 303
-    page = alice.get(response.headers["location"])
-    assert message in html.unescape(page.text), page.text[-3000:]
+    assert response.status_code == 400
+    assert message in html.unescape(response.text), response.text[-3000:]
     assert alice_world.sagemaker.named("create_training_job") == []
     assert alice_world.portal.table.query_index("training") == []
 
@@ -70,9 +69,33 @@ def test_other_bad_inputs_name_the_field(alice_world):
                          ({"learning_rate": "abc"}, "learning rate"),
                          ({"instance_prompt": ""}, "instance prompt"),
                          ({"name": "Bad Name"}, "job name")]:
-        location = alice.post("/training", data=_form(**fields)).headers["location"]
-        assert word in html.unescape(alice.get(location).text), fields
+        response = alice.post("/training", data=_form(**fields))
+        assert response.status_code == 400, fields
+        assert word in html.unescape(response.text), fields
     assert alice_world.sagemaker.named("create_training_job") == []
+
+
+def test_a_refused_form_comes_back_with_every_field_as_submitted(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice_world.put("models/other.tar.gz")
+    fields = {"name": "dog-v2", "model_s3_uri": f"s3://{BUCKET}/models/other.tar.gz",
+              "checkpoint": "base", "concept_set": "captions-only",
+              "instance_prompt": "a photo of <sks> & dog", "class_prompt": "a photo of a dog",
+              "prior": "1", "mode": "full", "output_name": "sks-dog", "max_train_steps": "1234",
+              "learning_rate": "2e-6", "rank": "8", "resolution": "512",
+              "instance_type": "ml.g6e.2xlarge"}
+    response = alice.post("/training", data=_form(**fields))
+    assert response.status_code == 400
+    page = response.text
+    assert "holds no images" in html.unescape(page)
+    for name in ("name", "checkpoint", "instance_prompt", "class_prompt", "output_name",
+                 "max_train_steps", "learning_rate", "rank", "resolution"):
+        assert f'name="{name}"' in page
+        assert f'value="{html.escape(fields[name], quote=True)}"' in page, name
+    for value in (fields["model_s3_uri"], "alice/captions-only", "full", "ml.g6e.2xlarge"):
+        assert f'value="{value}" selected' in page, value
+    assert 'name="prior" value="1" checked' in page
+    assert 'name="spot" value="1" >' in page or 'name="spot" value="1">' in page  # unticked
 
 
 def test_valid_submission_creates_the_training_job(alice_world):

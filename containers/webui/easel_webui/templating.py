@@ -27,6 +27,8 @@ def render(request: Request, template: str, *, status_code: int = 200,
         "notice": request.query_params.get("notice", "")[:300],
         "error": context.pop("error", "") or request.query_params.get("error", "")[:300],
         "path": request.url.path,
+        # the submitted form on a refused submission, so the page shows it again (nothing lost)
+        "form": {},
     }
     base.update(context)
     return TEMPLATES.TemplateResponse(request, template, base, status_code=status_code)

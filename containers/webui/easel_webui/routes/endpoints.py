@@ -15,15 +15,19 @@ from easel_webui.templating import render
 routes = Routes()
 
 
-@routes.get("/endpoints", access=Access.ADMIN)
-def endpoints_page(request: Request, portal: PortalDep, user: CurrentUser,
-                   model: str = "") -> Response:
+def _endpoints_page(request: Request, portal: Any, *, model: str = "", **refused: Any) -> Response:
     settings = portal.settings
     return render(
         request, "endpoints.html", endpoints=portal.endpoints.listing(),
         models=portal.bucket.models(), instance_types=settings.endpoint_instance_types,
-        settings=settings, preset_model=model[:1024],
+        settings=settings, preset_model=model[:1024], **refused,
     )
+
+
+@routes.get("/endpoints", access=Access.ADMIN)
+def endpoints_page(request: Request, portal: PortalDep, user: CurrentUser,
+                   model: str = "") -> Response:
+    return _endpoints_page(request, portal, model=model)
 
 
 @routes.get("/endpoints/status", access=Access.ADMIN)
@@ -42,7 +46,9 @@ async def deploy(request: Request, portal: PortalDep, user: CurrentUser) -> Resp
         spec = portal.endpoints.spec_from_form(form, creator=user.username)
         name = await blocking(portal.endpoints.deploy, spec)
     except PortalError as exc:
-        return redirect("/endpoints", error=exc.message)
+        # the page again, with the error and every field as submitted
+        return await blocking(_endpoints_page, request, portal, form=form, error=exc.message,
+                              status_code=exc.status_code)
     return redirect("/endpoints", notice=f"Deploying {name}; it takes several minutes.")
 
 

@@ -16,14 +16,19 @@ from easel_webui.templating import render
 routes = Routes()
 
 
-@routes.get("/training", access=Access.USER)
-def training_page(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+def _training_page(request: Request, portal: Any, user: Any, **refused: Any) -> Response:
     sets = portal.bucket.concept_sets(None if user.is_admin else user.username)
     return render(
         request, "training.html", jobs=portal.training.jobs(user=user),
         models=portal.bucket.models(), sets=sets,
         instance_types=portal.settings.training_instance_types, settings=portal.settings,
+        **refused,
     )
+
+
+@routes.get("/training", access=Access.USER)
+def training_page(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    return _training_page(request, portal, user)
 
 
 @routes.post("/training", access=Access.USER)
@@ -33,7 +38,9 @@ async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Resp
         spec = await blocking(portal.training.spec_from_form, form, user=user)
         job = await blocking(portal.training.submit, spec)
     except PortalError as exc:
-        return redirect("/training", error=exc.message)
+        # the page again, with the error and every field as submitted
+        return await blocking(_training_page, request, portal, user, form=form,
+                              error=exc.message, status_code=exc.status_code)
     return redirect(f"/training/{job}", notice=f"Training job {job} submitted.")
 
 

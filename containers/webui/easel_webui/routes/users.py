@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -13,9 +15,13 @@ from easel_webui.templating import render
 routes = Routes()
 
 
+def _users_page(request: Request, portal: Any, **refused: Any) -> Response:
+    return render(request, "users.html", users=portal.auth.list_users(), **refused)
+
+
 @routes.get("/users", access=Access.ADMIN)
 def users_page(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
-    return render(request, "users.html", users=portal.auth.list_users())
+    return _users_page(request, portal)
 
 
 @routes.post("/users", access=Access.ADMIN)
@@ -26,7 +32,10 @@ async def add_user(request: Request, portal: PortalDep, user: CurrentUser) -> Re
                                 password=str(form.get("password", "")),
                                 role=str(form.get("role", "user")), by=user.username)
     except PortalError as exc:
-        return redirect("/users", error=exc.message)
+        # the page again with the name and role as typed; a password is never sent back
+        kept = {key: form.get(key, "") for key in ("username", "role")}
+        return await blocking(_users_page, request, portal, form=kept, error=exc.message,
+                              status_code=exc.status_code)
     return redirect("/users", notice=f"User {form.get('username', '').strip().lower()} added.")
 
 
