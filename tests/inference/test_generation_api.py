@@ -157,6 +157,14 @@ def test_listing_tasks(client) -> None:
     assert options["sd_model_checkpoint"] in names
 
 
+def test_controlnet_listing_names_what_a_unit_can_use(client) -> None:
+    listed = invoke(client, "controlnet-models").json()
+    assert listed == {"model_list": ["tiny-canny"]}
+    unit = {"module": "canny", "model": listed["model_list"][0], "image": _png(pattern=True)}
+    response = invoke(client, "txt2img", small(alwayson_scripts={"controlnet": {"args": [unit]}}))
+    assert response.status_code == 200, response.text
+
+
 def test_override_settings_switches_model(client) -> None:
     default = invoke(client, "txt2img", small()).json()
     other = invoke(

@@ -122,6 +122,7 @@ class FakeRuntime(Recorder):
         super().__init__()
         self.delay = 0.0
         self.fail_with: str | None = None
+        self.controlnet_listing = True  # False: an endpoint image from before that task
         self.release = threading.Event()
         self.release.set()
 
@@ -158,6 +159,8 @@ class FakeRuntime(Recorder):
             answer = [{"title": "tiny.safetensors", "model_name": "tiny", "filename": "tiny"}]
         elif task == "loras":
             answer = [{"name": "style", "alias": "style", "path": "Lora/style.safetensors"}]
+        elif task == "controlnet-models" and self.controlnet_listing:
+            answer = {"model_list": ["control_sd15_canny"]}
         elif task == "samplers":
             answer = [{"name": "Euler a", "aliases": ["k_euler_a"], "options": {}}]
         elif task == "schedulers":

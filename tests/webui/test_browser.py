@@ -171,6 +171,9 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     # generate: the page submits, polls and shows the image
     page.goto(f"{base}/generate")
     page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    # the ControlNet picker lists the endpoint's ControlNets (its controlnet-models task)
+    assert "control_sd15_canny" in [o.get_attribute("value")
+                                    for o in page.locator("#cn-model option").all()]
     page.select_option("#lora-pick", "style")
     page.fill("textarea[name=prompt]", "a watercolor fox")
     page.click("#lora-add")

@@ -127,8 +127,17 @@ def test_generate_options_come_from_the_endpoint_listing_tasks(world):
     assert data["sd-models"][0]["title"] == "tiny.safetensors"
     assert data["loras"][0]["name"] == "style"
     assert data["samplers"][0]["name"] == "Euler a"
+    assert data["controlnet-models"] == {"model_list": ["control_sd15_canny"]}
     tasks = [json.loads(c["Body"])["task"] for c in world.runtime.named("invoke_endpoint")]
-    assert tasks == ["sd-models", "loras", "samplers"]
+    assert tasks == ["sd-models", "loras", "samplers", "controlnet-models"]
+
+
+def test_an_endpoint_without_the_controlnet_listing_still_gives_its_options(world):
+    world.in_service()
+    world.runtime.controlnet_listing = False  # an endpoint image from before that task
+    data = world.signed_in("admin").get("/generate/options?endpoint=easel-demo").json()
+    assert data["controlnet-models"] == {"model_list": []}
+    assert data["sd-models"][0]["title"] == "tiny.safetensors"
 
 
 def test_generate_page_lists_library_loras_for_the_picker(world):

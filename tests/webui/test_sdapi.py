@@ -53,6 +53,8 @@ def test_listing_routes_return_the_endpoint_listings(world):
         "tiny.safetensors"
     assert client.get("/sdapi/v1/samplers", headers=_auth()).json()[0]["name"] == "Euler a"
     assert client.get("/sdapi/v1/loras", headers=_auth()).json()[0]["name"] == "style"
+    assert client.get("/controlnet/model_list", headers=_auth()).json() == {
+        "model_list": ["control_sd15_canny"]}
     options = client.get("/sdapi/v1/options", headers=_auth()).json()
     assert options["sd_model_checkpoint"] == "tiny.safetensors"
     assert options["easel_endpoint"] == "easel-demo"

@@ -90,6 +90,9 @@ class Engine:
             ]
         if task == "loras":
             return self.library.listing()
+        if task == "controlnet-models":
+            # the A1111 ControlNet extension's /controlnet/model_list shape
+            return {"model_list": list(self.manager.controlnet_files())}
         if task == "samplers":
             return sampler_listing()
         if task == "schedulers":

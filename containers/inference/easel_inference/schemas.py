@@ -26,7 +26,8 @@ class Invocation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Literal[
-        "txt2img", "img2img", "sd-models", "sd-vae", "loras", "samplers", "schedulers", "options"
+        "txt2img", "img2img", "sd-models", "sd-vae", "loras", "controlnet-models", "samplers",
+        "schedulers", "options",
     ]
     payload: dict[str, Any] = Field(default_factory=dict)
 

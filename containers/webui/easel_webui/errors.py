@@ -57,9 +57,14 @@ class UpstreamError(PortalError):
     status_code = 502
 
 
+# machine APIs (HTTP Basic auth, JSON errors): A1111's /sdapi/ and its ControlNet extension's
+# /controlnet/, and Easel's /api/
+API_PREFIXES = ("/sdapi/", "/api/", "/controlnet/")
+
+
 def wants_json(request: Request) -> bool:
     path = request.url.path
-    if path.startswith(("/sdapi/", "/api/")) or path == "/health":
+    if path.startswith(API_PREFIXES) or path == "/health":
         return True
     if request.headers.get("content-type", "").startswith("application/json"):
         return True
@@ -72,7 +77,7 @@ def _error_response(request: Request, status: int, message: str, **extra: Any) -
         body: dict[str, Any] = {"error": _reason(status), "detail": message}
         body.update(extra)
         headers = {"WWW-Authenticate": 'Basic realm="easel"'} if status == 401 and \
-            request.url.path.startswith(("/sdapi/", "/api/")) else None
+            request.url.path.startswith(API_PREFIXES) else None
         return JSONResponse(body, status_code=status, headers=headers)
     if status == 401:
         target = "/login"

@@ -28,7 +28,7 @@ from easel_webui.store import Table, iso_now, now
 
 log = logging.getLogger("easel_webui.generation")
 TASKS = ("txt2img", "img2img")
-LISTING_TASKS = ("sd-models", "loras", "samplers", "schedulers", "options")
+LISTING_TASKS = ("sd-models", "loras", "controlnet-models", "samplers", "schedulers", "options")
 JOB_TTL_SECONDS = 7 * 24 * 3600
 ASYNC_WAIT_SECONDS = 30 * 60
 # A job still "running" this long after it started lost its worker (the task stopped).
@@ -129,6 +129,17 @@ class Generation:
             raise PortalError(f"task: one of {', '.join(LISTING_TASKS)}")
         answer = self.invoke(endpoint, task, {})
         return answer.get("items", answer) if set(answer) == {"items"} else answer
+
+    def controlnet_models(self, endpoint: str) -> dict[str, list[str]]:
+        """The endpoint's ControlNets (`{"model_list": [...]}`). An endpoint running an image
+        from before this listing task answers with an error, which means none are listed (a
+        unit that names no model uses the endpoint's first)."""
+        try:
+            listed = self.listing(endpoint, "controlnet-models")
+        except PortalError:
+            return {"model_list": []}
+        names = listed.get("model_list") if isinstance(listed, dict) else None
+        return {"model_list": [str(n) for n in names] if isinstance(names, list) else []}
 
     def _invoke_async(self, endpoint: str, task: str, payload: dict[str, Any],
                       job_id: str) -> dict[str, Any]:

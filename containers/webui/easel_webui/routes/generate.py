@@ -33,11 +33,12 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
 
 @routes.get("/generate/options", access=Access.USER)
 def generate_options(portal: PortalDep, user: CurrentUser, endpoint: str) -> dict[str, Any]:
-    """What the endpoint serves: models, LoRAs, samplers (its listing tasks)."""
+    """What the endpoint serves: models, LoRAs, samplers, ControlNets (its listing tasks)."""
     portal.endpoints.record(endpoint)
     answer: dict[str, Any] = {}
     for task in ("sd-models", "loras", "samplers"):
         answer[task] = portal.generation.listing(endpoint, task)
+    answer["controlnet-models"] = portal.generation.controlnet_models(endpoint)
     return answer
 
 

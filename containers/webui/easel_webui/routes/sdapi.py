@@ -110,6 +110,12 @@ def loras(portal: PortalDep, user: CurrentUser) -> Any:
     return _listing(portal, user, "loras")
 
 
+@routes.get("/controlnet/model_list", **API)
+def controlnet_model_list(portal: PortalDep, user: CurrentUser) -> dict[str, list[str]]:
+    """The A1111 ControlNet extension's model list, from the caller's endpoint."""
+    return portal.generation.controlnet_models(_endpoint_for(portal, user))
+
+
 @routes.get("/sdapi/v1/options", **API)
 def get_options(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
     endpoint = _endpoint_for(portal, user)

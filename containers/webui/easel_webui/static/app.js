@@ -124,6 +124,7 @@
         const data = await api("/generate/options?endpoint=" + encodeURIComponent(endpoint.value));
         fillSelect($("#checkpoint"), (data["sd-models"] || []).map((m) => m.title || m.model_name), keep && keep.checkpoint);
         fillSelect($("#sampler"), (data.samplers || []).map((s) => s.name), keep && keep.sampler);
+        fillSelect($("#cn-model"), ((data["controlnet-models"] || {}).model_list || []));
         const loras = (data.loras || []).map((l) => l.name);
         const pick = $("#lora-pick");
         const known = new Set($$("option", pick).map((o) => o.value));
