@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
     command = [serve] if serve else [sys.executable, "-m", "easel_inference.cli"]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="easel-serve-smoke-"))
     results: dict = {"size": args.size, "width": args.width, "height": args.height,
+                     "sampler": args.sampler,
                      "steps": args.steps, "command": command}
     results.update(build_model(work / "model", size=args.size))
     port = _free_port()
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> dict:
             base = {"prompt": "a lighthouse on a cliff at dusk, oil painting",
                     "negative_prompt": "blurry", "width": args.width, "height": args.height,
                     "steps": args.steps, "cfg_scale": 7, "seed": 1234,
-                    "sampler_name": "DPM++ 2M Karras"}
+                    "sampler_name": args.sampler}
             with_loras = dict(base, prompt=base["prompt"]
                               + " <lora:style-kohya:0.8> <lora:detail-diffusers:0.6>")
             requests = [("no_lora", base), ("two_loras_first", with_loras),
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sampler", default="DPM++ 2M Karras")
     parser.add_argument("--ready-timeout", type=float, default=900)
     parser.add_argument("--request-timeout", type=float, default=600)
     parser.add_argument("--work-dir", default=None)
