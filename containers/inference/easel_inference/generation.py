@@ -158,14 +158,12 @@ def _generate(
     model = manager.get(request.override_settings.sd_model_checkpoint)
     load_done = time.perf_counter()
     if model.is_inpainting and kind != "inpaint":
-        if units:
-            raise BadRequest(
-                f"{model.name} is an inpainting checkpoint; ControlNet needs a regular one",
-                field="alwayson_scripts",
-            )
         extra, kind = _inpainting_model_inputs(request, extra), "inpaint"
     if units:
-        if kind == "inpaint":
+        if kind == "inpaint":  # no ControlNet variant of the inpainting pipelines here
+            if model.is_inpainting:
+                raise BadRequest(f"{model.name} is an inpainting checkpoint; ControlNet needs "
+                                 "a regular one", field="alwayson_scripts")
             raise BadRequest("ControlNet with an inpainting mask is not supported", field="mask")
         pipe = controlnet_pipeline(model, manager, units, kind=kind)
         extra.update(control_images(units, request, settings, img2img=kind == "img2img"))

@@ -118,9 +118,8 @@ def resolve_sampler(sampler_name: str | None, schedule: str | None) -> tuple[Sam
 def seed_scheduler_noise(scheduler: Any, seeds: list[int]) -> None:
     """Seed a Brownian-tree scheduler's noise, one tree per image, so the same seed gives the
     same image; schedulers that draw noise from the pipeline's generators need nothing."""
-    if hasattr(scheduler, "noise_sampler_seed"):
+    if hasattr(scheduler, "noise_sampler_seed"):  # its set_timesteps drops the old tree
         scheduler.noise_sampler_seed = list(seeds)
-        scheduler.noise_sampler = None
 
 
 def make_scheduler(base_config: dict[str, Any], sampler: Sampler, *, karras: bool) -> Any:

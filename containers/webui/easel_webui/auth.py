@@ -106,14 +106,24 @@ class Auth:
 
     # --- users
 
+    @staticmethod
+    def _user_key(username: str) -> tuple[str, str]:
+        return f"user#{username}", "profile"
+
     def _user_record(self, username: str) -> dict[str, Any] | None:
-        return self.table.get(f"user#{username}", "profile")
+        return self.table.get(*self._user_key(username))
 
     def lookup(self, username: str) -> User | None:
         if username == ADMIN_USERNAME:
-            password = self.secrets.admin_password(self.settings.admin_secret)
-            return User(ADMIN_USERNAME, "admin", self._admin_generation(password), builtin=True)
-        record = self._user_record(username)
+            return self._admin_user()
+        return self._user_from(self._user_record(username))
+
+    def _admin_user(self) -> User:
+        password = self.secrets.admin_password(self.settings.admin_secret)
+        return User(ADMIN_USERNAME, "admin", self._admin_generation(password), builtin=True)
+
+    @staticmethod
+    def _user_from(record: dict[str, Any] | None) -> User | None:
         if not record:
             return None
         return User(record["username"], record["role"], str(record.get("generation", 0)))
@@ -155,7 +165,7 @@ class Auth:
         self._require_table_user(username)
         check_password(password)
         updated = self.table.update(
-            f"user#{username}", "profile",
+            *self._user_key(username),
             {"password_hash": self._hasher.hash(password), "password_changed_at": iso_now()},
             add={"generation": 1},
         )
@@ -166,7 +176,7 @@ class Auth:
         self._require_table_user(username)
         role = check_role(role)
         updated = self.table.update(
-            f"user#{username}", "profile", {"role": role}, add={"generation": 1}
+            *self._user_key(username), {"role": role}, add={"generation": 1}
         )
         if updated is None:
             raise NotFound(f"user {username!r} does not exist")
@@ -175,7 +185,7 @@ class Auth:
         self._require_table_user(username)
         if self._user_record(username) is None:
             raise NotFound(f"user {username!r} does not exist")
-        self.table.delete(f"user#{username}", "profile")
+        self.table.delete(*self._user_key(username))
         self.table.delete(f"user#{username}", "prefs")
 
     # --- sign-in
@@ -268,12 +278,18 @@ class Auth:
             return None
         if not isinstance(payload, dict) or not {"u", "g", "n"} <= payload.keys():
             return None
-        user = self.lookup(str(payload["u"]))
-        if user is None or not hmac.compare_digest(user.generation, str(payload["g"])):
-            return None
-        nonce = str(payload["n"])
-        revoked = self.table.get(*self._revoked_key(nonce))
+        name, nonce = str(payload["u"]), str(payload["n"])
+        # the user's record and the session's revocation in one round trip
+        keys = [self._revoked_key(nonce)]
+        if name != ADMIN_USERNAME:
+            keys.append(self._user_key(name))
+        found = self.table.get_many(keys)
+        revoked = found.get(self._revoked_key(nonce))
         if revoked and revoked.get("ttl", 0) >= now():
+            return None
+        user = self._admin_user() if name == ADMIN_USERNAME else \
+            self._user_from(found.get(self._user_key(name)))
+        if user is None or not hmac.compare_digest(user.generation, str(payload["g"])):
             return None
         return user, nonce
 

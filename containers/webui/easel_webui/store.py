@@ -67,6 +67,20 @@ class Table:
         item = answer.get("Item")
         return deserialize(item) if item else None
 
+    def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Several items in one round trip (consistent reads): ``{(pk, sk): item}`` for those
+        that exist."""
+        wanted = {"Keys": [serialize({"pk": pk, "sk": sk}) for pk, sk in dict.fromkeys(keys)],
+                  "ConsistentRead": True}
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        while wanted.get("Keys"):
+            answer = self.client.batch_get_item(RequestItems={self.name: wanted})
+            for item in answer.get("Responses", {}).get(self.name, []):
+                record = deserialize(item)
+                found[(record["pk"], record["sk"])] = record
+            wanted = answer.get("UnprocessedKeys", {}).get(self.name, {})
+        return found
+
     def put(self, item: dict[str, Any], *, must_not_exist: bool = False) -> bool:
         """Write an item; with `must_not_exist`, answer False when it already exists."""
         kwargs: dict[str, Any] = {"TableName": self.name, "Item": serialize(item)}
