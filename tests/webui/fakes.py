@@ -125,6 +125,7 @@ class FakeRuntime(Recorder):
         self.delay = 0.0
         self.fail_with: str | None = None
         self.controlnet_listing = True  # False: an endpoint image from before that task
+        self.raw_answers: dict[str, Any] = {}  # task -> an answer off the contract
         self.release = threading.Event()
         self.release.set()
 
@@ -151,6 +152,8 @@ class FakeRuntime(Recorder):
         (so a shape change there shows up here too)."""
         invocation = inv.Invocation.model_validate(request)
         task, payload = invocation.task, invocation.request()
+        if task in self.raw_answers:
+            return self.raw_answers[task]
         answer: Any
         if isinstance(payload, inv.GenerationRequest):
             self.release.wait(timeout=30)

@@ -235,9 +235,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                              field="body")
         try:
             invocation = Invocation.model_validate(data)
-        except ValidationError as exc:
-            raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
-        try:
             task_request = invocation.request()
         except ValidationError as exc:
             raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
@@ -260,9 +257,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 ) from exc
         else:
             result = handler(task_request, time.perf_counter())
-        # the answer leaves only through the task's registry response model
-        answer = TASKS[invocation.task].response.model_validate(result)
-        body = answer.model_dump_json().encode("utf-8")
+        # an answer leaves only as its task's registry response model
+        expected = TASKS[invocation.task].response
+        if not isinstance(result, expected):
+            log.error("%s answered a %s, not its %s", invocation.task, type(result).__name__,
+                      expected.__name__)
+            raise InternalError(f"internal error: the {invocation.task} answer does not match "
+                                "the invocation contract; see the endpoint logs")
+        body = result.model_dump_json().encode("utf-8")
         limit = engine.settings.max_response_bytes
         if len(body) > limit:
             raise ResponseTooLarge(
