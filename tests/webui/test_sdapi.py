@@ -196,3 +196,13 @@ def test_a_generation_answer_off_the_contract_fails_the_job_and_saves_nothing(wo
     assert response.status_code == 502
     assert "info" in response.json()["detail"]
     assert world.keys("outputs/") == []
+
+
+def test_a_saved_checkpoint_that_is_not_a_plain_name_is_a_422_not_a_crash(world):
+    client = _setup(world)
+    world.portal.table.update("user#alice", "prefs", {"checkpoint": "../other"},
+                              must_exist=False)
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
+    assert response.status_code == 422
+    assert "choose another" in response.json()["detail"]
+    assert world.runtime.named("invoke_endpoint") == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from easel_contracts.invocations import (
     ControlNetModels,
@@ -75,8 +75,14 @@ def _run_sync(task: str, portal: Any, user: User,
     checkpoint = _prefs(portal, user).get("checkpoint")
     if checkpoint and not request.override_settings.sd_model_checkpoint:
         chosen = request.override_settings.model_dump(exclude_unset=True)
-        request.override_settings = OverrideSettings.model_validate(
-            {**chosen, "sd_model_checkpoint": checkpoint})
+        try:
+            request.override_settings = OverrideSettings.model_validate(
+                {**chosen, "sd_model_checkpoint": checkpoint})
+        except ValidationError:
+            raise PortalError(
+                f"Your chosen checkpoint {checkpoint!r} is not a usable name; choose another "
+                "with POST /sdapi/v1/options {\"sd_model_checkpoint\": ...}.",
+                status_code=422) from None
     endpoint = _endpoint_for(portal, user)
     answer: GenerationResponse = portal.generation.run_sync(
         user=user, endpoint=endpoint, task=task, request=request,
