@@ -67,7 +67,9 @@ class PortalNetwork(Construct):
         if restrict is not None:
             acknowledge(
                 restrict,
-                "CDK's custom resource that removes all rules from the VPC's default security "
-                "group; its function only writes its own logs.",
+                "CDK's own custom resource that removes all rules from the VPC's default security "
+                "group (runs only during deploys). CDK gives its function no way to replace the "
+                "managed policy, which allows creating and writing any log group in the account "
+                "(logs:CreateLogGroup/CreateLogStream/PutLogEvents on *); it writes only its own.",
                 BASIC_EXECUTION_POLICY,
             )

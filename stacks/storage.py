@@ -32,6 +32,21 @@ class DataStorage(Construct):
     (`existing_bucket_name`) and then still gets the TLS-only policy.
     """
 
+    def allow_browser_uploads_from(self, origin: str) -> bool:
+        """Let browsers at `origin` (the portal's URL, known once its distribution exists) upload
+        concept photos straight to the bucket with pre-signed requests (CORS). Only a bucket this
+        stack created has its CORS managed by CloudFormation: a re-attached bucket keeps its own
+        CORS rules (returns False), and the portal then takes the uploads itself."""
+        if not isinstance(self.bucket, s3.Bucket):
+            return False
+        self.bucket.add_cors_rule(
+            allowed_methods=[s3.HttpMethods.PUT, s3.HttpMethods.POST],
+            allowed_origins=[origin],
+            allowed_headers=["*"],
+            max_age=3000,
+        )
+        return True
+
     def __init__(
         self,
         scope: Construct,
@@ -95,15 +110,6 @@ class DataStorage(Construct):
                             INCOMPLETE_UPLOAD_DAYS
                         ),
                     ),
-                ],
-                # Browsers upload concept photos straight to S3 with pre-signed requests.
-                cors=[
-                    s3.CorsRule(
-                        allowed_methods=[s3.HttpMethods.PUT, s3.HttpMethods.POST],
-                        allowed_origins=["*"],
-                        allowed_headers=["*"],
-                        max_age=3000,
-                    )
                 ],
                 removal_policy=removal,
                 auto_delete_objects=purge_data,

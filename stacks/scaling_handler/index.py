@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -33,8 +34,16 @@ IN_SERVICE = ("IN_SERVICE", "InService")
 ERROR_LIMIT = 500
 
 
-def record_key(endpoint: str) -> dict[str, str]:
-    return {"pk": f"endpoint#{endpoint}", "sk": RECORD_SK}
+@dataclass(frozen=True)
+class Table:
+    """The portal's table: a DynamoDB client and the table's name."""
+
+    client: Any
+    name: str
+
+
+def record_key(endpoint: str) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"endpoint#{endpoint}"}, "sk": {"S": RECORD_SK}}
 
 
 def apply_plan(plan: dict[str, Any], autoscaling: Any, cloudwatch: Any) -> None:
@@ -55,15 +64,17 @@ def _describe(error: Exception) -> str:
     return text[:ERROR_LIMIT]
 
 
-def apply_for_endpoint(endpoint: str, *, table: Any, autoscaling: Any,
+def apply_for_endpoint(endpoint: str, *, table: Table, autoscaling: Any,
                        cloudwatch: Any) -> dict[str, str]:
     """Apply the plan stored on `endpoint`'s record and record the outcome there."""
-    item = table.get_item(Key=record_key(endpoint)).get("Item")
-    if not item or PLAN_ATTRIBUTE not in item:
+    item = table.client.get_item(TableName=table.name, Key=record_key(endpoint),
+                                 ConsistentRead=True).get("Item")
+    stored = (item or {}).get(PLAN_ATTRIBUTE, {}).get("S")
+    if not stored:
         logger.info("%s: no scaling plan on record (not deployed by this portal)", endpoint)
         return {"endpoint": endpoint, "result": "no plan"}
     try:
-        plan = json.loads(item[PLAN_ATTRIBUTE])
+        plan = json.loads(stored)
         apply_plan(plan, autoscaling, cloudwatch)
     except (ClientError, BotoCoreError, KeyError, TypeError, ValueError) as error:
         message = _describe(error)
@@ -75,23 +86,25 @@ def apply_for_endpoint(endpoint: str, *, table: Any, autoscaling: Any,
     return {"endpoint": endpoint, "result": APPLIED}
 
 
-def _record(table: Any, endpoint: str, status: str, error: str | None) -> None:
+def _record(table: Table, endpoint: str, status: str, error: str | None) -> None:
     names = {"#s": STATUS_ATTRIBUTE, "#e": ERROR_ATTRIBUTE}
-    values: dict[str, Any] = {":s": status}
+    values: dict[str, Any] = {":s": {"S": status}}
     if error is None:
         expression = "SET #s = :s REMOVE #e"
     else:
         expression = "SET #s = :s, #e = :e"
-        values[":e"] = error
+        values[":e"] = {"S": error}
     try:
-        table.update_item(Key=record_key(endpoint), UpdateExpression=expression,
-                          ConditionExpression="attribute_exists(pk)",
-                          ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+        table.client.update_item(TableName=table.name, Key=record_key(endpoint),
+                                 UpdateExpression=expression,
+                                 ConditionExpression="attribute_exists(pk)",
+                                 ExpressionAttributeNames=names,
+                                 ExpressionAttributeValues=values)
     except ClientError as failure:  # deleted meanwhile: nothing to show the outcome on
         logger.warning("%s: outcome not recorded: %s", endpoint, _describe(failure))
 
 
-def apply_event(event: dict[str, Any], *, deployment_id: str, table: Any, autoscaling: Any,
+def apply_event(event: dict[str, Any], *, deployment_id: str, table: Table, autoscaling: Any,
                 cloudwatch: Any) -> dict[str, str]:
     """Handle one "SageMaker Endpoint State Change" event."""
     detail = event.get("detail") or {}
@@ -111,7 +124,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, str]:
     return apply_event(
         event,
         deployment_id=os.environ["DEPLOYMENT_ID"],
-        table=boto3.resource("dynamodb").Table(os.environ["TABLE_NAME"]),
+        table=Table(boto3.client("dynamodb"), os.environ["TABLE_NAME"]),
         autoscaling=boto3.client("application-autoscaling"),
         cloudwatch=boto3.client("cloudwatch"),
     )

@@ -88,7 +88,7 @@ def _in_service_event(name):
 
 def _run_scaler(world, name="easel-demo", *, autoscaling=None):
     """What the stack's EventBridge rule does when SageMaker reports the endpoint InService."""
-    table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
+    table = scaler.Table(boto3.client("dynamodb", region_name=REGION), TABLE)
     return scaler.apply_event(
         _in_service_event(name), deployment_id="easel", table=table,
         autoscaling=autoscaling or boto3.client("application-autoscaling", region_name=REGION),
