@@ -91,16 +91,14 @@ def form_fields() -> list[FormField]:
     return fields
 
 
-def hyperparameters_from_form(form: Mapping[str, Any], *, job_name: str) -> HyperParameters:
+def hyperparameters_from_form(form: Mapping[str, Any]) -> HyperParameters:
     """The form's hyperparameter fields (strings, as a browser sends them) onto the contract.
 
-    A field left empty (or not sent) takes the contract's default; the output name defaults to
-    the job name, so a published LoRA is named after its job. Every problem is reported at once,
-    each naming its field.
+    A field left empty (or not sent) takes the contract's default. Every problem is reported at
+    once, each naming its field.
     """
     values = {name: str(form[name]).strip() for name in HyperParameters.model_fields
               if name in form and str(form[name]).strip()}
-    values.setdefault("output_name", job_name)
     try:
         return HyperParameters.from_strings(values)
     except HyperParameterError as exc:
@@ -183,37 +181,50 @@ class Training:
     # --- submit
 
     def spec_from_form(self, form: Mapping[str, Any], *, user: User) -> req.TrainingSpec:
+        """The training form (strings, as a browser sends them) -> a checked job spec."""
+        return self.build_spec(
+            user=user, name=str(form.get("name") or "").strip(),
+            instance_type=str(form.get("instance_type") or "").strip(),
+            model_s3_uri=str(form.get("model_s3_uri") or "").strip(),
+            concept_set=str(form.get("concept_set") or "").strip(),
+            concepts_s3_uri=str(form.get("concepts_s3_uri") or "").strip(),
+            spot=str(form.get("spot") or "").strip().lower() in _TRUE_WORDS,
+            hyperparameters=hyperparameters_from_form(form),
+        )
+
+    def build_spec(self, *, user: User, name: str, instance_type: str, model_s3_uri: str,
+                   concept_set: str, concepts_s3_uri: str, spot: bool,
+                   hyperparameters: HyperParameters) -> req.TrainingSpec:
+        """Every check a job passes before it is submitted (the portal's form and
+        scripts/train.py), or `PortalError` saying what is wrong. Without an output name the
+        result is named after the job."""
         config = self.config
         if not config.image:
             raise PortalError("The training image is not configured (EASEL_TRAINING_IMAGE).")
-        name = str(form.get("name") or "").strip()
         try:
             req.check_short_name(name, field="job name", max_length=40)
         except ValueError as exc:
             raise PortalError(str(exc)) from None
-        instance_type = str(form.get("instance_type", ""))
         info = config.instance_types.get(instance_type)
         if info is None:
             raise PortalError(f"instance type: {instance_type!r} is not in the allowlist")
-        model = str(form.get("model_s3_uri") or "").strip()
         try:
-            model_bucket, model_key = req.parse_s3_uri(model)
+            model_bucket, model_key = req.parse_s3_uri(model_s3_uri)
         except ValueError as exc:
             raise PortalError(f"base model: {exc}") from None
         if model_bucket != self.bucket.name or not model_key.startswith(("models/", "training/")):
             raise PortalError("base model: choose a model under models/ of the data bucket")
-        hyperparameters = hyperparameters_from_form(form, job_name=name)
-        concepts = self.resolve_concepts(
-            user=user, concept_set=str(form.get("concept_set") or "").strip(),
-            s3_uri=str(form.get("concepts_s3_uri") or "").strip(),
-        )
-        spot = str(form.get("spot", "")).strip().lower() in _TRUE_WORDS
+        if hyperparameters.output_name is None:
+            # a valid job name is a valid output name
+            hyperparameters = hyperparameters.model_copy(update={"output_name": name})
+        concepts = self.resolve_concepts(user=user, concept_set=concept_set,
+                                         s3_uri=concepts_s3_uri)
         try:
             return req.TrainingSpec(
                 deployment_id=config.deployment_id, name=name,
                 creator=user.username, image=config.image,
                 execution_role_arn=config.execution_role_arn, bucket=self.bucket.name,
-                concepts_s3_uri=concepts, model_s3_uri=model, instance_type=instance_type,
+                concepts_s3_uri=concepts, model_s3_uri=model_s3_uri, instance_type=instance_type,
                 instance=req.InstanceFacts(**info.model_dump()), spot=spot,
                 max_runtime_seconds=int(config.max_runtime_hours * 3600),
                 hyperparameters=hyperparameters.to_sagemaker(),
