@@ -110,6 +110,7 @@ def test_strings_are_stripped():
         ({"instance_prompt": ""}, "instance_prompt", "must not be empty"),
         ({"instance_prompt": "x" * 3000}, "instance_prompt", "at most 2000"),
         ({"class_prompt": "a\x00b"}, "class_prompt", "NUL"),
+        ({"validation_prompt": "a dog\nin a hat"}, "validation_prompt", "one line"),
         ({"lerning_rate": "1e-4"}, "lerning_rate", "unknown name"),
         ({"seed": {"a": 1}}, "seed", "must be a string"),
     ],
@@ -164,6 +165,9 @@ def test_sagemaker_limits_hold_for_every_value():
     longest = {name: "x" * field["maxLength"] for name, field in texts.items()
                if "pattern" not in field}
     strings = HyperParameters(**longest).to_sagemaker()
+    # The API model's HyperParameterValue pattern is `.*` (botocore's sagemaker service-2.json),
+    # which matches no line break: every text field is one line.
+    assert all(re.fullmatch(".*", value) for value in strings.values())
     assert len(HyperParameters.model_fields) <= 100
     assert max(len(key) for key in strings) <= 256
     assert max(len(value) for value in strings.values()) <= 2500

@@ -9,6 +9,8 @@ import pytest
 from script_support import BUCKET, TABLE
 
 from easel_contracts.hyperparameters import HyperParameters, field_schemas
+from easel_contracts.training_record import TrainingJobRecord
+from easel_webui.store import deserialize
 from scripts import train
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/easel-training:abc"
@@ -81,7 +83,8 @@ def test_submission_sends_the_portal_request_and_records_the_job(data, capsys):
                         "model": f"s3://{BUCKET}/models/base/model.tar.gz"}
     item = data.client("dynamodb").get_item(
         TableName=TABLE, Key={"pk": {"S": "training#easel-dog"}, "sk": {"S": "meta"}})
-    assert item["Item"]["owner"]["S"] == "admin"
+    record = TrainingJobRecord.model_validate(deserialize(item["Item"]))
+    assert (record.owner, record.job, record.output_name) == ("admin", "easel-dog", "dog")
 
 
 def test_missing_required_settings_is_a_usage_error(data, capsys):

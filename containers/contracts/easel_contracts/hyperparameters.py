@@ -41,13 +41,16 @@ def default_learning_rate(mode: str) -> float:
     return 1e-4 if mode == "lora" else 2e-6
 
 
-def _no_nul(value: str) -> str:
+def _one_line(value: str) -> str:
+    # CreateTrainingJob's HyperParameterValue pattern is `.*`, which matches no line break
     if "\x00" in value:
         raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    if "\n" in value or "\r" in value:
+        raise PydanticCustomError("line_break", "must be one line (no line breaks)")
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[str, AfterValidator(_one_line)]
 
 
 class HyperParameters(BaseModel):
