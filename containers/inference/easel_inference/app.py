@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from easel_contracts.bodylimit import BodyLimit
 from easel_contracts.invocations import (
     GENERATION_TASKS,
     TASKS,
@@ -218,18 +219,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        raw = await request.body()
-        request_limit = engine.settings.max_image_bytes * 4 + 1024 * 1024
-        if len(raw) > request_limit:
-            raise ResponseTooLarge(
-                f"request body of {len(raw)} bytes exceeds {request_limit} bytes "
-                "(4 images of EASEL_MAX_IMAGE_BYTES + 1 MiB)",
-                field="body",
-            )
+        raw = await request.body()  # bounded while streaming: BodyLimit below
         try:
             data = json.loads(raw or b"null")
         except ValueError as exc:
             raise BadRequest("body is not valid JSON", field="body") from exc
+        except RecursionError as exc:
+            raise BadRequest("body is nested too deeply", field="body") from exc
         if not isinstance(data, dict):
             raise BadRequest('body must be a JSON object {"task": ..., "payload": {...}}',
                              field="body")
@@ -238,6 +234,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             task_request = invocation.request()
         except ValidationError as exc:
             raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
+        except RecursionError as exc:
+            raise BadRequest("payload is nested too deeply", field="payload") from exc
         handler = engine.handlers()[invocation.task]
         if invocation.task in GENERATION_TASKS:
             if not engine.ready:
@@ -275,7 +273,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             )
         return Response(body, media_type="application/json")
 
+    app.add_middleware(BodyLimit, limit_for=lambda _scope: request_body_limit(engine.settings),
+                       body=_too_large)
     return app
+
+
+def request_body_limit(settings: Settings) -> int:
+    """The largest /invocations body read: 4 input images of EASEL_MAX_IMAGE_BYTES (as base64)
+    plus 1 MiB of JSON; the read stops there, chunked or not."""
+    return settings.max_image_bytes * 4 + 1024 * 1024
+
+
+def _too_large(limit: int) -> bytes:
+    error = ResponseTooLarge(
+        f"request body larger than {limit} bytes (4 images of EASEL_MAX_IMAGE_BYTES + 1 MiB); "
+        "send smaller images", field="body")
+    return json.dumps(error.body()).encode("utf-8")
 
 
 class NotReady(ApiError):
