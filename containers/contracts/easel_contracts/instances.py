@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -203,3 +204,17 @@ def cuda_host_problem(
         return (f"CUDA is required: NVIDIA driver {driver_version} found but torch sees no usable "
                 f"GPU (CUDA {runtime_cuda})")
     return None
+
+
+def this_host_problem(torch_module: Any, version_file: str = NVIDIA_VERSION_FILE) -> str | None:
+    """`cuda_host_problem` for the running host: the driver from `version_file`, the CUDA build
+    and GPU visibility from the caller's `torch` (passed in: this package does not depend on it)."""
+    try:
+        text = Path(version_file).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    return cuda_host_problem(
+        driver_version=parse_driver_version(text),
+        runtime_cuda=torch_module.version.cuda,
+        cuda_available=bool(torch_module.cuda.is_available()),
+    )
