@@ -217,6 +217,7 @@ def submit_with_sdk(request: dict[str, Any], *, boto_session: Any, bucket: str) 
                if "MaxWaitTimeInSeconds" in stopping else {}),
         }),
         hyperparameters=dict(request["HyperParameters"]),
+        environment=dict(request.get("Environment", {})),
         output_data_config=OutputDataConfig(
             s3_output_path=request["OutputDataConfig"]["S3OutputPath"]),
         checkpoint_config=CheckpointConfig(s3_uri=request["CheckpointConfig"]["S3Uri"],

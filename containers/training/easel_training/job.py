@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from easel_contracts.hyperparameters import HyperParameterError, HyperParameters
+from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required, this_host_problem
 
 from easel_training.errors import TrainingInputError
 from easel_training.images import load_image_records, reject_small_images
@@ -59,10 +61,22 @@ def check_single_host(paths: JobPaths) -> None:
             "GPUs). Set the instance count to 1.")
 
 
-def resolve_device(environ: dict[str, str] | os._Environ) -> str:
+def resolve_device(environ: dict[str, str] | os._Environ,
+                   cuda_probe: Callable[[], str | None] = lambda: this_host_problem(torch)) -> str:
     wanted = (environ.get("EASEL_DEVICE") or "auto").strip().lower()
     if wanted not in ("auto", "cpu", "cuda"):
         raise TrainingInputError(f"EASEL_DEVICE must be auto, cpu or cuda, got {wanted!r}")
+    if cuda_required(environ):
+        # SageMaker training hosts have no AMI selector and AWS documents no driver version:
+        # fail in the job's first minute rather than train on the CPU
+        if wanted == "cpu":
+            raise TrainingInputError(
+                f"EASEL_DEVICE is cpu but {REQUIRE_CUDA_ENV}=1 requires a GPU; unset one of them")
+        problem = cuda_probe()
+        if problem:
+            raise TrainingInputError(f"{problem}. Choose an instance type whose host driver "
+                                     "runs it (README, \"GPU drivers\")")
+        return "cuda"
     if wanted == "cuda" and not torch.cuda.is_available():
         raise TrainingInputError("EASEL_DEVICE is cuda but no CUDA GPU is visible to the job")
     if wanted == "auto":

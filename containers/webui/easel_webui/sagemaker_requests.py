@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from easel_contracts import scaling as scaling_contract
+from easel_contracts.instances import REQUIRE_CUDA_ENV, InstanceFacts, family_of, inference_ami
 
 DEPLOYMENT_TAG = "easel:deployment"
 CREATOR_TAG = "easel:creator"
@@ -59,14 +60,6 @@ def _tags(deployment_id: str, creator: str, **extra: str) -> list[dict[str, str]
     return tags
 
 
-class InstanceFacts(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    gpu_memory_gb: float = Field(gt=0)
-    instance_storage: bool
-    hourly_usd: float = Field(ge=0)
-
-
 class EndpointSpec(BaseModel):
     """Everything needed to create one endpoint (validated)."""
 
@@ -97,6 +90,12 @@ class EndpointSpec(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_short_name(value, field="name", max_length=30)
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        family_of(value)
+        return value
 
     @field_validator("model_s3_uri", "async_s3_uri", "lora_s3_uri")
     @classmethod
@@ -151,6 +150,8 @@ class EndpointSpec(BaseModel):
 
 def build_create_model(spec: EndpointSpec) -> dict[str, Any]:
     environment = {
+        # the server's /ping fails (503, driver found vs needed) rather than serve on the CPU
+        REQUIRE_CUDA_ENV: "1",
         "EASEL_MAX_RESPONSE_BYTES": str(spec.response_limit),
         **({"EASEL_LORA_S3_URI": spec.lora_s3_uri} if spec.lora_s3_uri else {}),
         **spec.extra_environment,
@@ -180,6 +181,8 @@ def build_create_endpoint_config(spec: EndpointSpec) -> dict[str, Any]:
         "InitialInstanceCount": max(spec.min_instances, 1),
         "ModelDataDownloadTimeoutInSeconds": MODEL_DOWNLOAD_TIMEOUT_S,
         "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_TIMEOUT_S,
+        # the host AMI whose NVIDIA driver runs the image's CUDA build (easel_contracts.instances)
+        "InferenceAmiVersion": inference_ami(spec.instance_type),
     }
     if spec.volume_size_gb is not None:
         variant["VolumeSizeInGB"] = spec.volume_size_gb
@@ -344,6 +347,12 @@ class TrainingSpec(BaseModel):
     def _name(cls, value: str) -> str:
         return check_short_name(value, field="job name", max_length=40)
 
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        family_of(value)
+        return value
+
     @field_validator("concepts_s3_uri", "model_s3_uri", "class_s3_uri")
     @classmethod
     def _s3(cls, value: str | None) -> str | None:
@@ -391,6 +400,9 @@ def build_create_training_job(spec: TrainingSpec) -> dict[str, Any]:
         "AlgorithmSpecification": {"TrainingImage": spec.image, "TrainingInputMode": "File"},
         "RoleArn": spec.execution_role_arn,
         "HyperParameters": dict(spec.hyperparameters),
+        # no AMI selector for training hosts: the job checks the driver and fails in its first
+        # minute ("driver X found, Y needed") rather than train on the CPU
+        "Environment": {REQUIRE_CUDA_ENV: "1"},
         "InputDataConfig": channels,
         # SageMaker writes <S3OutputPath>/<job>/output/model.tar.gz = training/<job>/output/...
         "OutputDataConfig": {"S3OutputPath": f"s3://{spec.bucket}/training/"},
