@@ -24,7 +24,7 @@ IMAGES=""  # a plain list (bash 3.2 on macOS has no associative arrays)
 for arg in "$@"; do
   case "$arg" in
     --push) PUSH=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     -*) echo "unknown option: $arg" >&2; exit 2 ;;
     *) IMAGES="$IMAGES $arg" ;;
   esac

@@ -1,6 +1,6 @@
 """The buildspec's commands, run with bash against fake `docker` and `aws` executables.
 
-The commands come from `stacks.image_build.buildspec()`, the object the construct hands to
+The commands come from `stacks.image_build.buildspec.buildspec()`, the object the construct hands to
 CodeBuild (the template test checks that the project carries exactly this buildspec).
 """
 
@@ -10,7 +10,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from stacks.image_build import CACHE_TAG, NAMED_CONTEXTS_DIR, buildspec
+from stacks.image_build.buildspec import CACHE_TAG, buildspec
 
 from .fakes import docker_calls, fake_env, install_fakes, read_calls
 
@@ -30,19 +30,22 @@ def _script(spec: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(tmp_path: Path, *, image_tag: str = TAG, **fake_rcs: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *, image_tag: str = TAG, dockerfile: str = "webui/Dockerfile",
+         **fake_rcs: str) -> subprocess.CompletedProcess:
     spec = buildspec()
     assert spec["env"]["shell"] == "bash"
     bin_dir = tmp_path / "bin"
     install_fakes(bin_dir)
+    # The source is laid out like containers/: one folder per image, the Dockerfile inside.
     source = tmp_path / "src"
-    source.mkdir(exist_ok=True)
-    (source / "Dockerfile").write_text("FROM scratch\n")
+    (source / "webui").mkdir(parents=True, exist_ok=True)
+    (source / "webui" / "Dockerfile").write_text("FROM scratch\n")
     env = fake_env(
         bin_dir,
         tmp_path / "calls.jsonl",
         REPOSITORY_URI=REPOSITORY_URI,
         CACHE_TAG=CACHE_TAG,
+        DOCKERFILE=dockerfile,
         AWS_DEFAULT_REGION="eu-west-1",
         **({"IMAGE_TAG": image_tag} if image_tag else {}),
         **fake_rcs,
@@ -123,17 +126,17 @@ def test_missing_image_tag_fails_before_any_docker_call(tmp_path):
     assert docker_calls(tmp_path / "calls.jsonl") == []
 
 
-def test_named_contexts_in_the_source_become_build_contexts(tmp_path):
-    # The construct ships sibling folders a Dockerfile copies from under .contexts/<name>/.
-    (tmp_path / "src" / NAMED_CONTEXTS_DIR / "inference").mkdir(parents=True)
-    result = _run(tmp_path)
-    assert result.returncode == 0, result.stderr
-    calls = docker_calls(tmp_path / "calls.jsonl")
-    build = calls[_index(calls, "build")]
-    assert build[build.index("--build-context") + 1] == "inference=.contexts/inference"
-
-
-def test_without_named_contexts_no_build_context_is_passed(tmp_path):
+def test_builds_the_images_dockerfile_from_the_one_containers_context(tmp_path):
     assert _run(tmp_path).returncode == 0
     calls = docker_calls(tmp_path / "calls.jsonl")
-    assert "--build-context" not in calls[_index(calls, "build")]
+    build = calls[_index(calls, "build")]
+    assert build[build.index("--file") + 1] == "webui/Dockerfile"
+    assert build[-1] == "."  # the source root: the image's part of containers/
+    assert "--build-context" not in build
+
+
+def test_missing_dockerfile_fails_before_any_docker_call(tmp_path):
+    result = _run(tmp_path, dockerfile="inference/Dockerfile")
+    assert result.returncode != 0
+    assert "no Dockerfile inference/Dockerfile" in result.stderr
+    assert docker_calls(tmp_path / "calls.jsonl") == []
