@@ -26,6 +26,7 @@ import json
 import os
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -181,14 +182,15 @@ def signal(url: str, *, success: bool, unique_id: str, reason: str, data: str = 
             raise ImageBuildError(f"signalling the wait condition failed: HTTP {response.status}")
 
 
-def _start(props: dict[str, str], codebuild: Any, ecr: Any) -> dict[str, Any]:
+def _start(props: dict[str, str], codebuild: Any, ecr: Any, send: Callable[..., None]
+           ) -> dict[str, Any]:
     result: dict[str, Any] = {"PhysicalResourceId": physical_id(props)}
     digest = find_image_digest(ecr, repository=props["RepositoryName"], tag=props["ImageTag"])
     if digest:
         print(f"{physical_id(props)} already exists ({digest}); nothing to build")
         url, _tag = project_wait(codebuild, props["ProjectName"])
-        signal(url, success=True, unique_id="ecr", data=props["ImageTag"],
-               reason=f"{physical_id(props)} is already in ECR")
+        send(url, success=True, unique_id="ecr", data=props["ImageTag"],
+             reason=f"{physical_id(props)} is already in ECR")
         return {**result, "Data": {"BuildId": ""}}
     build_id = find_running_build(codebuild, project=props["ProjectName"], tag=props["ImageTag"])
     if build_id:
@@ -213,7 +215,7 @@ def _image(props: dict[str, str], ecr: Any) -> dict[str, Any]:
 
 
 def on_event(event: dict[str, Any], context: Any = None, *, codebuild: Any = None,
-             ecr: Any = None) -> dict[str, Any]:
+             ecr: Any = None, send: Callable[..., None] | None = None) -> dict[str, Any]:
     """Provider-framework handler of both custom resource types (returns within seconds)."""
     request = event.get("RequestType")
     if request == "Delete":
@@ -226,7 +228,7 @@ def on_event(event: dict[str, Any], context: Any = None, *, codebuild: Any = Non
     if kind == IMAGE_RESOURCE:
         return _image(props, ecr)
     if kind == BUILD_RESOURCE:
-        return _start(props, codebuild or _codebuild_client(), ecr)
+        return _start(props, codebuild or _codebuild_client(), ecr, send or signal)
     raise ImageBuildError(f"unknown resource type {kind!r}")
 
 
@@ -265,8 +267,8 @@ def failure_message(build: dict[str, Any], tag: str) -> str:
     )
 
 
-def on_build_state(event: dict[str, Any], context: Any = None, *,
-                   codebuild: Any = None) -> dict[str, Any]:
+def on_build_state(event: dict[str, Any], context: Any = None, *, codebuild: Any = None,
+                   send: Callable[..., None] | None = None) -> dict[str, Any]:
     """EventBridge handler: a build finished; signal its project's current wait condition."""
     detail = event.get("detail") or {}
     build_id = detail.get("build-id", "")
@@ -286,6 +288,7 @@ def on_build_state(event: dict[str, Any], context: Any = None, *,
     success = build.get("buildStatus") == "SUCCEEDED"
     reason = (f"Image build of tag {tag} succeeded. Build id: {build_id}" if success
               else failure_message(build, tag))
-    signal(url, success=success, unique_id=build_id.rsplit(":", 1)[-1], reason=reason, data=tag)
+    (send or signal)(url, success=success, unique_id=build_id.rsplit(":", 1)[-1],
+                     reason=reason, data=tag)
     print(f"signalled {'SUCCESS' if success else 'FAILURE'} for build {build_id} of {project}")
     return {"signalled": True, "success": success}
