@@ -185,7 +185,7 @@ class BuildWaiter(Construct):
 def logical_id(construct: Construct) -> str:
     default_child = construct.node.default_child
     assert isinstance(default_child, CfnElement)
-    return Stack.of(construct).getlogical_id(default_child)
+    return Stack.of(construct).get_logical_id(default_child)
 
 
 def acknowledge(scope: Construct, rule: str, findings: list[str], reason: str) -> None:
