@@ -362,3 +362,45 @@ def test_the_handle_url_is_never_printed(codebuild, signals, capsys):
     handler.on_build_state(_finished("SUCCEEDED"), codebuild=cb_client, send=signals)
     out = capsys.readouterr()
     assert "X-Amz-Signature" not in out.out + out.err
+
+
+# --- a 90-minute build, end to end on a fake clock ----------------------------------------------
+
+
+def test_a_90_minute_build_completes_the_first_deploy(codebuild, ecr, signals, monkeypatch):
+    """Start at t=0, the build finishes at t=90 min: the start handler answers CloudFormation at
+    once (no handler sleeps or polls), the finished build signals the wait, and the wait a
+    default deploy uses (three 50-minute builds) is still open at 90 minutes."""
+    import time
+
+    from stacks.image_build.waiter import CUSTOM_RESOURCE_MAX_SECONDS, wait_seconds
+
+    clock = {"now": 0.0}
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"a handler slept {seconds} s")
+
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    monkeypatch.setattr(time, "time", lambda: clock["now"])
+    cb_client, cb_stub = codebuild
+    ecr_client, ecr_stub = ecr
+    _image_missing(ecr_stub)
+    _no_recent_builds(cb_stub)
+    cb_stub.add_response("start_build", {"build": {"id": BUILD_ID}})
+    handler.on_event(_event(), codebuild=cb_client, ecr=ecr_client, send=signals)
+    build_resource_done_at = clock["now"]
+    assert build_resource_done_at < CUSTOM_RESOURCE_MAX_SECONDS
+    assert signals.sent == []
+
+    clock["now"] = 90 * 60.0  # the cold CUDA build takes 90 minutes
+    cb_stub.add_response("batch_get_builds", {"builds": [_build("SUCCEEDED")]},
+                         {"ids": [BUILD_ARN]})
+    _project(cb_stub)
+    handler.on_build_state(_finished("SUCCEEDED"), codebuild=cb_client, send=signals)
+    (sent,) = signals.sent
+    assert sent["success"] is True
+    assert clock["now"] < wait_seconds(3, 50)  # the wait condition has not timed out
+
+    _image_present(ecr_stub)
+    image = handler.on_event(_event(kind=handler.IMAGE_RESOURCE), ecr=ecr_client)
+    assert image["Data"]["ImageDigest"] == DIGEST
