@@ -172,7 +172,8 @@ class ImageBuild(Construct):
             resource_type=BUILD_RESOURCE,
             properties=properties,
         )
-        self.build.node.add_dependency(self.project, waiter.role, waiter.rule)
+        # The rule and the signaller (with its invoke permission) exist before any build ends.
+        self.build.node.add_dependency(self.project, waiter.role, waiter.rule, waiter.signaller)
         self.wait = CfnWaitCondition(
             self,
             f"Ready{suffix}",
