@@ -136,7 +136,6 @@ class BuildWaiter(Construct):
             ),
         )
         self.rule.add_target(targets.LambdaFunction(self.signaller, retry_attempts=4))
-        self._projects: list[str] = []
         self._suppress_findings()
 
     def _role(self, role_id: str, description: str) -> iam.Role:

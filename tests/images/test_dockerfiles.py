@@ -91,7 +91,7 @@ def test_base_images_are_pinned_public_ecr_images(image):
 
 def test_no_frontend_image_from_docker_hub(image):
     # `# syntax=docker/dockerfile:1` makes BuildKit pull its frontend from Docker Hub on every
-    # build (rate-limited in CodeBuild); the built-in frontend already has named contexts.
+    # build (rate-limited in CodeBuild); the built-in frontend covers what these Dockerfiles use.
     text = image.dockerfile.read_text(encoding="utf-8")
     for reference in re.findall(r"^#\s*syntax\s*=\s*(\S+)", text, re.MULTILINE | re.IGNORECASE):
         host = reference.split("/", 1)[0]
