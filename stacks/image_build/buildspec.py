@@ -15,7 +15,8 @@ def buildspec() -> dict[str, Any]:
     """The CodeBuild buildspec every image uses (the single source for the tests too).
 
     Environment: REPOSITORY_URI, DOCKERFILE (`<image>/Dockerfile`, relative to the source root),
-    CACHE_TAG (project); IMAGE_TAG (per build); CodeBuild sets AWS_DEFAULT_REGION. The source is
+    CACHE_TAG, WAIT_HANDLE_URL (project); IMAGE_TAG (per build); CodeBuild sets
+    AWS_DEFAULT_REGION, CODEBUILD_BUILD_ID and CODEBUILD_BUILD_SUCCEEDING. The source is
     the part of `containers/` that the image's Dockerfile copies, so the build context is the
     same one `docker build -f <image>/Dockerfile containers/` uses locally.
     """
@@ -48,6 +49,22 @@ def buildspec() -> dict[str, Any]:
                     ' --tag "$REPOSITORY_URI:$IMAGE_TAG" --tag "$REPOSITORY_URI:$CACHE_TAG" .',
                     'docker push "$REPOSITORY_URI:$IMAGE_TAG"',
                     'docker push "$REPOSITORY_URI:$CACHE_TAG"',
+                ]
+            },
+            # A pushed image signals its wait condition at once (a presigned URL: PUT with an
+            # empty Content-Type). The build-finished event signals too, with the same UniqueId,
+            # and alone reports failures (with the failed phase and log link), so a failed curl
+            # only logs.
+            "post_build": {
+                "commands": [
+                    'if [ "${CODEBUILD_BUILD_SUCCEEDING:-0}" = 1 ]'
+                    ' && [ -n "${WAIT_HANDLE_URL:-}" ]; then curl --silent --show-error --fail --retry 3 --request PUT'
+                    ' --header "Content-Type:" --data-binary "{\\"Status\\": \\"SUCCESS\\",'
+                    ' \\"Reason\\": \\"pushed $IMAGE_TAG\\",'
+                    ' \\"UniqueId\\": \\"${CODEBUILD_BUILD_ID##*:}\\",'
+                    ' \\"Data\\": \\"$IMAGE_TAG\\"}" "$WAIT_HANDLE_URL"'
+                    ' || echo "could not signal the wait condition; the build-finished event will";'
+                    " fi",
                 ]
             },
         },

@@ -137,7 +137,7 @@ class ImageBuild(Construct):
                 "DOCKERFILE": codebuild.BuildEnvironmentVariable(value=f"{image}/Dockerfile"),
                 "CACHE_TAG": codebuild.BuildEnvironmentVariable(value=CACHE_TAG),
                 "IMAGE_TAG": codebuild.BuildEnvironmentVariable(value=self.source_hash_tag),
-                # Read by the waiter's handlers (not by the build): the wait to signal.
+                # The wait to signal: by the build once it pushed, and by the waiter's handlers.
                 "WAIT_HANDLE_URL": codebuild.BuildEnvironmentVariable(value=self.handle.ref),
             },
             timeout=build_timeout,

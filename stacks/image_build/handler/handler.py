@@ -12,7 +12,9 @@ for one. Per image the stack holds, in order:
    project's `WAIT_HANDLE_URL` variable.
 3. `on_build_state`, on CodeBuild's "Build State Change" event for a finished build, signals the
    project's current handle: SUCCESS, or FAILURE with the build id, failed phase and log link (the
-   deploy's failure reason). A build of a tag the project no longer wants signals nothing.
+   deploy's failure reason). A build of a tag the project no longer wants signals nothing. (The
+   buildspec also signals SUCCESS right after its push, with the same UniqueId, so a lost event
+   does not leave a successful deploy waiting.)
 4. `Custom::EaselImage` (`on_event`), after the wait: reports the image's tag and digest.
 
 Delete does nothing: images stay in the repository (a live SageMaker endpoint may still use an
