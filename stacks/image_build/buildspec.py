@@ -58,7 +58,8 @@ def buildspec() -> dict[str, Any]:
             "post_build": {
                 "commands": [
                     'if [ "${CODEBUILD_BUILD_SUCCEEDING:-0}" = 1 ]'
-                    ' && [ -n "${WAIT_HANDLE_URL:-}" ]; then curl --silent --show-error --fail --retry 3 --request PUT'
+                    ' && [ -n "${WAIT_HANDLE_URL:-}" ]; then'
+                    ' curl --silent --show-error --fail --retry 3 --request PUT'
                     ' --header "Content-Type:" --data-binary "{\\"Status\\": \\"SUCCESS\\",'
                     ' \\"Reason\\": \\"pushed $IMAGE_TAG\\",'
                     ' \\"UniqueId\\": \\"${CODEBUILD_BUILD_ID##*:}\\",'
