@@ -74,8 +74,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(make_job):
     assert not (layout.root / "model" / "Lora").exists()
 
 
+# A warm-up schedule, so a scheduler stepped once per process would train something else.
 DATA_PARALLEL = {"max_train_steps": "2", "learning_rate": "0.02", "rank": "4",
-                 "random_flip": "true"}
+                 "random_flip": "true", "lr_scheduler": "linear", "lr_warmup_steps": "1"}
 
 
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(make_job):

@@ -76,10 +76,7 @@ def make_accelerator(hp: HyperParameters, device: str) -> tuple[Any, str]:
 
     mixed_precision = resolve_mixed_precision(hp.mixed_precision, cuda=device == "cuda")
     AcceleratorState._reset_state()  # a fresh job in this process may change the precision
-    # The trainer steps its scheduler once per optimizer step on every process; checkpoints
-    # carry it through save_state (see checkpoint.py).
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision,
-                              step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
     return accelerator, mixed_precision
 
 

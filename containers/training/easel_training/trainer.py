@@ -159,11 +159,13 @@ class Trainer:
 
     def _prepare_distributed(self) -> None:
         models = list(self._components().values())
-        # The scheduler is prepared so save_state/load_state carry it; the accelerator steps it
-        # once per call (step_scheduler_with_optimizer=False), whatever the process count.
+        # The scheduler is prepared so save_state/load_state carry it. It steps once per
+        # optimizer step whatever the process count (accelerate's default steps it once per
+        # process at each call, which would change the schedule with the number of GPUs).
         prepared = self.accelerator.prepare(*models, self.optimizer, self.lr_scheduler)
         self.train_models = list(prepared[:-2])
         self.optimizer, self.lr_scheduler = prepared[-2:]
+        self.lr_scheduler.step_with_optimizer = False
         self.accelerator.register_save_state_pre_hook(self._save_trainable_weights)
         self.accelerator.register_load_state_pre_hook(self._load_trainable_weights)
         self.unet_forward = self.train_models[0]
