@@ -90,3 +90,12 @@ def test_a_worker_refusing_its_inputs_keeps_the_input_exit_code(tmp_path, monkey
     thread, _, _, _, result = _launch(tmp_path, monkeypatch, FAKE_RANK0="bad-input")
     thread.join(timeout=60)
     assert result["code"] == EXIT_INPUT
+
+
+def test_the_launcher_does_not_import_the_entry_point():
+    # cli imports the launcher; the launcher's exit codes and failure writing live in failure.py
+    import subprocess
+
+    check = ("import sys, easel_training.launcher; "
+             "sys.exit('easel_training.cli' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
