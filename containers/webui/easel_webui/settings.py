@@ -59,6 +59,9 @@ class Settings(BaseModel):
     secure_cookies: bool = True
     password_hash_time_cost: int = Field(default=3, ge=1, le=10)
     password_hash_memory_kib: int = Field(default=65536, ge=1024, le=1024 * 1024)
+    # argon2 checks running at once per portal task (each takes password_hash_memory_kib)
+    password_hash_concurrency: int = Field(default=4, ge=1, le=64)
+    password_hash_wait_seconds: float = Field(default=10, ge=0, le=60)
     realtime_max_response_bytes: int = Field(default=6 * 1024 * 1024, ge=1024)
     async_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
@@ -100,6 +103,8 @@ ENV_FIELDS: dict[str, str] = {
     "EASEL_SECURE_COOKIES": "secure_cookies",
     "EASEL_PASSWORD_HASH_TIME_COST": "password_hash_time_cost",
     "EASEL_PASSWORD_HASH_MEMORY_KIB": "password_hash_memory_kib",
+    "EASEL_PASSWORD_HASH_CONCURRENCY": "password_hash_concurrency",
+    "EASEL_PASSWORD_HASH_WAIT_SECONDS": "password_hash_wait_seconds",
     "EASEL_REALTIME_MAX_RESPONSE_BYTES": "realtime_max_response_bytes",
     "EASEL_ASYNC_MAX_RESPONSE_BYTES": "async_max_response_bytes",
 }
