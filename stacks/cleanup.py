@@ -20,12 +20,22 @@ from stacks.nag import (
     log_group_finding,
     owned_sagemaker_findings,
 )
-from stacks.naming import alarm_arn, endpoint_log_group, log_group_arn, owned_sagemaker_arns
+from stacks.naming import (
+    TRAINING_LOG_GROUP,
+    alarm_arn,
+    endpoint_log_group,
+    log_group_arn,
+    owned_sagemaker_arns,
+)
 
 HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
-TOTAL_TIMEOUT = Duration.minutes(30)
-# The handler gives up (logging leftovers) before the Provider's own timeout would fail the delete.
-GIVE_UP = Duration.minutes(25)
+# CloudFormation waits at most one hour for a custom resource (its ServiceTimeout, 3600 s at most:
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-cloudformation-customresource.html).
+TOTAL_TIMEOUT = Duration.minutes(57)
+# The handler gives up (logging leftovers) before the Provider's own timeout would fail the
+# delete; until then it waits for endpoints still being created (SageMaker cannot delete them
+# before they leave Creating), which the portal's download and start-up timeouts bound.
+GIVE_UP = Duration.minutes(52)
 
 
 class DeploymentCleanup(Construct):
@@ -126,19 +136,47 @@ class DeploymentCleanup(Construct):
                 )
             )
             log_groups = log_group_arn(stack, endpoint_log_group(deployment_id))
+            # DescribeLogGroups names no log group, so it is authorized on log-group:* only.
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="FindLogGroups",
+                    actions=["logs:DescribeLogGroups"],
+                    resources=[log_group_arn(stack, "*")],
+                )
+            )
             function.add_to_role_policy(
                 iam.PolicyStatement(
                     sid="RemoveEndpointLogGroups",
-                    actions=["logs:DescribeLogGroups", "logs:DeleteLogGroup"],
+                    actions=["logs:ListTagsForResource", "logs:DeleteLogGroup"],
                     resources=[log_groups, f"{log_groups}:*"],
+                )
+            )
+            training_logs = log_group_arn(stack, TRAINING_LOG_GROUP)
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="FindTrainingLogStreams",
+                    actions=["logs:DescribeLogStreams"],
+                    resources=[training_logs, f"{training_logs}:*"],
+                )
+            )
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="RemoveTrainingLogStreams",
+                    actions=["logs:DeleteLogStream"],
+                    resources=[f"{training_logs}:log-stream:{deployment_id}-*"],
                 )
             )
             acknowledge(
                 function,
-                "Alarms and log groups are limited to names of this deployment's endpoints.",
+                "Alarms and log groups are limited to names of this deployment's endpoints; "
+                "DescribeLogGroups names no group (log-group:* is its only resource); in the "
+                "shared training log group only streams of this deployment's jobs are deleted.",
                 alarm_finding(stack, deployment_id),
+                log_group_finding(stack, "*"),
                 log_group_finding(stack, endpoint_log_group(deployment_id)),
                 log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
+                log_group_finding(stack, f"{TRAINING_LOG_GROUP}:*"),
+                log_group_finding(stack, f"{TRAINING_LOG_GROUP}:log-stream:{deployment_id}-*"),
             )
             acknowledge(
                 function,

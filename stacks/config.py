@@ -52,6 +52,8 @@ def _check_bucket_name(value: str) -> str:
 
 
 BucketName = Annotated[str, AfterValidator(_check_bucket_name)]
+# DynamoDB table names: 3-255 of a-z, A-Z, 0-9, '_', '-', '.'.
+TableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,255}$")]
 
 
 class ConfigError(ValueError):
@@ -153,6 +155,9 @@ class EaselConfig(_Strict):
     purge_data: bool = False
     data_bucket_name: BucketName | None = Field(
         default=None, description="re-attach a bucket retained by an earlier deployment"
+    )
+    table_name: TableName | None = Field(
+        default=None, description="re-attach a table retained by an earlier deployment"
     )
     noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
     admin_password_rotation_days: int = Field(default=30, ge=1, le=365)

@@ -21,7 +21,6 @@ from stacks.config import EaselConfig, portal_settings_json
 from stacks.nag import (
     acknowledge,
     alarm_finding,
-    arn_of,
     bucket_arn,
     log_group_finding,
     owned_sagemaker_findings,
@@ -35,6 +34,7 @@ from stacks.naming import (
     owned_sagemaker_arns,
 )
 from stacks.network import PortalNetwork
+from stacks.table import index_finding
 
 CONTAINER_PORT = 8080
 HEALTH_PATH = "/health"
@@ -317,6 +317,6 @@ class PortalService(Construct):
         acknowledge(
             policy,
             "The table grant covers the table's own indexes (its GSI), <table>/index/*.",
-            f"IAM5[Resource::{arn_of(table)}/index/*]",
+            index_finding(table),
         )
 
