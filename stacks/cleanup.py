@@ -36,6 +36,9 @@ TOTAL_TIMEOUT = Duration.minutes(57)
 # delete; until then it waits for endpoints still being created (SageMaker cannot delete them
 # before they leave Creating), which the portal's download and start-up timeouts bound.
 GIVE_UP = Duration.minutes(52)
+# Instance start and image pull before the model download starts (beyond the portal's timeouts).
+PROVISIONING_ALLOWANCE = Duration.minutes(10)
+QUERY_INTERVAL = Duration.seconds(20)
 
 
 class DeploymentCleanup(Construct):
@@ -197,7 +200,7 @@ class DeploymentCleanup(Construct):
             "Provider",
             on_event_handler=self.on_event,
             is_complete_handler=self.is_complete,
-            query_interval=Duration.seconds(20),
+            query_interval=QUERY_INTERVAL,
             total_timeout=TOTAL_TIMEOUT,
             log_group=log_group,
         )
