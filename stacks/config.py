@@ -52,8 +52,19 @@ def _check_bucket_name(value: str) -> str:
 
 
 BucketName = Annotated[str, AfterValidator(_check_bucket_name)]
-# DynamoDB table names: 3-255 of a-z, A-Z, 0-9, '_', '-', '.'.
-TableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,255}$")]
+_TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+
+
+def _check_table_name(value: str) -> str:
+    if not _TABLE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a DynamoDB table name (3-255 letters, digits, '_', '-' or '.'); "
+            "use the TableName output of the deployment that kept it"
+        )
+    return value
+
+
+TableName = Annotated[str, AfterValidator(_check_table_name)]
 
 
 class ConfigError(ValueError):
