@@ -19,6 +19,7 @@ from stacks.nag import (
     arn_of,
     log_group_finding,
     owned_sagemaker_findings,
+    partition_arn,
 )
 from stacks.naming import (
     TRAINING_LOG_GROUP,
@@ -26,6 +27,7 @@ from stacks.naming import (
     endpoint_log_group,
     log_group_arn,
     owned_sagemaker_arns,
+    scaling_alarm_arn,
 )
 
 HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
@@ -39,6 +41,12 @@ GIVE_UP = Duration.minutes(52)
 # Instance start and image pull before the model download starts (beyond the portal's timeouts).
 PROVISIONING_ALLOWANCE = Duration.minutes(10)
 QUERY_INTERVAL = Duration.seconds(20)
+
+
+def scaling_alarm_finding(stack: Stack, deployment_id: str) -> str:
+    """The IAM5 finding for `naming.scaling_alarm_arn`."""
+    name = f"alarm:TargetTracking-endpoint/{deployment_id}-*"
+    return f"IAM5[Resource::{partition_arn(stack, 'cloudwatch', name)}]"
 
 
 class DeploymentCleanup(Construct):
@@ -131,11 +139,13 @@ class DeploymentCleanup(Construct):
                 )
             )
             alarms = alarm_arn(stack, deployment_id)
+            # The backlog alarms, and target tracking's own (deleted with the caller's rights
+            # when a scalable target is deregistered).
             function.add_to_role_policy(
                 iam.PolicyStatement(
                     sid="RemoveBacklogAlarms",
                     actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
-                    resources=[alarms],
+                    resources=[alarms, scaling_alarm_arn(stack, deployment_id)],
                 )
             )
             log_groups = log_group_arn(stack, endpoint_log_group(deployment_id))
@@ -175,6 +185,7 @@ class DeploymentCleanup(Construct):
                 "DescribeLogGroups names no group (log-group:* is its only resource); in the "
                 "shared training log group only streams of this deployment's jobs are deleted.",
                 alarm_finding(stack, deployment_id),
+                scaling_alarm_finding(stack, deployment_id),
                 log_group_finding(stack, "*"),
                 log_group_finding(stack, endpoint_log_group(deployment_id)),
                 log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),

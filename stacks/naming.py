@@ -43,3 +43,16 @@ def alarm_arn(stack: Stack, deployment_id: str) -> str:
         resource_name=f"{deployment_id}-*",
         arn_format=ArnFormat.COLON_RESOURCE_NAME,
     )
+
+
+def scaling_alarm_arn(stack: Stack, deployment_id: str) -> str:
+    """Pattern of the alarms target tracking makes for this deployment's endpoints
+    (`TargetTracking-endpoint/<endpoint>/variant/<variant>-AlarmHigh|AlarmLow-<uuid>`).
+    Application Auto Scaling deletes them with the caller's rights when a target is
+    deregistered, so a caller that deregisters needs DescribeAlarms/DeleteAlarms on them."""
+    return stack.format_arn(
+        service="cloudwatch",
+        resource="alarm",
+        resource_name=f"TargetTracking-endpoint/{deployment_id}-*",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )

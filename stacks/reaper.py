@@ -12,6 +12,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from stacks.cleanup import scaling_alarm_finding
 from stacks.lambda_defaults import LAMBDA_RUNTIME
 from stacks.nag import (
     BASIC_EXECUTION_POLICY,
@@ -19,7 +20,7 @@ from stacks.nag import (
     alarm_finding,
     owned_sagemaker_findings,
 )
-from stacks.naming import DEPLOYMENT_TAG, alarm_arn, owned_sagemaker_arns
+from stacks.naming import DEPLOYMENT_TAG, alarm_arn, owned_sagemaker_arns, scaling_alarm_arn
 
 HANDLER_DIR = Path(__file__).resolve().parent / "reaper_handler"
 SCHEDULE = Duration.minutes(15)
@@ -66,12 +67,14 @@ class EndpointReaper(Construct):
         ))
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
-            resources=[alarm_arn(stack, deployment_id)],
+            # Its backlog alarms, and target tracking's (deleted with the caller's rights when
+            # a scalable target is deregistered).
+            resources=[alarm_arn(stack, deployment_id), scaling_alarm_arn(stack, deployment_id)],
         ))
         acknowledge(
             self.function,
             "Alarms are limited to names of this deployment's endpoints.",
-            alarm_finding(stack, deployment_id),
+            alarm_finding(stack, deployment_id), scaling_alarm_finding(stack, deployment_id),
         )
         acknowledge(
             self.function,

@@ -1,0 +1,210 @@
+"""IAM call audit: each principal's real code runs against moto with the call recorder on, and
+every call it makes must be allowed by that principal's policies in the synthesized template
+(conditions evaluated; service-side checks included). See tests/stack/iam_audit.py."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from stacks.cleanup_handler import index as cleanup
+from stacks.reaper_handler import index as reaper
+from stacks.rotation_handler import index as rotation
+from tests.stack import iam_audit
+from tests.stack.iam_audit import ACCOUNT, REGION, Call, Policies, Recorder, Right, audit
+from tests.stack.sagemaker_fakes import IMAGE, ROLE, make_endpoint
+from tests.stack.test_cleanup_handler import CompletedJobs
+
+OURS = [{"Key": "easel:deployment", "Value": "easel"}]
+ALARM = {"MetricName": "HasBacklogWithoutCapacity", "Namespace": "AWS/SageMaker",
+         "Statistic": "Average", "Period": 60, "EvaluationPeriods": 1, "Threshold": 1,
+         "ComparisonOperator": "GreaterThanOrEqualToThreshold"}
+
+
+def role_of(template, path: str) -> str:
+    """Logical id of the IAM role whose CDK path contains `path`."""
+    found = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::IAM::Role"
+             and path in v.get("Metadata", {}).get("aws:cdk:path", "")]
+    assert len(found) == 1, (path, found)
+    return found[0]
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    with mock_aws():
+        yield
+
+
+def check(template, recorder: Recorder, principal_roles: dict[str, list[str]],
+          names: dict[str, str] | None = None) -> None:
+    assert recorder.calls, "the scenario made no AWS call"
+    tags = iam_audit.deployment_tags("easel")
+    failures = []
+    for principal, roles in principal_roles.items():
+        calls = [c for c in recorder.calls if c.principal == principal]
+        assert calls, f"no call recorded for {principal}"
+        for role in roles:
+            policies = {principal: Policies.of_role(template, role, names or {})}
+            failures += [f"{role}: {f}" for f in audit(calls, policies, tags)]
+    assert not failures, "calls the template does not allow:\n" + "\n".join(failures)
+
+
+# --- the evaluator itself ------------------------------------------------------------------
+
+TEMPLATE = {"Resources": {
+    "Role": {"Type": "AWS::IAM::Role", "Properties": {}},
+    "Bucket": {"Type": "AWS::S3::Bucket"},
+    "Policy": {"Type": "AWS::IAM::Policy", "Properties": {"Roles": [{"Ref": "Role"}],
+               "PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": "s3:ListBucket",
+         "Resource": {"Fn::GetAtt": ["Bucket", "Arn"]}},
+        {"Effect": "Allow", "Action": "s3:GetObject*",
+         "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": ["Bucket", "Arn"]}, "/models/*"]]}},
+        {"Effect": "Allow", "Action": "sagemaker:CreateModel",
+         "Resource": {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":sagemaker:",
+                                         {"Ref": "AWS::Region"}, ":", {"Ref": "AWS::AccountId"},
+                                         ":model/easel-*"]]},
+         "Condition": {"StringEquals": {"aws:RequestTag/easel:deployment": "easel"}}},
+        {"Effect": "Allow", "Action": "sagemaker:AddTags", "Resource": "*"},
+        {"Effect": "Allow", "Action": "iam:PassRole", "Resource": ROLE,
+         "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},
+        {"Effect": "Allow", "Action": "dynamodb:Query",
+         "Resource": [{"Fn::Join": ["", [{"Fn::GetAtt": ["Table", "Arn"]}, "/index/*"]]}]},
+        {"Effect": "Deny", "Action": "s3:*", "Resource": "*",
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+    ]}}},
+}}
+NAMES = {"Bucket.Arn": "arn:aws:s3:::data", "Table.Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/t"}
+
+
+def findings(*calls):
+    policies = {"p": Policies.of_role(TEMPLATE, "Role", NAMES)}
+    return audit(list(calls), policies, iam_audit.deployment_tags("easel"))
+
+
+def test_list_objects_v2_needs_list_bucket_on_the_bucket_and_head_object_needs_get_object():
+    assert not findings(Call("p", "s3", "ListObjectsV2", {"Bucket": "data", "Prefix": "x/"}),
+                        Call("p", "s3", "HeadObject", {"Bucket": "data", "Key": "models/a"}))
+    [finding] = findings(Call("p", "s3", "HeadObject", {"Bucket": "data", "Key": "outputs/a"}))
+    assert finding.right == Right("s3:GetObject", "arn:aws:s3:::data/outputs/a")
+
+
+def test_a_query_on_the_gsi_needs_the_index_resource():
+    assert not findings(Call("p", "dynamodb", "Query", {"TableName": "t", "IndexName": "gsi1"}))
+    [finding] = findings(Call("p", "dynamodb", "Query", {"TableName": "t"}))
+    assert finding.right.resource.endswith(":table/t")
+
+
+def test_request_tag_condition_and_passed_role_are_evaluated():
+    create = {"ModelName": "easel-m", "ExecutionRoleArn": ROLE, "Tags": OURS,
+              "PrimaryContainer": {"Image": IMAGE}}
+    assert not findings(Call("p", "sagemaker", "CreateModel", create))
+    untagged = findings(Call("p", "sagemaker", "CreateModel", {**create, "Tags": []}))
+    assert [f.right.action for f in untagged] == ["sagemaker:CreateModel"]
+    other_role = findings(Call("p", "sagemaker", "CreateModel",
+                               {**create, "ExecutionRoleArn": ROLE + "-admin"}))
+    assert [f.right.action for f in other_role] == ["iam:PassRole"]
+
+
+def test_an_unmapped_operation_fails_the_audit():
+    [finding] = findings(Call("p", "sagemaker", "CreateHub", {"HubName": "h"}))
+    assert "unmapped operation" in finding.problem
+
+
+def test_scaling_registration_needs_the_rights_autoscaling_checks_for_the_caller():
+    actions = {r.action for r in iam_audit.required_rights(Call(
+        "p", "application-autoscaling", "RegisterScalableTarget",
+        {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/easel-a/variant/main",
+         "ScalableDimension": iam_audit.SCALING_DIMENSION}))}
+    assert {"sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
+            "sagemaker:UpdateEndpointWeightsAndCapacities",
+            "cloudwatch:DescribeAlarms"} <= actions
+
+
+# --- the principals --------------------------------------------------------------------------
+
+def test_cleanup_calls_are_allowed_to_both_cleanup_functions(synth, aws, monkeypatch):
+    monkeypatch.setenv("PURGE_LOGS", "true")
+    recorder = Recorder()
+    with recorder.recording("cleanup"):
+        sagemaker = boto3.client("sagemaker")
+        make_endpoint(sagemaker, "easel-alice-sd15", OURS)
+        sagemaker.create_training_job(
+            TrainingJobName="easel-dog", RoleArn=ROLE, Tags=OURS,
+            AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": "s3://b/training/"},
+            ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1,
+                            "VolumeSizeInGB": 10},
+            StoppingCondition={"MaxRuntimeInSeconds": 600})
+        autoscaling = boto3.client("application-autoscaling")
+        autoscaling.register_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId="endpoint/easel-alice-sd15/variant/main",
+            ScalableDimension=iam_audit.SCALING_DIMENSION, MinCapacity=1, MaxCapacity=2)
+        cloudwatch = boto3.client("cloudwatch")
+        cloudwatch.put_metric_alarm(AlarmName="easel-alice-sd15-backlog", **ALARM)
+        logs = boto3.client("logs")
+        logs.create_log_group(logGroupName="/aws/sagemaker/Endpoints/easel-alice-sd15",
+                              tags={"easel:deployment": "easel"})
+        logs.create_log_group(logGroupName=cleanup.TRAINING_LOG_GROUP)
+        logs.create_log_stream(logGroupName=cleanup.TRAINING_LOG_GROUP,
+                               logStreamName="easel-dog/algo-1-1700000000")
+        setup = len(recorder.calls)
+        extras = cleanup.Extras(autoscaling=autoscaling, cloudwatch=cloudwatch, logs=logs)
+        event = {"RequestType": "Delete", "ResourceProperties": {"DeploymentId": "easel"},
+                 "PhysicalResourceId": "easel-cleanup"}
+        client = CompletedJobs(sagemaker)
+        event.update(cleanup.on_event(event, None, client=client, extras=extras))
+        assert cleanup.is_complete(event, None, client=client, extras=extras)["IsComplete"]
+    del recorder.calls[:setup]  # the fixture's own calls are not the handler's
+    operations = {c.operation for c in recorder.calls}
+    assert {"DeleteEndpoint", "DeregisterScalableTarget", "DeleteAlarms", "DeleteLogGroup",
+            "DeleteLogStream"} <= operations
+    check(synth.template, recorder, {"cleanup": [
+        role_of(synth.template, "/Cleanup/OnEvent/ServiceRole/"),
+        role_of(synth.template, "/Cleanup/IsComplete/ServiceRole/"),
+    ]})
+
+
+def test_reaper_calls_are_allowed_to_the_reaper(synth, aws):
+    recorder = Recorder()
+    sagemaker = boto3.client("sagemaker")
+    make_endpoint(sagemaker, "easel-idle", OURS)
+    autoscaling = boto3.client("application-autoscaling")
+    autoscaling.register_scalable_target(
+        ServiceNamespace="sagemaker", ResourceId="endpoint/easel-idle/variant/main",
+        ScalableDimension=iam_audit.SCALING_DIMENSION, MinCapacity=1, MaxCapacity=2)
+    boto3.client("cloudwatch").put_metric_alarm(AlarmName="easel-idle-backlog", **ALARM)
+    with recorder.recording("reaper"):
+        decisions = reaper.reap(boto3.client("sagemaker"), boto3.client("cloudwatch"),
+                                deployment_id="easel", default_ttl=4.0,
+                                now=datetime.now(UTC) + timedelta(hours=10),
+                                autoscaling=boto3.client("application-autoscaling"))
+    assert [d.endpoint for d in decisions if d.delete] == ["easel-idle"]
+    check(synth.template, recorder,
+          {"reaper": [role_of(synth.template, "/Reaper/Function/ServiceRole/")]})
+
+
+def test_rotation_calls_are_allowed_to_the_rotator_on_the_admin_secret(synth, aws):
+    secrets = boto3.client("secretsmanager")
+    value = json.dumps({"username": "admin", "password": "Initial0Password0Value0Abcdefghij"})
+    arn = secrets.create_secret(Name="easel-admin", SecretString=value)["ARN"]
+    token = str(uuid.uuid4())
+    recorder = Recorder()
+    with recorder.recording("rotation"):
+        client = boto3.client("secretsmanager")
+        for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
+            rotation.STEPS[step](client, arn, token)
+    admin = next(k for k, v in synth.template["Resources"].items()
+                 if v["Type"] == "AWS::SecretsManager::Secret"
+                 and "/Secrets/AdminPassword/Resource" in v["Metadata"]["aws:cdk:path"])
+    check(synth.template, recorder,
+          {"rotation": [role_of(synth.template, "/Secrets/Rotator/ServiceRole/")]},
+          names={admin: arn})
