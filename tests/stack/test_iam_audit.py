@@ -43,18 +43,46 @@ def aws(monkeypatch):
         yield
 
 
+# Rights the audit finds missing whose fix belongs to another change in flight (stacks/portal.py's
+# scaling part): (principal, action, resource pattern). Any other finding fails; so does a known
+# gap that is no longer found (remove it here once fixed).
+KNOWN_GAPS = {
+    # Application Auto Scaling deletes target tracking's alarms with the caller's rights.
+    ("portal", "cloudwatch:DeleteAlarms", "*:alarm:TargetTracking-endpoint/easel-*"),
+    ("portal", "cloudwatch:DescribeAlarms", "*:alarm:TargetTracking-endpoint/easel-*"),
+}
+
+
+def _known(finding) -> tuple | None:
+    for gap in KNOWN_GAPS:
+        principal, action, pattern = gap
+        if (finding.call.principal == principal and finding.right is not None
+                and finding.right.action == action
+                and iam_audit.fnmatch.fnmatchcase(finding.right.resource, pattern)):
+            return gap
+    return None
+
+
 def check(template, recorder: Recorder, principal_roles: dict[str, list[str]],
           names: dict[str, str] | None = None) -> None:
     assert recorder.calls, "the scenario made no AWS call"
     tags = iam_audit.deployment_tags("easel")
     failures = []
+    gaps_seen = set()
     for principal, roles in principal_roles.items():
         calls = [c for c in recorder.calls if c.principal == principal]
         assert calls, f"no call recorded for {principal}"
         for role in roles:
             policies = {principal: Policies.of_role(template, role, names or {})}
-            failures += [f"{role}: {f}" for f in audit(calls, policies, tags)]
+            for finding in audit(calls, policies, tags):
+                gap = _known(finding)
+                if gap:
+                    gaps_seen.add(gap)
+                else:
+                    failures.append(f"{role}: {finding}")
     assert not failures, "calls the template does not allow:\n" + "\n".join(failures)
+    stale = {g for g in KNOWN_GAPS if g[0] in principal_roles} - gaps_seen
+    assert not stale, f"fixed, remove from KNOWN_GAPS: {stale}"
 
 
 # --- the evaluator itself ------------------------------------------------------------------
@@ -208,3 +236,76 @@ def test_rotation_calls_are_allowed_to_the_rotator_on_the_admin_secret(synth, aw
     check(synth.template, recorder,
           {"rotation": [role_of(synth.template, "/Secrets/Rotator/ServiceRole/")]},
           names={admin: arn})
+
+
+def portal_names(template) -> dict[str, str]:
+    """Physical names of the stack's resources as the portal tests name them."""
+    from tests.webui.conftest import ADMIN_SECRET, BUCKET, ROLE_ARN, SESSION_SECRET, TABLE
+
+    def logical(type_name: str, path: str) -> str:
+        return next(k for k, v in template["Resources"].items() if v["Type"] == type_name
+                    and path in v.get("Metadata", {}).get("aws:cdk:path", ""))
+
+    bucket = logical("AWS::S3::Bucket", "/Storage/Data/")
+    table = logical("AWS::DynamoDB::Table", "/State/Table/")
+    role = logical("AWS::IAM::Role", "/SageMakerAccess/Role/")
+    return {
+        bucket: BUCKET, f"{bucket}.Arn": f"arn:aws:s3:::{BUCKET}",
+        table: TABLE, f"{table}.Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{TABLE}",
+        logical("AWS::SecretsManager::Secret", "/Secrets/AdminPassword/"):
+            iam_audit._secret(ADMIN_SECRET),
+        logical("AWS::SecretsManager::Secret", "/Secrets/SessionKey/"):
+            iam_audit._secret(SESSION_SECRET),
+        f"{role}.Arn": ROLE_ARN,
+    }
+
+
+def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
+    from tests.webui.conftest import BUCKET, create_resources, make_world
+    from tests.webui.helpers import poll_job
+
+    create_resources()
+    s3 = boto3.client("s3")
+    for key, body in (("models/tiny.tar.gz", b"x"), ("concepts/alice/dogs/1.png", b"\x89PNG"),
+                      ("concepts/alice/dogs/1.txt", b"a dog")):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    recorder = Recorder()
+    with recorder.recording("portal"):
+        world = make_world()
+        world.add_user("alice")
+        admin = world.signed_in("admin")
+        deployed = admin.post("/endpoints", data={
+            "name": "demo", "model": f"s3://{BUCKET}/models/tiny.tar.gz",
+            "instance_type": "ml.g5.xlarge", "mode": "realtime", "min_instances": "1",
+            "max_instances": "2", "idle_ttl_hours": "3"})
+        assert deployed.status_code == 303 and "error" not in deployed.headers["location"]
+        world.in_service("easel-demo")
+        alice = world.signed_in("alice")
+        job = alice.post("/generate", json={"endpoint": "easel-demo", "task": "txt2img",
+                                            "payload": {"prompt": "a red square", "steps": 2,
+                                                        "width": 64, "height": 64}})
+        assert poll_job(alice, job.json()["job_id"])["status"] == "done"
+        trained = alice.post("/training", data={
+            "name": "dog-v1", "model_s3_uri": f"s3://{BUCKET}/models/tiny.tar.gz",
+            "instance_prompt": "a photo of sks dog", "mode": "lora", "max_train_steps": "10",
+            "learning_rate": "1e-4", "rank": "4", "instance_type": "ml.g5.2xlarge",
+            "concept_set": "dogs"})
+        assert trained.status_code == 303, trained.text
+        job_page = trained.headers["location"].split("?")[0]
+        assert job_page.startswith("/training/easel-"), job_page
+        for page in ("/", "/models", "/training", "/gallery", job_page, f"{job_page}/status"):
+            assert alice.get(page).status_code in (200, 303), page
+        assert admin.get("/endpoints").status_code == 200
+        assert alice.post(f"{job_page}/stop").status_code == 303
+        assert admin.post("/endpoints/easel-demo/delete").status_code == 303
+    for fake, service in ((world.sagemaker, "sagemaker"), (world.runtime, "sagemaker-runtime"),
+                          (world.autoscaling, "application-autoscaling"),
+                          (world.cloudwatch, "cloudwatch")):
+        recorder.add_fake_calls("portal", service, fake.calls)
+    operations = {c.operation for c in recorder.calls}
+    assert {"CreateModel", "CreateEndpoint", "InvokeEndpoint", "CreateTrainingJob",
+            "StopTrainingJob", "DeleteEndpoint", "ListObjectsV2", "GetSecretValue",
+            "Query"} <= operations, operations
+    check(synth.template, recorder,
+          {"portal": [role_of(synth.template, "/Portal/Task/TaskRole/")]},
+          names=portal_names(synth.template))
