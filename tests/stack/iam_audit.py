@@ -378,7 +378,29 @@ def _autoscaling(call: Call) -> list[Right]:
     return rights
 
 
+def _codebuild(call: Call) -> list[Right]:
+    op, p = call.operation, call.params
+    if op in ("StartBuild", "ListBuildsForProject"):
+        return [Right(f"codebuild:{op}", _arn("codebuild", f"project/{p['projectName']}"))]
+    if op == "BatchGetBuilds":
+        # Authorized on the project each build (id "<project>:<uuid>") belongs to.
+        return [Right("codebuild:BatchGetBuilds",
+                      _arn("codebuild", f"project/{build.split(':')[0]}")) for build in p["ids"]]
+    raise UnmappedCall(op)
+
+
+def _ecr(call: Call) -> list[Right]:
+    op, p = call.operation, call.params
+    if op in ("DescribeImages", "BatchGetImage", "ListImages", "DescribeRepositories"):
+        if "repositoryName" in p:
+            return [Right(f"ecr:{op}", _arn("ecr", f"repository/{p['repositoryName']}"))]
+        return [Right(f"ecr:{op}", "*")]
+    raise UnmappedCall(op)
+
+
 MAPPERS: dict[str, Callable[[Call], list[Right]]] = {
+    "codebuild": _codebuild,
+    "ecr": _ecr,
     "sagemaker": _sagemaker,
     "sagemaker-runtime": _runtime,
     "s3": _s3_rights,

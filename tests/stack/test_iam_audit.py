@@ -309,3 +309,47 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
     check(synth.template, recorder,
           {"portal": [role_of(synth.template, "/Portal/Task/TaskRole/")]},
           names=portal_names(synth.template))
+
+
+def test_image_build_waiter_calls_are_allowed_to_its_handler_role(synth):
+    from botocore.stub import Stubber
+
+    from stacks.image_build_handler import handler as image_build
+
+    project, repository, tag = "easel-webui-build-abc", "easel-registrieswebui-xyz", "0123abcd"
+    build_id = f"{project}:8d1d1f2e-1111-2222-3333-444455556666"
+    props = {"ProjectName": project, "RepositoryName": repository, "ImageTag": tag,
+             "ComputeType": "LARGE"}
+    recorder = Recorder()
+    with recorder.recording("image-build"):
+        codebuild = boto3.client("codebuild", region_name=REGION)
+        ecr = boto3.client("ecr", region_name=REGION)
+        with Stubber(codebuild) as builds, Stubber(ecr) as images:
+            images.add_client_error("describe_images", service_error_code="ImageNotFoundException")
+            builds.add_response("list_builds_for_project", {})
+            builds.add_response("start_build", {"build": {"id": build_id}})
+            started = image_build.on_event({"RequestType": "Create", "ResourceProperties": props},
+                                           codebuild=codebuild, ecr=ecr)
+            builds.add_response("batch_get_builds", {"builds": [{
+                "id": build_id, "buildStatus": "SUCCEEDED", "projectName": project}]})
+            images.add_response("describe_images", {"imageDetails": [{
+                "imageDigest": "sha256:" + "ab" * 32, "imageTags": [tag]}]})
+            done = image_build.is_complete(
+                {"RequestType": "Create", "ResourceProperties": props, **started},
+                codebuild=codebuild, ecr=ecr)
+    assert done["IsComplete"]
+    resources = synth.template["Resources"]
+
+    def logical(type_name: str, path: str) -> str:
+        return next(k for k, v in resources.items() if v["Type"] == type_name
+                    and path in v.get("Metadata", {}).get("aws:cdk:path", ""))
+
+    names = {
+        f"{logical('AWS::CodeBuild::Project', '/WebuiImage/Project/')}.Arn":
+            f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{project}",
+        f"{logical('AWS::ECR::Repository', '/Registries/Webui/')}.Arn":
+            f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repository}",
+    }
+    check(synth.template, recorder,
+          {"image-build": [role_of(synth.template, "/EaselImageBuildWaiter/HandlerRole/")]},
+          names=names)
