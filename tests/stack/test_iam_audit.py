@@ -142,6 +142,51 @@ def test_request_tag_condition_and_passed_role_are_evaluated():
     assert [f.right.action for f in other_role] == ["iam:PassRole"]
 
 
+CONDITIONED = {"Resources": {
+    "Role": {"Type": "AWS::IAM::Role", "Properties": {}},
+    "Policy": {"Type": "AWS::IAM::Policy", "Properties": {"Roles": [{"Ref": "Role"}],
+               "PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": "sagemaker:DeleteEndpoint", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:ResourceTag/easel:deployment": "easel"}}},
+        {"Effect": "Allow", "Action": ["sagemaker:CreateEndpointConfig", "sagemaker:AddTags"],
+         "Resource": "*",
+         "Condition": {"ForAllValues:StringEquals": {"sagemaker:InstanceTypes": [
+             "ml.g5.xlarge", "ml.g5.2xlarge"]}}},
+        {"Effect": "Allow", "Action": "sagemaker:CreateModel", "Resource": "*",
+         "Condition": {"Null": {"aws:RequestTag/easel:deployment": "false"}}},
+    ]}}},
+}}
+
+
+def conditioned(call):
+    policies = {"p": Policies.of_role(CONDITIONED, "Role", {})}
+    return audit([call], policies, iam_audit.deployment_tags("easel"))
+
+
+def test_resource_tag_condition_allows_only_the_deployments_resources():
+    assert not conditioned(Call("p", "sagemaker", "DeleteEndpoint", {"EndpointName": "easel-a"}))
+    assert conditioned(Call("p", "sagemaker", "DeleteEndpoint", {"EndpointName": "other-a"}))
+
+
+def test_instance_types_condition_checks_every_variant():
+    def config(*types):
+        return Call("p", "sagemaker", "CreateEndpointConfig", {
+            "EndpointConfigName": "easel-c",
+            "ProductionVariants": [{"InstanceType": t} for t in types]})
+
+    assert not conditioned(config("ml.g5.xlarge", "ml.g5.2xlarge"))
+    [finding, *_] = conditioned(config("ml.g5.xlarge", "ml.p5.48xlarge"))
+    assert finding.right.action == "sagemaker:CreateEndpointConfig"
+
+
+def test_null_condition_requires_the_tag():
+    model = {"ModelName": "m", "PrimaryContainer": {"Image": IMAGE}}
+    # (AddTags passes the ForAllValues statement: a key the request lacks satisfies it, as in IAM.)
+    assert not conditioned(Call("p", "sagemaker", "CreateModel", {**model, "Tags": OURS}))
+    untagged = conditioned(Call("p", "sagemaker", "CreateModel", model))
+    assert [f.right.action for f in untagged] == ["sagemaker:CreateModel"]
+
+
 def test_an_unmapped_operation_fails_the_audit():
     [finding] = findings(Call("p", "sagemaker", "CreateHub", {"HubName": "h"}))
     assert "unmapped operation" in finding.problem
