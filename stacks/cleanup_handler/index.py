@@ -38,7 +38,7 @@ logger = logging.getLogger("easel.cleanup")
 logger.setLevel(logging.INFO)
 
 TAG_KEY = "easel:deployment"
-GIVE_UP_SECONDS = float(os.environ.get("GIVE_UP_SECONDS", "1500"))
+GIVE_UP_SECONDS = float(os.environ.get("GIVE_UP_SECONDS", "3120"))  # set by stacks/cleanup.py
 
 
 ENDPOINT_LOG_PREFIX = "/aws/sagemaker/Endpoints/"
