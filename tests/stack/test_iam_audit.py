@@ -314,9 +314,11 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
     for key, body in (("models/tiny.tar.gz", b"x"), ("concepts/alice/dogs/1.png", b"\x89PNG"),
                       ("concepts/alice/dogs/1.txt", b"a dog")):
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    sagemaker_s3 = boto3.client("s3")  # the async endpoint's own writes are not the portal's
     recorder = Recorder()
     with recorder.recording("portal"):
         world = make_world()
+        world.runtime.s3 = sagemaker_s3
         world.add_user("alice")
         admin = world.signed_in("admin")
         deployed = admin.post("/endpoints", data={
@@ -330,6 +332,11 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
                                             "payload": {"prompt": "a red square", "steps": 2,
                                                         "width": 64, "height": 64}})
         assert poll_job(alice, job.json()["job_id"])["status"] == "done"
+        world.in_service("easel-queue", mode="async")
+        queued = admin.post("/generate", json={"endpoint": "easel-queue", "task": "txt2img",
+                                               "payload": {"prompt": "a red square", "steps": 2,
+                                                           "width": 64, "height": 64}})
+        assert poll_job(admin, queued.json()["job_id"])["status"] == "done"
         trained = alice.post("/training", data={
             "name": "dog-v1", "model_s3_uri": f"s3://{BUCKET}/models/tiny.tar.gz",
             "instance_prompt": "a photo of sks dog", "mode": "lora", "max_train_steps": "10",
@@ -348,7 +355,8 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
                           (world.cloudwatch, "cloudwatch")):
         recorder.add_fake_calls("portal", service, fake.calls)
     operations = {c.operation for c in recorder.calls}
-    assert {"CreateModel", "CreateEndpoint", "InvokeEndpoint", "CreateTrainingJob",
+    assert {"CreateModel", "CreateEndpoint", "InvokeEndpoint", "InvokeEndpointAsync",
+            "CreateTrainingJob",
             "StopTrainingJob", "DeleteEndpoint", "ListObjectsV2", "GetSecretValue",
             "Query"} <= operations, operations
     check(synth.template, recorder,
