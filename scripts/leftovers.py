@@ -7,7 +7,12 @@ A resource belongs to the deployment when it carries the tag `easel:deployment=<
 or, untagged, when its name starts with `<deployment_id>-`. A resource tagged for another
 deployment is never listed, even when its name shares the prefix (e.g. `easel-dev-...`). Useful
 before and after `cdk destroy`: the stack's cleanup removes what the portal created; this finds
-anything that escaped it. Buckets, repositories and log groups are listed but never deleted here.
+anything that escaped it, and what a destroy keeps on purpose (the data bucket, the table and the
+log groups unless `purge_data: true`): SageMaker endpoints, endpoint configs, models and training
+jobs, endpoint scaling targets and alarms, buckets, tables, repositories, log groups (the
+stack's, the endpoints' and Lambda's `/aws/lambda/<deployment_id>-...`) and the training jobs'
+log streams in SageMaker's shared `/aws/sagemaker/TrainingJobs` group. Only the SageMaker
+resources (with their scaling) are deleted here; the rest are listed, to delete by hand.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from scripts.stack import DEPLOYMENT_TAG, REPO_ROOT, Target, add_target_argument
 
 SAGEMAKER_KINDS = ("endpoint", "endpoint-config", "model", "training-job")
 RUNNING_TRAINING = ("InProgress", "Stopping")
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
 
 @dataclass
@@ -213,10 +219,86 @@ class Finder:
                     result.append(Resource("log-group", name, detail=f"{size} bytes stored"))
         return result
 
+    def training_log_streams(self) -> list[Resource]:
+        """Streams of this deployment's training jobs in SageMaker's shared training log group
+        (the group itself is SageMaker's, never the deployment's)."""
+        logs = self.client("logs")
+        result = []
+        for job in self._listed("list_training_jobs", "TrainingJobSummaries",
+                                "TrainingJobName", "TrainingJobArn"):
+            try:
+                pages = list(logs.get_paginator("describe_log_streams").paginate(
+                    logGroupName=TRAINING_LOG_GROUP,
+                    logStreamNamePrefix=f"{job['TrainingJobName']}/"))
+            except ClientError:
+                return result  # no training job has logged in this region
+            for page in pages:
+                for stream in page.get("logStreams", []):
+                    result.append(Resource(
+                        "log-stream", f"{TRAINING_LOG_GROUP}:{stream['logStreamName']}",
+                        detail=f"{stream.get('storedBytes', 0)} bytes stored"))
+        return result
+
+    def tables(self) -> list[Resource]:
+        dynamodb = self.client("dynamodb")
+        result = []
+        for page in dynamodb.get_paginator("list_tables").paginate():
+            for name in page.get("TableNames", []):
+                if self.deployment_id not in name:
+                    continue
+                try:
+                    arn = dynamodb.describe_table(TableName=name)["Table"]["TableArn"]
+                    tags = dynamodb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
+                except ClientError:
+                    tags = []
+                if self.belongs(name, _tag_value(tags)):
+                    result.append(Resource("table", name,
+                                           detail="retained data; re-attach with table_name"))
+        return result
+
+    def scaling_targets(self) -> list[Resource]:
+        scaling = self.client("application-autoscaling")
+        result = []
+        for page in scaling.get_paginator("describe_scalable_targets").paginate(
+            ServiceNamespace="sagemaker"
+        ):
+            for target in page.get("ScalableTargets", []):
+                endpoint = target["ResourceId"].split("/")[1]
+                if endpoint.startswith(self.prefix) and self.belongs(
+                        endpoint, self._endpoint_tag(endpoint)):
+                    result.append(Resource("scaling-target", target["ResourceId"]))
+        return result
+
+    def alarms(self) -> list[Resource]:
+        cloudwatch = self.client("cloudwatch")
+        result = []
+        for page in cloudwatch.get_paginator("describe_alarms").paginate(
+            AlarmNamePrefix=self.prefix
+        ):
+            for alarm in page.get("MetricAlarms", []):
+                try:
+                    tags = cloudwatch.list_tags_for_resource(
+                        ResourceARN=alarm["AlarmArn"]).get("Tags", [])
+                except ClientError:
+                    tags = []
+                if self.belongs(alarm["AlarmName"], _tag_value(tags)):
+                    result.append(Resource("alarm", alarm["AlarmName"],
+                                           alarm.get("StateValue", "")))
+        return result
+
+    def _endpoint_tag(self, name: str) -> str | None:
+        """The deployment tag of an endpoint that still exists (None when it is gone)."""
+        try:
+            arn = self.client("sagemaker").describe_endpoint(EndpointName=name)["EndpointArn"]
+        except ClientError:
+            return None
+        return self._sagemaker_tag(arn)
+
     def all(self) -> list[Resource]:
         found: list[Resource] = []
         for finder in (self.endpoints, self.endpoint_configs, self.models, self.training_jobs,
-                       self.buckets, self.repositories, self.log_groups):
+                       self.scaling_targets, self.alarms, self.buckets, self.tables,
+                       self.repositories, self.log_groups, self.training_log_streams):
             found.extend(finder())
         return found
 

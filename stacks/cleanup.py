@@ -22,6 +22,7 @@ from stacks.nag import (
     target_tracking_alarm_finding,
 )
 from stacks.naming import (
+    TRAINING_LOG_GROUP,
     alarm_arn,
     endpoint_log_group,
     log_group_arn,
@@ -32,9 +33,17 @@ from stacks.naming import (
 from stacks.scaling import autoscaling_tag_condition
 
 HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
-TOTAL_TIMEOUT = Duration.minutes(30)
-# The handler gives up (logging leftovers) before the Provider's own timeout would fail the delete.
-GIVE_UP = Duration.minutes(25)
+# CloudFormation waits at most one hour for a custom resource (its ServiceTimeout, 3600 s at most:
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-cloudformation-customresource.html).
+TOTAL_TIMEOUT = Duration.minutes(57)
+# The handler gives up (logging leftovers) before the Provider's own timeout would fail the
+# delete; until then it waits for endpoints still being created (SageMaker cannot delete them
+# before they leave Creating), which the portal's download and start-up timeouts bound.
+GIVE_UP = Duration.minutes(52)
+# Instance start and image pull before the model download starts (beyond the portal's timeouts).
+PROVISIONING_ALLOWANCE = Duration.minutes(10)
+QUERY_INTERVAL = Duration.seconds(20)
+
 
 
 class DeploymentCleanup(Construct):
@@ -125,22 +134,42 @@ class DeploymentCleanup(Construct):
                        target_tracking_alarm_arn(stack, deployment_id)],
         ))
         log_groups = log_group_arn(stack, endpoint_log_group(deployment_id))
+        # DescribeLogGroups names no log group, so it is authorized on log-group:* only.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="FindLogGroups", actions=["logs:DescribeLogGroups"],
+            resources=[log_group_arn(stack, "*")],
+        ))
         role.add_to_policy(iam.PolicyStatement(
             sid="RemoveEndpointLogGroups",
-            actions=["logs:DescribeLogGroups", "logs:DeleteLogGroup"],
+            actions=["logs:ListTagsForResource", "logs:DeleteLogGroup"],
             resources=[log_groups, f"{log_groups}:*"],
+        ))
+        # In the shared training log group, only streams of this deployment's jobs.
+        training_logs = log_group_arn(stack, TRAINING_LOG_GROUP)
+        role.add_to_policy(iam.PolicyStatement(
+            sid="FindTrainingLogStreams", actions=["logs:DescribeLogStreams"],
+            resources=[training_logs, f"{training_logs}:*"],
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="RemoveTrainingLogStreams", actions=["logs:DeleteLogStream"],
+            resources=[f"{training_logs}:log-stream:{deployment_id}-*"],
         ))
         acknowledge(
             role,
             "Alarms and log groups are limited to names of this deployment's endpoints (the "
             "portal's alarms and the target-tracking alarms Application Auto Scaling made for "
             "them); scalable targets have random ids, so deregistering is limited by the "
-            "easel:deployment tag instead.",
+            "easel:deployment tag instead. DescribeLogGroups names no group (log-group:* is its "
+            "only resource); in the shared training log group only streams of this "
+            "deployment's jobs are deleted.",
             alarm_finding(stack, deployment_id),
             target_tracking_alarm_finding(stack, deployment_id),
             scalable_target_finding(stack),
             log_group_finding(stack, endpoint_log_group(deployment_id)),
             log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
+            log_group_finding(stack, "*"),
+            log_group_finding(stack, f"{TRAINING_LOG_GROUP}:*"),
+            log_group_finding(stack, f"{TRAINING_LOG_GROUP}:log-stream:{deployment_id}-*"),
         )
         acknowledge(
             role,
@@ -164,7 +193,7 @@ class DeploymentCleanup(Construct):
             "Provider",
             on_event_handler=self.on_event,
             is_complete_handler=self.is_complete,
-            query_interval=Duration.seconds(20),
+            query_interval=QUERY_INTERVAL,
             total_timeout=TOTAL_TIMEOUT,
             log_group=log_group,
             framework_on_event_role=framework_roles[0],

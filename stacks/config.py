@@ -50,6 +50,19 @@ def _check_bucket_name(value: str) -> str:
 
 
 BucketName = Annotated[str, AfterValidator(_check_bucket_name)]
+_TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+
+
+def _check_table_name(value: str) -> str:
+    if not _TABLE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a DynamoDB table name (3-255 letters, digits, '_', '-' or '.'); "
+            "use the TableName output of the deployment that kept it"
+        )
+    return value
+
+
+TableName = Annotated[str, AfterValidator(_check_table_name)]
 
 
 class ConfigError(ValueError):
@@ -123,6 +136,9 @@ class EaselConfig(_Strict):
     purge_data: bool = False
     data_bucket_name: BucketName | None = Field(
         default=None, description="re-attach a bucket retained by an earlier deployment"
+    )
+    table_name: TableName | None = Field(
+        default=None, description="re-attach a table retained by an earlier deployment"
     )
     noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
     admin_password_rotation_days: int = Field(default=30, ge=1, le=365)

@@ -21,6 +21,7 @@ from stacks.scaling import EndpointScaler
 from stacks.secrets import PortalSecrets
 from stacks.storage import DataStorage
 from stacks.table import StateTable
+from stacks.teardown import apply_log_removal, route_function_logs
 
 COMPUTE_TYPES = {
     "small": codebuild.ComputeType.SMALL,
@@ -57,7 +58,9 @@ class EaselStack(Stack):
             bucket=self.storage.bucket,
             repositories=list(self.repositories.repositories.values()),
         )
-        self.table = StateTable(self, "State", purge_data=config.purge_data)
+        self.table = StateTable(
+            self, "State", purge_data=config.purge_data, existing_table_name=config.table_name
+        )
         self.cleanup = DeploymentCleanup(
             self, "Cleanup", deployment_id=config.deployment_id, purge_logs=config.purge_data
         )
@@ -133,6 +136,10 @@ class EaselStack(Stack):
         self.scaler = EndpointScaler(
             self, "Scaling", deployment_id=config.deployment_id, table=self.table.table
         )
+
+        # Last: every construct (CDK's own provider functions included) exists by now.
+        route_function_logs(self, purge_data=config.purge_data)
+        apply_log_removal(self, purge_data=config.purge_data)
 
         CfnOutput(self, "PortalUrl", value=self.portal.url)
         for name, image in self.images.items():

@@ -24,7 +24,6 @@ from stacks.config import EaselConfig, portal_settings_json
 from stacks.nag import (
     acknowledge,
     alarm_finding,
-    arn_of,
     bucket_arn,
     log_group_finding,
     owned_sagemaker_findings,
@@ -43,6 +42,7 @@ from stacks.naming import (
 )
 from stacks.network import PortalNetwork
 from stacks.scaling import autoscaling_tag_condition
+from stacks.table import index_finding
 
 CONTAINER_PORT = 8080
 HEALTH_PATH = "/health"
@@ -341,6 +341,6 @@ class PortalService(Construct):
         acknowledge(
             policy,
             "The table grant covers the table's own indexes (its GSI), <table>/index/*.",
-            f"IAM5[Resource::{arn_of(table)}/index/*]",
+            index_finding(table),
         )
 

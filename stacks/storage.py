@@ -28,11 +28,24 @@ def tls_only_statement(bucket: s3.IBucket) -> iam.PolicyStatement:
     )
 
 
+def keep_policy(bucket: s3.IBucket) -> None:
+    """Never let CloudFormation delete a bucket's policy on its own.
+
+    A kept bucket keeps its TLS-only statement after `cdk destroy`. A purged bucket keeps, until
+    S3 deletes it with the bucket, the deny-new-objects statement that CDK's auto-delete handler
+    adds before emptying it, so access logs arriving late cannot refill it and fail the delete.
+    """
+    policy = bucket.policy
+    assert policy is not None, f"{bucket.node.path} has no bucket policy"
+    policy.apply_removal_policy(RemovalPolicy.RETAIN)
+
+
 class DataStorage(Construct):
     """Encrypted, TLS-only, private, versioned data bucket with access logs.
 
     Retained on `cdk destroy` unless `purge_data`; a retained bucket can be re-attached by name
-    (`existing_bucket_name`) and then still gets the TLS-only policy.
+    (`existing_bucket_name`) and then still gets the TLS-only policy. Bucket policies are always
+    retained (see `keep_policy`); a deleted bucket takes its policy with it.
     """
 
     def allow_browser_uploads_from(self, origin: str) -> None:
@@ -107,6 +120,7 @@ class DataStorage(Construct):
             "This is the access-log bucket; logging it into itself would loop.",
             "S1",
         )
+        keep_policy(self.log_bucket)
 
         self.bucket: s3.IBucket
         if existing_bucket_name:
@@ -114,6 +128,7 @@ class DataStorage(Construct):
             # An imported bucket ignores add_to_resource_policy, so the policy is its own resource.
             policy = s3.BucketPolicy(self, "DataPolicy", bucket=self.bucket)
             policy.document.add_statements(tls_only_statement(self.bucket))
+            policy.apply_removal_policy(RemovalPolicy.RETAIN)
         else:
             self.bucket = s3.Bucket(
                 self,
@@ -140,3 +155,4 @@ class DataStorage(Construct):
                 removal_policy=removal,
                 auto_delete_objects=purge_data,
             )
+            keep_policy(self.bucket)

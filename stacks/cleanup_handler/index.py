@@ -3,9 +3,18 @@
 Custom-resource handlers for the CDK Provider framework:
 - `on_event`: on Delete, starts deleting every endpoint, endpoint config and model tagged with
   this deployment (with the endpoints' auto-scaling targets and policies and the portal's backlog
-  alarms) and stops its in-progress training jobs; unless data is kept (`PURGE_LOGS` false), also
-  the endpoints' log groups.
+  alarms) and stops its in-progress training jobs.
 - `is_complete`: polled until none of them is left (re-issuing deletes, which are idempotent).
+  Once none is left, and unless data is kept (`PURGE_LOGS` false), it also deletes the
+  endpoints' log groups and this deployment's training-job log streams (never the shared
+  `/aws/sagemaker/TrainingJobs` group): only then, because a stopping job or a deleting endpoint
+  still writes logs and would recreate them.
+
+SageMaker refuses to delete an endpoint that is still being created or updated, and a create may
+take as long as the model download plus the container start-up timeouts the portal sets. Such an
+endpoint is waited for and deleted as soon as it leaves that state; `GIVE_UP_SECONDS` (with the
+Provider's total timeout) is sized to outlast the longest create, within CloudFormation's one
+hour for a custom resource.
 
 Resources are found by name prefix (`<deployment_id>-`, cheap to list) and confirmed by the
 `easel:deployment` tag, so other workloads in the account are never touched. Resources already
@@ -29,10 +38,17 @@ logger = logging.getLogger("easel.cleanup")
 logger.setLevel(logging.INFO)
 
 TAG_KEY = "easel:deployment"
-GIVE_UP_SECONDS = float(os.environ.get("GIVE_UP_SECONDS", "1500"))
+GIVE_UP_SECONDS = float(os.environ.get("GIVE_UP_SECONDS", "3120"))  # set by stacks/cleanup.py
 
 
 ENDPOINT_LOG_PREFIX = "/aws/sagemaker/Endpoints/"
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+# SageMaker rejects DeleteEndpoint in these states; the endpoint is deleted once it leaves them.
+BUSY_ENDPOINT_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+
+
+def _now() -> float:
+    return time.time()
 
 
 @dataclass
@@ -102,8 +118,14 @@ def sweep(client: Any, deployment_id: str, *, extras: Extras | None = None) -> S
         name = item["EndpointName"]
         if not _ours(client, item["EndpointArn"], deployment_id):
             continue
-        if item.get("EndpointStatus") == "Deleting":
+        status = item.get("EndpointStatus", "")
+        if status == "Deleting":
             result.remaining.append(f"endpoint {name} (deleting)")
+            continue
+        if status in BUSY_ENDPOINT_STATUSES:
+            result.remaining.append(
+                f"endpoint {name} ({status.lower()}; deleted once it leaves {status})"
+            )
             continue
         if extras.autoscaling is not None:
             for target in _scalable_targets(extras.autoscaling, name):
@@ -148,15 +170,43 @@ def sweep(client: Any, deployment_id: str, *, extras: Extras | None = None) -> S
         if alarms:
             attempt("delete alarms", ",".join(alarms), extras.cloudwatch.delete_alarms,
                     AlarmNames=alarms[:100])
-    if extras.logs is not None:
-        prefix = f"{ENDPOINT_LOG_PREFIX}{deployment_id}-"
-        for page in extras.logs.get_paginator("describe_log_groups").paginate(
-            logGroupNamePrefix=prefix
-        ):
-            for group in page["logGroups"]:
-                attempt("delete log group", group["logGroupName"], extras.logs.delete_log_group,
-                        logGroupName=group["logGroupName"])
+    if extras.logs is not None and not result.remaining:
+        _purge_logs(client, extras.logs, deployment_id, attempt)
     return result
+
+
+def _purge_logs(client: Any, logs: Any, deployment_id: str, attempt: Any) -> None:
+    """Delete the endpoints' log groups tagged with this deployment and the log streams of this
+    deployment's training jobs (any status) in SageMaker's shared training log group."""
+    prefix = f"{ENDPOINT_LOG_PREFIX}{deployment_id}-"
+    for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
+        for group in page["logGroups"]:
+            arn = group["arn"].removesuffix(":*")
+            try:
+                tags = logs.list_tags_for_resource(resourceArn=arn).get("tags", {})
+            except ClientError as error:
+                if _is_gone(error):
+                    continue
+                raise
+            if tags.get(TAG_KEY) == deployment_id:
+                attempt("delete log group", group["logGroupName"], logs.delete_log_group,
+                        logGroupName=group["logGroupName"])
+    jobs = _list(client, "list_training_jobs", "TrainingJobSummaries", deployment_id)
+    for item in _named(jobs, "TrainingJobName", deployment_id):
+        job = item["TrainingJobName"]
+        if not _ours(client, item["TrainingJobArn"], deployment_id):
+            continue
+        try:
+            pages = list(logs.get_paginator("describe_log_streams").paginate(
+                logGroupName=TRAINING_LOG_GROUP, logStreamNamePrefix=f"{job}/"))
+        except ClientError as error:
+            if _is_gone(error):
+                return  # no training job ever logged in this region
+            raise
+        for page in pages:
+            for stream in page["logStreams"]:
+                attempt("delete log stream", stream["logStreamName"], logs.delete_log_stream,
+                        logGroupName=TRAINING_LOG_GROUP, logStreamName=stream["logStreamName"])
 
 
 def _scalable_targets(autoscaling: Any, endpoint: str) -> list[str]:
@@ -194,7 +244,7 @@ def on_event(
     response: dict[str, Any] = {"PhysicalResourceId": physical_id}
     if event["RequestType"] != "Delete":
         return response
-    response["Data"] = {"StartedAt": str(time.time())}
+    response["Data"] = {"StartedAt": str(_now())}
     try:
         result = sweep(client or _client(), _deployment_id(event),
                        extras=extras if client else _extras())
@@ -209,7 +259,7 @@ def is_complete(
 ) -> dict[str, Any]:
     if event["RequestType"] != "Delete":
         return {"IsComplete": True}
-    started = float(event.get("Data", {}).get("StartedAt") or time.time())
+    started = float(event.get("Data", {}).get("StartedAt") or _now())
     try:
         result = sweep(client or _client(), _deployment_id(event),
                        extras=extras if client else _extras())
@@ -219,7 +269,7 @@ def is_complete(
     if not result.remaining:
         logger.info("cleanup complete")
         return {"IsComplete": True}
-    if time.time() - started > GIVE_UP_SECONDS:
+    if _now() - started > GIVE_UP_SECONDS:
         logger.warning(
             "giving up after %.0f s; leftovers (find them with scripts/leftovers): %s",
             GIVE_UP_SECONDS, result.remaining,

@@ -125,6 +125,16 @@ def remove_scaling(autoscaling: Any, cloudwatch: Any, name: str) -> None:
         cloudwatch.delete_alarms(AlarmNames=alarms[:100])
 
 
+def _try_remove_scaling(autoscaling: Any, cloudwatch: Any, name: str) -> None:
+    """Remove the endpoint's scaling and alarms, but never let a failure there keep an idle
+    endpoint (and its GPU bill) alive: the endpoint is deleted either way."""
+    try:
+        remove_scaling(autoscaling, cloudwatch, name)
+    except ClientError as error:
+        logger.warning("could not remove the scaling or alarms of %s (deleting it anyway): %s",
+                       name, error)
+
+
 def delete_endpoint(sagemaker: Any, name: str) -> None:
     described = sagemaker.describe_endpoint(EndpointName=name)
     config_name = described["EndpointConfigName"]
@@ -157,7 +167,7 @@ def reap(sagemaker: Any, cloudwatch: Any, *, deployment_id: str, default_ttl: fl
                                   default_ttl=default_ttl, now=now)
                 if decision.delete:
                     if autoscaling is not None:
-                        remove_scaling(autoscaling, cloudwatch, decision.endpoint)
+                        _try_remove_scaling(autoscaling, cloudwatch, decision.endpoint)
                     delete_endpoint(sagemaker, decision.endpoint)
             except ClientError as error:
                 decision = Decision(endpoint["EndpointName"], False, f"error: {error}")

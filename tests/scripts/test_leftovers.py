@@ -71,6 +71,56 @@ def test_listing_includes_only_this_deployments_resources(account, capsys):
         assert name not in out
 
 
+@pytest.fixture
+def kept(account):
+    """What a destroy keeps or lets escape besides SageMaker resources: the table, scaling,
+    alarms, Lambda's own log groups and the training jobs' log streams."""
+    dynamodb = account.client("dynamodb")
+    for name, tag in (("easel-StateTable962DE04C-ABC", "easel"),
+                      ("easel-dev-StateTable-XYZ", "easel-dev"), ("other-table", None)):
+        dynamodb.create_table(
+            TableName=name, BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            Tags=[{"Key": TAG, "Value": tag}] if tag else [])
+    scaling = account.client("application-autoscaling")
+    for endpoint in ("easel-alice-sd", "easel-dev-bob"):
+        scaling.register_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{endpoint}/variant/AllTraffic",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount", MinCapacity=0,
+            MaxCapacity=1)
+    cloudwatch = account.client("cloudwatch")
+    for alarm, tag in (("easel-alice-sd-backlog", "easel"), ("easel-dev-bob-backlog", "easel-dev")):
+        cloudwatch.put_metric_alarm(
+            AlarmName=alarm, MetricName="HasBacklogWithoutCapacity", Namespace="AWS/SageMaker",
+            Statistic="Average", Period=60, EvaluationPeriods=1, Threshold=1,
+            ComparisonOperator="GreaterThanOrEqualToThreshold", Tags=[{"Key": TAG, "Value": tag}])
+    logs = account.client("logs")
+    logs.create_log_group(logGroupName="/aws/lambda/easel-CustomS3AutoDeleteObjectsCustomRes-1A")
+    logs.create_log_group(logGroupName=leftovers.TRAINING_LOG_GROUP)
+    for stream in ("easel-dog/algo-1-1700000000", "easel-dev-cat/algo-1-1700000000"):
+        logs.create_log_stream(logGroupName=leftovers.TRAINING_LOG_GROUP, logStreamName=stream)
+    return account
+
+
+def test_listing_shows_kept_tables_scaling_alarms_lambda_logs_and_training_log_streams(
+        kept, capsys):
+    code, out, err = _run(capsys)
+    assert code == 0, err
+    for kind, name in (("table", "easel-StateTable962DE04C-ABC"),
+                       ("scaling-target", "endpoint/easel-alice-sd/variant/AllTraffic"),
+                       ("alarm", "easel-alice-sd-backlog"),
+                       ("log-group", "/aws/lambda/easel-CustomS3AutoDeleteObjectsCustomRes-1A"),
+                       ("log-stream", "/aws/sagemaker/TrainingJobs:easel-dog/algo-1-1700000000")):
+        assert any(line.startswith(kind) and name in line for line in out.splitlines()), name
+    for name in ("easel-dev-StateTable-XYZ", "other-table", "endpoint/easel-dev-bob/",
+                 "easel-dev-bob-backlog", "easel-dev-cat/"):
+        assert name not in out
+    # the shared training log group is SageMaker's, not the deployment's
+    assert not any(line.startswith("log-group") and leftovers.TRAINING_LOG_GROUP in line
+                   for line in out.splitlines())
+
+
 def test_running_endpoints_are_priced_from_the_config_with_its_source(account, capsys):
     _, out, _ = _run(capsys)
     alice = next(line for line in out.splitlines() if line.startswith("endpoint ")

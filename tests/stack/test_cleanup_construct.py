@@ -45,3 +45,28 @@ def test_cleanup_may_delete_only_tagged_resources_of_this_deployment(synth):
             "StringEquals": {"aws:ResourceTag/easel:deployment": "easel"}
         }
         assert "*" not in statement["Resource"]
+
+
+def test_cleanup_outlasts_the_longest_endpoint_create_within_cloudformations_hour():
+    # CloudFormation waits at most one hour (ServiceTimeout <= 3600 s) for a custom resource:
+    # https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-cloudformation-customresource.html
+    # SageMaker cannot delete an endpoint while it is Creating; the portal bounds a create by its
+    # model-download and container start-up timeouts (plus the instance start).
+    from easel_webui.sagemaker_requests import MODEL_DOWNLOAD_TIMEOUT_S, STARTUP_HEALTH_TIMEOUT_S
+    from stacks.cleanup import GIVE_UP, PROVISIONING_ALLOWANCE, QUERY_INTERVAL, TOTAL_TIMEOUT
+
+    longest_create = (PROVISIONING_ALLOWANCE.to_seconds() + MODEL_DOWNLOAD_TIMEOUT_S
+                      + STARTUP_HEALTH_TIMEOUT_S)
+    assert GIVE_UP.to_seconds() > longest_create + 2 * QUERY_INTERVAL.to_seconds()
+    # The handler gives up (and lets the delete proceed) before the Provider would fail it.
+    assert TOTAL_TIMEOUT.to_seconds() - GIVE_UP.to_seconds() >= 5 * 60
+    assert TOTAL_TIMEOUT.to_seconds() < 3600
+
+
+def test_cleanup_handlers_give_up_at_the_constructs_time(synth):
+    from stacks.cleanup import GIVE_UP
+
+    handlers = [f for f in synth.resources("AWS::Lambda::Function").values()
+                if f["Properties"].get("Handler") in ("index.on_event", "index.is_complete")]
+    assert {f["Properties"]["Environment"]["Variables"]["GIVE_UP_SECONDS"]
+            for f in handlers} == {str(GIVE_UP.to_seconds())}

@@ -10,12 +10,19 @@ import time
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
+from easel_webui.sagemaker_requests import MODEL_DOWNLOAD_TIMEOUT_S, STARTUP_HEALTH_TIMEOUT_S
+from stacks.cleanup import GIVE_UP, PROVISIONING_ALLOWANCE
 from stacks.cleanup_handler import index as cleanup
-from tests.stack.sagemaker_fakes import make_endpoint
+from tests.stack.sagemaker_fakes import IMAGE, ROLE, make_endpoint
 
+# The longest endpoint create the portal allows: instance start, then its download and start-up
+# timeouts (see test_cleanup_construct for the rule on the give-up time).
+LONGEST_CREATE_S = (PROVISIONING_ALLOWANCE.to_seconds() + MODEL_DOWNLOAD_TIMEOUT_S
+                    + STARTUP_HEALTH_TIMEOUT_S)
 OURS = [{"Key": "easel:deployment", "Value": "easel"}]
 DELETE = {"RequestType": "Delete", "ResourceProperties": {"DeploymentId": "easel"},
           "PhysicalResourceId": "easel-cleanup"}
@@ -187,24 +194,169 @@ def test_scaling_targets_alarms_and_log_groups_of_the_deployment_are_removed(aws
             Statistic="Average", Period=60, EvaluationPeriods=1, Threshold=1,
             ComparisonOperator="GreaterThanOrEqualToThreshold",
         )
-    for group in ("/aws/sagemaker/Endpoints/easel-alice-sd15", "/aws/sagemaker/Endpoints/someone-else"):
-        c["logs"].create_log_group(logGroupName=group)
+    c["logs"].create_log_group(logGroupName="/aws/sagemaker/Endpoints/easel-alice-sd15",
+                               tags={"easel:deployment": "easel"})
+    c["logs"].create_log_group(logGroupName="/aws/sagemaker/Endpoints/someone-else")
 
     extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=c["logs"])
-    cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
+    started = cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
+    assert cleanup.is_complete({**DELETE, **started}, None, client=c["sagemaker"],
+                               extras=extras) == {"IsComplete": True}
 
     targets = {t["ResourceId"] for t in c["autoscaling"].describe_scalable_targets(
         ServiceNamespace="sagemaker")["ScalableTargets"]}
     assert ours not in targets and theirs in targets
     alarms = {a["AlarmName"] for a in c["cloudwatch"].describe_alarms()["MetricAlarms"]}
     assert alarms == {"other-alarm"}
-    groups = {g["logGroupName"] for g in c["logs"].describe_log_groups()["logGroups"]}
-    assert groups == {"/aws/sagemaker/Endpoints/someone-else"}
+    assert log_groups(c) == {"/aws/sagemaker/Endpoints/someone-else"}
+
+
+def log_groups(c):
+    return {g["logGroupName"] for g in c["logs"].describe_log_groups()["logGroups"]}
+
+
+def test_endpoint_log_groups_are_deleted_only_after_the_endpoints_are_gone(aws_clients):
+    # A deleting endpoint still ships logs, and SageMaker would recreate a deleted group.
+    c = aws_clients
+    make_endpoint(c["sagemaker"], "easel-alice-sd15", OURS)
+    c["logs"].create_log_group(logGroupName="/aws/sagemaker/Endpoints/easel-alice-sd15",
+                               tags={"easel:deployment": "easel"})
+    extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=c["logs"])
+    cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
+    assert log_groups(c) == {"/aws/sagemaker/Endpoints/easel-alice-sd15"}
+
+
+def test_log_groups_of_another_deployment_sharing_the_prefix_are_kept(aws_clients):
+    c = aws_clients
+    c["logs"].create_log_group(logGroupName="/aws/sagemaker/Endpoints/easel-dev-bob",
+                               tags={"easel:deployment": "easel-dev"})
+    extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=c["logs"])
+    cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
+    assert log_groups(c) == {"/aws/sagemaker/Endpoints/easel-dev-bob"}
+
+
+def training_job(sagemaker, name, deployment):
+    sagemaker.create_training_job(
+        TrainingJobName=name, RoleArn=ROLE, Tags=[{"Key": "easel:deployment", "Value": deployment}],
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://b/training/"},
+        ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 600})
+
+
+def test_only_this_deployments_training_log_streams_are_deleted_never_the_group(aws_clients):
+    c = aws_clients
+    group = cleanup.TRAINING_LOG_GROUP
+    c["logs"].create_log_group(logGroupName=group)
+    for job, deployment in (("easel-dog", "easel"), ("easel-dev-cat", "easel-dev")):
+        training_job(c["sagemaker"], job, deployment)
+        c["logs"].create_log_stream(logGroupName=group, logStreamName=f"{job}/algo-1-1700000000")
+    c["logs"].create_log_stream(logGroupName=group, logStreamName="other-job/algo-1-1")
+    # moto's jobs never finish: list them as completed, as SageMaker would after a stop.
+    sagemaker = CompletedJobs(c["sagemaker"])
+    extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=c["logs"])
+    cleanup.on_event(DELETE, None, client=sagemaker, extras=extras)
+    streams = {s["logStreamName"] for s in c["logs"].describe_log_streams(
+        logGroupName=group)["logStreams"]}
+    assert streams == {"easel-dev-cat/algo-1-1700000000", "other-job/algo-1-1"}
+    assert group in log_groups(c)
+
+
+class CompletedJobs:
+    """moto's SageMaker, with every training job listed as Completed."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def get_paginator(self, operation):
+        paginator = self._client.get_paginator(operation)
+        if operation != "list_training_jobs":
+            return paginator
+
+        class Completed:
+            def paginate(self, **kwargs):
+                status = kwargs.pop("StatusEquals", None)
+                for page in paginator.paginate(**kwargs):
+                    jobs = [{**j, "TrainingJobStatus": "Completed"}
+                            for j in page["TrainingJobSummaries"]]
+                    yield {**page, "TrainingJobSummaries": [
+                        j for j in jobs if status in (None, "Completed")]}
+
+        return Completed()
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+class CreatingEndpoints(CompletedJobs):
+    """moto's SageMaker, with the named endpoints reported as Creating until `ready_at`; SageMaker
+    refuses DeleteEndpoint on them until then."""
+
+    def __init__(self, client, clock, creating, ready_at):
+        super().__init__(client)
+        self.clock, self.creating, self.ready_at = clock, set(creating), ready_at
+
+    def get_paginator(self, operation):
+        paginator = self._client.get_paginator(operation)
+        if operation != "list_endpoints":
+            return paginator
+        outer = self
+
+        class Listing:
+            def paginate(self, **kwargs):
+                for page in paginator.paginate(**kwargs):
+                    yield {**page, "Endpoints": [
+                        {**e, "EndpointStatus": "Creating"} if outer._creating(e["EndpointName"])
+                        else e for e in page["Endpoints"]]}
+
+        return Listing()
+
+    def _creating(self, name):
+        return name in self.creating and self.clock() < self.ready_at
+
+    def delete_endpoint(self, EndpointName):
+        if self._creating(EndpointName):
+            raise ClientError({"Error": {"Code": "ValidationException",
+                                         "Message": "Cannot delete in-progress endpoint"}},
+                              "DeleteEndpoint")
+        return self._client.delete_endpoint(EndpointName=EndpointName)
+
+
+def test_endpoint_still_creating_is_waited_for_and_deleted_once_it_leaves_creating(
+        aws_clients, monkeypatch):
+    c = aws_clients
+    clock = FakeClock()
+    monkeypatch.setattr(cleanup, "_now", clock)
+    monkeypatch.setattr(cleanup, "GIVE_UP_SECONDS", GIVE_UP.to_seconds())
+    make_endpoint(c["sagemaker"], "easel-big", OURS)
+    # A create as long as the portal's model-download plus start-up timeouts allow.
+    sagemaker = CreatingEndpoints(c["sagemaker"], clock, ["easel-big"],
+                                  ready_at=clock.now + LONGEST_CREATE_S)
+    extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=c["logs"])
+    event = {**DELETE, **cleanup.on_event(DELETE, None, client=sagemaker, extras=extras)}
+    while True:
+        clock.now += 20  # the Provider's query interval
+        done = cleanup.is_complete(event, None, client=sagemaker, extras=extras)
+        if done["IsComplete"]:
+            break
+        if sagemaker._creating("easel-big"):
+            assert "easel-big" in names(c["sagemaker"])["endpoints"]
+    assert "easel-big" not in names(c["sagemaker"])["endpoints"]
+    assert clock.now - 1_000_000.0 < GIVE_UP.to_seconds()
 
 
 def test_log_groups_are_kept_when_data_is_kept(aws_clients):
     c = aws_clients
-    c["logs"].create_log_group(logGroupName="/aws/sagemaker/Endpoints/easel-bob")
+    c["logs"].create_log_group(logGroupName="/aws/sagemaker/Endpoints/easel-bob",
+                               tags={"easel:deployment": "easel"})
     extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=None)
     cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
     assert c["logs"].describe_log_groups()["logGroups"]

@@ -69,6 +69,7 @@ def test_stage_file_is_merged_over_default(tmp_path):
         ({"endpoints": {"log_retention_days": 10}}, "endpoints.log_retention_days", "retention"),
         ({"admin_password_rotation_days": 0}, "admin_password_rotation_days", "greater than"),
         ({"data_bucket_name": "Bad_Bucket"}, "data_bucket_name", "bucket name"),
+        ({"table_name": "my table"}, "table_name", "not a DynamoDB table name"),
         ({"account": "1234"}, "account", "pattern"),
         ({"region": "moon-1"}, "region", "pattern"),
     ],

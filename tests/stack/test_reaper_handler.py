@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from stacks.reaper_handler import index as reaper
@@ -121,3 +122,16 @@ def test_reaped_endpoint_loses_its_scaling_target_and_alarms(clients, autoscalin
     assert targets == {"endpoint/easel-busy/variant/main"}
     alarms = {a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]}
     assert alarms == {"easel-busy-backlog-without-capacity"}
+
+
+def test_idle_endpoint_is_deleted_even_when_removing_its_scaling_fails(clients, autoscaling):
+    sagemaker, cloudwatch = clients
+    make_endpoint(sagemaker, "easel-idle", tags())
+    stub = Stubber(autoscaling)
+    stub.add_client_error("describe_scalable_targets", service_error_code="AccessDeniedException",
+                          service_message="not authorized")
+    with stub:
+        decisions = reaper.reap(sagemaker, cloudwatch, deployment_id="easel", default_ttl=4.0,
+                                now=LATER, autoscaling=autoscaling)
+    assert [d.endpoint for d in decisions if d.delete] == ["easel-idle"]
+    assert "easel-idle" not in endpoints(sagemaker)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stacks.config import load_config
@@ -97,7 +99,8 @@ def purged(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reattached(tmp_path_factory):
-    return variant_synth(tmp_path_factory, data_bucket_name="easel-data-kept-123")
+    return variant_synth(tmp_path_factory, data_bucket_name="easel-data-kept-123",
+                         table_name="easel-StateTable962DE04C-KEPT")
 
 
 def test_purge_data_deletes_bucket_and_table_with_the_stack(purged):
@@ -120,3 +123,44 @@ def test_reattached_bucket_is_not_created_but_gets_tls_policy(reattached):
     assert statement["Effect"] == "Deny"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert "easel-data-kept-123/*" in str(statement["Resource"])
+
+
+@pytest.mark.parametrize("variant", ["synth", "purged", "reattached"])
+def test_bucket_policies_are_never_deleted_on_their_own(variant, request):
+    # Kept: the bucket keeps its TLS-only policy after `cdk destroy`. Purged: the deny-new-objects
+    # statement CDK adds before emptying a bucket stays until S3 deletes the bucket (and its
+    # policy), so late access logs cannot refill the log bucket and fail its delete.
+    synth = request.getfixturevalue(variant)
+    policies = synth.resources("AWS::S3::BucketPolicy")
+    assert policies
+    assert {p.get("DeletionPolicy") for p in policies.values()} == {"Retain"}
+
+
+def test_purge_data_deletes_every_log_group_with_the_stack(purged):
+    groups = purged.resources("AWS::Logs::LogGroup")
+    assert groups
+    assert {g["DeletionPolicy"] for g in groups.values()} == {"Delete"}
+
+
+@pytest.mark.parametrize("variant", ["synth", "purged"])
+def test_every_lambda_function_logs_to_a_log_group_of_the_stack(variant, request):
+    # Otherwise Lambda creates /aws/lambda/<function> at run time, and nothing deletes it.
+    synth = request.getfixturevalue(variant)
+    groups = synth.resources("AWS::Logs::LogGroup")
+    for logical_id, function in synth.resources("AWS::Lambda::Function").items():
+        target = function["Properties"].get("LoggingConfig", {}).get("LogGroup")
+        assert isinstance(target, dict) and target.get("Ref") in groups, logical_id
+
+
+def test_reattached_table_is_not_created_and_the_portal_is_granted_it_and_its_index(reattached):
+    assert not reattached.resources("AWS::DynamoDB::Table")
+    name = "easel-StateTable962DE04C-KEPT"
+    outputs = reattached.template["Outputs"]
+    assert outputs["TableName"]["Value"] == name
+    granted = [
+        json.dumps(statement["Resource"])
+        for policy in reattached.resources("AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "dynamodb:PutItem" in statement["Action"]
+    ]
+    assert any(f"table/{name}" in r and f"table/{name}/index/*" in r for r in granted)
