@@ -148,10 +148,3 @@ class StackOutputs:
                 f"{key!r}: is it an Easel stack, and up to date? Run `make deploy` to update it."
             )
         return value
-
-
-def env_or_output(env_name: str, outputs: StackOutputs, key: str,
-                  *, environ: Mapping[str, str] | None = None) -> str:
-    """A location from an `EASEL_*` variable (local mode exports them) or the stack's output."""
-    env = os.environ if environ is None else environ
-    return env.get(env_name) or outputs.require(key)

@@ -16,9 +16,6 @@ from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now
 
 log = logging.getLogger("easel_webui.endpoints")
-ACTIVE_STATES = {"Creating", "Updating", "SystemUpdating", "InService", "RollingBack"}
-
-
 def _aws_message(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
