@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -22,7 +21,6 @@ from easel_webui.store import Table, iso_now
 log = logging.getLogger("easel_webui.training")
 # What the execution role may read (ARCHITECTURE.md's prefix table).
 READABLE_PREFIXES = ("models/", "loras/", "concepts/", "training/", "async/in/")
-MAX_RESULT_ARCHIVE_BYTES = 4 * 1024**3
 _OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -253,22 +251,30 @@ class Training:
         if status["status"] != "Completed":
             raise PortalError(f"The job is {status['status']}; publish it once it completes.")
         key = f"training/{job}/output/model.tar.gz"
-        archive = self.bucket.read(key, max_bytes=MAX_RESULT_ARCHIVE_BYTES)
         published = None
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            for member in tar.getmembers():
-                parts = member.name.lstrip("./").split("/")
-                if (member.isfile() and len(parts) == 2 and parts[0] == "Lora"
-                        and parts[1].endswith(".safetensors")
-                        and _OUTPUT_NAME_RE.match(parts[1])):
+        # Stream the archive (it may be GBs; the portal task has 1 GiB): gzip and tar are read
+        # sequentially, and the LoRA member is uploaded in parts as it is decompressed.
+        body = self.bucket.stream(key)
+        try:
+            with tarfile.open(fileobj=body, mode="r|gz") as tar:
+                for member in tar:
+                    parts = member.name.lstrip("./").split("/")
+                    if not (member.isfile() and len(parts) == 2 and parts[0] == "Lora"
+                            and parts[1].endswith(".safetensors")
+                            and _OUTPUT_NAME_RE.match(parts[1])):
+                        continue
                     handle = tar.extractfile(member)
                     if handle is None:
                         continue
-                    target = f"loras/{parts[1]}"
-                    self.bucket.write(target, handle.read(),
-                                      content_type="application/octet-stream")
+                    self.bucket.upload(f"loras/{parts[1]}", handle,
+                                       content_type="application/octet-stream")
                     published = parts[1].rsplit(".", 1)[0]
                     break
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise PortalError(f"The job's result is not a readable model.tar.gz ({exc}).") \
+                from None
+        finally:
+            body.close()
         if published is None:
             raise PortalError("The job's result holds no Lora/<name>.safetensors file.")
         self.table.update(f"training#{job}", "meta", {"published_lora": published})
