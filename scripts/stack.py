@@ -26,7 +26,6 @@ from stacks.config import ConfigError, EaselConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
-DEPLOYMENT_TAG = "easel:deployment"
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:

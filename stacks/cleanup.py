@@ -11,6 +11,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from easel_contracts.naming import handler_tag_environment
 from stacks.lambda_defaults import LAMBDA_RUNTIME
 from stacks.nag import (
     BASIC_EXECUTION_POLICY,
@@ -20,7 +21,13 @@ from stacks.nag import (
     log_group_finding,
     owned_sagemaker_findings,
 )
-from stacks.naming import alarm_arn, endpoint_log_group, log_group_arn, owned_sagemaker_arns
+from stacks.naming import (
+    alarm_arn,
+    deployment_tag_condition,
+    endpoint_log_group,
+    log_group_arn,
+    owned_sagemaker_arns,
+)
 
 HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
 TOTAL_TIMEOUT = Duration.minutes(30)
@@ -47,6 +54,7 @@ class DeploymentCleanup(Construct):
             "DEPLOYMENT_ID": deployment_id,
             "GIVE_UP_SECONDS": str(GIVE_UP.to_seconds()),
             "PURGE_LOGS": "true" if purge_logs else "false",
+            **handler_tag_environment(),
         }
         self.on_event = lambda_.Function(
             self,
@@ -101,9 +109,7 @@ class DeploymentCleanup(Construct):
                         "sagemaker:StopTrainingJob",
                     ],
                     resources=owned,
-                    conditions={
-                        "StringEquals": {"aws:ResourceTag/easel:deployment": deployment_id}
-                    },
+                    conditions=deployment_tag_condition(deployment_id),
                 )
             )
             # Scaling targets and policies the portal registered for the endpoints.

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from easel_contracts.naming import DEFAULT_DEPLOYMENT_ID, DeploymentId
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 # CloudWatch Logs accepts only these retention periods (days).
@@ -38,10 +40,6 @@ LOG_RETENTION_DAYS = (
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3", "p4d", "p4de", "p5", "p5e", "p5en")
 _INSTANCE_RE = re.compile(r"^ml\.(?P<family>[a-z0-9]+)\.(?P<size>(?:\d+)?x?large|metal)$")
 
-DeploymentId = Annotated[
-    str,
-    StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$"),
-]
 _BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -147,7 +145,7 @@ class TrainingConfig(_Strict):
 class EaselConfig(_Strict):
     """Every deploy setting Easel reads. Documented key by key in README.md."""
 
-    deployment_id: DeploymentId = "easel"
+    deployment_id: DeploymentId = DEFAULT_DEPLOYMENT_ID
     account: Annotated[str, StringConstraints(pattern=r"^\d{12}$")] | None = None
     region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")] | None = None
     purge_data: bool = False

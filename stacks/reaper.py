@@ -12,6 +12,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from easel_contracts.naming import handler_tag_environment
 from stacks.lambda_defaults import LAMBDA_RUNTIME
 from stacks.nag import (
     BASIC_EXECUTION_POLICY,
@@ -19,7 +20,7 @@ from stacks.nag import (
     alarm_finding,
     owned_sagemaker_findings,
 )
-from stacks.naming import DEPLOYMENT_TAG, alarm_arn, owned_sagemaker_arns
+from stacks.naming import alarm_arn, deployment_tag_condition, owned_sagemaker_arns
 
 HANDLER_DIR = Path(__file__).resolve().parent / "reaper_handler"
 SCHEDULE = Duration.minutes(15)
@@ -40,7 +41,8 @@ class EndpointReaper(Construct):
             code=lambda_.Code.from_asset(str(HANDLER_DIR)),
             timeout=Duration.minutes(2),
             environment={"DEPLOYMENT_ID": deployment_id,
-                         "DEFAULT_IDLE_TTL_HOURS": str(default_ttl_hours)},
+                         "DEFAULT_IDLE_TTL_HOURS": str(default_ttl_hours),
+                         **handler_tag_environment()},
             log_group=logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR),
             description="Easel: deletes endpoints idle past their time-to-live",
         )
@@ -57,7 +59,7 @@ class EndpointReaper(Construct):
             actions=["sagemaker:DeleteEndpoint", "sagemaker:DeleteEndpointConfig",
                      "sagemaker:DeleteModel"],
             resources=owned,
-            conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment_id}},
+            conditions=deployment_tag_condition(deployment_id),
         ))
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["application-autoscaling:DescribeScalableTargets",

@@ -7,6 +7,7 @@ import secrets
 import string
 from typing import Any
 
+from easel_contracts.naming import deployment_tags
 from local.names import LocalNames
 
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
@@ -45,7 +46,7 @@ def table_schema(table: str) -> dict[str, Any]:
 
 
 def _tags(names: LocalNames) -> list[dict[str, str]]:
-    return [{"Key": "easel:deployment", "Value": names.deployment_id}]
+    return deployment_tags(names.deployment_id)
 
 
 def ensure_bucket(s3: Any, names: LocalNames) -> None:

@@ -28,7 +28,8 @@ from botocore.exceptions import ClientError
 logger = logging.getLogger("easel.cleanup")
 logger.setLevel(logging.INFO)
 
-TAG_KEY = "easel:deployment"
+# The tag key comes from the stack (easel_contracts.naming), which this bundle cannot import.
+DEPLOYMENT_TAG_ENV = "EASEL_DEPLOYMENT_TAG"
 GIVE_UP_SECONDS = float(os.environ.get("GIVE_UP_SECONDS", "1500"))
 
 
@@ -67,7 +68,8 @@ def _ours(client: Any, arn: str, deployment_id: str) -> bool:
         if _is_gone(error):
             return False
         raise
-    return any(t["Key"] == TAG_KEY and t["Value"] == deployment_id for t in tags)
+    tag_key = os.environ[DEPLOYMENT_TAG_ENV]
+    return any(t["Key"] == tag_key and t["Value"] == deployment_id for t in tags)
 
 
 def _named(items: list[dict[str, Any]], name_key: str, deployment_id: str) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from easel_contracts import naming
+
 
 def test_cleanup_custom_resource_uses_provider_with_polling(synth):
     _, resource = synth.only("Custom::EaselCleanup")
@@ -42,3 +44,12 @@ def test_cleanup_may_delete_only_tagged_resources_of_this_deployment(synth):
             "StringEquals": {"aws:ResourceTag/easel:deployment": "easel"}
         }
         assert "*" not in statement["Resource"]
+
+
+def test_cleanup_handlers_environment_carries_the_contract_tag_key(synth):
+    handlers = [f for f in synth.resources("AWS::Lambda::Function").values()
+                if f["Properties"].get("Handler") in ("index.on_event", "index.is_complete")]
+    assert len(handlers) == 2
+    for function in handlers:
+        environment = function["Properties"]["Environment"]["Variables"]
+        assert environment[naming.DEPLOYMENT_TAG_ENV] == naming.DEPLOYMENT_TAG

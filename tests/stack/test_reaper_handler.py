@@ -8,10 +8,18 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from easel_contracts import naming
 from stacks.reaper_handler import index as reaper
 from tests.stack.sagemaker_fakes import make_endpoint
 
 LATER = datetime.now(UTC) + timedelta(hours=10)  # every endpoint created now is 10 h old then
+
+
+@pytest.fixture(autouse=True)
+def tag_environment(monkeypatch):
+    """The tag keys the stack hands the handler (see test_handler_environment_*)."""
+    for name, value in naming.handler_tag_environment().items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
@@ -28,9 +36,9 @@ def autoscaling(clients):
 
 
 def tags(ttl=None, deployment="easel"):
-    result = [{"Key": "easel:deployment", "Value": deployment}]
+    result = [{"Key": naming.DEPLOYMENT_TAG, "Value": deployment}]
     if ttl is not None:
-        result.append({"Key": "easel:idle-ttl-hours", "Value": ttl})
+        result.append({"Key": naming.IDLE_TTL_TAG, "Value": ttl})
     return result
 
 
@@ -121,3 +129,16 @@ def test_reaped_endpoint_loses_its_scaling_target_and_alarms(clients, autoscalin
     assert targets == {"endpoint/easel-busy/variant/main"}
     alarms = {a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]}
     assert alarms == {"easel-busy-backlog-without-capacity"}
+
+
+def test_handler_reads_the_tag_keys_the_stack_hands_it():
+    assert reaper.DEPLOYMENT_TAG_ENV == naming.DEPLOYMENT_TAG_ENV
+    assert reaper.IDLE_TTL_TAG_ENV == naming.IDLE_TTL_TAG_ENV
+
+
+def test_handler_environment_carries_the_contract_tag_keys(synth):
+    (function,) = [f for f in synth.resources("AWS::Lambda::Function").values()
+                   if "/Reaper/" in f["Metadata"]["aws:cdk:path"]]
+    environment = function["Properties"]["Environment"]["Variables"]
+    assert environment[naming.DEPLOYMENT_TAG_ENV] == naming.DEPLOYMENT_TAG
+    assert environment[naming.IDLE_TTL_TAG_ENV] == naming.IDLE_TTL_TAG

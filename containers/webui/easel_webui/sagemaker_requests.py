@@ -16,9 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DEPLOYMENT_TAG = "easel:deployment"
-CREATOR_TAG = "easel:creator"
-IDLE_TTL_TAG = "easel:idle-ttl-hours"
+from easel_contracts.naming import (
+    CREATOR_TAG,
+    DEPLOYMENT_TAG,
+    IDLE_TTL_TAG,
+    check_short_name,
+    deployment_tags,
+    resource_name,
+)
+
 MODE_TAG = "easel:mode"
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -26,7 +32,6 @@ SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_TIMEOUT_S = 1200
 REALTIME_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
-_NAME_RE = re.compile(r"^[a-z0-9](-?[a-z0-9])*$")
 _S3_URI_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.*)$")
 _SAGEMAKER_NAME_MAX = 63
 
@@ -38,21 +43,12 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return match["bucket"], match["key"]
 
 
-def check_short_name(value: str, *, field: str = "name", max_length: int = 40) -> str:
-    if not value or len(value) > max_length or not _NAME_RE.match(value):
-        raise ValueError(
-            f"{field}: use 1-{max_length} lower-case letters, digits and single '-' "
-            "(no leading or trailing '-')"
-        )
-    return value
-
-
 def stamp(now: float | None = None) -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime(now if now is not None else time.time()))
 
 
 def _tags(deployment_id: str, creator: str, **extra: str) -> list[dict[str, str]]:
-    tags = [{"Key": DEPLOYMENT_TAG, "Value": deployment_id}, {"Key": CREATOR_TAG, "Value": creator}]
+    tags = [*deployment_tags(deployment_id), {"Key": CREATOR_TAG, "Value": creator}]
     tags.extend({"Key": key, "Value": value} for key, value in extra.items())
     return tags
 
@@ -121,7 +117,7 @@ class EndpointSpec(BaseModel):
 
     @property
     def endpoint_name(self) -> str:
-        return f"{self.deployment_id}-{self.name}"
+        return resource_name(self.deployment_id, self.name)
 
     @property
     def suffix(self) -> str:
@@ -351,7 +347,7 @@ class TrainingSpec(BaseModel):
 
     @property
     def job_name(self) -> str:
-        return f"{self.deployment_id}-{self.name}"
+        return resource_name(self.deployment_id, self.name)
 
     @property
     def prefix(self) -> str:

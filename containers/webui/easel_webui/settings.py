@@ -16,6 +16,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from easel_contracts.naming import DEFAULT_DEPLOYMENT_ID, DEPLOYMENT_ID_RULE, is_deployment_id
+
 _INSTANCE_RE = r"^ml\.[a-z0-9]+\.(?:\d+)?x?large$|^ml\.[a-z0-9]+\.metal$|^local(?:_gpu)?$"
 InstanceName = Annotated[str, StringConstraints(pattern=_INSTANCE_RE)]
 
@@ -47,7 +49,6 @@ DEFAULT_TRAINING_TYPES: dict[str, dict[str, object]] = {
     "ml.g6e.2xlarge": {"gpu_memory_gb": 48, "instance_storage": True, "hourly_usd": 2.808},
 }
 
-_DEPLOYMENT_RE = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 _ARN_ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 
 
@@ -61,7 +62,7 @@ class Settings(BaseModel):
     admin_secret: str = Field(min_length=1)
     session_secret: str = Field(min_length=1)
     execution_role_arn: str
-    deployment_id: str = "easel"
+    deployment_id: str = DEFAULT_DEPLOYMENT_ID
     region: str = "us-east-1"
     inference_image: str = ""
     training_image: str = ""
@@ -85,11 +86,8 @@ class Settings(BaseModel):
     async_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     def check(self) -> Settings:
-        if not _DEPLOYMENT_RE.match(self.deployment_id):
-            raise SettingsError(
-                "EASEL_DEPLOYMENT_ID: use 3-20 lower-case letters, digits or '-', "
-                "starting with a letter"
-            )
+        if not is_deployment_id(self.deployment_id):
+            raise SettingsError(f"EASEL_DEPLOYMENT_ID: use {DEPLOYMENT_ID_RULE}")
         if not _ARN_ROLE_RE.match(self.execution_role_arn):
             raise SettingsError("EASEL_EXECUTION_ROLE_ARN: not an IAM role ARN")
         return self
