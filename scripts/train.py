@@ -27,6 +27,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from tqdm import tqdm
 
+from easel_contracts.s3uri import S3Uri
 from scripts.cli import ScriptError, UsageError, run_main
 from scripts.stack import StackOutputs, Target, add_target_arguments, resolve_target
 
@@ -264,12 +265,12 @@ def submit(args: argparse.Namespace, target: Target) -> tuple[str, Any]:
 
 
 def _read_progress(s3: Any, uri: str) -> dict[str, Any]:
-    if not uri.startswith("s3://"):
-        return {}
-    bucket, _, prefix = uri[5:].partition("/")
-    key = prefix.rstrip("/") + "/progress.json"
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(64 * 1024)
+        progress = S3Uri.parse(uri).join("progress.json")
+    except ValueError:
+        return {}
+    try:
+        body = s3.get_object(Bucket=progress.bucket, Key=progress.key)["Body"].read(64 * 1024)
         data = json.loads(body)
     except (ClientError, ValueError):
         return {}

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel_contracts.s3uri import S3Uri
+
 DEFAULT_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 
 
@@ -54,8 +56,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         lora_uri = env.get("EASEL_LORA_S3_URI", "").strip() or None
-        if lora_uri and not lora_uri.startswith("s3://"):
-            raise SettingsError(f"EASEL_LORA_S3_URI must start with s3://, got {lora_uri!r}")
+        if lora_uri:
+            try:
+                S3Uri.parse(lora_uri)
+            except ValueError as exc:
+                raise SettingsError(f"EASEL_LORA_S3_URI: {exc}") from None
         return cls(
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, low=1, high=65535),
             host=env.get("EASEL_HOST", "").strip() or "0.0.0.0",

@@ -9,6 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
 from easel_webui.settings import Settings
@@ -94,19 +95,19 @@ class Endpoints:
 
     def _check_model_uri(self, uri: str) -> None:
         try:
-            bucket, key = req.parse_s3_uri(uri)
+            parsed = S3Uri.parse(uri)
         except ValueError as exc:
             raise PortalError(f"model: {exc}") from None
-        if bucket != self.bucket.name:
+        if parsed.bucket != self.bucket.name:
             raise PortalError(
                 f"model: the execution role reads only the data bucket ({self.bucket.name}); "
                 "copy the model under models/ first"
             )
-        if not key.startswith(("models/", "training/")) or ".." in key.split("/"):
+        if not (parsed.is_under("models/") or parsed.is_under("training/")):
             raise PortalError(
                 "model: the execution role reads models only under models/ or training/"
             )
-        if not key.endswith(("/", ".tar.gz", ".tgz")):
+        if not parsed.key.endswith(("/", ".tar.gz", ".tgz")):
             raise PortalError("model: give a model.tar.gz object or a folder ending in '/'")
 
     def deploy(self, spec: req.EndpointSpec) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ReadTimeoutError
 
+from easel_contracts.s3uri import S3Uri
 from easel_webui.auth import User
 from easel_webui.endpoints import Endpoints
 from easel_webui.errors import NotFound, PortalError, UpstreamError
@@ -162,10 +163,14 @@ class Generation:
             for location, failed in ((output, False), (failure, True)):
                 if not location:
                     continue
-                bucket, _, okey = location.removeprefix("s3://").partition("/")
-                if bucket != self.bucket.name or not self.bucket.exists(okey):
+                try:
+                    answer_uri = S3Uri.parse(location)
+                except ValueError:
+                    raise UpstreamError(f"The endpoint answered with a bad location {location!r}.")\
+                        from None
+                if answer_uri.bucket != self.bucket.name or not self.bucket.exists(answer_uri.key):
                     continue
-                raw = self.bucket.read(okey, max_bytes=512 * 1024 * 1024)
+                raw = self.bucket.read(answer_uri.key, max_bytes=512 * 1024 * 1024)
                 if failed:
                     reason = raw[:500].decode(errors="replace")
                     raise UpstreamError(f"The model server failed: {reason}")

@@ -10,7 +10,6 @@ cleanup and IAM conditions can find them.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ from easel_contracts.naming import (
     deployment_tags,
     resource_name,
 )
+from easel_contracts.s3uri import S3UriStr
 
 MODE_TAG = "easel:mode"
 VARIANT = "AllTraffic"
@@ -32,15 +32,7 @@ SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_TIMEOUT_S = 1200
 REALTIME_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
-_S3_URI_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.*)$")
 _SAGEMAKER_NAME_MAX = 63
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    match = _S3_URI_RE.match(uri or "")
-    if not match:
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
-    return match["bucket"], match["key"]
 
 
 def stamp(now: float | None = None) -> str:
@@ -71,7 +63,7 @@ class EndpointSpec(BaseModel):
     creator: str = Field(min_length=1, max_length=64)
     image: str = Field(min_length=1)
     execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-    model_s3_uri: str
+    model_s3_uri: S3UriStr
     instance_type: str
     instance: InstanceFacts
     mode: Literal["realtime", "async"] = "realtime"
@@ -80,8 +72,8 @@ class EndpointSpec(BaseModel):
     volume_size_gb: int | None = Field(default=None, ge=1, le=512)
     idle_ttl_hours: float = Field(default=4, ge=0, le=720)
     max_response_bytes: int | None = Field(default=None, ge=1024)
-    async_s3_uri: str | None = None
-    lora_s3_uri: str | None = None
+    async_s3_uri: S3UriStr | None = None
+    lora_s3_uri: S3UriStr | None = None
     target_invocations_per_instance: int = Field(default=10, ge=1, le=10000)
     log_retention_days: int = Field(default=30, ge=1)
     created_at: float | None = None
@@ -91,13 +83,6 @@ class EndpointSpec(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_short_name(value, field="name", max_length=30)
-
-    @field_validator("model_s3_uri", "async_s3_uri", "lora_s3_uri")
-    @classmethod
-    def _s3(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_s3_uri(value)
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointSpec:
@@ -315,9 +300,9 @@ class TrainingSpec(BaseModel):
     image: str = Field(min_length=1)
     execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
     bucket: str = Field(min_length=3, max_length=63)
-    concepts_s3_uri: str
-    model_s3_uri: str
-    class_s3_uri: str | None = None
+    concepts_s3_uri: S3UriStr
+    model_s3_uri: S3UriStr
+    class_s3_uri: S3UriStr | None = None
     instance_type: str
     instance: InstanceFacts
     spot: bool = False
@@ -329,13 +314,6 @@ class TrainingSpec(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_short_name(value, field="job name", max_length=40)
-
-    @field_validator("concepts_s3_uri", "model_s3_uri", "class_s3_uri")
-    @classmethod
-    def _s3(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_s3_uri(value)
-        return value
 
     @field_validator("hyperparameters")
     @classmethod

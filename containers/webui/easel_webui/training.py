@@ -11,6 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
 from easel_webui.auth import User
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
@@ -59,26 +60,27 @@ class Training:
             key = f"concepts/{owner}/{check_set_name(name)}/"
         elif s3_uri:
             try:
-                bucket, key = req.parse_s3_uri(s3_uri.strip())
+                uri = S3Uri.parse(s3_uri)
             except ValueError as exc:
                 raise PortalError(f"concepts: {exc}") from None
-            if bucket != self.bucket.name:
+            if uri.bucket != self.bucket.name:
                 raise PortalError(
                     f"concepts: the training job can only read the data bucket "
-                    f"({self.bucket.name}), not {bucket!r}"
+                    f"({self.bucket.name}), not {uri.bucket!r}"
                 )
-            if ".." in key.split("/") or "//" in key:
-                raise PortalError("concepts: the path must not contain '..' or empty parts")
-            if not key.startswith(READABLE_PREFIXES):
+            if "//" in uri.key:
+                raise PortalError("concepts: the path must not contain empty parts")
+            key = uri.key
+            if not any(uri.is_under(prefix) for prefix in READABLE_PREFIXES):
                 raise PortalError(
                     "concepts: the path must be inside a prefix the training job can read: "
                     + ", ".join(READABLE_PREFIXES)
                 )
-            if not user.is_admin and not key.startswith(f"concepts/{user.username}/"):
+            if not user.is_admin and not uri.is_under(f"concepts/{user.username}/"):
                 raise PortalError(
                     f"concepts: use a path under concepts/{user.username}/ (your uploads)"
                 )
-            key = key if key.endswith("/") else key + "/"
+            key = uri.prefix
         else:
             raise PortalError("concepts: choose an uploaded set or enter an S3 path")
         objects, _ = self.bucket.list(key, limit=2000)
@@ -105,10 +107,11 @@ class Training:
             raise PortalError("mode: choose lora or full")
         model = str(form.get("model_s3_uri") or "").strip()
         try:
-            model_bucket, model_key = req.parse_s3_uri(model)
+            model_uri = S3Uri.parse(model)
         except ValueError as exc:
             raise PortalError(f"base model: {exc}") from None
-        if model_bucket != self.bucket.name or not model_key.startswith(("models/", "training/")):
+        if not any(model_uri.is_under(prefix, bucket=self.bucket.name)
+                   for prefix in ("models/", "training/")):
             raise PortalError("base model: choose a model under models/ of the data bucket")
         instance_prompt = str(form.get("instance_prompt") or "").strip()
         if not instance_prompt:
