@@ -217,20 +217,6 @@ def submit_with_sdk(request: dict[str, Any], *, boto_session: Any, bucket: str) 
     return str(trainer._latest_training_job.training_job_name)
 
 
-def record_job(training: Any, spec: Any, job_name: str) -> None:
-    """The same table record the portal writes, so the job shows on its Training page."""
-    from easel_webui.store import iso_now
-
-    created = iso_now()
-    training.table.put({
-        "pk": f"training#{job_name}", "sk": "meta", "gsi1pk": "training",
-        "gsi1sk": f"{created}#{job_name}", "job": job_name, "owner": spec.creator,
-        "mode": spec.hyperparameters["mode"], "output_name": spec.hyperparameters["output_name"],
-        "model_s3_uri": spec.model_s3_uri, "concepts_s3_uri": spec.concepts_s3_uri,
-        "instance_type": spec.instance_type, "created_at": created,
-    })
-
-
 def submit(args: argparse.Namespace, target: Target) -> tuple[str, Any]:
     _require_portal_package()
     from easel_webui.auth import User
@@ -260,7 +246,7 @@ def submit(args: argparse.Namespace, target: Target) -> tuple[str, Any]:
     else:
         job_name = submit_with_sdk(build_create_training_job(spec),
                                    boto_session=target.session(), bucket=training.bucket.name)
-        record_job(training, spec, job_name)
+        training.record_job(spec, job_name)
     return job_name, training.clients
 
 

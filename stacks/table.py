@@ -6,7 +6,9 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-GSI_NAME = "gsi1"
+from easel_contracts.table import GSI, GSI_PK, GSI_SK, PK, SK, TTL
+
+GSI_NAME = GSI
 
 
 class StateTable(Construct):
@@ -19,18 +21,18 @@ class StateTable(Construct):
         self.table = dynamodb.Table(
             self,
             "Table",
-            partition_key=dynamodb.Attribute(name="pk", type=string),
-            sort_key=dynamodb.Attribute(name="sk", type=string),
+            partition_key=dynamodb.Attribute(name=PK, type=string),
+            sort_key=dynamodb.Attribute(name=SK, type=string),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            time_to_live_attribute="ttl",
+            time_to_live_attribute=TTL,
             removal_policy=RemovalPolicy.DESTROY if purge_data else RemovalPolicy.RETAIN,
         )
         self.table.add_global_secondary_index(
             index_name=GSI_NAME,
-            partition_key=dynamodb.Attribute(name="gsi1pk", type=string),
-            sort_key=dynamodb.Attribute(name="gsi1sk", type=string),
+            partition_key=dynamodb.Attribute(name=GSI_PK, type=string),
+            sort_key=dynamodb.Attribute(name=GSI_SK, type=string),
         )

@@ -7,6 +7,7 @@ import secrets
 import string
 from typing import Any
 
+from easel_contracts import table as table_contract
 from easel_contracts.naming import deployment_tags
 from local.names import LocalNames
 
@@ -24,19 +25,19 @@ def table_schema(table: str) -> dict[str, Any]:
     return {
         "TableName": table,
         "KeySchema": [
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
+            {"AttributeName": table_contract.PK, "KeyType": "HASH"},
+            {"AttributeName": table_contract.SK, "KeyType": "RANGE"},
         ],
         "AttributeDefinitions": [
             {"AttributeName": name, "AttributeType": "S"}
-            for name in ("pk", "sk", "gsi1pk", "gsi1sk")
+            for name in table_contract.KEY_ATTRIBUTES
         ],
         "GlobalSecondaryIndexes": [
             {
-                "IndexName": "gsi1",
+                "IndexName": table_contract.GSI,
                 "KeySchema": [
-                    {"AttributeName": "gsi1pk", "KeyType": "HASH"},
-                    {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                    {"AttributeName": table_contract.GSI_PK, "KeyType": "HASH"},
+                    {"AttributeName": table_contract.GSI_SK, "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
             }

@@ -9,6 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from easel_contracts import table as keys
 from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
@@ -127,8 +128,8 @@ class Endpoints:
         else:
             raise Conflict(f"name: an endpoint {spec.endpoint_name!r} already exists")
         self.table.put({
-            "pk": f"endpoint#{spec.endpoint_name}", "sk": "meta", "gsi1pk": "endpoints",
-            "gsi1sk": spec.endpoint_name, "endpoint": spec.endpoint_name,
+            **keys.endpoint_key(spec.endpoint_name).item(),
+            **keys.endpoint_index(spec.endpoint_name), "endpoint": spec.endpoint_name,
             "creator": spec.creator, "mode": spec.mode, "instance_type": spec.instance_type,
             "min_instances": spec.min_instances, "max_instances": spec.max_instances,
             "idle_ttl_hours": spec.idle_ttl_hours, "model_s3_uri": spec.model_s3_uri,
@@ -146,7 +147,7 @@ class Endpoints:
                 sm.delete_endpoint_config(EndpointConfigName=spec.endpoint_config_name)
             with suppress(ClientError):
                 sm.delete_model(ModelName=spec.model_name)
-            self.table.delete(f"endpoint#{spec.endpoint_name}", "meta")
+            self.table.delete(*keys.endpoint_key(spec.endpoint_name))
             raise UpstreamError(f"SageMaker refused the deployment: {_aws_message(exc)}") from None
         return spec.endpoint_name
 
@@ -177,10 +178,10 @@ class Endpoints:
     # --- read
 
     def records(self) -> list[dict[str, Any]]:
-        return self.table.query_index("endpoints")
+        return self.table.query_index(keys.ENDPOINTS_INDEX)
 
     def record(self, name: str) -> dict[str, Any]:
-        record = self.table.get(f"endpoint#{name}", "meta")
+        record = self.table.get(*keys.endpoint_key(name))
         if not record:
             raise NotFound(f"endpoint {name!r} is not one of this portal's endpoints")
         return record
@@ -225,7 +226,7 @@ class Endpoints:
             log.warning("scaling for %s not applied yet: %s", record["endpoint"],
                         _aws_message(exc))
             return
-        self.table.update(f"endpoint#{record['endpoint']}", "meta", {"scaling_applied": True})
+        self.table.update(*keys.endpoint_key(record["endpoint"]), {"scaling_applied": True})
 
     def _spec_for_record(self, record: dict[str, Any]) -> req.EndpointSpec:
         info = self.settings.endpoint_instance_types.get(record["instance_type"])
@@ -247,7 +248,7 @@ class Endpoints:
 
     def touch(self, name: str) -> None:
         """Mark an endpoint used now (the reaper spares endpoints used within their TTL)."""
-        self.table.update(f"endpoint#{name}", "meta", {"last_used_at": int(now())})
+        self.table.update(*keys.endpoint_key(name), {"last_used_at": int(now())})
 
     # --- delete
 
@@ -285,4 +286,4 @@ class Endpoints:
                 code = exc.response["Error"]["Code"]
                 if code not in ("ValidationException", "ResourceNotFound"):
                     raise UpstreamError(f"SageMaker: {_aws_message(exc)}") from None
-        self.table.delete(f"endpoint#{name}", "meta")
+        self.table.delete(*keys.endpoint_key(name))

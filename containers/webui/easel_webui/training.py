@@ -11,13 +11,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from easel_contracts import table as keys
 from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
 from easel_webui.auth import User
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
 from easel_webui.settings import Settings
 from easel_webui.storage import IMAGE_EXTENSIONS, Bucket, check_set_name
-from easel_webui.store import Table, iso_now
+from easel_webui.store import Table, iso_now, owned_records
 
 log = logging.getLogger("easel_webui.training")
 # What the execution role may read (ARCHITECTURE.md's prefix table).
@@ -171,30 +172,37 @@ class Training:
             raise UpstreamError(
                 f"SageMaker refused the job: {error.get('Code')}: {error.get('Message', '')}"
             ) from None
+        self.record_job(spec, spec.job_name)
+        return spec.job_name
+
+    def record_job(self, spec: req.TrainingSpec, job_name: str) -> None:
+        """The job's table record (and its owner item), so it shows on the Training page."""
         created = iso_now()
         self.table.put({
-            "pk": f"training#{spec.job_name}", "sk": "meta", "gsi1pk": "training",
-            "gsi1sk": f"{created}#{spec.job_name}", "job": spec.job_name, "owner": spec.creator,
+            **keys.training_job_key(job_name).item(), **keys.training_job_index(created, job_name),
+            "job": job_name, "owner": spec.creator,
             "mode": spec.hyperparameters["mode"],
             "output_name": spec.hyperparameters["output_name"],
             "model_s3_uri": spec.model_s3_uri, "concepts_s3_uri": spec.concepts_s3_uri,
             "instance_type": spec.instance_type, "created_at": created,
         })
-        return spec.job_name
+        self.table.put(keys.owner_training_item(spec.creator, created, job_name))
 
     # --- follow
 
     def _record(self, job: str, *, user: User) -> dict[str, Any]:
-        record = self.table.get(f"training#{job}", "meta") if len(job) <= 80 else None
+        record = self.table.get(*keys.training_job_key(job)) if len(job) <= 80 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
             raise NotFound("No such training job.")
         return record
 
-    def jobs(self, *, user: User) -> list[dict[str, Any]]:
-        records = self.table.query_index("training", newest_first=True, limit=500)
-        if not user.is_admin:
-            records = [r for r in records if r["owner"] == user.username]
-        return [self._status(r) for r in records[:50]]
+    def jobs(self, *, user: User, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest jobs: everyone's for an admin, else the user's own."""
+        if user.is_admin:
+            records = self.table.query_index(keys.TRAINING_INDEX, newest_first=True, limit=limit)
+        else:
+            records = owned_records(self.table, user.username, keys.OWNER_TRAINING, limit=limit)
+        return [self._status(r) for r in records]
 
     def job(self, job: str, *, user: User) -> dict[str, Any]:
         return self._status(self._record(job, user=user), previews=True)
@@ -280,7 +288,7 @@ class Training:
             body.close()
         if published is None:
             raise PortalError("The job's result holds no Lora/<name>.safetensors file.")
-        self.table.update(f"training#{job}", "meta", {"published_lora": published})
+        self.table.update(*keys.training_job_key(job), {"published_lora": published})
         return published
 
 
