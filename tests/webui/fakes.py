@@ -12,6 +12,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from easel_contracts.s3uri import S3Uri
+
 
 def client_error(code: str, message: str, operation: str, **extra: Any) -> ClientError:
     response: dict[str, Any] = {"Error": {"Code": code, "Message": message}, **extra}
@@ -131,8 +133,9 @@ class FakeRuntime(Recorder):
     def invoke_endpoint_async(self, **kwargs: Any) -> dict[str, Any]:
         """Reads the input from S3 and writes the answer where SageMaker would."""
         self.record("invoke_endpoint_async", kwargs)
-        bucket, _, key = kwargs["InputLocation"].removeprefix("s3://").partition("/")
-        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        location = S3Uri.parse(kwargs["InputLocation"])
+        bucket = location.bucket
+        body = self.s3.get_object(Bucket=bucket, Key=location.key)["Body"].read()
         answer = self._answer(json.loads(body))
         out_key = f"async/out/{kwargs['EndpointName']}/{len(self.calls)}.out"
         self.s3.put_object(Bucket=bucket, Key=out_key, Body=json.dumps(answer).encode())
