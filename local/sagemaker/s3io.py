@@ -26,11 +26,12 @@ def parse_s3_uri(uri: str, *, field: str) -> tuple[str, str]:
     return parsed.bucket, parsed.key
 
 
-def join_s3(uri: str, *parts: str) -> str:
-    """Join path parts onto an S3 URI with single slashes."""
-    base = uri.rstrip("/")
-    tail = "/".join(p.strip("/") for p in parts if p)
-    return f"{base}/{tail}" if tail else base
+def join_s3(uri: str, *parts: str, field: str = "S3 location") -> str:
+    """Path parts joined onto an S3 URI with single slashes (by the shared ``S3Uri``)."""
+    try:
+        return str(S3Uri.parse(uri).join(*parts))
+    except ValueError as exc:
+        raise S3DataError(f"{field}: {exc}") from None
 
 
 def list_prefix(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
