@@ -6,8 +6,9 @@ on the same full-size SD1.5 weights (random; speed depends on the architecture, 
   With LoRAs: `load_lora_weights` for each file and `set_adapters` (PEFT, unfused: the stock way
   of mixing LoRAs per request).
 - easel: the same weights saved as a single-file checkpoint and loaded by Easel's loader (as an
-  endpoint does), then `Engine.run_generation` — the code behind `/invocations` without HTTP:
-  payload validation, prompt weighting, LoRAs fused, generation, PNG + base64 encoding.
+  endpoint does), then the txt2img handler of `Engine.handlers()` — the code behind
+  `/invocations` without HTTP: payload validation (the contract's request model), prompt
+  weighting, LoRAs fused, generation, PNG + base64 encoding.
 
 Same settings for both: 512x512, 20 steps, CFG 7, the sampler given (DPM++ 2M Karras default).
 Each figure is the median of --repeat calls after --warmup calls. Prints JSON with the
@@ -15,7 +16,8 @@ easel/stock ratios (and writes $OUT/inference_bench.json when OUT is set). With 
 Easel generation is profiled and the top CUDA kernels are written to $OUT/inference_profile.txt;
 with --channels-last the Easel generation is also timed with channels-last UNet/VAE weights.
 
-  PYTHONPATH=containers/inference python bench/inference.py [--size tiny] [--profile]
+  PYTHONPATH=containers/contracts:containers/inference python bench/inference.py \
+      [--size tiny] [--profile]
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time Easel with channels-last UNet/VAE weights (experiment)")
     args = parser.parse_args(argv)
 
+    from easel_contracts.invocations import Txt2ImgRequest
     from easel_inference.app import build_engine
     from easel_inference.builder import build_pipeline, save_single_file
     from easel_inference.lora_builder import save_random_loras
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     with_loras = dict(base, prompt=PROMPT + " <lora:style-kohya:0.8> <lora:detail-diffusers:0.6>")
 
     def easel_call(payload: dict) -> None:
-        engine.run_generation("txt2img", payload, time.perf_counter())
+        request = Txt2ImgRequest.model_validate(payload)
+        engine.handlers()["txt2img"](request, time.perf_counter())
 
     RESULTS["easel_seconds"] = median_seconds(lambda: easel_call(base), device=device,
                                               warmup=args.warmup, repeat=args.repeat)

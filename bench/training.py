@@ -114,15 +114,15 @@ def make_trainer(pipe, *, root: Path, hyperparameters: dict[str, str], device: s
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from easel_contracts.hyperparameters import HyperParameters
     from easel_training.base_model import BaseModel, describe_pipeline
     from easel_training.dataset import build_concept_data
-    from easel_training.hyperparams import parse_hyperparameters
     from easel_training.images import load_image_records
     from easel_training.paths import JobPaths
     from easel_training.stopping import StopRequest
     from easel_training.trainer import Trainer, resolve_mixed_precision
 
-    hp = parse_hyperparameters(hyperparameters)
+    hp = HyperParameters.from_strings(hyperparameters)
     paths = JobPaths(root)
     arch, prediction_type, native = describe_pipeline(pipe)
     base = BaseModel(name="bench-sd15", path=root / "bench-sd15.safetensors", pipe=pipe,

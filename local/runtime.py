@@ -16,6 +16,7 @@ from local.names import LocalNames, resolve_names
 from local.processes import ProcessRegistry
 from local.sagemaker.arns import ArnFactory
 from local.sagemaker.service import SageMakerStandIn
+from local.scaling import scaling_listener
 from local.settings import StandInSettings
 from local.statefiles import read_json, write_json_atomic
 
@@ -91,6 +92,12 @@ class LocalAws:
                 settings=settings,
                 arns=ArnFactory(region=self.names.region, account_id=self.names.account_id),
                 registry=registry,
+                on_in_service=scaling_listener(
+                    deployment_id=self.names.deployment_id,
+                    region=self.names.region,
+                    table_name=self.names.table,
+                    client=emulator.client,
+                ),
             )
             self._stand_in = stand_in
             stand_in.start()

@@ -2,8 +2,10 @@
 
     python -m scripts.preflight [--stage STAGE] [--region REGION]
 
-Checks: credentials, region, CDK bootstrap, SageMaker quotas for the configured endpoint and
-training instance types, and CodeBuild's concurrent-build quota for the image builds. Quotas are
+Checks: credentials, region, CDK bootstrap, the Availability Zones the portal's subnets will use
+(by AZ ID, only zones with CloudFront VPC origins: `stacks/availability_zones.py`), SageMaker
+quotas for the configured endpoint and training instance types, and CodeBuild's concurrent-build
+quota for the image builds. Quotas are
 only a proxy for GPU capacity: AWS has no API that says whether an instance is free right now, so
 a deploy can still meet `InsufficientCapacity` with a quota of 1.
 """
@@ -21,6 +23,7 @@ from botocore.exceptions import ClientError, NoCredentialsError, PartialCredenti
 
 from scripts.cli import run_main
 from scripts.stack import Target, add_target_arguments, resolve_target
+from stacks.availability_zones import VPC_ORIGIN_AZ_IDS, subnet_az_ids
 
 PASS, WARN, FAIL = "pass", "warn", "FAIL"
 BOOTSTRAP_PARAMETER = "/cdk-bootstrap/hnb659fds/version"
@@ -131,6 +134,49 @@ def check_bootstrap(ssm: Any, cloudformation: Any, *, account: str | None,
     return Check("CDK bootstrap", PASS, f"version {version}")
 
 
+def subnet_zone_count(target: Target) -> int:
+    """How many AZs the synthesized VPC spans: CDK gives a stack without a pinned account and
+    region two Availability Zones, whatever `portal.max_azs` says."""
+    config = target.config
+    return config.portal.max_azs if config.account and config.region else min(
+        config.portal.max_azs, 2)
+
+
+def check_availability_zones(ec2: Any, target: Target) -> Check:
+    name = "availability zones"
+    count = subnet_zone_count(target)
+    wanted = subnet_az_ids(target.region, count)
+    if wanted is None:
+        known = VPC_ORIGIN_AZ_IDS.get(target.region)
+        if known is None:
+            return Check(name, FAIL,
+                         f"{target.region}: no list of zones with CloudFront VPC origins",
+                         "deploy to a region listed in stacks/availability_zones.py, or add this "
+                         "region's AZ IDs there (CloudFront Developer Guide: VPC origins)")
+        return Check(name, FAIL,
+                     f"{target.region} has {len(known)} zone(s) with CloudFront VPC origins, "
+                     f"the VPC needs {count}",
+                     f"set portal.max_azs to {len(known)} or less, or deploy to another region")
+    try:
+        zones = ec2.describe_availability_zones(
+            Filters=[{"Name": "zone-type", "Values": ["availability-zone"]}]
+        )["AvailabilityZones"]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        return Check(name, WARN, f"cannot list Availability Zones ({code})",
+                     "allow ec2:DescribeAvailabilityZones, or check the zones by hand")
+    available = {z["ZoneId"]: z["ZoneName"] for z in zones if z.get("State") == "available"}
+    missing = [zone for zone in wanted if zone not in available]
+    if missing:
+        return Check(name, FAIL,
+                     f"the subnets go to {', '.join(wanted)}, but this account cannot use "
+                     f"{', '.join(missing)}",
+                     "reorder that region's AZ IDs in stacks/availability_zones.py (zones this "
+                     "account has first), or deploy to another region")
+    placed = ", ".join(f"{zone} ({available[zone]})" for zone in wanted)
+    return Check(name, PASS, f"subnets in {placed}: CloudFront VPC origins offered")
+
+
 def _quota_groups(target: Target) -> list[tuple[str, str, list[str]]]:
     groups = [
         ("endpoint", "for endpoint usage", list(target.config.endpoints.instance_types)),
@@ -198,6 +244,7 @@ def run_checks(target: Target, client: Callable[[str], Any]) -> list[Check]:
         return checks
     checks.append(check_bootstrap(client("ssm"), client("cloudformation"), account=account,
                                   region=target.region))
+    checks.append(check_availability_zones(client("ec2"), target))
     quotas_client = client("service-quotas")
     for service, wanted, make in (
         ("sagemaker", sagemaker_quota_names(target), lambda q: check_sagemaker_quotas(q, target)),

@@ -4,7 +4,9 @@
         --model s3://BUCKET/models/base/model.tar.gz --instance-prompt "a photo of sks dog"
     python -m scripts.train --follow easel-my-dog
 
-The settings are checked by the portal's own code (`easel_webui.training` and
+Every hyperparameter of the training job is a flag (`--max-train-steps`, `--rank`, ...), made
+from the one model of them (`easel_contracts.hyperparameters`); a flag left out takes the model's
+default. The job is checked by the portal's own code (`easel_webui.training` and
 `easel_webui.sagemaker_requests`): one definition of what a valid job is, for both. A concepts
 path that is outside the data bucket, empty, or holds no images is refused before any job exists.
 The job is submitted with the SageMaker Python SDK v3 (`sagemaker.train.ModelTrainer`, the kit's
@@ -27,6 +29,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from tqdm import tqdm
 
+from easel_contracts.hyperparameters import HyperParameterError, HyperParameters, field_schemas
 from easel_contracts.s3uri import S3Uri
 from scripts.cli import ScriptError, UsageError, run_main
 from scripts.stack import StackOutputs, Target, add_target_arguments, resolve_target
@@ -37,7 +40,6 @@ SDK_MISSING = (
     "`pip install 'sagemaker>=3,<4'`, or pass --via boto3 to send the same request with boto3."
 )
 CLI_USER = "admin"  # jobs from the terminal belong to the portal's admin
-NOT_USED = "not-used-by-scripts"  # portal settings that training does not read
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,17 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                      "e.g. s3://BUCKET/concepts/admin/dog/")
     job.add_argument("--model", help="S3 URI of the base model (models/<name>/model.tar.gz "
                      "or a prefix)")
-    job.add_argument("--checkpoint", default="", help="checkpoint name inside the model "
-                     "(default: the first one)")
-    job.add_argument("--instance-prompt", help="e.g. 'a photo of sks dog'")
-    job.add_argument("--class-prompt", default="", help="e.g. 'a photo of a dog'")
-    job.add_argument("--prior", action="store_true",
-                     help="prior preservation with --class-prompt")
-    job.add_argument("--mode", choices=("lora", "full"), default="lora")
-    job.add_argument("--output-name", default="", help="name of the result (default: --name)")
-    job.add_argument("--steps", default="", help="max train steps (default 800)")
-    job.add_argument("--learning-rate", default="", help="default 1e-4 (lora) / 2e-6 (full)")
-    job.add_argument("--rank", default="", help="LoRA rank (default 16)")
     job.add_argument("--instance-type", default="",
                      help="training instance type from the config's allowlist (default: first)")
     job.add_argument("--spot", action="store_true", help="managed spot training")
@@ -72,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "the stack's TrainingImageUri output)")
     job.add_argument("--via", choices=("sdk", "boto3"), default="sdk",
                      help="submit with the SageMaker Python SDK (default) or plain boto3")
+    add_hyperparameter_arguments(parser)
     follow = parser.add_argument_group("following")
     follow.add_argument("--no-follow", action="store_true", help="return once submitted")
     follow.add_argument("--interval", type=float, default=15,
@@ -79,6 +71,48 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--quiet", action="store_true", help="no progress bar")
     add_target_arguments(parser)
     return parser
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_hyperparameter_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per hyperparameter, from the contract's JSON schema; left out: its default."""
+    group = parser.add_argument_group(
+        "hyperparameters", "the training job's settings (containers/training/README.md)")
+    for name, field in field_schemas().items():
+        if field["required"]:
+            default = "required"
+        elif field["derived"]:
+            default = "default: derived"
+        else:
+            default = f"default: {field['default']!r}"
+        text = field.get("description", "").replace("%", "%%").replace("`", "")
+        options: dict[str, Any] = {"dest": name, "default": None, "help": f"{text} ({default})"}
+        if field["type"] == "boolean":
+            options["action"] = argparse.BooleanOptionalAction
+        elif "enum" in field:
+            options["choices"] = field["enum"]
+        else:
+            options["metavar"] = {"integer": "N", "number": "X"}.get(field["type"], "TEXT")
+        group.add_argument(_flag(name), **options)
+
+
+def hyperparameters_from_args(args: argparse.Namespace) -> HyperParameters:
+    """The given hyperparameter flags onto the contract (every problem named by its flag)."""
+    values = {}
+    for name in HyperParameters.model_fields:
+        value = getattr(args, name)
+        if isinstance(value, bool):
+            values[name] = "true" if value else "false"
+        elif value is not None:
+            values[name] = value
+    try:
+        return HyperParameters.from_strings(values)
+    except HyperParameterError as exc:
+        raise ScriptError("not submitted: " + "; ".join(
+            f"{_flag(name)}: {text}" for name, text in exc.problems)) from None
 
 
 class Locations:
@@ -126,40 +160,20 @@ def _require_portal_package() -> None:
 
 def _portal_training(target: Target, where: Locations, image: str) -> Any:
     """The portal's Training service, configured like the portal for this deployment."""
-    from easel_webui.settings import Settings
     from easel_webui.storage import Bucket
     from easel_webui.store import Table
-    from easel_webui.training import Training
+    from easel_webui.training import Training, TrainingConfig
 
     config = target.config
     session = target.session()
-    settings = Settings(
-        bucket=where.bucket, table=where.table,
-        admin_secret=NOT_USED, session_secret=NOT_USED, execution_role_arn=where.role,
-        deployment_id=config.deployment_id, region=target.region, training_image=image,
-        endpoint_instance_types={k: v.model_dump() for k, v in
-                                 config.endpoints.instance_types.items()},
-        training_instance_types={k: v.model_dump() for k, v in
-                                 config.training.instance_types.items()},
-        training_max_runtime_hours=config.training.max_runtime_hours,
-        spot_by_default=config.training.spot_by_default,
-    )
     clients = SimpleNamespace(sagemaker=session.client("sagemaker"), s3=session.client("s3"))
-    return Training(settings=settings, clients=clients,
-                    table=Table(session.client("dynamodb"), settings.table),
-                    bucket=Bucket(clients.s3, settings.bucket))
-
-
-def form_from_args(args: argparse.Namespace, *, default_instance_type: str) -> dict[str, Any]:
-    return {
-        "name": args.name, "concepts_s3_uri": args.concepts, "model_s3_uri": args.model,
-        "checkpoint": args.checkpoint, "instance_prompt": args.instance_prompt,
-        "class_prompt": args.class_prompt, "prior": "on" if args.prior else "",
-        "mode": args.mode, "output_name": args.output_name or args.name,
-        "max_train_steps": args.steps, "learning_rate": args.learning_rate, "rank": args.rank,
-        "instance_type": args.instance_type or default_instance_type,
-        "spot": "true" if args.spot else "",
-    }
+    return Training(
+        config=TrainingConfig(deployment_id=config.deployment_id, image=image,
+                              execution_role_arn=where.role,
+                              instance_types=config.training.instance_types,
+                              max_runtime_hours=config.training.max_runtime_hours),
+        clients=clients, table=Table(session.client("dynamodb"), where.table),
+        bucket=Bucket(clients.s3, where.bucket))
 
 
 def submit_with_sdk(request: dict[str, Any], *, boto_session: Any, bucket: str) -> str:
@@ -229,13 +243,16 @@ def submit(args: argparse.Namespace, target: Target) -> tuple[str, Any]:
                if not value]
     if missing:
         raise UsageError(f"missing {', '.join(missing)} (or use --follow JOB)")
+    hyperparameters = hyperparameters_from_args(args)
     where = Locations(target, StackOutputs(target))
     training = _portal_training(target, where, where.image(args.image))
     default_type = next(iter(target.config.training.instance_types))
     user = User(username=CLI_USER, role="admin", generation="", builtin=True)
     try:
-        spec = training.spec_from_form(form_from_args(args, default_instance_type=default_type),
-                                       user=user)
+        spec = training.build_spec(
+            user=user, name=args.name, instance_type=args.instance_type or default_type,
+            model_s3_uri=args.model, concept_set="", concepts_s3_uri=args.concepts,
+            spot=args.spot, hyperparameters=hyperparameters)
     except PortalError as exc:
         raise ScriptError(f"not submitted: {exc}") from None
     if args.via == "boto3":

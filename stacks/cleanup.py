@@ -12,14 +12,15 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from easel_contracts.naming import handler_tag_environment
-from stacks.lambda_defaults import LAMBDA_RUNTIME
+from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
 from stacks.nag import (
-    BASIC_EXECUTION_POLICY,
     acknowledge,
     alarm_finding,
     arn_of,
     log_group_finding,
     owned_sagemaker_findings,
+    scalable_target_finding,
+    target_tracking_alarm_finding,
 )
 from stacks.naming import (
     alarm_arn,
@@ -27,7 +28,10 @@ from stacks.naming import (
     endpoint_log_group,
     log_group_arn,
     owned_sagemaker_arns,
+    scalable_target_arn,
+    target_tracking_alarm_arn,
 )
+from stacks.scaling import autoscaling_tag_condition
 
 HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
 TOTAL_TIMEOUT = Duration.minutes(30)
@@ -50,6 +54,10 @@ class DeploymentCleanup(Construct):
         stack = Stack.of(self)
         code = lambda_.Code.from_asset(str(HANDLER_DIR))
         log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR)
+        role = function_role(
+            self, "Role", log_group=log_group,
+            description=f"Easel {deployment_id}: removes the portal's SageMaker resources",
+        )
         environment = {
             "DEPLOYMENT_ID": deployment_id,
             "GIVE_UP_SECONDS": str(GIVE_UP.to_seconds()),
@@ -65,6 +73,7 @@ class DeploymentCleanup(Construct):
             timeout=Duration.minutes(5),
             environment=environment,
             log_group=log_group,
+            role=role,
             description="Easel: starts deleting this deployment's SageMaker resources",
         )
         self.is_complete = lambda_.Function(
@@ -76,90 +85,83 @@ class DeploymentCleanup(Construct):
             timeout=Duration.minutes(5),
             environment=environment,
             log_group=log_group,
+            role=role,
             description="Easel: waits until this deployment's SageMaker resources are gone",
         )
 
         owned = owned_sagemaker_arns(stack, deployment_id)
-        for function in (self.on_event, self.is_complete):
-            # SageMaker's List* actions support no resource-level scoping.
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="ListSageMaker",
-                    actions=[
-                        "sagemaker:ListEndpoints",
-                        "sagemaker:ListEndpointConfigs",
-                        "sagemaker:ListModels",
-                        "sagemaker:ListTrainingJobs",
-                    ],
-                    resources=["*"],
-                )
-            )
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="ReadOwnTags", actions=["sagemaker:ListTags"], resources=owned
-                )
-            )
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="DeleteOwnResources",
-                    actions=[
-                        "sagemaker:DeleteEndpoint",
-                        "sagemaker:DeleteEndpointConfig",
-                        "sagemaker:DeleteModel",
-                        "sagemaker:StopTrainingJob",
-                    ],
-                    resources=owned,
-                    conditions=deployment_tag_condition(deployment_id),
-                )
-            )
-            # Scaling targets and policies the portal registered for the endpoints.
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="RemoveEndpointScaling",
-                    actions=[
-                        "application-autoscaling:DescribeScalableTargets",
-                        "application-autoscaling:DeregisterScalableTarget",
-                    ],
-                    resources=["*"],
-                )
-            )
-            alarms = alarm_arn(stack, deployment_id)
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="RemoveBacklogAlarms",
-                    actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
-                    resources=[alarms],
-                )
-            )
-            log_groups = log_group_arn(stack, endpoint_log_group(deployment_id))
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="RemoveEndpointLogGroups",
-                    actions=["logs:DescribeLogGroups", "logs:DeleteLogGroup"],
-                    resources=[log_groups, f"{log_groups}:*"],
-                )
-            )
-            acknowledge(
-                function,
-                "Alarms and log groups are limited to names of this deployment's endpoints.",
-                alarm_finding(stack, deployment_id),
-                log_group_finding(stack, endpoint_log_group(deployment_id)),
-                log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
-            )
-            acknowledge(
-                function,
-                "SageMaker List* and Application Auto Scaling actions have no resource scope; "
-                "the other actions are limited to resources named for (and SageMaker deletes to "
-                "resources tagged with) this deployment.",
-                "IAM5[Resource::*]",
-                *owned_sagemaker_findings(stack, deployment_id),
-            )
-            acknowledge(
-                function,
-                "The basic execution policy only lets the function write its own logs.",
-                BASIC_EXECUTION_POLICY,
-            )
+        # Both handlers share one role: it writes only to their log group (function_role).
+        # SageMaker's List* actions support no resource-level scoping.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ListSageMaker",
+            actions=["sagemaker:ListEndpoints", "sagemaker:ListEndpointConfigs",
+                     "sagemaker:ListModels", "sagemaker:ListTrainingJobs"],
+            resources=["*"],
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ReadOwnTags", actions=["sagemaker:ListTags"], resources=owned
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="DeleteOwnResources",
+            actions=["sagemaker:DeleteEndpoint", "sagemaker:DeleteEndpointConfig",
+                     "sagemaker:DeleteModel", "sagemaker:StopTrainingJob"],
+            resources=owned,
+            conditions=deployment_tag_condition(deployment_id),
+        ))
+        # Scaling targets the scaler registered for the endpoints: finding them has no resource
+        # scope; deregistering is limited to targets tagged with this deployment.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="FindEndpointScaling",
+            actions=["application-autoscaling:DescribeScalableTargets"],
+            resources=["*"],
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="RemoveEndpointScaling",
+            actions=["application-autoscaling:DeregisterScalableTarget"],
+            resources=[scalable_target_arn(stack)],
+            conditions=autoscaling_tag_condition(deployment_id),
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="RemoveEndpointAlarms",
+            actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
+            resources=[alarm_arn(stack, deployment_id),
+                       target_tracking_alarm_arn(stack, deployment_id)],
+        ))
+        log_groups = log_group_arn(stack, endpoint_log_group(deployment_id))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="RemoveEndpointLogGroups",
+            actions=["logs:DescribeLogGroups", "logs:DeleteLogGroup"],
+            resources=[log_groups, f"{log_groups}:*"],
+        ))
+        acknowledge(
+            role,
+            "Alarms and log groups are limited to names of this deployment's endpoints (the "
+            "portal's alarms and the target-tracking alarms Application Auto Scaling made for "
+            "them); scalable targets have random ids, so deregistering is limited by the "
+            "easel:deployment tag instead.",
+            alarm_finding(stack, deployment_id),
+            target_tracking_alarm_finding(stack, deployment_id),
+            scalable_target_finding(stack),
+            log_group_finding(stack, endpoint_log_group(deployment_id)),
+            log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
+        )
+        acknowledge(
+            role,
+            "SageMaker List* and DescribeScalableTargets have no resource scope; the other "
+            "actions are limited to resources named for (and SageMaker deletes to resources "
+            "tagged with) this deployment.",
+            "IAM5[Resource::*]",
+            *owned_sagemaker_findings(stack, deployment_id),
+        )
 
+        # The framework's own functions get roles without AWS managed policies: they write only
+        # to this log group (invoking the handlers is granted by the Provider).
+        framework_roles = [
+            function_role(self, role_id, log_group=log_group,
+                          description=f"Provider framework {purpose} for the Easel cleanup")
+            for role_id, purpose in (("FrameworkOnEventRole", "onEvent"),
+                                     ("FrameworkCompleteRole", "isComplete/onTimeout"))
+        ]
         self.provider = cr.Provider(
             self,
             "Provider",
@@ -168,13 +170,15 @@ class DeploymentCleanup(Construct):
             query_interval=Duration.seconds(20),
             total_timeout=TOTAL_TIMEOUT,
             log_group=log_group,
+            framework_on_event_role=framework_roles[0],
+            framework_complete_and_timeout_role=framework_roles[1],
         )
         framework = {
             name: self.provider.node.find_child(name)
             for name in ("framework-onEvent", "framework-isComplete", "framework-onTimeout")
         }
         acknowledge(
-            self.provider,
+            self,
             "CDK Provider framework: its functions may invoke only this construct's handler "
             "functions (any version), and its waiter only the framework's own functions.",
             *(
@@ -186,11 +190,6 @@ class DeploymentCleanup(Construct):
                     framework["framework-onTimeout"],
                 )
             ),
-        )
-        acknowledge(
-            self.provider,
-            "CDK Provider framework functions use the basic execution policy for their logs.",
-            BASIC_EXECUTION_POLICY,
         )
         acknowledge(
             self.provider,

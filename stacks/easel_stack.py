@@ -16,6 +16,7 @@ from stacks.portal import PortalService
 from stacks.reaper import EndpointReaper
 from stacks.registries import ContainerRepositories
 from stacks.sagemaker_access import SageMakerExecutionRole
+from stacks.scaling import EndpointScaler
 from stacks.secrets import PortalSecrets
 from stacks.storage import DataStorage
 from stacks.table import StateTable
@@ -107,6 +108,8 @@ class EaselStack(Stack):
             secrets=[secrets.admin_secret, secrets.session_key],
             execution_role=self.execution_role.role,
         )
+        # The bucket's CORS names the portal's origin, known once the distribution exists.
+        self.storage.allow_browser_uploads_from(self.portal.url)
         # On `cdk destroy` the portal stops first, so it cannot start endpoints during cleanup.
         self.portal.service.node.add_dependency(self.cleanup.resource)
         self.reaper = EndpointReaper(
@@ -114,6 +117,9 @@ class EaselStack(Stack):
             "Reaper",
             deployment_id=config.deployment_id,
             default_ttl_hours=config.endpoints.idle_ttl_hours,
+        )
+        self.scaler = EndpointScaler(
+            self, "Scaling", deployment_id=config.deployment_id, table=self.table.table
         )
 
         CfnOutput(self, "PortalUrl", value=self.portal.url)

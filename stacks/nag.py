@@ -64,6 +64,17 @@ def alarm_finding(stack: Stack, deployment_id: str) -> str:
     return f"IAM5[Resource::{partition_arn(stack, 'cloudwatch', f'alarm:{deployment_id}-*')}]"
 
 
+def target_tracking_alarm_finding(stack: Stack, deployment_id: str) -> str:
+    """The IAM5 finding for `naming.target_tracking_alarm_arn(stack, deployment_id)`."""
+    name = f"alarm:TargetTracking-endpoint/{deployment_id}-*"
+    return f"IAM5[Resource::{partition_arn(stack, 'cloudwatch', name)}]"
+
+
+def scalable_target_finding(stack: Stack) -> str:
+    """The IAM5 finding for `naming.scalable_target_arn(stack)`."""
+    return f"IAM5[Resource::{partition_arn(stack, 'application-autoscaling', 'scalable-target/*')}]"
+
+
 def bucket_arn(bucket: IConstruct) -> str:
     """How cdk-nag writes a bucket's ARN: a GetAtt for a bucket of this stack, else its name."""
     if isinstance(bucket.node.default_child, CfnResource):

@@ -44,9 +44,46 @@ def log_group_arn(stack: Stack, name: str) -> str:
 
 
 def alarm_arn(stack: Stack, deployment_id: str) -> str:
+    """The portal's own alarms (async backlog), named `<deployment_id>-…`."""
     return stack.format_arn(
         service="cloudwatch",
         resource="alarm",
         resource_name=resource_name(deployment_id, "*"),
         arn_format=ArnFormat.COLON_RESOURCE_NAME,
     )
+
+
+def target_tracking_alarm_arn(stack: Stack, deployment_id: str) -> str:
+    """The alarms Application Auto Scaling creates for target-tracking policies on this
+    deployment's endpoints (`TargetTracking-endpoint/<endpoint>/variant/...`). AAS creates and
+    deletes them with the caller's CloudWatch rights, so whoever puts or removes those policies
+    (directly, or by deregistering the target) needs PutMetricAlarm/DescribeAlarms/DeleteAlarms
+    on them. Source: Application Auto Scaling User Guide, "Identity-based policy examples",
+    permissions required for API actions on target resources (SageMaker, CloudWatch):
+    https://docs.aws.amazon.com/autoscaling/application/userguide/security_iam_id-based-policy-examples.html
+    """
+    return stack.format_arn(
+        service="cloudwatch",
+        resource="alarm",
+        resource_name=f"TargetTracking-endpoint/{deployment_id}-*",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )
+
+
+def scalable_target_arn(stack: Stack) -> str:
+    """Every scalable target of the account and region; grants on it carry a condition on the
+    `easel:deployment` tag (Application Auto Scaling supports ABAC on scalable targets:
+    https://docs.aws.amazon.com/autoscaling/application/userguide/security_iam_service-with-iam.html
+    and the Service Authorization Reference for application-autoscaling)."""
+    return stack.format_arn(
+        service="application-autoscaling",
+        resource="scalable-target",
+        resource_name="*",
+        arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+    )
+
+
+AUTOSCALING_SLR_NAME = (
+    "aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+    "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+)

@@ -1,12 +1,17 @@
-"""The portal's VPC: two AZs by default, NAT count from config (0 = no NAT)."""
+"""The portal's VPC: two AZs by default, NAT count from config (0 = no NAT), subnets placed by AZ
+ID in zones where CloudFront VPC origins are offered."""
 
 from __future__ import annotations
 
+from aws_cdk import Aws, CfnMapping, Fn, Token
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from stacks.availability_zones import VPC_ORIGIN_AZ_IDS
 from stacks.nag import BASIC_EXECUTION_POLICY, acknowledge
+
+AZ_ID_KEY = "AzIds"
 
 FLOW_LOG_RETENTION = logs.RetentionDays.ONE_YEAR
 
@@ -58,6 +63,7 @@ class PortalNetwork(Construct):
                 logs.LogGroup(self, "FlowLogs", retention=FLOW_LOG_RETENTION)
             ),
         )
+        self._place_subnets_by_az_id()
         task_type = ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_gateways else ec2.SubnetType.PUBLIC
         self.task_subnets = ec2.SubnetSelection(subnet_type=task_type)
         self.tasks_need_public_ip = nat_gateways == 0
@@ -67,7 +73,28 @@ class PortalNetwork(Construct):
         if restrict is not None:
             acknowledge(
                 restrict,
-                "CDK's custom resource that removes all rules from the VPC's default security "
-                "group; its function only writes its own logs.",
+                "CDK's own custom resource that removes all rules from the VPC's default security "
+                "group (runs only during deploys). CDK gives its function no way to replace the "
+                "managed policy, which allows creating and writing any log group in the account "
+                "(logs:CreateLogGroup/CreateLogStream/PutLogEvents on *); it writes only its own.",
                 BASIC_EXECUTION_POLICY,
             )
+
+    def _place_subnets_by_az_id(self) -> None:
+        """Subnet `i` of each tier goes to the `i`-th allowed AZ ID of the deploy region (a
+        CfnMapping on AWS::Region, so no AWS call at synth) instead of the `i`-th AZ name,
+        whose zone differs per account and may lack CloudFront VPC origins."""
+        self.az_mapping = CfnMapping(
+            self, "VpcOriginAzIds",
+            mapping={region: {AZ_ID_KEY: list(ids)} for region, ids in VPC_ORIGIN_AZ_IDS.items()},
+        )
+        allowed = self.az_mapping.find_in_map(Aws.REGION, AZ_ID_KEY)
+        for tier in (self.vpc.public_subnets, self.vpc.private_subnets,
+                     self.vpc.isolated_subnets):
+            for index, subnet in enumerate(tier):
+                subnet_resource = subnet.node.default_child
+                assert isinstance(subnet_resource, ec2.CfnSubnet)
+                subnet_resource.add_property_deletion_override("AvailabilityZone")
+                subnet_resource.add_property_override(
+                    "AvailabilityZoneId", Fn.select(index, Token.as_list(allowed))
+                )

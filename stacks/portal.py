@@ -3,6 +3,9 @@ CloudFront (VPC origin), with a task role scoped to the kit's own resources."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
@@ -25,6 +28,8 @@ from stacks.nag import (
     bucket_arn,
     log_group_finding,
     owned_sagemaker_findings,
+    scalable_target_finding,
+    target_tracking_alarm_finding,
 )
 from stacks.naming import (
     TRAINING_LOG_GROUP,
@@ -33,8 +38,11 @@ from stacks.naming import (
     endpoint_log_group,
     log_group_arn,
     owned_sagemaker_arns,
+    scalable_target_arn,
+    target_tracking_alarm_arn,
 )
 from stacks.network import PortalNetwork
+from stacks.scaling import autoscaling_tag_condition
 
 CONTAINER_PORT = 8080
 HEALTH_PATH = "/health"
@@ -43,6 +51,14 @@ READ_WRITE_PREFIXES = ("models/*", "loras/*", "concepts/*", "async/*", "outputs/
 # ... and only reads training output (jobs write it).
 READ_PREFIXES = ("training/*",)
 LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+
+
+def instance_type_condition(instance_types: Iterable[str]) -> dict[str, Any]:
+    """IAM condition: the request names instance types, all of them in `instance_types`."""
+    return {
+        "ForAllValues:StringEquals": {"sagemaker:InstanceTypes": sorted(instance_types)},
+        "Null": {"sagemaker:InstanceTypes": "false"},
+    }
 
 
 class PortalService(Construct):
@@ -67,6 +83,7 @@ class PortalService(Construct):
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         deployment_id = config.deployment_id
+        self._config = config
         vpc = network.vpc
 
         # --- load balancer: internal, reachable only from inside the VPC (CloudFront's VPC origin)
@@ -166,10 +183,13 @@ class PortalService(Construct):
         acknowledge(
             self.distribution,
             "Without a custom domain the distribution uses CloudFront's default certificate, "
-            "whose TLS policy is fixed (CFR4); WAF web ACLs for CloudFront must live in "
-            "us-east-1, so WAF is opt-in (CFR2, README: Security); people sign in, so no geo "
-            "restriction is imposed (CFR1); request logs come from the portal itself, since "
-            "CloudFront standard logs need an ACL-enabled bucket (CFR3).",
+            "whose TLS policy is fixed (CFR4). No WAF web ACL is attached (the kit offers no "
+            "option for one): a CloudFront-scope web ACL must be created in us-east-1, which a "
+            "stack in another region cannot do; every page and API call needs a signed-in "
+            "session, and sign-in is throttled (CFR2). People sign in, so no geo restriction "
+            "(CFR1). No CloudFront access logs: the portal logs every request itself (CFR3; "
+            "standard logging v2 needs no ACL bucket, but its delivery source must be created "
+            "in us-east-1, like the web ACL).",
             "CFR1", "CFR2", "CFR3", "CFR4",
         )
         acknowledge(
@@ -216,10 +236,23 @@ class PortalService(Construct):
         tag_condition = deployment_tag_condition(deployment_id, context="RequestTag")
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="CreateTaggedSageMakerResources",
-            actions=["sagemaker:CreateModel", "sagemaker:CreateEndpointConfig",
-                     "sagemaker:CreateEndpoint", "sagemaker:CreateTrainingJob"],
+            actions=["sagemaker:CreateModel", "sagemaker:CreateEndpoint"],
             resources=owned, conditions=tag_condition,
         ))
+        # Only the config's instance types: every type in the request must be allowed, and the
+        # request must name one (without the Null check, a request with no instance type would
+        # pass ForAllValues vacuously). sagemaker:InstanceTypes is the condition key of
+        # CreateEndpointConfig and CreateTrainingJob (Service Authorization Reference, SageMaker).
+        for sid, action, types in (
+            ("CreateEndpointConfigsOfAllowedTypes", "sagemaker:CreateEndpointConfig",
+             self._config.endpoints.instance_types),
+            ("CreateTrainingJobsOfAllowedTypes", "sagemaker:CreateTrainingJob",
+             self._config.training.instance_types),
+        ):
+            role.add_to_principal_policy(iam.PolicyStatement(
+                sid=sid, actions=[action], resources=owned,
+                conditions={**tag_condition, **instance_type_condition(types)},
+            ))
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="ManageOwnSageMakerResources",
             actions=["sagemaker:AddTags", "sagemaker:ListTags", "sagemaker:DescribeModel",
@@ -242,32 +275,21 @@ class PortalService(Construct):
             resources=[execution_role.role_arn],
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         ))
+        # Scaling is applied by the scaler Lambda (stacks/scaling.py); the portal only removes it
+        # when it deletes an endpoint: deregistering the target (tagged with this deployment)
+        # drops its policies, and Application Auto Scaling then deletes their target-tracking
+        # alarms with the caller's CloudWatch rights.
         role.add_to_principal_policy(iam.PolicyStatement(
-            sid="EndpointAutoScaling",
-            actions=["application-autoscaling:RegisterScalableTarget",
-                     "application-autoscaling:DeregisterScalableTarget",
-                     "application-autoscaling:PutScalingPolicy",
-                     "application-autoscaling:DeleteScalingPolicy",
-                     "application-autoscaling:DescribeScalableTargets",
-                     "application-autoscaling:DescribeScalingPolicies"],
-            resources=["*"],
+            sid="DeregisterOwnScalableTargets",
+            actions=["application-autoscaling:DeregisterScalableTarget"],
+            resources=[scalable_target_arn(stack)],
+            conditions=autoscaling_tag_condition(deployment_id),
         ))
         role.add_to_principal_policy(iam.PolicyStatement(
-            sid="AutoScalingServiceLinkedRole",
-            actions=["iam:CreateServiceLinkedRole"],
-            resources=[stack.format_arn(
-                service="iam", region="", resource="role",
-                resource_name="aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
-                "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
-            )],
-            conditions={"StringEquals": {
-                "iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}},
-        ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="AsyncBacklogAlarms",
-            actions=["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms",
-                     "cloudwatch:DescribeAlarms"],
-            resources=[alarm_arn(stack, deployment_id)],
+            sid="RemoveEndpointAlarms",
+            actions=["cloudwatch:DeleteAlarms", "cloudwatch:DescribeAlarms"],
+            resources=[alarm_arn(stack, deployment_id),
+                       target_tracking_alarm_arn(stack, deployment_id)],
         ))
         endpoint_logs = log_group_arn(stack, endpoint_log_group(deployment_id))
         training_logs = log_group_arn(stack, TRAINING_LOG_GROUP)
@@ -301,17 +323,19 @@ class PortalService(Construct):
         acknowledge(
             policy,
             "SageMaker, log-group and alarm access is limited to resources named for this "
-            "deployment; creation also requires the deployment tag.",
+            "deployment; creation also requires the deployment tag. Scalable targets have "
+            "random ids: deregistering is limited to targets tagged with this deployment.",
             *owned_sagemaker_findings(stack, deployment_id),
             alarm_finding(stack, deployment_id),
+            target_tracking_alarm_finding(stack, deployment_id),
+            scalable_target_finding(stack),
             log_group_finding(stack, endpoint_log_group(deployment_id)),
             log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
             log_group_finding(stack, f"{TRAINING_LOG_GROUP}:log-stream:{deployment_id}-*"),
         )
         acknowledge(
             policy,
-            "SageMaker List* and Application Auto Scaling actions support no resource-level "
-            "scoping; scaling targets are the deployment's own endpoints.",
+            "SageMaker List* actions support no resource-level scoping.",
             "IAM5[Resource::*]",
         )
         acknowledge(

@@ -13,14 +13,22 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from easel_contracts.naming import handler_tag_environment
-from stacks.lambda_defaults import LAMBDA_RUNTIME
+from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
 from stacks.nag import (
-    BASIC_EXECUTION_POLICY,
     acknowledge,
     alarm_finding,
     owned_sagemaker_findings,
+    scalable_target_finding,
+    target_tracking_alarm_finding,
 )
-from stacks.naming import alarm_arn, deployment_tag_condition, owned_sagemaker_arns
+from stacks.naming import (
+    alarm_arn,
+    deployment_tag_condition,
+    owned_sagemaker_arns,
+    scalable_target_arn,
+    target_tracking_alarm_arn,
+)
+from stacks.scaling import autoscaling_tag_condition
 
 HANDLER_DIR = Path(__file__).resolve().parent / "reaper_handler"
 SCHEDULE = Duration.minutes(15)
@@ -34,6 +42,7 @@ class EndpointReaper(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
+        log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR)
         self.function = lambda_.Function(
             self, "Function",
             runtime=LAMBDA_RUNTIME,
@@ -43,7 +52,9 @@ class EndpointReaper(Construct):
             environment={"DEPLOYMENT_ID": deployment_id,
                          "DEFAULT_IDLE_TTL_HOURS": str(default_ttl_hours),
                          **handler_tag_environment()},
-            log_group=logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR),
+            log_group=log_group,
+            role=function_role(self, "Role", log_group=log_group,
+                               description=f"Easel {deployment_id}: endpoint reaper"),
             description="Easel: deletes endpoints idle past their time-to-live",
         )
         owned = owned_sagemaker_arns(stack, deployment_id)
@@ -62,28 +73,34 @@ class EndpointReaper(Construct):
             conditions=deployment_tag_condition(deployment_id),
         ))
         self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["application-autoscaling:DescribeScalableTargets",
-                     "application-autoscaling:DeregisterScalableTarget"],
-            resources=["*"],
+            actions=["application-autoscaling:DescribeScalableTargets"], resources=["*"],
+        ))
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["application-autoscaling:DeregisterScalableTarget"],
+            resources=[scalable_target_arn(stack)],
+            conditions=autoscaling_tag_condition(deployment_id),
         ))
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
-            resources=[alarm_arn(stack, deployment_id)],
+            resources=[alarm_arn(stack, deployment_id),
+                       target_tracking_alarm_arn(stack, deployment_id)],
         ))
         acknowledge(
-            self.function,
-            "Alarms are limited to names of this deployment's endpoints.",
+            self,
+            "Alarms are limited to names of this deployment's endpoints (its own and the "
+            "target-tracking alarms Application Auto Scaling made for them); scalable targets "
+            "have random ids, so deregistering is limited by the easel:deployment tag instead.",
             alarm_finding(stack, deployment_id),
+            target_tracking_alarm_finding(stack, deployment_id),
+            scalable_target_finding(stack),
         )
         acknowledge(
-            self.function,
-            "ListEndpoints, GetMetricData and Application Auto Scaling have no resource scope; "
+            self,
+            "ListEndpoints, GetMetricData and DescribeScalableTargets have no resource scope; "
             "every other action is limited to SageMaker resources named for (deletes: tagged "
             "with) this deployment.",
             "IAM5[Resource::*]", *owned_sagemaker_findings(stack, deployment_id),
         )
-        acknowledge(self.function, "The basic execution policy only writes the function's logs.",
-                    BASIC_EXECUTION_POLICY)
         events.Rule(
             self, "Schedule",
             schedule=events.Schedule.rate(SCHEDULE),

@@ -11,8 +11,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as sm
 from constructs import Construct
 
-from stacks.lambda_defaults import LAMBDA_RUNTIME
-from stacks.nag import BASIC_EXECUTION_POLICY, acknowledge
+from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
+from stacks.nag import acknowledge
 
 HANDLER_DIR = Path(__file__).resolve().parent / "rotation_handler"
 ADMIN_USERNAME = "admin"
@@ -61,6 +61,9 @@ class PortalSecrets(Construct):
             "SMG4",
         )
 
+        rotator_logs = logs.LogGroup(self, "RotatorLogs", retention=logs.RetentionDays.ONE_YEAR)
+        rotator_role = function_role(self, "RotatorRole", log_group=rotator_logs,
+                                     description="Easel: rotates the admin password")
         self.rotation_function = lambda_.Function(
             self,
             "Rotator",
@@ -70,7 +73,8 @@ class PortalSecrets(Construct):
             timeout=Duration.seconds(30),
             description="Rotates the Easel admin password",
             environment={"PASSWORD_LENGTH": str(PASSWORD_LENGTH)},
-            log_group=logs.LogGroup(self, "RotatorLogs", retention=logs.RetentionDays.ONE_YEAR),
+            log_group=rotator_logs,
+            role=rotator_role,
         )
         self.admin_secret.add_rotation_schedule(
             "Rotation",
@@ -82,12 +86,7 @@ class PortalSecrets(Construct):
             iam.PolicyStatement(actions=["secretsmanager:GetRandomPassword"], resources=["*"])
         )
         acknowledge(
-            self.rotation_function,
+            rotator_role,
             "secretsmanager:GetRandomPassword supports no resource-level scoping.",
             "IAM5[Resource::*]",
-        )
-        acknowledge(
-            self.rotation_function,
-            "The basic execution policy only lets the function write its own logs.",
-            BASIC_EXECUTION_POLICY,
         )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from stacks.lambda_defaults import function_role
 from stacks.nag import acknowledge
 
 INCOMPLETE_UPLOAD_DAYS = 7
@@ -31,6 +34,44 @@ class DataStorage(Construct):
     Retained on `cdk destroy` unless `purge_data`; a retained bucket can be re-attached by name
     (`existing_bucket_name`) and then still gets the TLS-only policy.
     """
+
+    def allow_browser_uploads_from(self, origin: str) -> None:
+        """Let browsers at `origin` (the portal's URL) upload concept photos straight to the data
+        bucket with pre-signed requests: the bucket's CORS rule names that origin only.
+
+        The origin is the CloudFront domain, known once the distribution exists. A CORS property
+        on the bucket would make the bucket depend on the distribution, whose ALB (with access
+        logs) depends on the log bucket's policy, which names the data bucket: a cycle. So a
+        custom resource puts the rule after both exist; it does the same for a re-attached
+        bucket, whose CORS CloudFormation does not manage (the rule replaces its CORS rules).
+        """
+        log_group = logs.LogGroup(self, "CorsLogs", retention=logs.RetentionDays.ONE_YEAR)
+        role = function_role(self, "CorsRole", log_group=log_group,
+                             description="Easel: sets the data bucket's CORS rule to the portal")
+        put_cors = cr.AwsSdkCall(
+            service="S3",
+            action="putBucketCors",
+            parameters={
+                "Bucket": self.bucket.bucket_name,
+                "CORSConfiguration": {"CORSRules": [{
+                    "AllowedOrigins": [origin],
+                    "AllowedMethods": ["PUT", "POST"],
+                    "AllowedHeaders": ["*"],
+                    "MaxAgeSeconds": 3000,
+                }]},
+            },
+            physical_resource_id=cr.PhysicalResourceId.of("data-bucket-cors"),
+        )
+        self.cors = cr.AwsCustomResource(
+            self, "Cors",
+            on_create=put_cors,
+            on_update=put_cors,
+            policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+                actions=["s3:PutBucketCORS"], resources=[self.bucket.bucket_arn])]),
+            role=role,
+            log_group=log_group,
+            install_latest_aws_sdk=False,
+        )
 
     def __init__(
         self,
@@ -95,15 +136,6 @@ class DataStorage(Construct):
                             INCOMPLETE_UPLOAD_DAYS
                         ),
                     ),
-                ],
-                # Browsers upload concept photos straight to S3 with pre-signed requests.
-                cors=[
-                    s3.CorsRule(
-                        allowed_methods=[s3.HttpMethods.PUT, s3.HttpMethods.POST],
-                        allowed_origins=["*"],
-                        allowed_headers=["*"],
-                        max_age=3000,
-                    )
                 ],
                 removal_policy=removal,
                 auto_delete_objects=purge_data,

@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,12 @@ class EndpointManager:
         log_root: Path,
         arns: ArnFactory,
         registry: ProcessRegistry | None = None,
+        on_in_service: Callable[[str], object] | None = None,
     ) -> None:
         self._registry = registry
+        # Called with the endpoint's name each time it becomes InService, as SageMaker's
+        # "Endpoint State Change" event reaches the stack's scaler.
+        self._on_in_service = on_in_service
         self._records = records
         self._s3 = s3
         self._settings = settings
@@ -216,6 +221,15 @@ class EndpointManager:
             _deployed={"config": config, "model": model},
         )
         self._prune_model_dirs(name, keep=serving)
+        self._announce_in_service(name)
+
+    def _announce_in_service(self, name: str) -> None:
+        if self._on_in_service is None:
+            return
+        try:
+            self._on_in_service(name)
+        except Exception:  # noqa: BLE001 - a failing listener never fails the endpoint
+            log.exception("InService listener failed for endpoint %s", name)
 
     def _deploy_failed(self, name: str, reason: str, *, updating: bool) -> None:
         reason = _truncate(reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from local.settings import StandInSettings
 class SageMakerStandIn:
     """Serves the SageMaker and SageMaker-runtime APIs on a free 127.0.0.1 port.
 
-    ``state_dir`` holds its records (``records/``), endpoint and training work folders
+    ``on_in_service(name)`` runs each time an endpoint becomes InService (local mode passes the
+    scaler, as the stack's EventBridge rule does). ``state_dir`` holds its records
+    (``records/``), endpoint and training work folders
     (``endpoints/``, ``training-jobs/``) and process logs (``logs/``).
     """
 
@@ -33,6 +36,7 @@ class SageMakerStandIn:
         arns: ArnFactory,
         cloudwatch: Any | None = None,
         registry: ProcessRegistry | None = None,
+        on_in_service: Callable[[str], object] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.settings = settings
@@ -45,6 +49,7 @@ class SageMakerStandIn:
             log_root=state_dir / "logs",
             arns=arns,
             registry=registry,
+            on_in_service=on_in_service,
         )
         self.training = TrainingManager(
             records=self.records,

@@ -338,3 +338,30 @@ def test_warm_up_size_follows_the_architecture_within_the_pixel_budget(
                            vae_scale_factor=8)
     request = warmup_request(pipe, "m", max_pixels=max_pixels)
     assert (request.width, request.height) == (side, side)
+
+
+def test_chunked_request_body_over_the_limit_is_413(tiny_model_dir, tmp_path) -> None:
+    settings = _settings(tiny_model_dir, tmp_path, max_image_bytes=1024, warmup=False)
+
+    def chunks():  # no Content-Length: the size only shows while streaming
+        yield b'{"task": "txt2img", "payload": {"prompt": "'
+        for _ in range(200):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/invocations", content=chunks(),
+                               headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+        assert response.json()["field"] == "body"
+        assert invoke(client, "samplers").status_code == 200
+
+
+def test_deeply_nested_json_is_400_not_500(tiny_model_dir, tmp_path) -> None:
+    settings = _settings(tiny_model_dir, tmp_path, warmup=False)
+    deep = b'{"task": "txt2img", "payload": {"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/invocations", content=deep,
+                               headers={"Content-Type": "application/json"})
+        assert response.status_code == 400
+        assert "Traceback" not in response.text

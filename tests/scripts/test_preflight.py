@@ -120,3 +120,60 @@ def test_account_other_than_the_configured_one_fails(bootstrapped, capsys, monke
                         codebuild={CODEBUILD_LARGE: 1.0})
     assert code == 1
     assert "config/prod.yaml says 210987654321" in _row(out, "credentials")
+
+
+# --- Availability Zones: the subnets go by AZ ID to zones with CloudFront VPC origins
+
+
+def _target(target_region, **config_changes):
+    from scripts.stack import Target
+    from stacks.config import load_config
+
+    config = load_config()
+    portal = config_changes.pop("portal", {})
+    config = config.model_copy(update={
+        **config_changes, "portal": config.portal.model_copy(update=portal)})
+    return Target(stack_name="easel", region=target_region, stage="default", config=config)
+
+
+def _zones(*zone_ids):
+    return {"AvailabilityZones": [
+        {"ZoneName": f"zone-{i}", "ZoneId": zone, "State": "available",
+         "ZoneType": "availability-zone"} for i, zone in enumerate(zone_ids)]}
+
+
+def _ec2_answering(session, answer):
+    ec2 = session.client("ec2")
+    stubber = Stubber(ec2)
+    stubber.add_response("describe_availability_zones", answer)
+    stubber.activate()
+    return ec2
+
+
+def test_ready_account_shows_the_zone_ids_the_subnets_use(bootstrapped, capsys, monkeypatch):
+    code, out, _ = _run(capsys, monkeypatch, bootstrapped, sagemaker=_sagemaker_quotas(),
+                        codebuild={CODEBUILD_LARGE: 1.0})
+    row = _row(out, "availability zones")
+    assert code == 0 and "pass" in row
+    assert "use1-az1" in row and "use1-az3" not in row
+
+
+def test_region_without_a_list_of_vpc_origin_zones_fails(aws):
+    check = preflight.check_availability_zones(aws.client("ec2"), _target("me-south-1"))
+    assert check.status == preflight.FAIL
+    assert "stacks/availability_zones.py" in check.fix
+
+
+def test_zone_the_account_cannot_use_fails_naming_it(aws):
+    ec2 = _ec2_answering(aws, _zones("use1-az1", "use1-az3", "use1-az4"))
+    check = preflight.check_availability_zones(ec2, _target("us-east-1"))
+    assert check.status == preflight.FAIL
+    assert "cannot use use1-az2" in check.detail
+
+
+def test_more_zones_than_the_region_offers_fails_with_the_max_azs_fix(aws):
+    target = _target("us-west-1", account="123456789012", region="us-west-1",
+                     portal={"max_azs": 3, "nat_gateways": 1})
+    check = preflight.check_availability_zones(aws.client("ec2"), target)
+    assert check.status == preflight.FAIL
+    assert "portal.max_azs to 2" in check.fix

@@ -8,6 +8,9 @@ import json
 import pytest
 from script_support import BUCKET, TABLE
 
+from easel_contracts.hyperparameters import HyperParameters, field_schemas
+from easel_contracts.training_record import TrainingJobRecord
+from easel_webui.store import deserialize
 from scripts import train
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/easel-training:abc"
@@ -31,7 +34,7 @@ def data(stack):
 
 def _args(concepts=f"s3://{BUCKET}/concepts/admin/dog/", *extra):
     return ["--name", "dog", "--concepts", concepts, "--model", f"s3://{BUCKET}/models/base/model.tar.gz",
-            "--instance-prompt", "a photo of sks dog", "--steps", "10", "--image", IMAGE,
+            "--instance-prompt", "a photo of sks dog", "--max-train-steps", "10", "--image", IMAGE,
             "--via", "boto3", "--no-follow", *extra]
 
 
@@ -80,7 +83,8 @@ def test_submission_sends_the_portal_request_and_records_the_job(data, capsys):
                         "model": f"s3://{BUCKET}/models/base/model.tar.gz"}
     item = data.client("dynamodb").get_item(
         TableName=TABLE, Key={"pk": {"S": "training#easel-dog"}, "sk": {"S": "meta"}})
-    assert item["Item"]["owner"]["S"] == "admin"
+    record = TrainingJobRecord.model_validate(deserialize(item["Item"]))
+    assert (record.owner, record.job, record.output_name) == ("admin", "easel-dog", "dog")
 
 
 def test_missing_required_settings_is_a_usage_error(data, capsys):
@@ -140,3 +144,33 @@ def test_sdk_submission_uses_model_trainer_and_the_kits_bucket(data, capsys):
     item = data.client("dynamodb").get_item(
         TableName=TABLE, Key={"pk": {"S": f"training#{job_name}"}, "sk": {"S": "meta"}})
     assert "Item" in item
+
+
+def test_every_hyperparameter_is_a_flag_with_the_contracts_help():
+    parser = train.build_parser()
+    flags = {action.dest: action for action in parser._actions}
+    for name, field in field_schemas().items():
+        assert name in flags, name
+        assert flags[name].option_strings[0] == "--" + name.replace("_", "-")
+        assert field["description"].replace("`", "")[:40] in flags[name].help
+    assert flags["mode"].choices == ["lora", "full"]
+
+
+def test_flags_reach_the_job_as_the_contracts_strings(data, capsys):
+    code, _, err = _run(capsys, _args(f"s3://{BUCKET}/concepts/admin/dog/", "--rank", "8",
+                                      "--no-cache-latents", "--random-flip",
+                                      "--learning-rate", "3e-5"))
+    assert code == 0, err
+    job = data.client("sagemaker").describe_training_job(TrainingJobName="easel-dog")
+    hp = HyperParameters.from_strings(job["HyperParameters"])
+    assert (hp.rank, hp.cache_latents, hp.random_flip) == (8, False, True)
+    assert hp.learning_rate == 3e-5 and hp.output_name == "dog"
+    assert hp.max_train_steps == 10
+
+
+def test_bad_hyperparameters_are_refused_naming_each_flag(data, capsys):
+    code, _, err = _run(capsys, _args(f"s3://{BUCKET}/concepts/admin/dog/", "--rank", "0",
+                                      "--resolution", "500"))
+    assert code == 1
+    assert "--rank: must be at least 1" in err and "--resolution: must be a multiple of 8" in err
+    assert _jobs(data) == []

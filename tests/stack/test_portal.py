@@ -72,8 +72,8 @@ def test_portal_creates_sagemaker_resources_only_with_the_deployment_tag(synth):
                if any(a.startswith("sagemaker:Create") for a in actions(s))]
     assert creates
     for statement in creates:
-        assert statement["Condition"] == {
-            "StringEquals": {"aws:RequestTag/easel:deployment": "easel"}}
+        assert statement["Condition"]["StringEquals"] == {
+            "aws:RequestTag/easel:deployment": "easel"}
 
 
 def test_portal_cannot_write_training_output(synth):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from easel_contracts.hyperparameters import HyperParameters
 from easel_training.dataset import build_concept_data
 from easel_training.errors import TrainingInputError
 from easel_training.geometry import (
@@ -14,7 +15,6 @@ from easel_training.geometry import (
     place_image,
     resize_and_center_crop,
 )
-from easel_training.hyperparams import parse_hyperparameters
 from easel_training.images import load_image_records, open_rgb
 from easel_training.plan import BatchPlan
 from easel_training.prompts import build_prompt, strip_filewords
@@ -56,7 +56,7 @@ def test_captions_reach_the_training_prompts(tmp_path):
     draw_concept(tmp_path / "a.png", size=(64, 64), seed=1)
     draw_concept(tmp_path / "b.png", size=(64, 64), seed=2)
     (tmp_path / "a.txt").write_text("wearing a hat", encoding="utf-8")
-    hp = parse_hyperparameters({"instance_prompt": "sks dog [filewords]"})
+    hp = HyperParameters.from_strings({"instance_prompt": "sks dog [filewords]"})
     data = build_concept_data(hp=hp, records=load_image_records(tmp_path, channel="concepts"),
                               class_records=[], resolution=64)
     assert data.image_prompts == ["sks dog wearing a hat", "sks dog"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from easel_contracts.hyperparameters import HyperParameters
 from easel_training.graphed import GraphedStep, graph_eligible
-from easel_training.hyperparams import parse_hyperparameters
 
 BASE = {"instance_prompt": "sks"}
 
 
 def test_graphs_only_where_a_captured_step_is_equivalent():
-    hp = parse_hyperparameters(BASE)
+    hp = HyperParameters.from_strings(BASE)
     assert graph_eligible(hp, cuda=True, world_size=1, mixed_precision="bf16")
     assert not graph_eligible(hp, cuda=False, world_size=1, mixed_precision="no")
     assert not graph_eligible(hp, cuda=True, world_size=2, mixed_precision="bf16")
@@ -20,7 +20,7 @@ def test_graphs_only_where_a_captured_step_is_equivalent():
     for changed in ({"mode": "full"}, {"train_text_encoder": "true"}, {"lr_scheduler": "cosine"},
                     {"gradient_accumulation_steps": "2"}, {"cuda_graphs": "false"},
                     {"compile": "true"}, {"gradient_checkpointing": "true"}):
-        other = parse_hyperparameters({**BASE, **changed})
+        other = HyperParameters.from_strings({**BASE, **changed})
         assert not graph_eligible(other, cuda=True, world_size=1, mixed_precision="bf16"), changed
 
 

@@ -122,7 +122,7 @@ class World:
             "min_instances": 1, "max_instances": 1, "idle_ttl_hours": 4,
             "model_s3_uri": f"s3://{BUCKET}/models/tiny.tar.gz", "model_name": f"{name}-m",
             "endpoint_config_name": f"{name}-c", "created_at": "2026-01-01T00:00:00Z",
-            "last_used_at": 0, "scaling_applied": True,
+            "last_used_at": 0, "scaling_status": "applied",
         })
         self.sagemaker.set_status(name, "InService")
         return name

@@ -12,6 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from easel_contracts import invocations as inv
 from easel_contracts.s3uri import S3Uri
 
 
@@ -125,6 +126,7 @@ class FakeRuntime(Recorder):
         self.delay = 0.0
         self.fail_with: str | None = None
         self.controlnet_listing = True  # False: an endpoint image from before that task
+        self.raw_answers: dict[str, Any] = {}  # task -> an answer off the contract
         self.release = threading.Event()
         self.release.set()
 
@@ -148,31 +150,45 @@ class FakeRuntime(Recorder):
                 "ContentType": "application/json"}
 
     def _answer(self, request: dict[str, Any]) -> Any:
-        task, payload = request["task"], request["payload"]
-        if task in ("txt2img", "img2img"):
+        """The answer a model server gives, built through the invocation contract's models
+        (so a shape change there shows up here too)."""
+        invocation = inv.Invocation.model_validate(request)
+        task, payload = invocation.task, invocation.request()
+        if task in self.raw_answers:
+            return self.raw_answers[task]
+        answer: Any
+        if isinstance(payload, inv.GenerationRequest):
             self.release.wait(timeout=30)
             if self.fail_with:
                 raise client_error("ModelError", "model failed", "InvokeEndpoint",
                                    OriginalStatusCode=400,
                                    OriginalMessage=json.dumps({"detail": self.fail_with}))
-            count = int(payload.get("batch_size", 1))
-            answer: Any = {"images": [png_b64() for _ in range(count)], "parameters": payload,
-                           "info": json.dumps({"seed": 1234, "prompt": payload.get("prompt")})}
+            answer = inv.GenerationResponse(
+                images=[png_b64() for _ in range(payload.batch_size * payload.n_iter)],
+                parameters=payload.model_dump(mode="json", exclude={"init_images", "mask"}),
+                info=json.dumps({"seed": 1234, "prompt": payload.prompt}))
         elif task == "sd-models":
-            answer = [{"title": "tiny.safetensors", "model_name": "tiny", "filename": "tiny"}]
+            answer = inv.SdModels([inv.SdModel(title="tiny.safetensors", model_name="tiny",
+                                               filename="Stable-diffusion/tiny.safetensors")])
         elif task == "loras":
-            answer = [{"name": "style", "alias": "style", "path": "Lora/style.safetensors"}]
+            answer = inv.Loras([inv.Lora(name="style", alias="style",
+                                         path="Lora/style.safetensors")])
         elif task == "controlnet-models" and self.controlnet_listing:
-            answer = {"model_list": ["control_sd15_canny"]}
+            answer = inv.ControlNetModels(model_list=["control_sd15_canny"])
         elif task == "samplers":
-            answer = [{"name": "Euler a", "aliases": ["k_euler_a"], "options": {}}]
+            answer = inv.Samplers([inv.Sampler(name="Euler a", aliases=["k_euler_a"],
+                                               options={})])
         elif task == "schedulers":
-            answer = [{"name": "automatic", "label": "Automatic"}]
+            answer = inv.Schedulers([inv.Scheduler(name="automatic", label="Automatic")])
         elif task == "options":
-            answer = {"sd_model_checkpoint": "tiny.safetensors", "CLIP_stop_at_last_layers": 1}
+            answer = inv.Options(
+                sd_model_checkpoint="tiny.safetensors", sd_checkpoints_loaded=["tiny"],
+                model_load_seconds={"tiny": 0.1}, CLIP_stop_at_last_layers=1, sd_vae="Automatic",
+                samples_format="png", device="cpu", dtype="float32",
+                max_response_bytes=6 * 1024 * 1024, pipeline_budget=2, warmed_up=None)
         else:
             raise client_error("ModelError", "unknown task", "InvokeEndpoint")
-        return answer
+        return answer.model_dump(mode="json")
 
 
 class FakeAutoscaling(Recorder):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import html
 
 import boto3
+from botocore.stub import Stubber
 
-from .conftest import BUCKET, REGION
+from easel_contracts import scaling
+from stacks.scaling_handler import index as scaler
+
+from .conftest import BUCKET, REGION, TABLE
 
 MODEL = f"s3://{BUCKET}/models/tiny.tar.gz"
 
@@ -76,23 +80,58 @@ def test_volume_size_only_for_types_without_instance_storage(world):
     assert configs["easel-ebs"]["VolumeSizeInGB"] == 200
 
 
-def test_realtime_scaling_is_target_tracking_once_in_service(world):
+def _in_service_event(name):
+    """A "SageMaker Endpoint State Change" event as EventBridge delivers it."""
+    return {"source": "aws.sagemaker", "detail-type": "SageMaker Endpoint State Change",
+            "detail": {"EndpointName": name, "EndpointStatus": "IN_SERVICE"}}
+
+
+def _run_scaler(world, name="easel-demo", *, autoscaling=None):
+    """What the stack's EventBridge rule does when SageMaker reports the endpoint InService."""
+    table = scaler.Table(boto3.client("dynamodb", region_name=REGION), TABLE)
+    return scaler.apply_event(
+        _in_service_event(name), deployment_id="easel", table=table,
+        autoscaling=autoscaling or boto3.client("application-autoscaling", region_name=REGION),
+        cloudwatch=boto3.client("cloudwatch", region_name=REGION))
+
+
+def test_viewing_endpoints_never_registers_scaling(world):
     world.put("models/tiny.tar.gz")
     admin = world.signed_in("admin")
     _deploy(admin)
-    assert world.autoscaling.calls == []  # SageMaker refuses scaling before InService
     world.sagemaker.set_status("easel-demo", "InService", instances=1)
-    page = admin.get("/endpoints")
-    assert "InService" in page.text
-    (target,) = world.autoscaling.named("register_scalable_target")
+    assert "InService" in admin.get("/endpoints").text
+    admin.get("/endpoints/status")
+    assert world.autoscaling.calls == []
+    assert world.cloudwatch.named("put_metric_alarm") == []
+
+
+def test_deploy_stores_the_scaling_plan_on_the_endpoint_record(world):
+    world.put("models/tiny.tar.gz")
+    _deploy(world.signed_in("admin"))
+    record = world.portal.endpoints.record("easel-demo")
+    assert record[scaling.STATUS_ATTRIBUTE] == scaling.PENDING
+    plan = scaling.ScalingPlan.from_json(record[scaling.PLAN_ATTRIBUTE])
+    target = plan.scalable_target
     assert target["ResourceId"] == "endpoint/easel-demo/variant/AllTraffic"
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 2)
-    (policy,) = world.autoscaling.named("put_scaling_policy")
-    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert target["Tags"] == {"easel:deployment": "easel"}
+
+
+def test_endpoint_never_viewed_gets_target_tracking_when_in_service(world):
+    world.put("models/tiny.tar.gz")
+    _deploy(world.signed_in("admin"))  # deployed, then used only through the API or scripts
+    assert _run_scaler(world)["result"] == "applied"
+    autoscaling = boto3.client("application-autoscaling", region_name=REGION)
+    (target,) = autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
+        "ScalableTargets"]
+    assert target["ResourceId"] == "endpoint/easel-demo/variant/AllTraffic"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 2)
+    (policy,) = autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")[
+        "ScalingPolicies"]
     metric = policy["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]
     assert metric["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
-    admin.get("/endpoints")
-    assert len(world.autoscaling.named("register_scalable_target")) == 1  # applied once
+    assert world.portal.endpoints.record("easel-demo")[scaling.STATUS_ATTRIBUTE] == "applied"
 
 
 def test_async_endpoint_scales_to_zero_with_step_scaling_on_backlog(world):
@@ -105,16 +144,36 @@ def test_async_endpoint_scales_to_zero_with_step_scaling_on_backlog(world):
     (model,) = world.sagemaker.named("create_model")
     limit = int(model["PrimaryContainer"]["Environment"]["EASEL_MAX_RESPONSE_BYTES"])
     assert limit > 6 * 1024 * 1024
-    world.sagemaker.set_status("easel-demo", "InService", instances=0)
-    admin.get("/endpoints")
-    (target,) = world.autoscaling.named("register_scalable_target")
+    _run_scaler(world)
+    autoscaling = boto3.client("application-autoscaling", region_name=REGION)
+    (target,) = autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
+        "ScalableTargets"]
     assert target["MinCapacity"] == 0
-    policies = {p["PolicyType"]: p for p in world.autoscaling.named("put_scaling_policy")}
+    policies = {p["PolicyType"]: p for p in autoscaling.describe_scaling_policies(
+        ServiceNamespace="sagemaker")["ScalingPolicies"]}
     step = policies["StepScaling"]
     assert step["StepScalingPolicyConfiguration"]["StepAdjustments"][0]["ScalingAdjustment"] == 1
-    (alarm,) = world.cloudwatch.named("put_metric_alarm")
-    assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
-    assert alarm["AlarmActions"] == [f"arn:policy/{step['PolicyName']}"]
+    alarms = boto3.client("cloudwatch", region_name=REGION).describe_alarms()["MetricAlarms"]
+    (alarm,) = [a for a in alarms if a["MetricName"] == "HasBacklogWithoutCapacity"]
+    assert alarm["AlarmActions"] == [step["PolicyARN"]]
+
+
+def test_scaling_failure_shows_on_the_endpoints_page(world):
+    world.put("models/tiny.tar.gz")
+    admin = world.signed_in("admin")
+    _deploy(admin)
+    world.sagemaker.set_status("easel-demo", "InService", instances=1)
+    refusing = boto3.client("application-autoscaling", region_name=REGION)
+    stubber = Stubber(refusing)
+    stubber.add_client_error("register_scalable_target", "AccessDeniedException",
+                             "not authorized to perform: sagemaker:DescribeEndpointConfig")
+    with stubber:
+        outcome = _run_scaler(world, autoscaling=refusing)
+    assert outcome["result"] == "failed"
+    page = html.unescape(admin.get("/endpoints").text)
+    assert "Scaling not applied: AccessDeniedException" in page
+    status = admin.get("/endpoints/status").json()["endpoints"][0]
+    assert status["scaling_status"] == "failed"
 
 
 def test_endpoint_list_shows_status_failure_and_cost(world):

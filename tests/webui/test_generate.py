@@ -182,3 +182,21 @@ def test_a_job_whose_worker_vanished_is_reported_failed(world):
     state = world.signed_in("alice").get("/generate/jobs/lost").json()
     assert STALE_AFTER_SECONDS < 3600
     assert state["status"] == "failed" and "submit it again" in state["error"]
+
+
+def test_the_generate_form_has_the_model_servers_bounds(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    accepted = _submit(admin, width=4096, n_iter=16)
+    assert accepted.status_code == 202
+    assert poll_job(admin, accepted.json()["job_id"])["status"] == "done"
+    refused = _submit(admin, width=4104)
+    assert refused.status_code == 422 and "width" in refused.json()["detail"]
+
+
+def test_an_unknown_task_is_refused_naming_the_generation_tasks(world):
+    world.in_service()
+    response = _submit(world.signed_in("admin"), task="sd-models")
+    assert response.status_code == 400
+    assert "txt2img, img2img" in response.json()["detail"]
+    assert world.runtime.named("invoke_endpoint") == []

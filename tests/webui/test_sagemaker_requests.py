@@ -58,19 +58,24 @@ def test_invalid_specs_name_the_problem(overrides, message):
 
 def test_realtime_scaling_plan():
     plan = req.build_scaling(_spec(min_instances=1, max_instances=3))
-    assert plan["scalable_target"]["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
-    assert [p["PolicyType"] for p in plan["policies"]] == ["TargetTrackingScaling"]
-    assert plan["alarms"] == []
+    assert plan.scalable_target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert [p["PolicyType"] for p in plan.policies] == ["TargetTrackingScaling"]
+    assert plan.alarms == []
+
+
+def test_scalable_target_carries_the_deployment_tag_for_iam_conditions():
+    plan = req.build_scaling(_spec())
+    assert plan.scalable_target["Tags"] == {"easel:deployment": "easel"}
 
 
 def test_async_scaling_plan_scales_to_zero_and_wakes_on_backlog():
     plan = req.build_scaling(_spec(mode="async", min_instances=0, max_instances=2))
-    assert plan["scalable_target"]["MinCapacity"] == 0
-    kinds = sorted(p["PolicyType"] for p in plan["policies"])
+    assert plan.scalable_target["MinCapacity"] == 0
+    kinds = sorted(p["PolicyType"] for p in plan.policies)
     assert kinds == ["StepScaling", "TargetTrackingScaling"]
-    (alarm,) = plan["alarms"]
-    assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
-    assert alarm["policy_name"] == "easel-sd15-wake"
+    (alarm,) = plan.alarms
+    assert alarm.request["MetricName"] == "HasBacklogWithoutCapacity"
+    assert alarm.policy_name == "easel-sd15-wake"
 
 
 def test_training_job_request():
@@ -116,12 +121,11 @@ def test_every_request_is_accepted_by_the_aws_api_models():
         autoscaling = boto3.client("application-autoscaling", region_name="us-east-1")
         cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
         plan = req.build_scaling(spec)
-        autoscaling.register_scalable_target(**plan["scalable_target"])
+        autoscaling.register_scalable_target(**plan.scalable_target)
         arns = {p["PolicyName"]: autoscaling.put_scaling_policy(**p)["PolicyARN"]
-                for p in plan["policies"]}
-        for alarm in plan["alarms"]:
-            request = {k: v for k, v in alarm.items() if k != "policy_name"}
-            cloudwatch.put_metric_alarm(**request, AlarmActions=[arns[alarm["policy_name"]]])
+                for p in plan.policies}
+        for alarm in plan.alarms:
+            cloudwatch.put_metric_alarm(**alarm.request, AlarmActions=[arns[alarm.policy_name]])
         assert sagemaker.describe_endpoint(EndpointName="easel-sd15")["EndpointName"]
         assert len(autoscaling.describe_scaling_policies(
             ServiceNamespace="sagemaker")["ScalingPolicies"]) == 2

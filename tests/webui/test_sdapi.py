@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
+
 from .conftest import ADMIN_PASSWORD
 
 
@@ -146,3 +148,61 @@ def test_no_endpoint_in_service_is_a_clear_error(world):
     response = world.client().post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
     assert response.status_code == 503
     assert "No endpoint is in service" in response.json()["detail"]
+
+
+def test_generation_routes_take_the_contracts_request_models_as_typed_bodies(world):
+    schema = _setup(world).app.openapi()
+    for path, model in (("/sdapi/v1/txt2img", "Txt2ImgRequest"),
+                        ("/sdapi/v1/img2img", "Img2ImgRequest")):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"].endswith(f"/{model}")
+    width = schema["components"]["schemas"]["Txt2ImgRequest"]["properties"]["width"]
+    assert width["maximum"] == 4096
+
+
+def test_the_api_accepts_the_model_servers_largest_sizes(world):
+    client = _setup(world)
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(),
+                           json={"prompt": "x", "width": 4096, "height": 64, "n_iter": 16})
+    assert response.status_code == 200, response.text
+    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])["payload"]
+    assert sent == {"prompt": "x", "width": 4096, "height": 64, "n_iter": 16}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("width", 4104), ("n_iter", 17), ("steps", 151), ("enable_hr", True),
+])
+def test_out_of_bounds_requests_are_422_before_any_endpoint_call(world, field, value):
+    client = _setup(world)
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={field: value})
+    assert response.status_code == 422
+    assert field in response.json()["detail"]
+    assert world.runtime.named("invoke_endpoint") == []
+
+
+def test_a_listing_answer_off_the_contract_is_a_clear_502(world):
+    client = _setup(world)
+    world.runtime.raw_answers["sd-models"] = [{"model_name": "tiny"}]
+    response = client.get("/sdapi/v1/sd-models", headers=_auth())
+    assert response.status_code == 502
+    assert "does not match the invocation contract" in response.json()["detail"]
+    assert "title" in response.json()["detail"]
+
+
+def test_a_generation_answer_off_the_contract_fails_the_job_and_saves_nothing(world):
+    client = _setup(world)
+    world.runtime.raw_answers["txt2img"] = {"images": ["iVBORw0KGgo="], "parameters": {}}
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
+    assert response.status_code == 502
+    assert "info" in response.json()["detail"]
+    assert world.keys("outputs/") == []
+
+
+def test_a_saved_checkpoint_that_is_not_a_plain_name_is_a_422_not_a_crash(world):
+    client = _setup(world)
+    world.portal.table.update("user#alice", "prefs", {"checkpoint": "../other"},
+                              must_exist=False)
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
+    assert response.status_code == 422
+    assert "choose another" in response.json()["detail"]
+    assert world.runtime.named("invoke_endpoint") == []

@@ -102,3 +102,16 @@ def test_portal_config_from_the_stack_sets_allowlists_and_caps():
     assert override.max_endpoints_per_user == 7
     with pytest.raises(SettingsError, match="EASEL_PORTAL_CONFIG"):
         load_settings(base_env(EASEL_PORTAL_CONFIG="[1"))
+
+
+def test_chunked_bodies_are_bounded_while_streaming(world):
+    admin = world.signed_in("admin")
+
+    def chunks():  # 80 MB with no Content-Length; the portal's limit is 64 MB
+        for _ in range(80):
+            yield b"x" * (1024 * 1024)
+
+    response = admin.post("/generate", content=chunks(),
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"

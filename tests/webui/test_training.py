@@ -6,10 +6,14 @@ import html
 import io
 import json
 import os
+import re
 import tarfile
 import urllib.parse
 
 import pytest
+
+from easel_contracts.hyperparameters import HyperParameters, field_schemas
+from easel_contracts.training_record import TrainingJobRecord
 
 from .conftest import BUCKET
 
@@ -83,7 +87,7 @@ def test_a_refused_form_comes_back_with_every_field_as_submitted(alice_world):
     fields = {"name": "dog-v2", "model_s3_uri": f"s3://{BUCKET}/models/other.tar.gz",
               "checkpoint": "base", "concept_set": "captions-only",
               "instance_prompt": "a photo of <sks> & dog", "class_prompt": "a photo of a dog",
-              "prior": "1", "mode": "full", "output_name": "sks-dog", "max_train_steps": "1234",
+              "with_prior_preservation": "true", "mode": "full", "output_name": "sks-dog", "max_train_steps": "1234",
               "learning_rate": "2e-6", "rank": "8", "resolution": "512",
               "instance_type": "ml.g6e.2xlarge"}
     response = alice.post("/training", data=_form(**fields))
@@ -96,7 +100,7 @@ def test_a_refused_form_comes_back_with_every_field_as_submitted(alice_world):
         assert f'value="{html.escape(fields[name], quote=True)}"' in page, name
     for value in (fields["model_s3_uri"], "alice/captions-only", "full", "ml.g6e.2xlarge"):
         assert f'value="{value}" selected' in page, value
-    assert 'name="prior" value="1" checked' in page
+    assert 'name="with_prior_preservation" value="true" checked' in page
     assert 'name="spot" value="1" >' in page or 'name="spot" value="1">' in page  # unticked
 
 
@@ -262,3 +266,74 @@ def test_owner_can_stop_a_running_job_others_cannot(alice_world):
     assert "notice=" in alice.post("/training/easel-dog-v1/stop").headers["location"]
     assert alice_world.sagemaker.named("stop_training_job") == [
         {"TrainingJobName": "easel-dog-v1"}]
+
+
+def _inputs(page):
+    """name -> the attributes of each input/select of the page's training form."""
+    found = {}
+    for tag in re.findall(r"<(?:input|select)\b[^>]*>", page):
+        attributes = dict(re.findall(r'(\w[\w-]*)="([^"]*)"', tag))
+        if "name" in attributes and attributes.get("type") != "hidden":
+            found[attributes["name"]] = attributes
+    return found
+
+
+def test_the_form_offers_every_hyperparameter_with_the_contracts_bounds(alice_world):
+    page = alice_world.signed_in("alice").get("/training").text
+    inputs = _inputs(page)
+    assert set(HyperParameters.model_fields) <= set(inputs)
+    schemas = field_schemas()
+    for name, schema in schemas.items():
+        if schema["type"] in ("integer", "number") and "enum" not in schema:
+            assert inputs[name]["type"] == "number", name
+            if "maximum" in schema:
+                assert float(inputs[name]["max"]) == schema["maximum"], name
+            if "minimum" in schema:
+                assert float(inputs[name]["min"]) == schema["minimum"], name
+    assert inputs["max_train_steps"]["value"] == str(schemas["max_train_steps"]["default"])
+    assert inputs["resolution"]["value"] == "" and inputs["resolution"]["step"] == "8"
+    assert inputs["cache_latents"]["type"] == "checkbox" and "checked" in re.search(
+        r'<input type="checkbox" name="cache_latents"[^>]*>', page).group(0)
+    assert html.unescape(schemas["lora_dropout"]["description"]).replace("`", "") in \
+        html.unescape(page)
+
+
+def test_an_unticked_box_turns_a_default_on_setting_off(alice_world):
+    alice = alice_world.signed_in("alice")
+    # what a browser sends for an unticked box: only the hidden "false" before it
+    alice.post("/training", data=_form(cache_latents="false", random_flip="true"))
+    (job,) = alice_world.sagemaker.named("create_training_job")
+    assert job["HyperParameters"]["cache_latents"] == "false"
+    assert job["HyperParameters"]["random_flip"] == "true"
+
+
+def test_empty_fields_take_the_contracts_defaults_and_the_output_name_is_the_job_name(
+        alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form(learning_rate="", rank="", max_train_steps="",
+                                       resolution=""))
+    (job,) = alice_world.sagemaker.named("create_training_job")
+    hp = HyperParameters.from_strings(job["HyperParameters"])
+    assert hp.max_train_steps == HyperParameters.model_fields["max_train_steps"].default
+    assert hp.learning_rate is None and hp.resolution is None
+    assert hp.output_name == "dog-v1"
+    item = alice_world.portal.table.get("training#easel-dog-v1", "meta")
+    assert TrainingJobRecord.model_validate(item).output_name == "dog-v1"
+
+
+def test_every_bad_hyperparameter_is_named_at_once(alice_world):
+    alice = alice_world.signed_in("alice")
+    response = alice.post("/training", data=_form(rank="0", resolution="500",
+                                                  with_prior_preservation="true"))
+    assert response.status_code == 400
+    text = html.unescape(response.text)
+    assert "rank: must be at least 1" in text
+    assert "resolution: must be a multiple of 8" in text
+    assert alice_world.sagemaker.named("create_training_job") == []
+
+
+def test_prior_preservation_without_a_class_prompt_is_refused(alice_world):
+    alice = alice_world.signed_in("alice")
+    response = alice.post("/training", data=_form(with_prior_preservation="true"))
+    assert response.status_code == 400
+    assert "class prompt: required when with_prior_preservation" in html.unescape(response.text)

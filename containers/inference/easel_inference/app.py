@@ -10,25 +10,44 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from easel_contracts.bodylimit import BodyLimit
+from easel_contracts.invocations import (
+    GENERATION_TASKS,
+    TASKS,
+    ControlNetModels,
+    GenerationRequest,
+    GenerationResponse,
+    Invocation,
+    Loras,
+    Options,
+    Scheduler,
+    Schedulers,
+    SdModel,
+    SdModels,
+    SdVae,
+    SdVaes,
+    Txt2ImgRequest,
+    WarmUp,
+)
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .errors import ApiError, BadRequest, InternalError, NotFound, ResponseTooLarge
 from .generation import StepHook, generate
 from .lora import LoraLibrary
 from .pipelines import PipelineManager, short_hash
 from .samplers import SCHEDULE_TYPES, sampler_listing
-from .schemas import Img2ImgRequest, Invocation, Txt2ImgRequest
 from .settings import Settings
 
 log = logging.getLogger("easel.inference")
+Handler = Callable[[BaseModel, float], BaseModel]
 
 
 @dataclass
@@ -43,7 +62,7 @@ class Engine:
     startup_error: str | None = None
     step_hook: StepHook | None = None
 
-    warmed_up: dict[str, Any] | None = None
+    warmed_up: WarmUp | None = None
 
     def start(self) -> None:
         """Load the default model and warm it up (runs on the worker thread)."""
@@ -54,9 +73,9 @@ class Engine:
                 started = time.perf_counter()
                 generate(warm, task="txt2img", manager=self.manager, library=self.library,
                          settings=self.settings)
-                self.warmed_up = {"model": model.name, "width": warm.width,
-                                  "height": warm.height, "steps": warm.steps,
-                                  "seconds": round(time.perf_counter() - started, 3)}
+                self.warmed_up = WarmUp(model=model.name, width=warm.width,
+                                        height=warm.height, steps=warm.steps,
+                                        seconds=round(time.perf_counter() - started, 3))
             self.ready = True
             log.info("ready: %s", model.name)
         except ApiError as exc:
@@ -66,63 +85,67 @@ class Engine:
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.exception("startup failed")
 
-    def listing(self, task: str) -> Any:
-        if task == "sd-models":
-            found = self.manager.checkpoints()
-            models = []
-            for name, path in found.items():
-                digest = short_hash(path)
-                title = f"{path.name if path.is_file() else name}" + (f" [{digest}]" if digest else "")
-                config = path.with_suffix(".yaml") if path.is_file() else None
-                models.append({
-                    "title": title,
-                    "model_name": name,
-                    "hash": digest,
-                    "sha256": None,
-                    "filename": str(path),
-                    "config": str(config) if config and config.is_file() else None,
-                })
-            return models
-        if task == "sd-vae":
-            return [
-                {"model_name": name, "filename": str(path)}
-                for name, path in self.manager.vae_files().items()
-            ]
-        if task == "loras":
-            return self.library.listing()
-        if task == "controlnet-models":
-            # the A1111 ControlNet extension's /controlnet/model_list shape
-            return {"model_list": list(self.manager.controlnet_files())}
-        if task == "samplers":
-            return sampler_listing()
-        if task == "schedulers":
-            return [{"name": s.lower(), "label": s} for s in SCHEDULE_TYPES]
-        current = self.manager.current
+    def handlers(self) -> dict[str, Handler]:
+        """Each task the server serves -> what answers it, given the validated request and the
+        time it arrived; the answer is the task's registry response model."""
         return {
-            "sd_model_checkpoint": current,
-            "sd_checkpoints_loaded": self.manager.loaded_names(),
-            "model_load_seconds": self.manager.load_seconds(),
-            "CLIP_stop_at_last_layers": 1,
-            "sd_vae": "Automatic",
-            "samples_format": "png",
-            "device": self.manager.device,
-            "dtype": str(self.manager.dtype).removeprefix("torch."),
-            "max_response_bytes": self.settings.max_response_bytes,
-            "pipeline_budget": self.settings.pipeline_budget,
-            "warmed_up": self.warmed_up,
+            "txt2img": self.generation("txt2img"),
+            "img2img": self.generation("img2img"),
+            "sd-models": lambda _request, _arrived: self.sd_models(),
+            "sd-vae": lambda _request, _arrived: SdVaes([
+                SdVae(model_name=name, filename=str(path))
+                for name, path in self.manager.vae_files().items()
+            ]),
+            "loras": lambda _request, _arrived: Loras(self.library.listing()),
+            "controlnet-models": lambda _request, _arrived: ControlNetModels(
+                model_list=list(self.manager.controlnet_files())
+            ),
+            "samplers": lambda _request, _arrived: sampler_listing(),
+            "schedulers": lambda _request, _arrived: Schedulers(
+                [Scheduler(name=s.lower(), label=s) for s in SCHEDULE_TYPES]
+            ),
+            "options": lambda _request, _arrived: self.options(),
         }
 
-    def run_generation(self, task: str, payload: dict[str, Any], queued_at: float) -> dict:
-        model_class = Txt2ImgRequest if task == "txt2img" else Img2ImgRequest
-        try:
-            request = model_class.model_validate(payload)
-            request.controlnet_units()
-        except ValidationError as exc:
-            raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
-        except ValueError as exc:
-            raise BadRequest(str(exc), field="alwayson_scripts") from exc
-        return generate(request, task=task, manager=self.manager, library=self.library,
-                        settings=self.settings, step_hook=self.step_hook, queued_at=queued_at)
+    def sd_models(self) -> SdModels:
+        models = []
+        for name, path in self.manager.checkpoints().items():
+            digest = short_hash(path)
+            title = f"{path.name if path.is_file() else name}" + (f" [{digest}]" if digest else "")
+            config = path.with_suffix(".yaml") if path.is_file() else None
+            models.append(SdModel(
+                title=title,
+                model_name=name,
+                hash=digest,
+                sha256=None,
+                filename=str(path),
+                config=str(config) if config and config.is_file() else None,
+            ))
+        return SdModels(models)
+
+    def options(self) -> Options:
+        return Options(
+            sd_model_checkpoint=self.manager.current,
+            sd_checkpoints_loaded=self.manager.loaded_names(),
+            model_load_seconds=self.manager.load_seconds(),
+            CLIP_stop_at_last_layers=1,
+            sd_vae="Automatic",
+            samples_format="png",
+            device=str(self.manager.device),
+            dtype=str(self.manager.dtype).removeprefix("torch."),
+            max_response_bytes=self.settings.max_response_bytes,
+            pipeline_budget=self.settings.pipeline_budget,
+            warmed_up=self.warmed_up,
+        )
+
+    def generation(self, task: str) -> Handler:
+        def run(request: BaseModel, arrived: float) -> GenerationResponse:
+            if not isinstance(request, GenerationRequest):
+                raise TypeError(f"{task} takes a GenerationRequest")
+            return generate(request, task=task, manager=self.manager, library=self.library,
+                            settings=self.settings, step_hook=self.step_hook, queued_at=arrived)
+
+        return run
 
 
 def warmup_request(pipe: Any, model_name: str, *, max_pixels: int) -> Txt2ImgRequest:
@@ -196,33 +219,31 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        raw = await request.body()
-        request_limit = engine.settings.max_image_bytes * 4 + 1024 * 1024
-        if len(raw) > request_limit:
-            raise ResponseTooLarge(
-                f"request body of {len(raw)} bytes exceeds {request_limit} bytes "
-                "(4 images of EASEL_MAX_IMAGE_BYTES + 1 MiB)",
-                field="body",
-            )
+        raw = await request.body()  # bounded while streaming: BodyLimit below
         try:
             data = json.loads(raw or b"null")
         except ValueError as exc:
             raise BadRequest("body is not valid JSON", field="body") from exc
+        except RecursionError as exc:
+            raise BadRequest("body is nested too deeply", field="body") from exc
         if not isinstance(data, dict):
             raise BadRequest('body must be a JSON object {"task": ..., "payload": {...}}',
                              field="body")
         try:
             invocation = Invocation.model_validate(data)
+            task_request = invocation.request()
         except ValidationError as exc:
             raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
-        if invocation.task in ("txt2img", "img2img"):
+        except RecursionError as exc:
+            raise BadRequest("payload is nested too deeply", field="payload") from exc
+        handler = engine.handlers()[invocation.task]
+        if invocation.task in GENERATION_TASKS:
             if not engine.ready:
                 raise NotReady(engine.startup_error or "the model is still loading; retry shortly")
             loop = asyncio.get_running_loop()
             try:
                 result = await loop.run_in_executor(
-                    engine.executor, engine.run_generation, invocation.task, invocation.payload,
-                    time.perf_counter(),
+                    engine.executor, handler, task_request, time.perf_counter()
                 )
             except ApiError:
                 raise
@@ -233,8 +254,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                     "see the endpoint logs"
                 ) from exc
         else:
-            result = engine.listing(invocation.task)
-        body = json.dumps(result).encode("utf-8")
+            result = handler(task_request, time.perf_counter())
+        # an answer leaves only as its task's registry response model
+        expected = TASKS[invocation.task].response
+        if not isinstance(result, expected):
+            log.error("%s answered a %s, not its %s", invocation.task, type(result).__name__,
+                      expected.__name__)
+            raise InternalError(f"internal error: the {invocation.task} answer does not match "
+                                "the invocation contract; see the endpoint logs")
+        body = result.model_dump_json().encode("utf-8")
         limit = engine.settings.max_response_bytes
         if len(body) > limit:
             raise ResponseTooLarge(
@@ -245,7 +273,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             )
         return Response(body, media_type="application/json")
 
+    app.add_middleware(BodyLimit, limit_for=lambda _scope: request_body_limit(engine.settings),
+                       body=_too_large)
     return app
+
+
+def request_body_limit(settings: Settings) -> int:
+    """The largest /invocations body read: 4 input images of EASEL_MAX_IMAGE_BYTES (as base64)
+    plus 1 MiB of JSON; the read stops there, chunked or not."""
+    return settings.max_image_bytes * 4 + 1024 * 1024
+
+
+def _too_large(limit: int) -> bytes:
+    error = ResponseTooLarge(
+        f"request body larger than {limit} bytes (4 images of EASEL_MAX_IMAGE_BYTES + 1 MiB); "
+        "send smaller images", field="body")
+    return json.dumps(error.body()).encode("utf-8")
 
 
 class NotReady(ApiError):

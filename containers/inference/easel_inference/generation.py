@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -11,6 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
+from easel_contracts.invocations import (
+    MAX_SEED,
+    ControlNetUse,
+    GenerationInfo,
+    GenerationRequest,
+    GenerationResponse,
+    GenerationTimings,
+    Img2ImgRequest,
+    LoraUse,
+)
 from PIL import Image, ImageFilter
 
 from .controlnet import control_images, controlnet_pipeline
@@ -20,7 +29,6 @@ from .lora import LoraLibrary, parse_lora_tags
 from .pipelines import LoadedModel, PipelineManager
 from .prompts import encode_prompt_pair
 from .samplers import make_scheduler, resolve_sampler, seed_scheduler_noise
-from .schemas import MAX_SEED, GenerationRequest, Img2ImgRequest
 from .settings import Settings
 
 StepHook = Callable[[int], None]
@@ -121,7 +129,7 @@ def generate(
     settings: Settings,
     step_hook: StepHook | None = None,
     queued_at: float | None = None,
-) -> dict[str, Any]:
+) -> GenerationResponse:
     """Run one A1111 request; GPU out-of-memory (loading or generating) becomes a 503."""
     try:
         return _generate(request, manager=manager, library=library, settings=settings,
@@ -143,7 +151,7 @@ def _generate(
     settings: Settings,
     step_hook: StepHook | None,
     queued_at: float | None,
-) -> dict[str, Any]:
+) -> GenerationResponse:
     started = time.perf_counter()
     _check_budget(request, settings)
     sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
@@ -210,46 +218,46 @@ def _generate(
     finally:
         pipe.vae = original_vae
     finished = time.perf_counter()
-    info = {
-        "prompt": request.prompt,
-        "all_prompts": [request.prompt] * len(seeds),
-        "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * len(seeds),
-        "seed": seeds[0],
-        "all_seeds": seeds,
-        "subseed": -1,
-        "all_subseeds": [-1] * len(seeds),
-        "width": request.width,
-        "height": request.height,
-        "sampler_name": sampler_label,
-        "scheduler": "Karras" if karras else "Automatic",
-        "cfg_scale": request.cfg_scale,
-        "steps": request.steps,
-        "batch_size": request.batch_size,
-        "n_iter": request.n_iter,
-        "sd_model_name": model.name,
-        "sd_model_hash": model.short_hash,
-        "sd_vae_name": request.override_settings.sd_vae if vae is not None else None,
-        "denoising_strength": getattr(request, "denoising_strength", None),
-        "clip_skip": request.clip_skip or 1,
-        "loras": [{"name": u.name, "te": u.text_weight, "unet": u.unet_weight} for u in loras],
-        "controlnet": [{"module": u.module, "model": u.model, "weight": u.weight} for u in units],
-        "index_of_first_image": 0,
-        "infotexts": [
+    info = GenerationInfo(
+        prompt=request.prompt,
+        all_prompts=[request.prompt] * len(seeds),
+        negative_prompt=request.negative_prompt,
+        all_negative_prompts=[request.negative_prompt] * len(seeds),
+        seed=seeds[0],
+        all_seeds=seeds,
+        subseed=-1,
+        all_subseeds=[-1] * len(seeds),
+        width=request.width,
+        height=request.height,
+        sampler_name=sampler_label,
+        scheduler="Karras" if karras else "Automatic",
+        cfg_scale=request.cfg_scale,
+        steps=request.steps,
+        batch_size=request.batch_size,
+        n_iter=request.n_iter,
+        sd_model_name=model.name,
+        sd_model_hash=model.short_hash,
+        sd_vae_name=request.override_settings.sd_vae if vae is not None else None,
+        denoising_strength=getattr(request, "denoising_strength", None),
+        clip_skip=request.clip_skip or 1,
+        loras=[LoraUse(name=u.name, te=u.text_weight, unet=u.unet_weight) for u in loras],
+        controlnet=[ControlNetUse(module=u.module, model=u.model, weight=u.weight) for u in units],
+        index_of_first_image=0,
+        infotexts=[
             _infotext(request, request.prompt, request.negative_prompt, seed, sampler_label, model)
             for seed in seeds
         ],
-        "job_timestamp": datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
-        "is_using_inpainting_conditioning": kind == "inpaint",
-        "timings": {
-            "queue_seconds": round(started - queued_at, 4) if queued_at else 0.0,
-            "model_seconds": round(load_done - started, 4),
-            "generation_seconds": round(finished - load_done, 4),
-            "total_seconds": round(finished - (queued_at or started), 4),
-        },
-    }
-    return {
-        "images": images,
-        "parameters": request.model_dump(mode="json", exclude={"init_images", "mask"}),
-        "info": json.dumps(info),
-    }
+        job_timestamp=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
+        is_using_inpainting_conditioning=kind == "inpaint",
+        timings=GenerationTimings(
+            queue_seconds=round(started - queued_at, 4) if queued_at else 0.0,
+            model_seconds=round(load_done - started, 4),
+            generation_seconds=round(finished - load_done, 4),
+            total_seconds=round(finished - (queued_at or started), 4),
+        ),
+    )
+    return GenerationResponse(
+        images=images,
+        parameters=request.model_dump(mode="json", exclude={"init_images", "mask"}),
+        info=info.model_dump_json(),
+    )

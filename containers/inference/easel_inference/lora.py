@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from easel_contracts.invocations import Lora, check_name
 from easel_contracts.s3uri import S3Uri
 from safetensors import safe_open
 
 from .errors import BadRequest, NotFound
 from .lora_format import LoraFormatError, LoraPatch, ModuleIndex, parse_lora
-from .schemas import check_name
 
 LORA_TAG = re.compile(r"<lora:([^:>]*)((?::[^:>]*){0,2})>")
 MAX_WEIGHT = 10.0
@@ -118,15 +118,15 @@ class LoraLibrary:
             return []
         return sorted(names)
 
-    def listing(self) -> list[dict[str, str]]:
+    def listing(self) -> list[Lora]:
         local = self.local_names()
         entries = [
-            {"name": name, "alias": name, "path": str(self.lora_dir / f"{name}{LORA_SUFFIX}")}
+            Lora(name=name, alias=name, path=str(self.lora_dir / f"{name}{LORA_SUFFIX}"))
             for name in local
         ]
         base = (self.s3_uri or "").rstrip("/")
         entries += [
-            {"name": name, "alias": name, "path": f"{base}/{name}{LORA_SUFFIX}"}
+            Lora(name=name, alias=name, path=f"{base}/{name}{LORA_SUFFIX}")
             for name in self.library_names()
             if name not in local
         ]

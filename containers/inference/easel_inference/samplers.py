@@ -16,6 +16,8 @@ from diffusers import (
     LMSDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from easel_contracts.invocations import Sampler as SamplerItem
+from easel_contracts.invocations import Samplers
 
 from .errors import BadRequest
 
@@ -69,19 +71,19 @@ def advertised_sampler_names() -> list[str]:
     return names
 
 
-def sampler_listing() -> list[dict[str, Any]]:
+def sampler_listing() -> Samplers:
     listing = []
     for sampler in SAMPLERS.values():
-        listing.append({"name": sampler.name, "aliases": list(sampler.aliases), "options": {}})
+        listing.append(SamplerItem(name=sampler.name, aliases=list(sampler.aliases), options={}))
         if sampler.karras:
             listing.append(
-                {
-                    "name": f"{sampler.name} Karras",
-                    "aliases": [alias + "_ka" for alias in sampler.aliases],
-                    "options": {"scheduler": "karras"},
-                }
+                SamplerItem(
+                    name=f"{sampler.name} Karras",
+                    aliases=[alias + "_ka" for alias in sampler.aliases],
+                    options={"scheduler": "karras"},
+                )
             )
-    return listing
+    return Samplers(listing)
 
 
 def resolve_sampler(sampler_name: str | None, schedule: str | None) -> tuple[Sampler, bool]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel_contracts.invocations import MAX_IMAGE_BYTES
 from easel_contracts.s3uri import S3Uri
 
 DEFAULT_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
@@ -50,7 +51,7 @@ class Settings:
     warmup: bool = True
     pipeline_budget: int = 2
     max_pixels: int = 2048 * 2048
-    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_bytes: int = MAX_IMAGE_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +81,6 @@ class Settings:
             pipeline_budget=_int(env, "EASEL_PIPELINE_BUDGET", 2, low=1, high=64),
             max_pixels=_int(env, "EASEL_MAX_PIXELS", 2048 * 2048, low=64 * 64, high=8192 * 8192),
             max_image_bytes=_int(
-                env, "EASEL_MAX_IMAGE_BYTES", 16 * 1024 * 1024, low=1024, high=2**31
+                env, "EASEL_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES, low=1024, high=MAX_IMAGE_BYTES
             ),
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from easel_training.hyperparams import HyperParameters
+from easel_contracts.hyperparameters import HyperParameters
+
 from easel_training.images import ImageRecord, load_image_records
 from easel_training.paths import JobPaths
 from easel_training.sampling import CLASS_IMAGE_PATTERN, generate_class_images

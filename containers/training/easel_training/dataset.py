@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from easel_contracts.hyperparameters import HyperParameters
 
 from easel_training.batches import TrainingImage
 from easel_training.geometry import center_crop_offset, make_buckets, place_image
-from easel_training.hyperparams import HyperParameters
 from easel_training.images import ImageRecord, open_rgb
 from easel_training.latents import pixels_from_image
 from easel_training.prompts import build_prompt, strip_filewords

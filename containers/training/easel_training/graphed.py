@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from easel_training.hyperparams import HyperParameters
+from easel_contracts.hyperparameters import HyperParameters
 
 WARMUP_ITERATIONS = 3
 

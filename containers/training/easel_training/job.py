@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from easel_contracts.hyperparameters import HyperParameterError, HyperParameters
 
 from easel_training.errors import TrainingInputError
-from easel_training.hyperparams import HyperParameters, parse_hyperparameters
 from easel_training.images import load_image_records, reject_small_images
 from easel_training.paths import JobPaths
 from easel_training.progress import ProgressReporter
@@ -40,7 +40,10 @@ def read_hyperparameters(paths: JobPaths) -> HyperParameters:
             raw = json.loads(path.read_text(encoding="utf-8") or "{}")
         except (ValueError, UnicodeDecodeError) as exc:
             raise TrainingInputError(f"hyperparameters.json is not valid JSON: {exc}") from exc
-    return parse_hyperparameters(raw)
+    try:
+        return HyperParameters.from_strings(raw)
+    except HyperParameterError as exc:
+        raise TrainingInputError(str(exc)) from None
 
 
 def check_single_host(paths: JobPaths) -> None:
@@ -159,7 +162,7 @@ def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any
         output = save_lora_result(model_dir=paths.model, hp=hp, base=base, steps=result.step)
     else:
         output = save_full_result(model_dir=paths.model, hp=hp, base=base)
-    settings = hp.as_dict()
+    settings = hp.model_dump()
     settings.update(learning_rate=hp.effective_learning_rate, alpha=hp.effective_alpha,
                     output_name=hp.effective_output_name, resolution=resolution,
                     mixed_precision=result.mixed_precision)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from easel_contracts.hyperparameters import HyperParameters
 from safetensors.torch import save_file
 
 from easel_training import lora
 from easel_training.base_model import BaseModel
-from easel_training.hyperparams import HyperParameters
 from easel_training.progress import write_json_atomically
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

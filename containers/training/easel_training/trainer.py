@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from easel_contracts.hyperparameters import HyperParameters
 
 from easel_training import lora
 from easel_training.base_model import BaseModel
@@ -22,7 +23,6 @@ from easel_training.checkpoint import check_resumable, latest_checkpoint, save_c
 from easel_training.dataset import ConceptData
 from easel_training.errors import TrainingInputError, TrainingRuntimeError
 from easel_training.graphed import GraphedStep, graph_eligible
-from easel_training.hyperparams import HyperParameters
 from easel_training.paths import JobPaths
 from easel_training.plan import BatchPlan
 from easel_training.progress import ProgressReporter

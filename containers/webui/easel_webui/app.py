@@ -10,8 +10,9 @@ import threading
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from easel_contracts.bodylimit import BodyLimit
 from easel_webui import __version__
 from easel_webui.access import check_routes_declared
 from easel_webui.errors import install_error_handlers
@@ -71,14 +72,7 @@ def create_app(*, settings: Settings | None = None, clients: Any | None = None) 
     check_routes_declared(app)
 
     @app.middleware("http")
-    async def guard_and_headers(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        limit = LARGE_BODY_PATHS.get(request.url.path, MAX_BODY_BYTES)
-        if length and (not length.isdigit() or int(length) > limit):
-            return JSONResponse({"error": "too_large",
-                                 "detail": f"The request body is larger than "
-                                           f"{limit // 1024**2} MB."},
-                                status_code=413)
+    async def security_headers(request: Request, call_next: Any) -> Response:
         response = await call_next(request)
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
@@ -87,7 +81,13 @@ def create_app(*, settings: Settings | None = None, clients: Any | None = None) 
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    # Bodies are bounded while they stream in (a chunked body has no Content-Length to check).
+    app.add_middleware(BodyLimit, limit_for=body_limit)
     return app
+
+
+def body_limit(scope: dict[str, Any]) -> int:
+    return LARGE_BODY_PATHS.get(scope.get("path", ""), MAX_BODY_BYTES)
 
 
 app = create_app()

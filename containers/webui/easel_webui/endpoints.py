@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import suppress
 from typing import Any
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from easel_contracts import scaling
 from easel_contracts import table as keys
 from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
@@ -17,7 +17,7 @@ from easel_webui.settings import Settings
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now
 
-log = logging.getLogger("easel_webui.endpoints")
+
 def _aws_message(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
@@ -112,7 +112,11 @@ class Endpoints:
             raise PortalError("model: give a model.tar.gz object or a folder ending in '/'")
 
     def deploy(self, spec: req.EndpointSpec) -> str:
-        """Create model, endpoint config, endpoint, log group and scaling; returns the name."""
+        """Create model, endpoint config, endpoint and log group; returns the name.
+
+        The scaling plan goes on the endpoint's record: the stack's scaler Lambda applies it when
+        SageMaker reports the endpoint InService (it refuses scaling before), whoever uses it.
+        """
         owned = [e for e in self.records() if e.get("creator") == spec.creator
                  and self.describe(e["endpoint"])]
         if len(owned) >= self.settings.max_endpoints_per_user:
@@ -135,6 +139,8 @@ class Endpoints:
             "idle_ttl_hours": spec.idle_ttl_hours, "model_s3_uri": spec.model_s3_uri,
             "model_name": spec.model_name, "endpoint_config_name": spec.endpoint_config_name,
             "created_at": iso_now(), "last_used_at": int(now()), "status": "Creating",
+            scaling.PLAN_ATTRIBUTE: req.build_scaling(spec).to_json(),
+            scaling.STATUS_ATTRIBUTE: scaling.PENDING,
         })
         try:
             self._create_log_group(spec)
@@ -161,19 +167,6 @@ class Endpoints:
                 raise
         logs.put_retention_policy(logGroupName=request["logGroupName"],
                                   retentionInDays=request["retentionInDays"])
-
-    def register_scaling(self, spec: req.EndpointSpec) -> None:
-        plan = req.build_scaling(spec)
-        autoscaling = self.clients.autoscaling
-        autoscaling.register_scalable_target(**plan["scalable_target"])
-        arns: dict[str, str] = {}
-        for policy in plan["policies"]:
-            answer = autoscaling.put_scaling_policy(**policy)
-            arns[policy["PolicyName"]] = answer.get("PolicyARN", "")
-        for alarm in plan["alarms"]:
-            request = {k: v for k, v in alarm.items() if k != "policy_name"}
-            request["AlarmActions"] = [arns[alarm["policy_name"]]]
-            self.clients.cloudwatch.put_metric_alarm(**request)
 
     # --- read
 
@@ -204,8 +197,6 @@ class Endpoints:
             instances = 0
             for variant in live.get("ProductionVariants", []) or []:
                 instances += int(variant.get("CurrentInstanceCount") or 0)
-            if status == "InService" and not record.get("scaling_applied"):
-                self._scale_when_ready(record)
             info = self.settings.endpoint_instance_types.get(record.get("instance_type", ""))
             hourly = (info.hourly_usd if info else 0.0) * instances
             result.append({
@@ -215,33 +206,10 @@ class Endpoints:
                 "instances": instances,
                 "cost_per_hour": round(hourly, 3),
                 "usable": status in ("InService", "Updating"),
+                "scaling_status": record.get(scaling.STATUS_ATTRIBUTE, ""),
+                "scaling_error": record.get(scaling.ERROR_ATTRIBUTE, ""),
             })
         return result
-
-    def _scale_when_ready(self, record: dict[str, Any]) -> None:
-        spec = self._spec_for_record(record)
-        try:
-            self.register_scaling(spec)
-        except ClientError as exc:
-            log.warning("scaling for %s not applied yet: %s", record["endpoint"],
-                        _aws_message(exc))
-            return
-        self.table.update(*keys.endpoint_key(record["endpoint"]), {"scaling_applied": True})
-
-    def _spec_for_record(self, record: dict[str, Any]) -> req.EndpointSpec:
-        info = self.settings.endpoint_instance_types.get(record["instance_type"])
-        facts = req.InstanceFacts(**info.model_dump()) if info else req.InstanceFacts(
-            gpu_memory_gb=1, instance_storage=True, hourly_usd=0)
-        return req.EndpointSpec(
-            deployment_id=self.settings.deployment_id,
-            name=record["endpoint"][len(self.settings.deployment_id) + 1:],
-            creator=record["creator"], image=self.settings.inference_image or "unused",
-            execution_role_arn=self.settings.execution_role_arn,
-            model_s3_uri=record["model_s3_uri"], instance_type=record["instance_type"],
-            instance=facts, mode=record["mode"], min_instances=record["min_instances"],
-            max_instances=record["max_instances"], idle_ttl_hours=record["idle_ttl_hours"],
-            async_s3_uri=f"{self.bucket.uri}/async",
-        )
 
     def usable_names(self) -> list[str]:
         return [e["endpoint"] for e in self.listing() if e["usable"]]
@@ -256,25 +224,17 @@ class Endpoints:
         record = self.record(name)
         sm = self.clients.sagemaker
         resource_id = req.scaling_resource_id(name)
-        autoscaling = self.clients.autoscaling
-        # Scaling first (SageMaker refuses to delete a variant that is still registered);
-        # any of these may not exist yet when the endpoint never reached InService.
-        if record.get("scaling_applied"):
-            for suffix in ("invocations", "backlog", "wake"):
-                with suppress(ClientError):
-                    autoscaling.delete_scaling_policy(
-                        PolicyName=f"{name}-{suffix}", ServiceNamespace="sagemaker",
-                        ResourceId=resource_id, ScalableDimension=req.SCALABLE_DIMENSION,
-                    )
-            if record.get("mode") == "async":
-                with suppress(ClientError):
-                    self.clients.cloudwatch.delete_alarms(
-                        AlarmNames=[f"{name}-backlog-without-capacity"])
+        # Scaling first (SageMaker refuses to delete a variant that is still registered).
+        # Deregistering drops the target's policies and their target-tracking alarms; none of it
+        # exists when the endpoint never reached InService.
+        with suppress(ClientError):
+            self.clients.autoscaling.deregister_scalable_target(
+                ServiceNamespace=scaling.SERVICE_NAMESPACE, ResourceId=resource_id,
+                ScalableDimension=req.SCALABLE_DIMENSION,
+            )
+        if record.get("mode") == "async":
             with suppress(ClientError):
-                autoscaling.deregister_scalable_target(
-                    ServiceNamespace="sagemaker", ResourceId=resource_id,
-                    ScalableDimension=req.SCALABLE_DIMENSION,
-                )
+                self.clients.cloudwatch.delete_alarms(AlarmNames=[req.backlog_alarm_name(name)])
         for call, kwargs in (
             (sm.delete_endpoint, {"EndpointName": name}),
             (sm.delete_endpoint_config, {"EndpointConfigName": record["endpoint_config_name"]}),

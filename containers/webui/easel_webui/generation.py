@@ -19,8 +19,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from botocore.exceptions import ClientError, ReadTimeoutError
+from pydantic import BaseModel, ValidationError
 
 from easel_contracts import table as keys
+from easel_contracts.invocations import (
+    GENERATION_TASKS,
+    LISTING_TASKS,
+    ControlNetModels,
+    GenerationRequest,
+    GenerationResponse,
+    ListingRequest,
+    invocation_body,
+    parse_answer,
+)
 from easel_contracts.s3uri import S3Uri
 from easel_webui.auth import User
 from easel_webui.endpoints import Endpoints
@@ -29,8 +40,6 @@ from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now, owned_records
 
 log = logging.getLogger("easel_webui.generation")
-TASKS = ("txt2img", "img2img")
-LISTING_TASKS = ("sd-models", "loras", "controlnet-models", "samplers", "schedulers", "options")
 JOB_TTL_SECONDS = 7 * 24 * 3600
 ASYNC_WAIT_SECONDS = 30 * 60
 # A job still "running" this long after it started lost its worker (the task stopped).
@@ -81,6 +90,24 @@ def _model_error_message(exc: ClientError) -> str:
     return str(original)[:1000]
 
 
+def _parse_answer(task: str, raw: bytes) -> BaseModel:
+    try:
+        return parse_answer(task, raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "answer"
+        raise UpstreamError(
+            f"The model server's {task} answer does not match the invocation contract "
+            f"({where}: {first.get('msg', 'invalid')}); is the endpoint's image current?"
+        ) from None
+
+
+def _generation_answer(answer: BaseModel) -> GenerationResponse:
+    if not isinstance(answer, GenerationResponse):
+        raise TypeError(f"expected a GenerationResponse, not {type(answer).__name__}")
+    return answer
+
+
 class Generation:
     def __init__(self, *, clients: Any, table: Table, bucket: Bucket, endpoints: Endpoints,
                  workers: int = 8) -> None:
@@ -92,9 +119,10 @@ class Generation:
 
     # --- talking to an endpoint
 
-    def invoke(self, endpoint: str, task: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """One real-time invocation `{"task", "payload"}`; the parsed JSON answer."""
-        body = json.dumps({"task": task, "payload": payload}).encode()
+    def invoke(self, endpoint: str, task: str, request: BaseModel) -> BaseModel:
+        """One real-time invocation `{"task", "payload"}`; the answer parsed by the task's
+        response model."""
+        body = invocation_body(task, request)
         try:
             answer = self.clients.runtime.invoke_endpoint(
                 EndpointName=endpoint, ContentType="application/json",
@@ -116,38 +144,29 @@ class Generation:
                 f"Endpoint {endpoint!r} took longer than SageMaker's 60 s real-time limit; "
                 "use fewer steps or a smaller size, or deploy an async endpoint."
             ) from None
-        raw = answer["Body"].read()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise UpstreamError("The model server answered something that is not JSON.") \
-                from None
-        if not isinstance(data, dict | list):
-            raise UpstreamError("The model server answered an unexpected shape.")
-        return data if isinstance(data, dict) else {"items": data}
+        return _parse_answer(task, answer["Body"].read())
 
-    def listing(self, endpoint: str, task: str) -> Any:
+    def listing(self, endpoint: str, task: str) -> BaseModel:
+        """A listing task's answer (its registry response model)."""
         if task not in LISTING_TASKS:
             raise PortalError(f"task: one of {', '.join(LISTING_TASKS)}")
-        answer = self.invoke(endpoint, task, {})
-        return answer.get("items", answer) if set(answer) == {"items"} else answer
+        return self.invoke(endpoint, task, ListingRequest())
 
-    def controlnet_models(self, endpoint: str) -> dict[str, list[str]]:
+    def controlnet_models(self, endpoint: str) -> ControlNetModels:
         """The endpoint's ControlNets (`{"model_list": [...]}`). An endpoint running an image
         from before this listing task answers with an error, which means none are listed (a
         unit that names no model uses the endpoint's first)."""
         try:
             listed = self.listing(endpoint, "controlnet-models")
         except PortalError:
-            return {"model_list": []}
-        names = listed.get("model_list") if isinstance(listed, dict) else None
-        return {"model_list": [str(n) for n in names] if isinstance(names, list) else []}
+            return ControlNetModels(model_list=[])
+        assert isinstance(listed, ControlNetModels)
+        return listed
 
-    def _invoke_async(self, endpoint: str, task: str, payload: dict[str, Any],
-                      job_id: str) -> dict[str, Any]:
+    def _invoke_async(self, endpoint: str, task: str, request: GenerationRequest,
+                      job_id: str) -> GenerationResponse:
         key = f"async/in/{job_id}.json"
-        self.bucket.write(key, json.dumps({"task": task, "payload": payload}).encode(),
-                          content_type="application/json")
+        self.bucket.write(key, invocation_body(task, request), content_type="application/json")
         try:
             answer = self.clients.runtime.invoke_endpoint_async(
                 EndpointName=endpoint, InputLocation=f"{self.bucket.uri}/{key}",
@@ -175,20 +194,21 @@ class Generation:
                 if failed:
                     reason = raw[:500].decode(errors="replace")
                     raise UpstreamError(f"The model server failed: {reason}")
-                return json.loads(raw)
+                return _generation_answer(_parse_answer(task, raw))
             time.sleep(3)
         raise UpstreamError("The async endpoint gave no answer within 30 minutes.")
 
     # --- jobs
 
-    def submit(self, *, user: User, endpoint: str, task: str, payload: dict[str, Any]) -> str:
+    def submit(self, *, user: User, endpoint: str, task: str,
+               request: GenerationRequest) -> str:
         """Record a job and start it on a worker thread; the job id to poll."""
-        return self._start(user=user, endpoint=endpoint, task=task, payload=payload)[0]
+        return self._start(user=user, endpoint=endpoint, task=task, request=request)[0]
 
-    def run_sync(self, *, user: User, endpoint: str, task: str, payload: dict[str, Any],
-                 timeout: float) -> dict[str, Any]:
+    def run_sync(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
+                 timeout: float) -> GenerationResponse:
         """Run a job and wait at most `timeout` seconds for the model server's answer."""
-        job_id, future = self._start(user=user, endpoint=endpoint, task=task, payload=payload)
+        job_id, future = self._start(user=user, endpoint=endpoint, task=task, request=request)
         try:
             answer = future.result(timeout=timeout)
         except FutureTimeout:
@@ -198,10 +218,10 @@ class Generation:
             raise UpstreamError(state["error"] or "The generation failed.")
         return answer
 
-    def _start(self, *, user: User, endpoint: str, task: str,
-               payload: dict[str, Any]) -> tuple[str, Future[dict[str, Any] | None]]:
-        if task not in TASKS:
-            raise PortalError(f"task: one of {', '.join(TASKS)}")
+    def _start(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
+               ) -> tuple[str, Future[GenerationResponse | None]]:
+        if task not in GENERATION_TASKS:
+            raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
         job_id = uuid.uuid4().hex
         self.table.put({
@@ -212,21 +232,21 @@ class Generation:
         self.endpoints.touch(endpoint)
         self.table.update(*keys.user_prefs_key(user.username), {"last_job": job_id},
                           must_exist=False)
-        future = self.pool.submit(self._run, job_id, user.username, endpoint, task, payload,
+        future = self.pool.submit(self._run, job_id, user.username, endpoint, task, request,
                                   record.get("mode", "realtime"))
         return job_id, future
 
-    def _run(self, job_id: str, owner: str, endpoint: str, task: str, payload: dict[str, Any],
-             mode: str) -> dict[str, Any] | None:
+    def _run(self, job_id: str, owner: str, endpoint: str, task: str,
+             request: GenerationRequest, mode: str) -> GenerationResponse | None:
         try:
             if mode == "async":
-                answer = self._invoke_async(endpoint, task, payload, job_id)
+                answer = self._invoke_async(endpoint, task, request, job_id)
             else:
-                answer = self.invoke(endpoint, task, payload)
+                answer = _generation_answer(self.invoke(endpoint, task, request))
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
-                                       request=payload, answer=answer, job_id=job_id)
+                                       request=request, answer=answer, job_id=job_id)
             self.table.update(*keys.generation_job_key(job_id), {
-                "status": "done", "image_ids": images, "info": str(answer.get("info", ""))[:4000],
+                "status": "done", "image_ids": images, "info": answer.info[:4000],
                 "finished": now(),
             })
             self.endpoints.touch(endpoint)
@@ -280,17 +300,17 @@ class Generation:
 
     # --- results
 
-    def save_outputs(self, *, owner: str, endpoint: str, task: str, request: dict[str, Any],
-                     answer: dict[str, Any], job_id: str) -> list[str]:
-        images = answer.get("images")
-        if not isinstance(images, list) or not images:
+    def save_outputs(self, *, owner: str, endpoint: str, task: str, request: GenerationRequest,
+                     answer: GenerationResponse, job_id: str) -> list[str]:
+        images = answer.images
+        if not images:
             raise UpstreamError("The model server returned no images.")
-        params = _strip_large(request)
+        params = _strip_large(request.model_dump(mode="json", exclude_unset=True))
         day = time.strftime("%Y-%m-%d", time.gmtime())
         ids = []
         for index, encoded in enumerate(images):
             try:
-                data = base64.b64decode(str(encoded).split(",", 1)[-1], validate=False)
+                data = base64.b64decode(encoded.split(",", 1)[-1], validate=False)
             except (binascii.Error, ValueError):
                 raise UpstreamError("The model server returned an image that is not base64.") \
                     from None
@@ -300,7 +320,7 @@ class Generation:
             content_type = "image/png" if data.startswith(PNG_MAGIC) else "image/jpeg"
             self.bucket.write(key, data, content_type=content_type)
             document = {"task": task, "endpoint": endpoint, "request": params,
-                        "parameters": answer.get("parameters", {}), "info": answer.get("info"),
+                        "parameters": answer.parameters, "info": answer.info,
                         "index": index, "job_id": job_id, "created_at": iso_now()}
             self.bucket.write(meta_key, json.dumps(document, indent=1).encode(),
                               content_type="application/json")

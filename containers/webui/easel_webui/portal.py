@@ -16,7 +16,7 @@ from easel_webui.secret_cache import SecretCache
 from easel_webui.settings import Settings
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, backfill_owner_items
-from easel_webui.training import Training
+from easel_webui.training import Training, TrainingConfig
 
 log = logging.getLogger("easel_webui.portal")
 
@@ -43,7 +43,8 @@ class Portal:
         auth = Auth(settings=settings, table=table, secrets_cache=secrets)
         endpoints = Endpoints(settings=settings, clients=clients, table=table, bucket=bucket)
         generation = Generation(clients=clients, table=table, bucket=bucket, endpoints=endpoints)
-        training = Training(settings=settings, clients=clients, table=table, bucket=bucket)
+        training = Training(config=TrainingConfig.from_settings(settings), clients=clients,
+                            table=table, bucket=bucket)
         return cls(settings, clients, table, bucket, secrets, auth, endpoints, generation,
                    training)
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from easel_contracts import scaling as scaling_contract
 from easel_contracts.naming import (
     CREATOR_TAG,
     DEPLOYMENT_TAG,
@@ -27,7 +28,7 @@ from easel_contracts.s3uri import S3UriStr
 
 MODE_TAG = "easel:mode"
 VARIANT = "AllTraffic"
-SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SCALABLE_DIMENSION = scaling_contract.SCALABLE_DIMENSION
 # Multi-GB checkpoints: allow 20 minutes to download the model and 20 to start and warm up.
 MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_TIMEOUT_S = 1200
@@ -191,26 +192,28 @@ def scaling_resource_id(endpoint_name: str) -> str:
     return f"endpoint/{endpoint_name}/variant/{VARIANT}"
 
 
-def build_scaling(spec: EndpointSpec) -> dict[str, Any]:
-    """Application Auto Scaling (and, for async, CloudWatch alarm) requests.
+def build_scaling(spec: EndpointSpec) -> scaling_contract.ScalingPlan:
+    """The endpoint's scaling plan: Application Auto Scaling (and, for async, CloudWatch alarm)
+    requests, applied by the scaler Lambda once the endpoint is InService.
 
     Real-time: min..max instances, target tracking on invocations per instance.
     Async: 0..max instances; target tracking on the backlog per instance scales in (to zero), and
     a step-scaling policy, fired by an alarm on `HasBacklogWithoutCapacity`, brings the first
     instance back while requests queue.
+    The scalable target carries the deployment tag: IAM grants on scalable targets are
+    conditioned on it (`aws:RequestTag` when registering, `aws:ResourceTag` afterwards).
     """
     resource_id = scaling_resource_id(spec.endpoint_name)
     common = {
-        "ServiceNamespace": "sagemaker",
+        "ServiceNamespace": scaling_contract.SERVICE_NAMESPACE,
         "ResourceId": resource_id,
         "ScalableDimension": SCALABLE_DIMENSION,
     }
-    # No tags on the scalable target and the alarm: they are found by name (`<endpoint>-...`),
-    # and tagging them would need extra TagResource permissions.
     target = {
         **common,
         "MinCapacity": spec.min_instances,
         "MaxCapacity": spec.max_instances,
+        "Tags": {DEPLOYMENT_TAG: spec.deployment_id},
     }
     if spec.mode == "realtime":
         policies = [{
@@ -226,7 +229,8 @@ def build_scaling(spec: EndpointSpec) -> dict[str, Any]:
                 "ScaleOutCooldown": 120,
             },
         }]
-        return {"scalable_target": target, "policies": policies, "alarms": []}
+        return scaling_contract.ScalingPlan(
+            endpoint_name=spec.endpoint_name, scalable_target=target, policies=policies)
     backlog_policy = {
         **common,
         "PolicyName": f"{spec.endpoint_name}-backlog",
@@ -256,7 +260,7 @@ def build_scaling(spec: EndpointSpec) -> dict[str, Any]:
         },
     }
     alarm = {
-        "AlarmName": f"{spec.endpoint_name}-backlog-without-capacity",
+        "AlarmName": backlog_alarm_name(spec.endpoint_name),
         "AlarmDescription": f"Easel: wake {spec.endpoint_name} when requests wait with no instance",
         "Namespace": "AWS/SageMaker",
         "MetricName": "HasBacklogWithoutCapacity",
@@ -268,11 +272,16 @@ def build_scaling(spec: EndpointSpec) -> dict[str, Any]:
         "Threshold": 1.0,
         "ComparisonOperator": "GreaterThanOrEqualToThreshold",
         "TreatMissingData": "missing",
-        # AlarmActions: the wake policy's ARN, known once put_scaling_policy answers.
-        "policy_name": wake_policy_name,
     }
-    return {"scalable_target": target, "policies": [backlog_policy, wake_policy],
-            "alarms": [alarm]}
+    return scaling_contract.ScalingPlan(
+        endpoint_name=spec.endpoint_name, scalable_target=target,
+        policies=[backlog_policy, wake_policy],
+        alarms=[scaling_contract.AlarmRequest(policy_name=wake_policy_name, request=alarm)],
+    )
+
+
+def backlog_alarm_name(endpoint_name: str) -> str:
+    return f"{endpoint_name}-backlog-without-capacity"
 
 
 def endpoint_log_group_name(endpoint_name: str) -> str:

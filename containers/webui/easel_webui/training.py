@@ -6,13 +6,22 @@ import json
 import logging
 import re
 import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from easel_contracts import table as keys
+from easel_contracts.hyperparameters import (
+    OUTPUT_NAME_PATTERN,
+    HyperParameterError,
+    HyperParameters,
+    field_schemas,
+)
 from easel_contracts.s3uri import S3Uri
+from easel_contracts.training_record import TrainingJobRecord
 from easel_webui import sagemaker_requests as req
 from easel_webui.auth import User
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
@@ -23,26 +32,103 @@ from easel_webui.store import Table, iso_now, owned_records
 log = logging.getLogger("easel_webui.training")
 # What the execution role may read (ARCHITECTURE.md's prefix table).
 READABLE_PREFIXES = ("models/", "loras/", "concepts/", "training/", "async/in/")
-_OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_OUTPUT_NAME_RE = re.compile(OUTPUT_NAME_PATTERN)
+# The form shows these first, in this order; every other hyperparameter is under "Advanced".
+BASIC_FIELDS = ("instance_prompt", "class_prompt", "with_prior_preservation", "mode",
+                "checkpoint", "output_name", "max_train_steps", "learning_rate", "rank",
+                "resolution")
+_PLACEHOLDERS = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog",
+                 "checkpoint": "(the only one)", "output_name": "(the job name)"}
+_TRUE_WORDS = ("true", "1", "on", "yes")
 
 
-def _number(form: dict[str, Any], field: str, kind: type, *, default: Any, low: float,
-            high: float) -> Any:
-    raw = form.get(field)
-    if raw in (None, ""):
-        return default
+@dataclass(frozen=True)
+class FormField:
+    """One hyperparameter as the training form shows it (from the contract's JSON schema)."""
+
+    name: str
+    label: str
+    widget: str  # text, number, checkbox or select
+    help: str
+    default: Any
+    placeholder: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    maxlength: int | None = None
+    required: bool = False
+
+    def value(self, form: Mapping[str, Any] | None) -> Any:
+        """What the form shows: the submitted value after a refusal, else the default."""
+        if form is not None and self.name in form:
+            raw = str(form[self.name])
+            return raw.strip().lower() in _TRUE_WORDS if self.widget == "checkbox" else raw
+        return self.default
+
+
+def form_fields() -> list[FormField]:
+    """Every hyperparameter of the contract as a form field: the basic ones, then the rest."""
+    schemas = field_schemas()
+    names = [*BASIC_FIELDS, *(name for name in schemas if name not in BASIC_FIELDS)]
+    fields = []
+    for name in names:
+        schema = schemas[name]
+        kind = schema["type"]
+        widget = ("select" if "enum" in schema else "checkbox" if kind == "boolean"
+                  else "number" if kind in ("integer", "number") else "text")
+        default = None if schema["derived"] or schema["required"] else schema.get("default")
+        fields.append(FormField(
+            name=name, label=name.replace("_", " ").capitalize(), widget=widget,
+            help=schema.get("description", ""),
+            default="" if default is None else default,
+            placeholder=_PLACEHOLDERS.get(name, "auto" if schema["derived"] else ""),
+            choices=tuple(schema.get("enum", ())), minimum=schema.get("minimum"),
+            maximum=schema.get("maximum"),
+            step=schema.get("multipleOf", 1) if kind == "integer" else "any",
+            maxlength=schema.get("maxLength"), required=schema["required"],
+        ))
+    return fields
+
+
+def hyperparameters_from_form(form: Mapping[str, Any]) -> HyperParameters:
+    """The form's hyperparameter fields (strings, as a browser sends them) onto the contract.
+
+    A field left empty (or not sent) takes the contract's default. Every problem is reported at
+    once, each naming its field.
+    """
+    values = {name: str(form[name]).strip() for name in HyperParameters.model_fields
+              if name in form and str(form[name]).strip()}
     try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise PortalError(f"{field.replace('_', ' ')}: must be a number") from None
-    if not low <= value <= high:
-        raise PortalError(f"{field.replace('_', ' ')}: must be between {low:g} and {high:g}")
-    return value
+        return HyperParameters.from_strings(values)
+    except HyperParameterError as exc:
+        raise PortalError("; ".join(f"{name.replace('_', ' ')}: {text}"
+                                    for name, text in exc.problems)) from None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What submitting a job needs from the deployment: the portal's settings, or the kit's
+    config and stack outputs (scripts/train.py)."""
+
+    deployment_id: str
+    image: str
+    execution_role_arn: str
+    instance_types: Mapping[str, Any]  # name -> facts (anything with model_dump())
+    max_runtime_hours: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrainingConfig:
+        return cls(deployment_id=settings.deployment_id, image=settings.training_image,
+                   execution_role_arn=settings.execution_role_arn,
+                   instance_types=settings.training_instance_types,
+                   max_runtime_hours=settings.training_max_runtime_hours)
 
 
 class Training:
-    def __init__(self, *, settings: Settings, clients: Any, table: Table, bucket: Bucket) -> None:
-        self.settings = settings
+    def __init__(self, *, config: TrainingConfig, clients: Any, table: Table,
+                 bucket: Bucket) -> None:
+        self.config = config
         self.clients = clients
         self.table = table
         self.bucket = bucket
@@ -95,68 +181,55 @@ class Training:
 
     # --- submit
 
-    def spec_from_form(self, form: dict[str, Any], *, user: User) -> req.TrainingSpec:
-        settings = self.settings
-        if not settings.training_image:
+    def spec_from_form(self, form: Mapping[str, Any], *, user: User) -> req.TrainingSpec:
+        """The training form (strings, as a browser sends them) -> a checked job spec."""
+        return self.build_spec(
+            user=user, name=str(form.get("name") or "").strip(),
+            instance_type=str(form.get("instance_type") or "").strip(),
+            model_s3_uri=str(form.get("model_s3_uri") or "").strip(),
+            concept_set=str(form.get("concept_set") or "").strip(),
+            concepts_s3_uri=str(form.get("concepts_s3_uri") or "").strip(),
+            spot=str(form.get("spot") or "").strip().lower() in _TRUE_WORDS,
+            hyperparameters=hyperparameters_from_form(form),
+        )
+
+    def build_spec(self, *, user: User, name: str, instance_type: str, model_s3_uri: str,
+                   concept_set: str, concepts_s3_uri: str, spot: bool,
+                   hyperparameters: HyperParameters) -> req.TrainingSpec:
+        """Every check a job passes before it is submitted (the portal's form and
+        scripts/train.py), or `PortalError` saying what is wrong. Without an output name the
+        result is named after the job."""
+        config = self.config
+        if not config.image:
             raise PortalError("The training image is not configured (EASEL_TRAINING_IMAGE).")
-        instance_type = str(form.get("instance_type", ""))
-        info = settings.training_instance_types.get(instance_type)
+        try:
+            req.check_short_name(name, field="job name", max_length=40)
+        except ValueError as exc:
+            raise PortalError(str(exc)) from None
+        info = config.instance_types.get(instance_type)
         if info is None:
             raise PortalError(f"instance type: {instance_type!r} is not in the allowlist")
-        mode = str(form.get("mode") or "lora")
-        if mode not in ("lora", "full"):
-            raise PortalError("mode: choose lora or full")
-        model = str(form.get("model_s3_uri") or "").strip()
         try:
-            model_uri = S3Uri.parse(model)
+            model_uri = S3Uri.parse(model_s3_uri)
         except ValueError as exc:
             raise PortalError(f"base model: {exc}") from None
         if not any(model_uri.is_under(prefix, bucket=self.bucket.name)
                    for prefix in ("models/", "training/")):
             raise PortalError("base model: choose a model under models/ of the data bucket")
-        instance_prompt = str(form.get("instance_prompt") or "").strip()
-        if not instance_prompt:
-            raise PortalError("instance prompt: describe the concept, e.g. 'a photo of sks dog'")
-        class_prompt = str(form.get("class_prompt") or "").strip()
-        checkpoint = str(form.get("checkpoint") or "").strip()
-        if checkpoint and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,120}", checkpoint):
-            raise PortalError("checkpoint: a plain model name without paths")
-        output_name = str(form.get("output_name") or "").strip() or str(form.get("name", ""))
-        if not _OUTPUT_NAME_RE.match(output_name or ""):
-            raise PortalError("output name: letters, digits, '.', '_' or '-'")
-        steps = _number(form, "max_train_steps", int, default=800, low=1, high=20000)
-        learning_rate = _number(form, "learning_rate", float,
-                                default=1e-4 if mode == "lora" else 2e-6, low=1e-8, high=1e-1)
-        rank = _number(form, "rank", int, default=16, low=1, high=256)
-        resolution = _number(form, "resolution", int, default=0, low=0, high=2048)
-        if resolution % 8:
-            raise PortalError("resolution: must be a multiple of 8 (or empty for the model's)")
-        concepts = self.resolve_concepts(
-            user=user, concept_set=str(form.get("concept_set") or "").strip(),
-            s3_uri=str(form.get("concepts_s3_uri") or "").strip(),
-        )
-        hyperparameters = {
-            "mode": mode, "checkpoint": checkpoint, "instance_prompt": instance_prompt,
-            "class_prompt": class_prompt, "max_train_steps": str(steps),
-            "learning_rate": f"{learning_rate:g}", "rank": str(rank), "alpha": str(rank),
-            "output_name": output_name, "checkpointing_steps": str(max(1, min(250, steps))),
-            "validation_steps": str(max(1, min(100, steps))),
-            "validation_prompt": instance_prompt,
-            "with_prior_preservation": "true" if class_prompt and form.get("prior") else "false",
-        }
-        if resolution:
-            hyperparameters["resolution"] = str(resolution)
-        spot = str(form.get("spot", "")).lower() in ("1", "true", "on", "yes")
+        if hyperparameters.output_name is None:
+            # a valid job name is a valid output name
+            hyperparameters = hyperparameters.model_copy(update={"output_name": name})
+        concepts = self.resolve_concepts(user=user, concept_set=concept_set,
+                                         s3_uri=concepts_s3_uri)
         try:
             return req.TrainingSpec(
-                deployment_id=settings.deployment_id,
-                name=str(form.get("name", "")).strip(),
-                creator=user.username, image=settings.training_image,
-                execution_role_arn=settings.execution_role_arn, bucket=self.bucket.name,
-                concepts_s3_uri=concepts, model_s3_uri=model, instance_type=instance_type,
+                deployment_id=config.deployment_id, name=name,
+                creator=user.username, image=config.image,
+                execution_role_arn=config.execution_role_arn, bucket=self.bucket.name,
+                concepts_s3_uri=concepts, model_s3_uri=model_s3_uri, instance_type=instance_type,
                 instance=req.InstanceFacts(**info.model_dump()), spot=spot,
-                max_runtime_seconds=int(settings.training_max_runtime_hours * 3600),
-                hyperparameters=hyperparameters,
+                max_runtime_seconds=int(config.max_runtime_hours * 3600),
+                hyperparameters=hyperparameters.to_sagemaker(),
             )
         except ValidationError as exc:
             raise PortalError(describe_validation(list(exc.errors()))) from None
@@ -175,40 +248,45 @@ class Training:
         self.record_job(spec, spec.job_name)
         return spec.job_name
 
-    def record_job(self, spec: req.TrainingSpec, job_name: str) -> None:
-        """The job's table record (and its owner item), so it shows on the Training page."""
-        created = iso_now()
+    def record_job(self, spec: req.TrainingSpec, job_name: str) -> TrainingJobRecord:
+        """Keep the job in the table so its Training page lists it; `job_name` is the name
+        SageMaker knows it by (the SageMaker SDK adds a time stamp to the spec's)."""
+        record = TrainingJobRecord(
+            job=job_name, owner=spec.creator, mode=spec.hyperparameters["mode"],
+            output_name=spec.hyperparameters["output_name"], model_s3_uri=spec.model_s3_uri,
+            concepts_s3_uri=spec.concepts_s3_uri, instance_type=spec.instance_type,
+            created_at=iso_now(),
+        )
         self.table.put({
-            **keys.training_job_key(job_name).item(), **keys.training_job_index(created, job_name),
-            "job": job_name, "owner": spec.creator,
-            "mode": spec.hyperparameters["mode"],
-            "output_name": spec.hyperparameters["output_name"],
-            "model_s3_uri": spec.model_s3_uri, "concepts_s3_uri": spec.concepts_s3_uri,
-            "instance_type": spec.instance_type, "created_at": created,
+            **keys.training_job_key(job_name).item(),
+            **keys.training_job_index(record.created_at, job_name),
+            **record.model_dump(exclude_none=True),
         })
-        self.table.put(keys.owner_training_item(spec.creator, created, job_name))
+        self.table.put(keys.owner_training_item(spec.creator, record.created_at, job_name))
+        return record
 
     # --- follow
 
-    def _record(self, job: str, *, user: User) -> dict[str, Any]:
-        record = self.table.get(*keys.training_job_key(job)) if len(job) <= 80 else None
-        if not record or (record["owner"] != user.username and not user.is_admin):
+    def _record(self, job: str, *, user: User) -> TrainingJobRecord:
+        item = self.table.get(*keys.training_job_key(job)) if len(job) <= 80 else None
+        record = TrainingJobRecord.model_validate(item) if item else None
+        if record is None or (record.owner != user.username and not user.is_admin):
             raise NotFound("No such training job.")
         return record
 
     def jobs(self, *, user: User, limit: int = 50) -> list[dict[str, Any]]:
         """The newest jobs: everyone's for an admin, else the user's own."""
         if user.is_admin:
-            records = self.table.query_index(keys.TRAINING_INDEX, newest_first=True, limit=limit)
+            items = self.table.query_index(keys.TRAINING_INDEX, newest_first=True, limit=limit)
         else:
-            records = owned_records(self.table, user.username, keys.OWNER_TRAINING, limit=limit)
-        return [self._status(r) for r in records]
+            items = owned_records(self.table, user.username, keys.OWNER_TRAINING, limit=limit)
+        return [self._status(TrainingJobRecord.model_validate(item)) for item in items]
 
     def job(self, job: str, *, user: User) -> dict[str, Any]:
         return self._status(self._record(job, user=user), previews=True)
 
-    def _status(self, record: dict[str, Any], *, previews: bool = False) -> dict[str, Any]:
-        job = record["job"]
+    def _status(self, record: TrainingJobRecord, *, previews: bool = False) -> dict[str, Any]:
+        job = record.job
         try:
             live = self.clients.sagemaker.describe_training_job(TrainingJobName=job)
         except ClientError:
@@ -222,7 +300,8 @@ class Training:
         if status == "Completed":
             percent = 100.0
         result = {
-            **record, "status": status, "secondary_status": live.get("SecondaryStatus", ""),
+            **record.model_dump(), "status": status,
+            "secondary_status": live.get("SecondaryStatus", ""),
             "failure": live.get("FailureReason", ""), "progress": progress,
             "percent": round(percent, 1),
             "result_uri": f"{self.bucket.uri}/training/{job}/output/model.tar.gz",
@@ -256,7 +335,7 @@ class Training:
     def publish_lora(self, job: str, *, user: User) -> str:
         """Copy the LoRA out of a completed job's model.tar.gz into `loras/`."""
         record = self._record(job, user=user)
-        if record.get("mode") != "lora":
+        if record.mode != "lora":
             raise PortalError("Only lora results go into the LoRA library; deploy a full result.")
         status = self._status(record)
         if status["status"] != "Completed":

@@ -34,7 +34,8 @@ def endpoints_page(request: Request, portal: PortalDep, user: CurrentUser,
 def endpoints_status(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
     return {"endpoints": [
         {k: e.get(k) for k in ("endpoint", "status", "failure", "instances", "cost_per_hour",
-                               "creator", "mode", "instance_type")}
+                               "creator", "mode", "instance_type", "scaling_status",
+                               "scaling_error")}
         for e in portal.endpoints.listing()
     ]}
 

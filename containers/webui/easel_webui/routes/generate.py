@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from easel_contracts import table as keys
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
-from easel_webui.payloads import validate_payload
+from easel_webui.payloads import parse_request
 from easel_webui.routes.common import blocking, redirect
 from easel_webui.templating import render
 
@@ -38,8 +38,8 @@ def generate_options(portal: PortalDep, user: CurrentUser, endpoint: str) -> dic
     portal.endpoints.record(endpoint)
     answer: dict[str, Any] = {}
     for task in ("sd-models", "loras", "samplers"):
-        answer[task] = portal.generation.listing(endpoint, task)
-    answer["controlnet-models"] = portal.generation.controlnet_models(endpoint)
+        answer[task] = portal.generation.listing(endpoint, task).model_dump(mode="json")
+    answer["controlnet-models"] = portal.generation.controlnet_models(endpoint).model_dump()
     return answer
 
 
@@ -66,9 +66,9 @@ async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Resp
     payload = body.get("payload")
     if isinstance(payload, dict):
         await blocking(_resolve_images, portal, user, payload)
-    checked = validate_payload(task, payload)
+    checked = parse_request(task, payload)
     job_id = await blocking(portal.generation.submit, user=user, endpoint=endpoint, task=task,
-                            payload=checked)
+                            request=checked)
     return JSONResponse({"job_id": job_id, "poll": f"/generate/jobs/{job_id}"}, status_code=202)
 
 

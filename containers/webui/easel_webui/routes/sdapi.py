@@ -8,19 +8,32 @@ the answer is 504 with a job id to poll at `/api/v1/jobs/<id>`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 
 from easel_contracts import table as keys
+from easel_contracts.invocations import (
+    ControlNetModels,
+    GenerationRequest,
+    GenerationResponse,
+    Img2ImgRequest,
+    Loras,
+    OverrideSettings,
+    Samplers,
+    Schedulers,
+    SdModels,
+    Txt2ImgRequest,
+)
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.auth import User
 from easel_webui.errors import PortalError
-from easel_webui.payloads import validate_payload
 from easel_webui.routes.common import blocking
 from easel_webui.store import iso_now
 
 routes = Routes()
+Listed = TypeVar("Listed", bound=BaseModel)
 API = {"access": Access.USER, "scheme": "basic"}
 
 
@@ -58,70 +71,77 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _run_sync(task: str, portal: Any, user: User, payload: dict[str, Any]) -> dict[str, Any]:
+def _run_sync(task: str, portal: Any, user: User,
+              request: GenerationRequest) -> GenerationResponse:
     checkpoint = _prefs(portal, user).get("checkpoint")
-    overrides = payload.setdefault("override_settings", {})
-    if checkpoint and not overrides.get("sd_model_checkpoint"):
-        overrides["sd_model_checkpoint"] = checkpoint
+    if checkpoint and not request.override_settings.sd_model_checkpoint:
+        chosen = request.override_settings.model_dump(exclude_unset=True)
+        try:
+            request.override_settings = OverrideSettings.model_validate(
+                {**chosen, "sd_model_checkpoint": checkpoint})
+        except ValidationError:
+            raise PortalError(
+                f"Your chosen checkpoint {checkpoint!r} is not a usable name; choose another "
+                "with POST /sdapi/v1/options {\"sd_model_checkpoint\": ...}.",
+                status_code=422) from None
     endpoint = _endpoint_for(portal, user)
-    return portal.generation.run_sync(
-        user=user, endpoint=endpoint, task=task, payload=payload,
+    answer: GenerationResponse = portal.generation.run_sync(
+        user=user, endpoint=endpoint, task=task, request=request,
         timeout=portal.settings.sync_timeout_seconds,
     )
-
-
-async def _generate(task: str, request: Request, portal: Any, user: User) -> dict[str, Any]:
-    payload = validate_payload(task, await _json_body(request))
-    answer = await blocking(_run_sync, task, portal, user, payload)
-    return {"images": answer.get("images", []), "parameters": answer.get("parameters", payload),
-            "info": answer.get("info", "")}
+    return answer
 
 
 @routes.post("/sdapi/v1/txt2img", **API)
-async def txt2img(request: Request, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
-    return await _generate("txt2img", request, portal, user)
+async def txt2img(body: Txt2ImgRequest, portal: PortalDep,
+                  user: CurrentUser) -> GenerationResponse:
+    return await blocking(_run_sync, "txt2img", portal, user, body)
 
 
 @routes.post("/sdapi/v1/img2img", **API)
-async def img2img(request: Request, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
-    return await _generate("img2img", request, portal, user)
+async def img2img(body: Img2ImgRequest, portal: PortalDep,
+                  user: CurrentUser) -> GenerationResponse:
+    return await blocking(_run_sync, "img2img", portal, user, body)
 
 
-def _listing(portal: Any, user: User, task: str) -> Any:
-    return portal.generation.listing(_endpoint_for(portal, user), task)
+def _listing(portal: Any, user: User, task: str, answer: type[Listed]) -> Listed:
+    listed = portal.generation.listing(_endpoint_for(portal, user), task)
+    if not isinstance(listed, answer):
+        raise TypeError(f"{task} answered a {type(listed).__name__}, not a {answer.__name__}")
+    return listed
 
 
 @routes.get("/sdapi/v1/sd-models", **API)
-def sd_models(portal: PortalDep, user: CurrentUser) -> Any:
-    return _listing(portal, user, "sd-models")
+def sd_models(portal: PortalDep, user: CurrentUser) -> SdModels:
+    return _listing(portal, user, "sd-models", SdModels)
 
 
 @routes.get("/sdapi/v1/samplers", **API)
-def samplers(portal: PortalDep, user: CurrentUser) -> Any:
-    return _listing(portal, user, "samplers")
+def samplers(portal: PortalDep, user: CurrentUser) -> Samplers:
+    return _listing(portal, user, "samplers", Samplers)
 
 
 @routes.get("/sdapi/v1/schedulers", **API)
-def schedulers(portal: PortalDep, user: CurrentUser) -> Any:
-    return _listing(portal, user, "schedulers")
+def schedulers(portal: PortalDep, user: CurrentUser) -> Schedulers:
+    return _listing(portal, user, "schedulers", Schedulers)
 
 
 @routes.get("/sdapi/v1/loras", **API)
-def loras(portal: PortalDep, user: CurrentUser) -> Any:
-    return _listing(portal, user, "loras")
+def loras(portal: PortalDep, user: CurrentUser) -> Loras:
+    return _listing(portal, user, "loras", Loras)
 
 
 @routes.get("/controlnet/model_list", **API)
-def controlnet_model_list(portal: PortalDep, user: CurrentUser) -> dict[str, list[str]]:
+def controlnet_model_list(portal: PortalDep, user: CurrentUser) -> ControlNetModels:
     """The A1111 ControlNet extension's model list, from the caller's endpoint."""
-    return portal.generation.controlnet_models(_endpoint_for(portal, user))
+    listed: ControlNetModels = portal.generation.controlnet_models(_endpoint_for(portal, user))
+    return listed
 
 
 @routes.get("/sdapi/v1/options", **API)
 def get_options(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
     endpoint = _endpoint_for(portal, user)
-    options = portal.generation.listing(endpoint, "options")
-    options = dict(options) if isinstance(options, dict) else {}
+    options = portal.generation.listing(endpoint, "options").model_dump(mode="json")
     checkpoint = _prefs(portal, user).get("checkpoint")
     if checkpoint:
         options["sd_model_checkpoint"] = checkpoint
@@ -129,12 +149,8 @@ def get_options(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
     return options
 
 
-def _model_names(listing: Any) -> set[str]:
-    names: set[str] = set()
-    for item in listing if isinstance(listing, list) else []:
-        if isinstance(item, dict):
-            names.update(str(item[k]) for k in ("title", "model_name") if item.get(k))
-    return names
+def _model_names(listing: SdModels) -> set[str]:
+    return {name for model in listing.root for name in (model.title, model.model_name)}
 
 
 @routes.post("/sdapi/v1/options", **API)

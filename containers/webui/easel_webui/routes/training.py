@@ -12,6 +12,7 @@ from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import PortalError
 from easel_webui.routes.common import blocking, form_dict, redirect
 from easel_webui.templating import render
+from easel_webui.training import BASIC_FIELDS, form_fields
 
 routes = Routes()
 
@@ -22,6 +23,7 @@ def _training_page(request: Request, portal: Any, user: Any, **refused: Any) -> 
         request, "training.html", jobs=portal.training.jobs(user=user),
         models=portal.bucket.models(), sets=sets,
         instance_types=portal.settings.training_instance_types, settings=portal.settings,
+        hyperparameter_fields=form_fields(), basic_fields=BASIC_FIELDS,
         **refused,
     )
 

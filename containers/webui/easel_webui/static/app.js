@@ -60,6 +60,7 @@
           cell.textContent = e.status;
           cell.className = "status s-" + String(e.status).toLowerCase();
           if (e.failure) { const s = document.createElement("small"); s.className = "error"; s.textContent = " " + e.failure; cell.appendChild(s); }
+          if (e.scaling_status === "failed") { const s = document.createElement("small"); s.className = "error scaling-error"; s.textContent = " Scaling not applied: " + e.scaling_error; cell.appendChild(s); }
           row.querySelector(".instances").textContent = e.instances;
           row.querySelector(".cost").textContent = "$" + Number(e.cost_per_hour).toFixed(3);
         });

@@ -1,0 +1,483 @@
+"""The inference server's ``POST /invocations`` contract: every task, its request and its answer.
+
+The body is the envelope ``{"task": ..., "payload": {...}}``. ``txt2img`` and ``img2img`` take and
+return the AUTOMATIC1111 ``/sdapi/v1`` shapes (``{"images": [base64 PNG], "parameters": {...},
+"info": "<json string>"}``); the listing tasks take an empty payload and answer what A1111 (or
+its LoRA / ControlNet extensions) answers on the matching route. The portal validates requests
+with these models before any GPU time is spent and parses the server's answers with them; the
+server validates the same requests and builds its answers through the same models, so both sides
+share one set of bounds and one wire shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    field_validator,
+)
+
+# --- bounds (one set, shared by the portal and the server)
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 20000
+MAX_STEPS = 150
+MAX_CFG_SCALE = 30.0
+MIN_SIDE = 64
+MAX_SIDE = 4096
+MAX_BATCH_SIZE = 8
+MAX_N_ITER = 16
+MAX_INIT_IMAGES = 8
+MAX_CLIP_SKIP = 12
+# one input image: at most this many bytes once decoded (the server's EASEL_MAX_IMAGE_BYTES may
+# lower it, not raise it); as base64 text, with room for a "data:image/...;base64," prefix
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+MAX_IMAGE_B64_CHARS = MAX_IMAGE_BYTES * 4 // 3 + 4 + 64
+MAX_IMAGES = MAX_BATCH_SIZE * MAX_N_ITER
+MAX_NAME_CHARS = 256
+
+_SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
+_A1111_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
+
+
+def check_name(value: str, *, what: str) -> str:
+    """A model, VAE, ControlNet or LoRA name: no path separators, no parent references, no NUL."""
+    if not value or not _SAFE_NAME.match(value) or value in (".", "..") or ".." in value:
+        raise ValueError(f"{what} must be a plain name without path separators")
+    return value
+
+
+def _image_text(value: str | None, *, what: str) -> str | None:
+    if value is not None and len(value) > MAX_IMAGE_B64_CHARS:
+        raise ValueError(f"{what} must be base64 text of at most {MAX_IMAGE_B64_CHARS} characters")
+    return value
+
+
+# --- requests
+
+
+class OverrideSettings(BaseModel):
+    """The A1111 options a request may override for itself."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sd_model_checkpoint: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    CLIP_stop_at_last_layers: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP)
+    sd_vae: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+
+    @field_validator("sd_model_checkpoint")
+    @classmethod
+    def _plain_checkpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # A1111 titles look like "name.safetensors [hash]": keep the name
+        value = _A1111_HASH.sub("", value.strip())
+        return check_name(value, what="override_settings.sd_model_checkpoint")
+
+    @field_validator("sd_vae")
+    @classmethod
+    def _plain_vae(cls, value: str | None) -> str | None:
+        if value is None or value.strip() in ("", "Automatic", "None"):
+            return None
+        return check_name(value.strip(), what="override_settings.sd_vae")
+
+
+class ControlNetUnit(BaseModel):
+    """One unit of the A1111 ControlNet extension's ``alwayson_scripts.controlnet.args``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    enabled: bool = True
+    module: str = Field(default="canny", max_length=64)
+    model: str = Field(default="", max_length=MAX_NAME_CHARS)
+    weight: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    image: str | dict[str, Any] | None = None
+    input_image: str | None = None
+    threshold_a: float = Field(default=100.0, ge=0.0, le=255.0, allow_inf_nan=False)
+    threshold_b: float = Field(default=200.0, ge=0.0, le=255.0, allow_inf_nan=False)
+    guidance_start: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    guidance_end: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+
+    @field_validator("model")
+    @classmethod
+    def _plain_model(cls, value: str) -> str:
+        value = _A1111_HASH.sub("", value.strip())
+        return check_name(value, what="controlnet model") if value else value
+
+    @field_validator("input_image")
+    @classmethod
+    def _bounded_input(cls, value: str | None) -> str | None:
+        return _image_text(value, what="controlnet input_image")
+
+    @field_validator("image")
+    @classmethod
+    def _bounded_image(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        inner = value.get("image") if isinstance(value, dict) else value
+        if isinstance(inner, str):
+            _image_text(inner, what="controlnet image")
+        return value
+
+    def image_b64(self) -> str | None:
+        if isinstance(self.image, dict):
+            image = self.image.get("image")
+            return image if isinstance(image, str) else None
+        return self.image or self.input_image
+
+
+class GenerationRequest(BaseModel):
+    """Fields shared by txt2img and img2img (A1111 ``/sdapi/v1`` names). Other A1111 fields are
+    accepted and ignored, so stock clients that send them keep working."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    sampler_name: str | None = Field(default=None, max_length=64)
+    sampler_index: str | None = Field(default=None, max_length=64)
+    scheduler: str | None = Field(default=None, max_length=64)
+    steps: int = Field(default=20, ge=1, le=MAX_STEPS)
+    cfg_scale: float = Field(default=7.0, ge=0.0, le=MAX_CFG_SCALE, allow_inf_nan=False)
+    width: int = Field(default=512, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int = Field(default=512, ge=MIN_SIDE, le=MAX_SIDE)
+    batch_size: int = Field(default=1, ge=1, le=MAX_BATCH_SIZE)
+    n_iter: int = Field(default=1, ge=1, le=MAX_N_ITER)
+    eta: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    clip_skip: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP)
+    enable_hr: bool = False
+    override_settings: OverrideSettings = Field(default_factory=OverrideSettings)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_eight(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8")
+        return value
+
+    @field_validator("enable_hr")
+    @classmethod
+    def _no_hires_fix(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("enable_hr (hires fix) is not supported by this server")
+        return value
+
+    @field_validator("alwayson_scripts")
+    @classmethod
+    def _known_scripts(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _controlnet_units(value)
+        return value
+
+    def controlnet_units(self) -> list[ControlNetUnit]:
+        """The enabled ControlNet units (``alwayson_scripts.controlnet.args``)."""
+        return [unit for unit in _controlnet_units(self.alwayson_scripts) if unit.enabled]
+
+
+def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
+    script = scripts.get("controlnet") or scripts.get("ControlNet")
+    if not script:
+        return []
+    args = script.get("args", []) if isinstance(script, dict) else None
+    if not isinstance(args, list):
+        raise ValueError("alwayson_scripts.controlnet.args must be a list")  # noqa: TRY004
+    units = []
+    for index, arg in enumerate(args):
+        if not isinstance(arg, dict):
+            continue
+        try:
+            units.append(ControlNetUnit.model_validate(arg))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first.get("loc", ()))
+            raise ValueError(f"controlnet args[{index}].{where}: {first.get('msg')}") from None
+    return units
+
+
+class Txt2ImgRequest(GenerationRequest):
+    pass
+
+
+class Img2ImgRequest(GenerationRequest):
+    init_images: list[str] = Field(min_length=1, max_length=MAX_INIT_IMAGES)
+    denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0, allow_inf_nan=False)
+    mask: str | None = None
+    mask_blur: int = Field(default=4, ge=0, le=64)
+    inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
+    inpainting_fill: int = Field(default=1, ge=0, le=3)
+    inpaint_full_res: bool = False
+
+    @field_validator("init_images")
+    @classmethod
+    def _bounded_images(cls, value: list[str]) -> list[str]:
+        for image in value:
+            if not image:
+                raise ValueError("each image must be non-empty base64 text")
+            _image_text(image, what="each image")
+        return value
+
+    @field_validator("mask")
+    @classmethod
+    def _bounded_mask(cls, value: str | None) -> str | None:
+        return _image_text(value, what="mask")
+
+
+class ListingRequest(BaseModel):
+    """A listing task takes an empty payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- answers
+
+_ANSWER = ConfigDict(extra="forbid")
+
+
+class GenerationTimings(BaseModel):
+    model_config = _ANSWER
+
+    queue_seconds: float
+    model_seconds: float
+    generation_seconds: float
+    total_seconds: float
+
+
+class LoraUse(BaseModel):
+    model_config = _ANSWER
+
+    name: str
+    te: float
+    unet: float
+
+
+class ControlNetUse(BaseModel):
+    model_config = _ANSWER
+
+    module: str
+    model: str
+    weight: float
+
+
+class GenerationInfo(BaseModel):
+    """What the ``info`` JSON string of a generation answer holds (A1111's processing info, plus
+    the LoRAs, ControlNets and timings of this server)."""
+
+    model_config = _ANSWER
+
+    prompt: str
+    all_prompts: list[str]
+    negative_prompt: str
+    all_negative_prompts: list[str]
+    seed: int
+    all_seeds: list[int]
+    subseed: int
+    all_subseeds: list[int]
+    width: int
+    height: int
+    sampler_name: str
+    scheduler: str
+    cfg_scale: float
+    steps: int
+    batch_size: int
+    n_iter: int
+    sd_model_name: str
+    sd_model_hash: str | None
+    sd_vae_name: str | None
+    denoising_strength: float | None
+    clip_skip: int
+    loras: list[LoraUse]
+    controlnet: list[ControlNetUse]
+    index_of_first_image: int
+    infotexts: list[str]
+    job_timestamp: str
+    is_using_inpainting_conditioning: bool
+    timings: GenerationTimings
+
+
+class GenerationResponse(BaseModel):
+    """A1111's txt2img / img2img answer: base64 images, the request's parameters, and ``info``,
+    a JSON object serialized as a string."""
+
+    model_config = _ANSWER
+
+    images: list[str] = Field(max_length=MAX_IMAGES)
+    parameters: dict[str, Any]
+    info: str
+
+    @field_validator("info")
+    @classmethod
+    def _json_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise ValueError("info must be a JSON object serialized as a string") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("info must be a JSON object serialized as a string")
+        return value
+
+
+class SdModel(BaseModel):
+    """One checkpoint (A1111 ``/sdapi/v1/sd-models``)."""
+
+    model_config = _ANSWER
+
+    title: str
+    model_name: str
+    hash: str | None = None
+    sha256: str | None = None
+    filename: str
+    config: str | None = None
+
+
+class SdModels(RootModel[list[SdModel]]):
+    pass
+
+
+class SdVae(BaseModel):
+    """One VAE (A1111 ``/sdapi/v1/sd-vae``)."""
+
+    model_config = _ANSWER
+
+    model_name: str
+    filename: str
+
+
+class SdVaes(RootModel[list[SdVae]]):
+    pass
+
+
+class Lora(BaseModel):
+    """One LoRA (A1111 ``/sdapi/v1/loras``): local to the model, or in the S3 library."""
+
+    model_config = _ANSWER
+
+    name: str
+    alias: str
+    path: str
+
+
+class Loras(RootModel[list[Lora]]):
+    pass
+
+
+class ControlNetModels(BaseModel):
+    """The A1111 ControlNet extension's ``/controlnet/model_list`` answer."""
+
+    model_config = _ANSWER
+
+    model_list: list[str]
+
+
+class Sampler(BaseModel):
+    """One sampler (A1111 ``/sdapi/v1/samplers``)."""
+
+    model_config = _ANSWER
+
+    name: str
+    aliases: list[str]
+    options: dict[str, str]
+
+
+class Samplers(RootModel[list[Sampler]]):
+    pass
+
+
+class Scheduler(BaseModel):
+    """One schedule type (A1111 ``/sdapi/v1/schedulers``)."""
+
+    model_config = _ANSWER
+
+    name: str
+    label: str
+
+
+class Schedulers(RootModel[list[Scheduler]]):
+    pass
+
+
+class WarmUp(BaseModel):
+    model_config = _ANSWER
+
+    model: str
+    width: int
+    height: int
+    steps: int
+    seconds: float
+
+
+class Options(BaseModel):
+    """The server's A1111 options (``/sdapi/v1/options``) and its serving facts."""
+
+    model_config = _ANSWER
+
+    sd_model_checkpoint: str | None
+    sd_checkpoints_loaded: list[str]
+    model_load_seconds: dict[str, float]
+    CLIP_stop_at_last_layers: int
+    sd_vae: str
+    samples_format: str
+    device: str
+    dtype: str
+    max_response_bytes: int
+    pipeline_budget: int
+    warmed_up: WarmUp | None
+
+
+# --- the registry
+
+
+class TaskSpec(NamedTuple):
+    request: type[BaseModel]
+    response: type[BaseModel]
+
+
+TASKS: dict[str, TaskSpec] = {
+    "txt2img": TaskSpec(Txt2ImgRequest, GenerationResponse),
+    "img2img": TaskSpec(Img2ImgRequest, GenerationResponse),
+    "sd-models": TaskSpec(ListingRequest, SdModels),
+    "sd-vae": TaskSpec(ListingRequest, SdVaes),
+    "loras": TaskSpec(ListingRequest, Loras),
+    "controlnet-models": TaskSpec(ListingRequest, ControlNetModels),
+    "samplers": TaskSpec(ListingRequest, Samplers),
+    "schedulers": TaskSpec(ListingRequest, Schedulers),
+    "options": TaskSpec(ListingRequest, Options),
+}
+GENERATION_TASKS = tuple(name for name, spec in TASKS.items()
+                         if issubclass(spec.request, GenerationRequest))
+LISTING_TASKS = tuple(name for name, spec in TASKS.items() if spec.request is ListingRequest)
+
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+
+
+class Invocation(BaseModel):
+    """The ``POST /invocations`` body: a task from the registry and its payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskName
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def request(self) -> BaseModel:
+        """The payload validated by the task's request model (raises ``ValidationError``)."""
+        return TASKS[self.task].request.model_validate(self.payload)
+
+
+def invocation_body(task: str, request: BaseModel) -> bytes:
+    """The JSON body that sends ``request`` as ``task`` (only the fields the caller set)."""
+    spec = TASKS[task]
+    if not isinstance(request, spec.request):
+        raise TypeError(f"{task} takes a {spec.request.__name__}, not {type(request).__name__}")
+    payload = request.model_dump(mode="json", exclude_unset=True)
+    return json.dumps({"task": task, "payload": payload}).encode()
+
+
+def parse_answer(task: str, raw: bytes | str) -> BaseModel:
+    """The server's answer to ``task`` parsed by its response model (raises
+    ``ValidationError``)."""
+    return TASKS[task].response.model_validate_json(raw)
