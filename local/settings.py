@@ -79,8 +79,13 @@ class StandInSettings:
         return list(self.train_command) if self.train_command else console_script("train")
 
     def device_env(self) -> dict[str, str]:
-        """Environment that picks the device for a child process."""
-        env = {"EASEL_DEVICE": self.device}
+        """Environment that picks the device for a child process.
+
+        It overrides the model's / job's `EASEL_REQUIRE_CUDA=1` (set for SageMaker's GPU hosts):
+        the stand-in requires CUDA only when it was told to run on the GPU.
+        """
+        env = {"EASEL_DEVICE": self.device,
+               "EASEL_REQUIRE_CUDA": "1" if self.device == "cuda" else "0"}
         if self.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build Easel's container images with a local Docker (`make images-local`), tagged exactly as
-# `cdk deploy` tags them (stacks/image_build.py: a hash of the folder and the build recipe).
+# `cdk deploy` tags them (stacks/image_build: a hash of what the Dockerfile copies and the build
+# recipe). Every image builds from the one containers/ context: docker build -f <image>/Dockerfile.
 #
 #   scripts/images_local.sh [--push] [IMAGE ...]     IMAGE: inference, training, webui (default: all)
 #
@@ -23,7 +24,7 @@ IMAGES=""  # a plain list (bash 3.2 on macOS has no associative arrays)
 for arg in "$@"; do
   case "$arg" in
     --push) PUSH=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     -*) echo "unknown option: $arg" >&2; exit 2 ;;
     *) IMAGES="$IMAGES $arg" ;;
   esac
@@ -35,7 +36,7 @@ for name in $IMAGES; do
 done
 command -v docker >/dev/null || { echo "docker is not installed (cdk deploy does not need it)" >&2; exit 1; }
 
-# "name tag [context=path ...]" lines, computed by the same code the CDK construct uses.
+# "name tag" lines, computed by the same code the CDK construct uses.
 TAG_LINES="$(cd "$ROOT" && "$PYTHON" -m stacks.image_build tags "$CONTAINERS")"
 [[ -n "$IMAGES" ]] || IMAGES="$(awk '{print $1}' <<<"$TAG_LINES")"
 
@@ -54,13 +55,10 @@ fi
 for name in $IMAGES; do
   line="$(awk -v n="$name" '$1 == n' <<<"$TAG_LINES")"
   tag="$(awk '{print $2}' <<<"$line")"
-  build_args=(--platform linux/amd64)  # x86_64 like CodeBuild and SageMaker (emulated on ARM)
-  for context in $(awk '{for (i = 3; i <= NF; i++) print $i}' <<<"$line"); do
-    build_args+=(--build-context "$context")  # a sibling folder: COPY --from=<folder>
-  done
   echo "==> building $name ($tag)"
-  docker build "${build_args[@]}" \
-    --tag "easel-$name:$tag" --tag "easel-$name:latest" "$CONTAINERS/$name"
+  # x86_64 like CodeBuild and SageMaker (emulated on ARM); one context: containers/.
+  docker build --platform linux/amd64 --file "$CONTAINERS/$name/Dockerfile" \
+    --tag "easel-$name:$tag" --tag "easel-$name:latest" "$CONTAINERS"
   if [[ $PUSH -eq 1 ]]; then
     uri="$EASEL_REGISTRY/${EASEL_REPOSITORY_PREFIX:-${EASEL_DEPLOYMENT_ID:-easel}-}$name"
     docker tag "easel-$name:$tag" "$uri:$tag"

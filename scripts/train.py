@@ -18,7 +18,6 @@ shows on the portal's Training page too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,6 +29,13 @@ from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from easel_contracts.hyperparameters import HyperParameterError, HyperParameters, field_schemas
+from easel_contracts.progress import (
+    PROGRESS_FILE,
+    PROGRESS_MAX_BYTES,
+    Progress,
+    ProgressError,
+    parse_progress,
+)
 from easel_contracts.s3uri import S3Uri
 from scripts.cli import ScriptError, UsageError, run_main
 from scripts.stack import StackOutputs, Target, add_target_arguments, resolve_target
@@ -218,6 +224,7 @@ def submit_with_sdk(request: dict[str, Any], *, boto_session: Any, bucket: str) 
                if "MaxWaitTimeInSeconds" in stopping else {}),
         }),
         hyperparameters=dict(request["HyperParameters"]),
+        environment=dict(request.get("Environment", {})),
         output_data_config=OutputDataConfig(
             s3_output_path=request["OutputDataConfig"]["S3OutputPath"]),
         checkpoint_config=CheckpointConfig(s3_uri=request["CheckpointConfig"]["S3Uri"],
@@ -267,17 +274,18 @@ def submit(args: argparse.Namespace, target: Target) -> tuple[str, Any]:
     return job_name, training.clients
 
 
-def _read_progress(s3: Any, uri: str) -> dict[str, Any]:
+def _read_progress(s3: Any, uri: str) -> Progress | None:
+    """The job's progress.json, or None while there is none or it cannot be read."""
     try:
-        progress = S3Uri.parse(uri).join("progress.json")
+        location = S3Uri.parse(uri).join(PROGRESS_FILE)
     except ValueError:
-        return {}
+        return None
     try:
-        body = s3.get_object(Bucket=progress.bucket, Key=progress.key)["Body"].read(64 * 1024)
-        data = json.loads(body)
-    except (ClientError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        body = s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read(
+            PROGRESS_MAX_BYTES + 1)
+        return parse_progress(body)
+    except (ClientError, ProgressError):
+        return None
 
 
 def follow(sagemaker: Any, s3: Any, job_name: str, *, interval: float, quiet: bool,
@@ -298,17 +306,16 @@ def follow(sagemaker: Any, s3: Any, job_name: str, *, interval: float, quiet: bo
                     ) from None
                 raise
             progress = _read_progress(s3, job.get("CheckpointConfig", {}).get("S3Uri", ""))
-            total = progress.get("total_steps")
-            if isinstance(total, int) and total > 0 and bar.total != total:
-                bar.total = total
-            if isinstance(progress.get("step"), int):
-                bar.n = progress["step"]
+            if progress is not None:
+                if progress.total_steps and bar.total != progress.total_steps:
+                    bar.total = progress.total_steps
+                bar.n = progress.step
             status = job.get("TrainingJobStatus", "Unknown")
             details = {"status": job.get("SecondaryStatus", status)}
-            if isinstance(progress.get("loss"), int | float):
-                details["loss"] = f"{progress['loss']:.4f}"
-            if isinstance(progress.get("eta_seconds"), int | float):
-                details["eta"] = f"{int(progress['eta_seconds'])}s"
+            if progress is not None and progress.loss is not None:
+                details["loss"] = f"{progress.loss:.4f}"
+            if progress is not None and progress.eta_seconds is not None:
+                details["eta"] = f"{int(progress.eta_seconds)}s"
             bar.set_postfix(details, refresh=True)
             if status in TERMINAL:
                 if status == "Completed" and bar.total:

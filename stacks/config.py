@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from easel_contracts.instances import InstanceTypes
 from easel_contracts.naming import DEFAULT_DEPLOYMENT_ID, DeploymentId
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -35,10 +36,6 @@ LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
     2922, 3288, 3653,
 )
-
-# SageMaker GPU instance families Easel knows how to serve/train on.
-GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3", "p4d", "p4de", "p5", "p5e", "p5en")
-_INSTANCE_RE = re.compile(r"^ml\.(?P<family>[a-z0-9]+)\.(?P<size>(?:\d+)?x?large|metal)$")
 
 _BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -58,34 +55,6 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InstanceType(_Strict):
-    """One allowed SageMaker instance type and the facts the portal needs about it."""
-
-    gpu_memory_gb: float = Field(gt=0, le=2048)
-    gpus: int = Field(default=1, ge=1, le=16)
-    instance_storage: bool = Field(
-        description="True when the type has local NVMe storage; such types take no EBS volume size"
-    )
-    hourly_usd: float = Field(ge=0, le=1000, description="on-demand price in the deploy region")
-
-
-def _check_instance_types(value: dict[str, InstanceType]) -> dict[str, InstanceType]:
-    if not value:
-        raise ValueError("at least one instance type is required")
-    for name in value:
-        match = _INSTANCE_RE.match(name)
-        if not match:
-            raise ValueError(f"{name!r} is not a SageMaker instance type (like ml.g5.xlarge)")
-        if match["family"] not in GPU_FAMILIES:
-            raise ValueError(
-                f"{name!r} is not a GPU instance type; families: {', '.join(GPU_FAMILIES)}"
-            )
-    return value
-
-
-InstanceTypes = Annotated[dict[str, InstanceType], AfterValidator(_check_instance_types)]
 
 
 class ImageBuildConfig(_Strict):

@@ -9,8 +9,9 @@ from aws_cdk import aws_codebuild as codebuild
 from constructs import Construct
 
 from stacks.cleanup import DeploymentCleanup
-from stacks.config import EaselConfig
-from stacks.image_build import CONTAINERS_DIR, ImageBuild
+from stacks.config import ConfigError, EaselConfig
+from stacks.image_build import ImageBuild
+from stacks.image_build.waiter import max_build_timeout_minutes
 from stacks.network import PortalNetwork
 from stacks.portal import PortalService
 from stacks.reaper import EndpointReaper
@@ -65,14 +66,25 @@ class EaselStack(Stack):
             self.execution_role, self.repositories, self.storage
         )
 
+        # All image builds start at once; on a CodeBuild quota of 1 they run one after another,
+        # and each image's wait condition allows for that.
+        builds = len(self.repositories.repositories)
+        timeout = config.image_build.timeout_minutes
+        if timeout > max_build_timeout_minutes(builds):
+            raise ConfigError(
+                f"image_build.timeout_minutes {timeout}: {builds} builds of that length in a row "
+                f"outlast CloudFormation's 12-hour wait; use at most "
+                f"{max_build_timeout_minutes(builds)}"
+            )
         self.images = {
             name: ImageBuild(
                 self,
                 f"{name.capitalize()}Image",
                 repository=repository,
-                source_dir=CONTAINERS_DIR / name,
+                image=name,
                 compute_type=COMPUTE_TYPES[config.image_build.compute_type],
-                build_timeout=Duration.minutes(config.image_build.timeout_minutes),
+                build_timeout=Duration.minutes(timeout),
+                builds=builds,
             )
             for name, repository in self.repositories.repositories.items()
         }

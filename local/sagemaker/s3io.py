@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -163,6 +162,3 @@ class FolderSync:
             uploaded += 1
         return uploaded
 
-
-def file_count(folder: Path) -> int:
-    return sum(1 for _, _, files in os.walk(folder) for _ in files)

@@ -11,15 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from easel_contracts.progress import FAILURE_FILE, FAILURE_REASON_MAX, failure_reason
 from local.processes import ManagedProcess, ProcessRegistry, log_tail
 from local.sagemaker import s3io
 from local.sagemaker.records import RecordStore, now
 from local.settings import StandInSettings
 
 log = logging.getLogger(__name__)
-
-FAILURE_REASON_MAX = 1024
-
 
 class JobError(Exception):
     """The job failed before or around the training process (user-facing reason)."""
@@ -279,11 +277,11 @@ class TrainingManager:
         )
 
     def _failure_reason(self, name: str, exit_code: int) -> str:
-        failure = self.opt_ml(name) / "output" / "failure"
+        failure = self.opt_ml(name) / FAILURE_FILE
         if failure.is_file():
-            text = failure.read_text(encoding="utf-8", errors="replace").strip()
+            text = failure_reason(failure.read_text(encoding="utf-8", errors="replace"))
             if text:
-                return text[:FAILURE_REASON_MAX]
+                return text
         reason = (
             f"AlgorithmError: the training process exited with code {exit_code}. "
             f"Log tail: {log_tail(self.log_path(name), max_chars=600)}"

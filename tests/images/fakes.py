@@ -1,4 +1,5 @@
-"""Fake `docker` and `aws` executables that record their calls, for running build scripts here."""
+"""Fake `docker`, `aws` and `curl` executables that record their calls, for running build scripts
+here."""
 
 from __future__ import annotations
 
@@ -37,11 +38,18 @@ elif args[:2] == ["sts", "get-caller-identity"]:
     print("123456789012")
 '''
 
+FAKE_CURL = r'''
+import json, os, sys
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps({"tool": "curl", "args": sys.argv[1:]}) + "\n")
+sys.exit(int(os.environ.get("FAKE_CURL_RC", "0")))
+'''
+
 
 def install_fakes(bin_dir: Path) -> None:
-    """Write executable `docker` and `aws` fakes into `bin_dir` (put it first on PATH)."""
+    """Write executable `docker`, `aws` and `curl` fakes into `bin_dir` (put it first on PATH)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for name, body in (("docker", FAKE_DOCKER), ("aws", FAKE_AWS)):
+    for name, body in (("docker", FAKE_DOCKER), ("aws", FAKE_AWS), ("curl", FAKE_CURL)):
         path = bin_dir / name
         path.write_text(f"#!{sys.executable}\n{body}", encoding="utf-8")
         path.chmod(0o755)

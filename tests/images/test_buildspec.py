@@ -1,6 +1,6 @@
 """The buildspec's commands, run with bash against fake `docker` and `aws` executables.
 
-The commands come from `stacks.image_build.buildspec()`, the object the construct hands to
+The commands come from `stacks.image_build.buildspec.buildspec()`, the object the construct hands to
 CodeBuild (the template test checks that the project carries exactly this buildspec).
 """
 
@@ -10,39 +10,56 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from stacks.image_build import CACHE_TAG, NAMED_CONTEXTS_DIR, buildspec
+from stacks.image_build.buildspec import CACHE_TAG, buildspec
 
 from .fakes import docker_calls, fake_env, install_fakes, read_calls
 
 REPOSITORY_URI = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/easel-webui"
 TAG = "0123456789abcdef0123456789abcdef"
+BUILD_UUID = "8d1d1f2e-1111-2222-3333-444455556666"
+HANDLE_URL = "https://cloudformation-waitcondition-eu-west-1.s3.amazonaws.com/x?X-Amz-Signature=s"
 PHASES = ("install", "pre_build", "build", "post_build")
 
 
 def _script(spec: dict) -> str:
-    """A bash script with CodeBuild's semantics: one shell, a failing command ends the build."""
-    lines = []
+    """A bash script with CodeBuild's semantics: one shell; a failing install or pre_build command
+    ends the build; a failing build command skips the rest of the build phase, and post_build
+    still runs with CODEBUILD_BUILD_SUCCEEDING=0 before the build fails."""
+    lines = ["export CODEBUILD_BUILD_SUCCEEDING=1"]
     for name, value in spec.get("env", {}).get("variables", {}).items():
         lines.append(f"export {name}={shlex.quote(value)}")
     for phase in PHASES:
-        for command in spec["phases"].get(phase, {}).get("commands", []):
+        commands = spec["phases"].get(phase, {}).get("commands", [])
+        if phase == "build":
+            lines.append("build_phase() {")
+            lines += [f"{{ {command}\n}} || return 1" for command in commands]
+            lines.append("}")
+            lines.append("build_phase || { echo 'FAILED: build' >&2; CODEBUILD_BUILD_SUCCEEDING=0; }")
+            continue
+        for command in commands:
             lines.append(f"{{ {command}\n}} || {{ echo 'FAILED: {phase}' >&2; exit 1; }}")
+    lines.append('[ "$CODEBUILD_BUILD_SUCCEEDING" = 1 ]')
     return "\n".join(lines) + "\n"
 
 
-def _run(tmp_path: Path, *, image_tag: str = TAG, **fake_rcs: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *, image_tag: str = TAG, dockerfile: str = "webui/Dockerfile",
+         handle: bool = True, **fake_rcs: str) -> subprocess.CompletedProcess:
     spec = buildspec()
     assert spec["env"]["shell"] == "bash"
     bin_dir = tmp_path / "bin"
     install_fakes(bin_dir)
+    # The source is laid out like containers/: one folder per image, the Dockerfile inside.
     source = tmp_path / "src"
-    source.mkdir(exist_ok=True)
-    (source / "Dockerfile").write_text("FROM scratch\n")
+    (source / "webui").mkdir(parents=True, exist_ok=True)
+    (source / "webui" / "Dockerfile").write_text("FROM scratch\n")
     env = fake_env(
         bin_dir,
         tmp_path / "calls.jsonl",
         REPOSITORY_URI=REPOSITORY_URI,
         CACHE_TAG=CACHE_TAG,
+        DOCKERFILE=dockerfile,
+        CODEBUILD_BUILD_ID=f"easel-webui:{BUILD_UUID}",
+        **({"WAIT_HANDLE_URL": HANDLE_URL} if handle else {}),
         AWS_DEFAULT_REGION="eu-west-1",
         **({"IMAGE_TAG": image_tag} if image_tag else {}),
         **fake_rcs,
@@ -123,17 +140,54 @@ def test_missing_image_tag_fails_before_any_docker_call(tmp_path):
     assert docker_calls(tmp_path / "calls.jsonl") == []
 
 
-def test_named_contexts_in_the_source_become_build_contexts(tmp_path):
-    # The construct ships sibling folders a Dockerfile copies from under .contexts/<name>/.
-    (tmp_path / "src" / NAMED_CONTEXTS_DIR / "inference").mkdir(parents=True)
-    result = _run(tmp_path)
-    assert result.returncode == 0, result.stderr
-    calls = docker_calls(tmp_path / "calls.jsonl")
-    build = calls[_index(calls, "build")]
-    assert build[build.index("--build-context") + 1] == "inference=.contexts/inference"
-
-
-def test_without_named_contexts_no_build_context_is_passed(tmp_path):
+def test_builds_the_images_dockerfile_from_the_one_containers_context(tmp_path):
     assert _run(tmp_path).returncode == 0
     calls = docker_calls(tmp_path / "calls.jsonl")
-    assert "--build-context" not in calls[_index(calls, "build")]
+    build = calls[_index(calls, "build")]
+    assert build[build.index("--file") + 1] == "webui/Dockerfile"
+    assert build[-1] == "."  # the source root: the image's part of containers/
+    assert "--build-context" not in build
+
+
+def test_missing_dockerfile_fails_before_any_docker_call(tmp_path):
+    result = _run(tmp_path, dockerfile="inference/Dockerfile")
+    assert result.returncode != 0
+    assert "no Dockerfile inference/Dockerfile" in result.stderr
+    assert docker_calls(tmp_path / "calls.jsonl") == []
+
+
+def _curls(tmp_path: Path) -> list[list[str]]:
+    return [c["args"] for c in read_calls(tmp_path / "calls.jsonl") if c["tool"] == "curl"]
+
+
+def test_pushed_image_signals_its_wait_condition_after_the_push(tmp_path):
+    import json
+
+    assert _run(tmp_path).returncode == 0
+    (curl,) = _curls(tmp_path)
+    assert curl[-1] == HANDLE_URL
+    assert curl[curl.index("--request") + 1] == "PUT"
+    assert curl[curl.index("--header") + 1] == "Content-Type:"  # presigned: no content type
+    body = json.loads(curl[curl.index("--data-binary") + 1])
+    # The same UniqueId the build-finished signaller uses, so the two signals are one.
+    assert body == {"Status": "SUCCESS", "Reason": f"pushed {TAG}", "UniqueId": BUILD_UUID,
+                    "Data": TAG}
+    tools = [c["tool"] + ":" + c["args"][0] for c in read_calls(tmp_path / "calls.jsonl")]
+    assert tools.index("curl:--silent") > max(i for i, t in enumerate(tools) if t == "docker:push")
+
+
+def test_failed_build_sends_no_success_signal(tmp_path):
+    result = _run(tmp_path, FAKE_DOCKER_BUILD_RC="1")
+    assert result.returncode != 0
+    assert _curls(tmp_path) == []
+
+
+def test_failed_signal_does_not_fail_a_pushed_build(tmp_path):
+    result = _run(tmp_path, FAKE_CURL_RC="22")
+    assert result.returncode == 0, result.stderr
+    assert "could not signal the wait condition" in result.stdout
+
+
+def test_no_handle_no_signal(tmp_path):
+    assert _run(tmp_path, handle=False).returncode == 0
+    assert _curls(tmp_path) == []

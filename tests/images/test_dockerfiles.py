@@ -91,7 +91,7 @@ def test_base_images_are_pinned_public_ecr_images(image):
 
 def test_no_frontend_image_from_docker_hub(image):
     # `# syntax=docker/dockerfile:1` makes BuildKit pull its frontend from Docker Hub on every
-    # build (rate-limited in CodeBuild); the built-in frontend already has named contexts.
+    # build (rate-limited in CodeBuild); the built-in frontend covers what these Dockerfiles use.
     text = image.dockerfile.read_text(encoding="utf-8")
     for reference in re.findall(r"^#\s*syntax\s*=\s*(\S+)", text, re.MULTILINE | re.IGNORECASE):
         host = reference.split("/", 1)[0]
@@ -107,22 +107,36 @@ def test_required_labels_are_set(image):
 
 
 def test_every_copied_path_exists_in_the_context(image):
-    from stacks.image_build import named_contexts
+    # The build context is containers/ for every image (docker build -f <image>/Dockerfile).
+    from stacks.image_build.tags import context_paths
 
     _needs_package(image)
-    named_contexts(image.folder)  # each COPY --from=<sibling folder> names an existing folder
     for instruction in image.parser().structure:
         if instruction["instruction"] not in ("COPY", "ADD"):
             continue
         words = instruction["value"].split()
-        if any(w.startswith("--from") for w in words):
-            continue
+        assert not any(w.startswith("--from") for w in words), (
+            f"{image.name}: {instruction['content'].strip()}: copy from containers/ instead"
+        )
         sources = [w for w in words if not w.startswith("--")][:-1]
         assert sources, f"{instruction['content'].strip()}: no source"
         for source in sources:
             assert not source.startswith(("http://", "https://")), "ADD of a URL"
-            matches = glob.glob(str(image.folder / source))
+            matches = glob.glob(str(CONTAINERS / source))
             assert matches, f"{image.name}: {instruction['content'].strip()} -> {source} missing"
+    assert f"{image.name}/Dockerfile" in context_paths(CONTAINERS, image.name)
+
+
+def test_installs_the_contracts_package_before_its_own(image):
+    _needs_package(image)
+    structure = image.parser().structure
+    copies = [i["value"] for i in structure if i["instruction"] == "COPY"]
+    assert any("contracts/easel_contracts" in c for c in copies), f"{image.name}: no contracts"
+    runs = [i["value"] for i in structure if i["instruction"] == "RUN"]
+    contracts = next(n for n, r in enumerate(runs) if "/opt/easel/contracts" in r)
+    own = next(n for n, r in enumerate(runs) if re.search(r"pip install .* \.(\s|$)", r))
+    assert contracts < own
+    assert "easel-contracts" in image.pyproject()["project"]["dependencies"]
 
 
 def test_entry_point_is_exec_form_and_resolves(image):

@@ -31,10 +31,11 @@ def _run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def _push_webui(tmp_path: Path) -> dict:
-    # A copy of the webui build context, so the tag cannot move while the test runs.
+    # A copy of the build context, so the tag cannot move while the test runs.
     containers = tmp_path / "containers"
-    shutil.copytree(ROOT / "containers" / "webui", containers / "webui",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("contracts", "webui"):
+        shutil.copytree(ROOT / "containers" / name, containers / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     result = _run(tmp_path, "--push", "webui", EASEL_REGISTRY=REGISTRY,
                   EASEL_CONTAINERS_DIR=str(containers))
     return {
@@ -42,7 +43,7 @@ def _push_webui(tmp_path: Path) -> dict:
         "stderr": result.stderr,
         "calls": docker_calls(tmp_path / "calls.jsonl"),
         "tag": tags_by_image(containers)["webui"],
-        "context": str(containers / "webui"),
+        "context": str(containers),
     }
 
 
@@ -59,7 +60,10 @@ def test_builds_with_the_construct_tag(pushed):
     (build,) = [c for c in calls if c[:1] == ["build"]]
     assert f"easel-webui:{webui_tag}" in build
     assert build[build.index("--platform") + 1] == "linux/amd64"
+    # One context for every image: containers/, with the image's Dockerfile named.
     assert build[-1] == result["context"]
+    assert build[build.index("--file") + 1] == f"{result['context']}/webui/Dockerfile"
+    assert "--build-context" not in build
 
 
 def test_push_goes_to_the_deployment_repository_after_the_build(pushed):
@@ -78,28 +82,23 @@ def test_unknown_image_is_refused(tmp_path):
     assert not [c for c in docker_calls(tmp_path / "calls.jsonl") if c[:1] == ["build"]]
 
 
-def test_named_contexts_are_passed_to_docker(tmp_path):
+def test_every_image_builds_from_the_one_containers_context(tmp_path):
     # A stand-in for `python -m stacks.image_build tags` (its output format is tested in
     # test_image_tags.py), so this run needs no CDK.
     fake_python = tmp_path / "python"
-    fake_python.write_text(
-        "#!/bin/sh\necho 'training 0123abcd inference=/repo/containers/inference'\n"
-        "echo 'webui 4567ef01'\n"
-    )
+    fake_python.write_text("#!/bin/sh\necho 'training 0123abcd'\necho 'webui 4567ef01'\n")
     fake_python.chmod(0o755)
     install_fakes(tmp_path / "bin")
     result = subprocess.run(
         ["bash", str(SCRIPT)],
-        env={**fake_env(tmp_path / "bin", tmp_path / "calls.jsonl"), "PYTHON": str(fake_python)},
+        env={**fake_env(tmp_path / "bin", tmp_path / "calls.jsonl"), "PYTHON": str(fake_python),
+             "EASEL_CONTAINERS_DIR": "/repo/containers"},
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
-    builds = {c[-1].rsplit("/", 1)[-1]: c for c in docker_calls(tmp_path / "calls.jsonl")
-              if c[:1] == ["build"]}
-    assert set(builds) == {"training", "webui"}
-    training = builds["training"]
-    assert training[training.index("--build-context") + 1] == (
-        "inference=/repo/containers/inference"
-    )
-    assert "easel-training:0123abcd" in training
-    assert "--build-context" not in builds["webui"]
+    builds = [c for c in docker_calls(tmp_path / "calls.jsonl") if c[:1] == ["build"]]
+    assert [b[b.index("--file") + 1] for b in builds] == [
+        "/repo/containers/training/Dockerfile", "/repo/containers/webui/Dockerfile"
+    ]
+    assert all(b[-1] == "/repo/containers" for b in builds)
+    assert "easel-training:0123abcd" in builds[0]

@@ -41,7 +41,7 @@ def test_lock_covers_the_package_dependencies(locked):
     assert locked.pyproject(), f"containers/{locked.name}/pyproject.toml is missing"
     dependencies = locked.pyproject()["project"].get("dependencies", [])
     pins = locked.lock()
-    siblings = {f"easel-{n}" for n in IMAGE_NAMES}
+    siblings = {f"easel-{n}" for n in (*IMAGE_NAMES, "contracts")}  # built from containers/
     missing = []
     for requirement in dependencies:
         name = normalize(re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0])
@@ -100,7 +100,7 @@ def test_lock_provides_every_third_party_import(locked):
     )
     providers = importlib.metadata.packages_distributions()
     pins = locked.lock()
-    siblings = {f"easel-{n}" for n in IMAGE_NAMES}
+    siblings = {f"easel-{n}" for n in (*IMAGE_NAMES, "contracts")}  # built from containers/
     missing = []
     for module, where in sorted(_third_party_imports(locked).items()):
         distributions = {normalize(d) for d in providers.get(module, [])}

@@ -10,6 +10,8 @@ import pytest
 from botocore.exceptions import ClientError
 from local_helpers import job_status, start_training_job, unique, wait_for
 
+from easel_contracts.progress import parse_progress
+
 CONCEPTS = {"1.png": b"png-bytes", "1.txt": b"a photo of sks dog", "2.jpg": b"jpg-bytes"}
 
 
@@ -34,12 +36,12 @@ def test_training_job_completes_with_model_tar_gz_and_synced_checkpoints(clients
         assert "Lora/sks-dog.safetensors" in tar.getnames()
     synced = clients.keys(f"training/{name}/checkpoints/")
     assert {f"training/{name}/checkpoints/step-{i}.ckpt" for i in (1, 2, 3)} <= set(synced)
-    progress = json.loads(
+    progress = parse_progress(
         clients.s3.get_object(
             Bucket=clients.bucket, Key=f"training/{name}/checkpoints/progress.json"
         )["Body"].read()
     )
-    assert progress["status"] == "completed"
+    assert progress.status == "completed"
     transitions = [t["Status"] for t in job["SecondaryStatusTransitions"]]
     assert transitions == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
     assert job["TrainingEndTime"] >= job["TrainingStartTime"] >= job["CreationTime"]
@@ -69,6 +71,20 @@ def test_bad_concepts_fail_with_the_trainers_own_reason(clients):
 
     assert job["TrainingJobStatus"] == "Failed"
     assert job["FailureReason"].startswith("The concepts channel has no images")
+
+
+def test_failure_reason_is_what_sagemaker_keeps_of_the_failure_file(tmp_path):
+    # SageMaker shows the first 1024 characters of /opt/ml/output/failure as FailureReason:
+    # https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-signal-success-failure.html
+    from local.sagemaker.training import TrainingManager
+
+    manager = TrainingManager(records=None, s3=None, settings=None, work_root=tmp_path,
+                              log_root=tmp_path / "logs")
+    failure = manager.opt_ml("job") / "output" / "failure"
+    failure.parent.mkdir(parents=True)
+    failure.write_text("\n  out of memory: " + "x" * 3000)
+    reason = manager._failure_reason("job", exit_code=1)
+    assert reason.startswith("out of memory: ") and len(reason) == 1024
 
 
 def test_empty_concepts_prefix_fails_before_training(clients):
@@ -101,12 +117,12 @@ def test_stop_training_job_ends_stopped_with_a_checkpoint(clients, fake_aws):
     assert "FailureReason" not in job
     synced = clients.keys(f"training/{name}/checkpoints/")
     assert any("/stopped-" in key for key in synced)
-    progress = json.loads(
+    progress = parse_progress(
         clients.s3.get_object(
             Bucket=clients.bucket, Key=f"training/{name}/checkpoints/progress.json"
         )["Body"].read()
     )
-    assert progress["status"] == "stopped"
+    assert progress.status == "stopped"
     from local_helpers import process_is_running
 
     assert not process_is_running(pid)

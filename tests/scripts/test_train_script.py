@@ -127,6 +127,29 @@ def test_follow_of_an_unknown_job_fails_clearly(data, capsys):
     assert code == 1 and "'easel-nope' was not found" in err
 
 
+def test_sdk_submission_keeps_the_cuda_requirement(data, capsys, monkeypatch):
+    """moto drops a job's Environment, so the request is read on its way out."""
+    pytest.importorskip("sagemaker.train", reason="the SageMaker Python SDK v3 is not installed")
+    from botocore.client import BaseClient
+
+    data.client("iam").create_role(RoleName="easel-sagemaker-execution",
+                                   AssumeRolePolicyDocument="{}")
+    sent: list[dict] = []
+    original = BaseClient._make_api_call
+
+    def record(self, operation, params):
+        if operation == "CreateTrainingJob":
+            sent.append(params)
+        return original(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", record)
+    code, _, err = _run(capsys, [a for a in _args() if a not in ("--via", "boto3")])
+    assert code == 0, err
+    (request,) = sent
+    # no AMI selector for training hosts: the job itself fails on a driver that cannot run CUDA
+    assert request["Environment"]["EASEL_REQUIRE_CUDA"] == "1"
+
+
 def test_sdk_submission_uses_model_trainer_and_the_kits_bucket(data, capsys):
     pytest.importorskip("sagemaker.train", reason="the SageMaker Python SDK v3 is not installed")
     data.client("iam").create_role(RoleName="easel-sagemaker-execution",

@@ -54,7 +54,12 @@ def test_stage_file_is_merged_over_default(tmp_path):
         (
             {"endpoints": {"instance_types": {"ml.m5.xlarge": {"gpu_memory_gb": 24, "instance_storage": False, "hourly_usd": 1}}}},
             "endpoints.instance_types",
-            "not a GPU instance type",
+            "not a GPU family Easel's images run on",
+        ),
+        (  # V100: the CUDA 13 torch wheels have no sm_70 kernels
+            {"training": {"instance_types": {"ml.p3.2xlarge": {"gpu_memory_gb": 16, "instance_storage": False, "hourly_usd": 3.8}}}},
+            "training.instance_types",
+            "ml.p3.2xlarge",
         ),
         (
             {"training": {"instance_types": {"ml.g5.xlarge": {"gpu_memory_gb": 24, "hourly_usd": 1}}}},

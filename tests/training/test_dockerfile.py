@@ -51,18 +51,20 @@ def test_sagemaker_train_command_is_the_console_script():
     assert labels["org.opencontainers.image.source"]
 
 
-def test_copies_exist_in_their_contexts():
+def test_copies_exist_in_the_containers_context():
+    # One context for every image: containers/ (docker build -f training/Dockerfile containers/).
+    sources = []
     for instruction in _parser().structure:
         if instruction["instruction"] != "COPY":
             continue
         words = instruction["value"].split()
-        context = FOLDER
-        if any(w.startswith("--from=") for w in words):
-            name = next(w for w in words if w.startswith("--from="))[len("--from="):]
-            assert name == "inference", instruction["content"]
-            context = CONTAINERS / "inference"
+        assert not any(w.startswith("--from=") for w in words), instruction["content"]
         for source in [w for w in words if not w.startswith("--")][:-1]:
-            assert (context / source).exists(), f"{instruction['content'].strip()}: {source}"
+            assert (CONTAINERS / source).exists(), f"{instruction['content'].strip()}: {source}"
+            sources.append(source)
+    # The job imports the inference package and the contracts: both are installed.
+    assert "inference/easel_inference" in sources
+    assert "contracts/easel_contracts" in sources
 
 
 def test_lock_is_installed_without_resolution_and_pins_the_tested_libraries():

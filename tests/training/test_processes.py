@@ -74,8 +74,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(make_job):
     assert not (layout.root / "model" / "Lora").exists()
 
 
+# A warm-up schedule, so a scheduler stepped once per process would train something else.
 DATA_PARALLEL = {"max_train_steps": "2", "learning_rate": "0.02", "rank": "4",
-                 "random_flip": "true"}
+                 "random_flip": "true", "lr_scheduler": "linear", "lr_warmup_steps": "1"}
 
 
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(make_job):
@@ -96,3 +97,17 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(make_job
         torch.testing.assert_close(together[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
         moved += name.endswith("lora_up.weight") and bool(tensor.abs().max() > 1e-3)
     assert moved, "training did not move the LoRA weights"
+
+
+def test_two_processes_write_one_checkpoint_with_each_processes_random_state(make_job):
+    layout = make_job({"max_train_steps": "2", "checkpointing_steps": "1", "rank": "4"},
+                      images=3)
+    process = _start(layout, EASEL_NUM_PROCESSES="2")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    checkpoints = layout.root / "checkpoints"
+    assert [p.name for p in checkpoints.glob("checkpoint-*")] == ["checkpoint-1"]
+    names = {p.name for p in (checkpoints / "checkpoint-1").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl", "optimizer.bin",
+            "trainable.safetensors", "state.json"} <= names
+    assert not list(checkpoints.glob(".tmp-*"))

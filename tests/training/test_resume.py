@@ -66,6 +66,61 @@ def test_periodic_checkpoints_keep_the_latest(make_job):
     assert [s for s, _ in list_checkpoints(layout.root / "checkpoints")] == [3, 4]
 
 
+def test_a_checkpoint_holds_only_the_trained_weights_and_accelerates_state(make_job):
+    layout = make_job({"max_train_steps": "2", "checkpointing_steps": "1", "rank": "4"})
+    run_in_process(layout)
+    (_, folder), = list_checkpoints(layout.root / "checkpoints")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "optimizer.bin", "random_states_0.pkl", "scheduler.bin", "state.json",
+        "trainable.safetensors"]
+    weights = load_file(str(folder / "trainable.safetensors"))
+    assert weights and all("lora" in name for name in weights)
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    assert json.loads((folder / "state.json").read_text())["format"] == 2
+
+
+def _old_format_checkpoint(folder, *, step: int) -> None:
+    """A checkpoint as Easel wrote it before accelerate's save_state (format 1)."""
+    folder.mkdir(parents=True)
+    (folder / "trainable.safetensors").write_bytes(b"")
+    torch.save({"optimizer": {}, "lr_scheduler": {}, "torch_rng": torch.get_rng_state()},
+               folder / "training_state.pt")
+    (folder / "state.json").write_text(json.dumps(
+        {"fingerprint": {}, "loss_curve": [0.1] * step, "world_size": 1, "step": step}))
+
+
+def test_a_checkpoint_from_an_older_image_is_refused_with_the_way_out(make_job):
+    layout = make_job({"max_train_steps": "3"})
+    _old_format_checkpoint(layout.root / "checkpoints" / "checkpoint-2", step=2)
+    with pytest.raises(TrainingInputError, match="older Easel training image.*new checkpoint S3"):
+        run_in_process(layout)
+
+
+class _RunsCode:
+    """Unpickling this creates a folder: proof that a checkpoint file could run code."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_checkpoint_state_is_never_unpickled_freely(make_job, tmp_path):
+    layout = make_job({"max_train_steps": "2", "checkpointing_steps": "1"})
+    run_in_process(layout)
+    (_, folder), = list_checkpoints(layout.root / "checkpoints")
+    marker = tmp_path / "code-ran"
+    torch.save(_RunsCode(marker), folder / "optimizer.bin")
+    layout.write_hyperparameters({"instance_prompt": "a photo of sks dog", "resolution": "32",
+                                  "max_train_steps": "3", "validation_steps": "0"})
+    with pytest.raises(TrainingInputError, match="checkpoint-1 cannot be resumed"):
+        run_in_process(layout)
+    assert not marker.exists()
+
+
 def test_checkpoint_from_other_settings_is_refused(make_job):
     layout = make_job({"max_train_steps": "2", "checkpointing_steps": "1", "rank": "4"})
     run_in_process(layout)

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from easel_contracts.progress import TrainingReport, parse_progress
+
 from .conftest import SIZE, run_in_process
 
 # fp32 everywhere on the CPU: a LoRA loaded from its file must reproduce the trained model's
@@ -46,15 +48,17 @@ def test_lora_run_writes_the_layout_report_and_progress(make_job):
     assert outcome.status == "completed" and outcome.step == 3
     lora_file = layout.root / "model" / "Lora" / "sks-dog.safetensors"
     assert outcome.result == lora_file and lora_file.is_file()
-    report = json.loads((layout.root / "model" / "training_report.json").read_text())
-    assert report["steps"] == 3 and len(report["loss_curve"]) == 3
-    assert report["result"] == "Lora/sks-dog.safetensors"
-    assert report["base_model"]["name"] == "tiny"
-    assert report["settings"]["rank"] == 16 and report["images_per_second"] > 0
-    assert report["duration_seconds"] >= report["training_seconds"] > 0
-    progress = json.loads((layout.root / "checkpoints" / "progress.json").read_text())
-    assert progress["status"] == "completed" and progress["step"] == 3
-    assert progress["total_steps"] == 3 and progress["eta_seconds"] == 0
+    # both files as their readers see them: through easel_contracts.progress
+    report = TrainingReport.model_validate_json(
+        (layout.root / "model" / "training_report.json").read_text())
+    assert report.steps == 3 and len(report.loss_curve) == 3
+    assert report.result == "Lora/sks-dog.safetensors"
+    assert report.base_model.name == "tiny"
+    assert report.settings["rank"] == 16 and report.images_per_second > 0
+    assert report.duration_seconds >= report.training_seconds > 0
+    progress = parse_progress((layout.root / "checkpoints" / "progress.json").read_bytes())
+    assert progress.status == "completed" and progress.step == 3
+    assert progress.total_steps == 3 and progress.eta_seconds == 0
     previews = sorted(p.name for p in (layout.root / "checkpoints" / "preview").iterdir())
     assert previews == ["step-2.png", "step-3.png"]
     assert not (layout.root / "output" / "failure").exists()

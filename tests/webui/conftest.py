@@ -44,8 +44,13 @@ def base_env(**overrides: str) -> dict[str, str]:
             "ml.g5.xlarge": {"gpu_memory_gb": 24, "instance_storage": True, "hourly_usd": 1.408},
             "ml.g4dn.xlarge": {"gpu_memory_gb": 16, "instance_storage": True,
                                "hourly_usd": 0.736},
-            "ml.p3.2xlarge": {"gpu_memory_gb": 16, "instance_storage": False,
-                              "hourly_usd": 3.825},
+            # declared without local storage so tests exercise the EBS volume path
+            "ml.g6.xlarge": {"gpu_memory_gb": 24, "instance_storage": False,
+                             "hourly_usd": 1.1644},
+        }),
+        "EASEL_TRAINING_INSTANCE_TYPES": json.dumps({
+            "ml.g5.2xlarge": {"gpu_memory_gb": 24, "instance_storage": True, "hourly_usd": 1.515},
+            "ml.g6e.2xlarge": {"gpu_memory_gb": 48, "instance_storage": True, "hourly_usd": 2.808},
         }),
     }
     env.update(overrides)

@@ -157,7 +157,7 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     page.goto(f"{base}/endpoints")
     page.fill("#deploy-form input[name=name]", "demo")
     page.select_option("#deploy-form select[name=model]", f"s3://{BUCKET}/models/tiny.tar.gz")
-    page.select_option("#instance-type", "ml.p3.2xlarge")
+    page.select_option("#instance-type", "ml.g6.xlarge")
     assert page.locator("#volume-field").is_visible()  # no instance storage: volume asked
     page.select_option("#instance-type", "ml.g5.xlarge")
     assert not page.locator("#volume-field").is_visible()

@@ -73,7 +73,7 @@ def test_volume_size_only_for_types_without_instance_storage(world):
     world.put("models/tiny.tar.gz")
     admin = world.signed_in("admin")
     _deploy(admin, name="nvme", instance_type="ml.g5.xlarge", volume_size_gb="200")
-    _deploy(admin, name="ebs", instance_type="ml.p3.2xlarge", volume_size_gb="200")
+    _deploy(admin, name="ebs", instance_type="ml.g6.xlarge", volume_size_gb="200")
     configs = {c["EndpointConfigName"].rsplit("-", 1)[0]: c["ProductionVariants"][0]
                for c in world.sagemaker.named("create_endpoint_config")}
     assert "VolumeSizeInGB" not in configs["easel-nvme"]

@@ -66,7 +66,11 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def portal(local_aws: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key, raising=False)
-    env = {**local_aws.env, "EASEL_SECURE_COOKIES": "false",
+    from stacks.config import load_config, portal_settings_json
+
+    # the allowlists come from config, as `make local` passes them
+    env = {**local_aws.env, "EASEL_PORTAL_CONFIG": portal_settings_json(load_config()),
+           "EASEL_SECURE_COOKIES": "false",
            "EASEL_PASSWORD_HASH_TIME_COST": "1", "EASEL_PASSWORD_HASH_MEMORY_KIB": "1024"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -40,7 +40,7 @@ def test_volume_size_refused_for_instance_storage_types():
     with pytest.raises(ValidationError, match="instance storage"):
         _spec(volume_size_gb=100)
     config = req.build_create_endpoint_config(
-        _spec(instance=EBS, instance_type="ml.p3.2xlarge", volume_size_gb=100))
+        _spec(instance=EBS, instance_type="ml.g6.xlarge", volume_size_gb=100))
     assert config["ProductionVariants"][0]["VolumeSizeInGB"] == 100
 
 
@@ -54,6 +54,29 @@ def test_volume_size_refused_for_instance_storage_types():
 def test_invalid_specs_name_the_problem(overrides, message):
     with pytest.raises(ValidationError, match=message):
         _spec(**overrides)
+
+
+@pytest.mark.parametrize("mode", ["realtime", "async"])
+def test_every_variant_sets_the_ami_whose_driver_runs_the_images_cuda(mode):
+    spec = _spec(mode=mode, min_instances=1, instance_type="ml.g4dn.xlarge")
+    (variant,) = req.build_create_endpoint_config(spec)["ProductionVariants"]
+    # without it, g4dn/g5/p4d hosts run driver 470 and torch's CUDA 13 build sees no GPU
+    assert variant["InferenceAmiVersion"] == "al2023-ami-sagemaker-inference-gpu-4-1"
+
+
+def test_endpoint_and_training_job_require_cuda_on_sagemaker():
+    environment = req.build_create_model(_spec())["PrimaryContainer"]["Environment"]
+    assert environment["EASEL_REQUIRE_CUDA"] == "1"
+    training = req.build_create_training_job(_training())
+    assert training["Environment"] == {"EASEL_REQUIRE_CUDA": "1"}
+
+
+@pytest.mark.parametrize("instance_type", ["ml.p3.2xlarge", "ml.m5.xlarge", "g5.xlarge"])
+def test_types_the_images_cannot_run_on_are_refused(instance_type):
+    with pytest.raises(ValidationError, match=instance_type.replace(".", r"\.")):
+        _spec(instance_type=instance_type)
+    with pytest.raises(ValidationError, match=instance_type.replace(".", r"\.")):
+        _training(instance_type=instance_type)
 
 
 def test_realtime_scaling_plan():
@@ -78,12 +101,18 @@ def test_async_scaling_plan_scales_to_zero_and_wakes_on_backlog():
     assert alarm.policy_name == "easel-sd15-wake"
 
 
-def test_training_job_request():
-    spec = req.TrainingSpec(
+def _training(**overrides):
+    data = dict(
         deployment_id="easel", name="dog", creator="u", image="t:1", execution_role_arn=ROLE,
         bucket="bkt", concepts_s3_uri="s3://bkt/concepts/u/dog/", model_s3_uri="s3://bkt/models/m/",
         class_s3_uri="s3://bkt/concepts/u/class/", instance_type="ml.g5.2xlarge", instance=NVME,
         spot=False, max_runtime_seconds=3600, hyperparameters={"mode": "lora"})
+    data.update(overrides)
+    return req.TrainingSpec(**data)
+
+
+def test_training_job_request():
+    spec = _training()
     request = req.build_create_training_job(spec)
     assert request["TrainingJobName"] == "easel-dog"
     assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["concepts", "model", "class"]

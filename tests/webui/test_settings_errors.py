@@ -17,7 +17,7 @@ def test_settings_load_from_the_environment():
     settings = load_settings(base_env(EASEL_MAX_ENDPOINTS_PER_USER="3"))
     assert settings.bucket == "easel-test-data"
     assert settings.max_endpoints_per_user == 3
-    assert settings.endpoint_instance_types["ml.p3.2xlarge"].instance_storage is False
+    assert settings.endpoint_instance_types["ml.g6.xlarge"].instance_storage is False
 
 
 def test_missing_and_invalid_settings_name_the_variable():
@@ -89,7 +89,8 @@ def test_portal_config_from_the_stack_sets_allowlists_and_caps():
 
     document = portal_settings_json(load_config())
     settings = load_settings(base_env(EASEL_PORTAL_CONFIG=document,
-                                      EASEL_ENDPOINT_INSTANCE_TYPES=""))
+                                      EASEL_ENDPOINT_INSTANCE_TYPES="",
+                                      EASEL_TRAINING_INSTANCE_TYPES=""))
     config = json.loads(document)
     assert set(settings.endpoint_instance_types) == set(config["endpoints"]["instance_types"])
     assert set(settings.training_instance_types) == set(config["training"]["instance_types"])
@@ -115,3 +116,18 @@ def test_chunked_bodies_are_bounded_while_streaming(world):
                           headers={"Content-Type": "application/json"})
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
+def test_the_portal_keeps_no_default_allowlist_of_its_own():
+    env = base_env()
+    del env["EASEL_ENDPOINT_INSTANCE_TYPES"], env["EASEL_TRAINING_INSTANCE_TYPES"]
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    message = str(caught.value)
+    assert "EASEL_ENDPOINT_INSTANCE_TYPES: is required (set EASEL_PORTAL_CONFIG" in message
+    assert "EASEL_TRAINING_INSTANCE_TYPES: is required" in message
+
+
+def test_an_allowlisted_type_the_images_cannot_run_on_is_refused():
+    v100 = json.dumps({"ml.p3.2xlarge": {"gpu_memory_gb": 16, "instance_storage": False,
+                                          "hourly_usd": 3.825}})
+    with pytest.raises(SettingsError, match=r"EASEL_TRAINING_INSTANCE_TYPES: .*ml\.p3\.2xlarge"):
+        load_settings(base_env(EASEL_TRAINING_INSTANCE_TYPES=v100))

@@ -143,6 +143,33 @@ def test_progress_bar_and_previews_from_checkpoints(alice_world):
     assert "easel-dog-v1" in listing.text
 
 
+@pytest.mark.parametrize(("body", "says"), [
+    (b"{not json", "not JSON"),
+    (b'{"step": "five", "status": "running"}', "step"),
+    (b'{"step": 5, "total_steps": 10, "status": "exploded"}', "status"),
+])
+def test_a_bad_progress_file_is_a_clear_state_not_an_error(alice_world, body, says):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    alice_world.put("training/easel-dog-v1/checkpoints/progress.json", body)
+    status = alice.get("/training/easel-dog-v1/status")
+    assert status.status_code == 200
+    state = status.json()
+    assert state["progress"] == {} and state["percent"] == 0.0
+    assert state["progress_problem"].startswith("Progress is not available")
+    assert says in state["progress_problem"]
+    page = alice.get("/training/easel-dog-v1")
+    assert page.status_code == 200 and "Progress is not available" in page.text
+    assert alice.get("/training").status_code == 200
+
+
+def test_no_progress_file_yet_is_not_a_problem(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    state = alice.get("/training/easel-dog-v1/status").json()
+    assert state["progress"] == {} and state["progress_problem"] == ""
+
+
 def test_failure_reason_is_shown(alice_world):
     alice = alice_world.signed_in("alice")
     alice.post("/training", data=_form())

@@ -16,7 +16,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from easel_contracts.bodylimit import BodyLimit
+from easel_contracts.instances import this_host_problem
 from easel_contracts.invocations import (
     GENERATION_TASKS,
     TASKS,
@@ -61,11 +63,20 @@ class Engine:
     ready: bool = False
     startup_error: str | None = None
     step_hook: StepHook | None = None
+    cuda_probe: Callable[[], str | None] = field(default=lambda: this_host_problem(torch))
+    """Why this host cannot run the image's CUDA build (None: it can); checked when required."""
 
     warmed_up: WarmUp | None = None
 
     def start(self) -> None:
         """Load the default model and warm it up (runs on the worker thread)."""
+        if self.settings.require_cuda:
+            problem = self.cuda_probe()
+            if problem:
+                # /ping stays 503 with this detail: SageMaker fails the endpoint, never a CPU run
+                self.startup_error = problem
+                log.error("startup failed: %s", problem)
+                return
         try:
             model = self.manager.get(None)
             if self.settings.warmup:

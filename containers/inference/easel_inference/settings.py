@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required
 from easel_contracts.invocations import MAX_IMAGE_BYTES
 from easel_contracts.s3uri import S3Uri
 
@@ -44,6 +45,7 @@ class Settings:
     model_dir: Path = Path("/opt/ml/model")
     default_model: str | None = None
     device: str = "auto"
+    require_cuda: bool = False  # on SageMaker: no usable GPU -> /ping fails, never a CPU run
     dtype: str = "auto"
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     lora_s3_uri: str | None = None
@@ -62,12 +64,19 @@ class Settings:
                 S3Uri.parse(lora_uri)
             except ValueError as exc:
                 raise SettingsError(f"EASEL_LORA_S3_URI: {exc}") from None
+        device = _choice(env, "EASEL_DEVICE", "auto", ("auto", "cpu", "cuda"))
+        require_cuda = cuda_required(env)
+        if require_cuda and device == "cpu":
+            raise SettingsError(
+                f"EASEL_DEVICE is cpu but {REQUIRE_CUDA_ENV}=1 requires a GPU; "
+                f"unset one of them")
         return cls(
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, low=1, high=65535),
             host=env.get("EASEL_HOST", "").strip() or "0.0.0.0",
             model_dir=Path(env.get("EASEL_MODEL_DIR", "").strip() or "/opt/ml/model"),
             default_model=env.get("EASEL_DEFAULT_MODEL", "").strip() or None,
-            device=_choice(env, "EASEL_DEVICE", "auto", ("auto", "cpu", "cuda")),
+            device=device,
+            require_cuda=require_cuda,
             dtype=_choice(env, "EASEL_DTYPE", "auto", ("auto", "float16", "bfloat16", "float32")),
             max_response_bytes=_int(
                 env, "EASEL_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES, low=1024, high=2**40

@@ -1,15 +1,18 @@
 """Resumable checkpoints in ``$EASEL_OPT_ML/checkpoints/checkpoint-<step>/``.
 
-Each holds the trainable weights (``trainable.safetensors``, float32), the optimizer, scheduler,
-grad-scaler and RNG state (``training_state.pt``, loaded with ``weights_only=True``) and
-``state.json`` (step and the settings that must match to resume). A checkpoint is written to a
+accelerate's ``save_state``/``load_state`` write and read the optimizer, learning-rate scheduler,
+grad-scaler and RNG state (one ``random_states_<rank>.pkl`` per process); every ``.bin``/``.pkl``
+is read with ``torch.load(weights_only=True)``. Easel adds, through accelerate's state hooks,
+``trainable.safetensors`` (only the trained weights, float32: the LoRA adapters, or the UNet and
+text encoders in ``full`` mode; never the frozen base model) and ``state.json`` (format, step,
+the settings that must match to resume, the loss curve so far). A checkpoint is written to a
 hidden folder and renamed into place, so a job killed mid-write leaves only complete ones.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +26,13 @@ from easel_training.errors import TrainingInputError
 PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "trainable.safetensors"
-TRAINING_STATE_FILE = "training_state.pt"
+FORMAT = 2  # 1: Easel's own training_state.pt (before accelerate's save_state); not resumable
 
 
 @dataclass
 class Checkpoint:
     step: int
     path: Path
-    weights: dict[str, torch.Tensor]
-    training_state: dict[str, Any]
     state: dict[str, Any]
 
 
@@ -51,39 +52,71 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(folder: Path, *, step: int, weights: dict[str, torch.Tensor],
-                    training_state: dict[str, Any], state: dict[str, Any],
-                    keep: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{PREFIX}{step}"
-    tmp = folder / f".tmp-{PREFIX}{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def save_weights(folder: Path, weights: dict[str, torch.Tensor]) -> None:
     save_file({name: t.detach().to("cpu", torch.float32).contiguous()
-               for name, t in weights.items()}, str(tmp / WEIGHTS_FILE))
-    torch.save(training_state, tmp / TRAINING_STATE_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1),
-                                  encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+               for name, t in weights.items()}, str(folder / WEIGHTS_FILE))
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / WEIGHTS_FILE))
+
+
+def save_checkpoint(accelerator: Any, folder: Path, *, step: int, state: dict[str, Any],
+                    keep: int) -> Path:
+    """Write ``checkpoint-<step>`` (call on every process; the main one renames it into place).
+
+    The trainable weights come from the accelerator's save-state hook (see ``Trainer``).
+    """
+    final = folder / f"{PREFIX}{step}"
+    tmp = folder / f".tmp-{PREFIX}{step}"  # one name for every process of the job
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(
+            json.dumps({**state, "format": FORMAT, "step": step}, indent=1), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for _, old in list_checkpoints(folder)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    weights = load_file(str(path / WEIGHTS_FILE))
-    training_state = torch.load(path / TRAINING_STATE_FILE, map_location="cpu",
-                                weights_only=True)
-    return Checkpoint(step=int(state["step"]), path=path, weights=weights,
-                      training_state=training_state, state=state)
-
-
 def latest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The newest complete checkpoint; one this image cannot resume is refused with a reason."""
     found = list_checkpoints(folder)
-    return load_checkpoint(found[-1][1]) if found else None
+    if not found:
+        return None
+    step, path = found[-1]
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingInputError(
+            f"{path.name}/{STATE_FILE} cannot be read ({exc}); remove {path.name} from the "
+            "checkpoint S3 path to resume from an older checkpoint, or use a new path.") from None
+    made_with = state.get("format", 1) if isinstance(state, dict) else None
+    if made_with != FORMAT:
+        raise TrainingInputError(
+            f"{path.name} was written by an older Easel training image (checkpoint format "
+            f"{made_with}, this image reads format {FORMAT}) and cannot be resumed. Finish the "
+            "job with the image that started it, or start again with a new checkpoint S3 path.")
+    return Checkpoint(step=step, path=path, state=state)
+
+
+def load_checkpoint(accelerator: Any, checkpoint: Checkpoint) -> None:
+    """Restore the accelerator's state (the load-state hook restores the trainable weights)."""
+    try:
+        accelerator.load_state(str(checkpoint.path))
+    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise TrainingInputError(
+            f"{checkpoint.path.name} cannot be resumed ({type(exc).__name__}: {exc}); remove it "
+            "from the checkpoint S3 path to resume from an older one, or use a new path."
+        ) from None
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -13,32 +13,17 @@ import sys
 import traceback
 
 from easel_training.errors import TrainingInputError, TrainingRuntimeError
-from easel_training.failure import clear_stale_failure, write_failure
+from easel_training.failure import (
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    clear_stale_failure,
+    fail_job,
+    write_failure,
+)
+from easel_training.launcher import WORKER_FLAG, launch_workers
 from easel_training.paths import JobPaths
 from easel_training.stopping import StopRequest
-
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_INPUT = 2
-WORKER_FLAG = "EASEL_TRAIN_WORKER"
-
-
-def _progress_failed(paths: JobPaths) -> None:
-    """Mark progress.json failed, keeping the step it had reached."""
-    import json
-
-    from easel_training.progress import write_json_atomically
-
-    try:
-        payload = json.loads(paths.progress.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        payload = {"step": 0, "total_steps": None, "loss": None, "images_per_second": 0.0,
-                   "eta_seconds": None}
-    from datetime import UTC, datetime
-
-    payload.update(status="failed", eta_seconds=None,
-                   updated_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    write_json_atomically(paths.progress, payload)
 
 
 def describe_runtime_error(exc: BaseException) -> str:
@@ -59,7 +44,7 @@ def describe_runtime_error(exc: BaseException) -> str:
 
 def run_guarded(paths: JobPaths, stop: StopRequest) -> int:
     """Run one job (this process is the only worker or one of several) and map errors."""
-    rank = os.environ.get("RANK", "0")
+    main_process = os.environ.get("RANK", "0") == "0"
     try:
         from easel_training.job import run_job
 
@@ -67,26 +52,15 @@ def run_guarded(paths: JobPaths, stop: StopRequest) -> int:
     except TrainingInputError as exc:
         reason = str(exc)
         print(f"easel-train failed: {reason}", file=sys.stderr, flush=True)
-        write_failure(paths.failure, reason)
-        _safe_progress_failed(paths, rank)
+        fail_job(paths, reason, main_process=main_process)
         return EXIT_INPUT
     except (TrainingRuntimeError, Exception) as exc:  # noqa: BLE001 - every failure is reported
         traceback.print_exc()
         reason = str(exc) if isinstance(exc, TrainingRuntimeError) else describe_runtime_error(exc)
-        write_failure(paths.failure, reason)
-        _safe_progress_failed(paths, rank)
+        fail_job(paths, reason, main_process=main_process)
         return EXIT_RUNTIME
     print(f"easel-train {outcome.status} at step {outcome.step}", flush=True)
     return EXIT_OK
-
-
-def _safe_progress_failed(paths: JobPaths, rank: str) -> None:
-    if rank != "0":
-        return
-    try:
-        _progress_failed(paths)
-    except OSError:
-        pass
 
 
 def requested_processes(device_env: str | None) -> int:
@@ -135,8 +109,6 @@ def _main(paths: JobPaths, stop: StopRequest) -> int:
         write_failure(paths.failure, str(exc))
         return EXIT_INPUT
     if processes > 1:
-        from easel_training.launcher import launch_workers
-
         return launch_workers(processes, paths=paths, stop=stop)
     return run_guarded(paths, stop)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from easel_contracts.hyperparameters import HyperParameterError, HyperParameters
+from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required, this_host_problem
+from easel_contracts.progress import TrainingReport
 
 from easel_training.errors import TrainingInputError
 from easel_training.images import load_image_records, reject_small_images
@@ -59,10 +62,22 @@ def check_single_host(paths: JobPaths) -> None:
             "GPUs). Set the instance count to 1.")
 
 
-def resolve_device(environ: dict[str, str] | os._Environ) -> str:
+def resolve_device(environ: dict[str, str] | os._Environ,
+                   cuda_probe: Callable[[], str | None] = lambda: this_host_problem(torch)) -> str:
     wanted = (environ.get("EASEL_DEVICE") or "auto").strip().lower()
     if wanted not in ("auto", "cpu", "cuda"):
         raise TrainingInputError(f"EASEL_DEVICE must be auto, cpu or cuda, got {wanted!r}")
+    if cuda_required(environ):
+        # SageMaker training hosts have no AMI selector and AWS documents no driver version:
+        # fail in the job's first minute rather than train on the CPU
+        if wanted == "cpu":
+            raise TrainingInputError(
+                f"EASEL_DEVICE is cpu but {REQUIRE_CUDA_ENV}=1 requires a GPU; unset one of them")
+        problem = cuda_probe()
+        if problem:
+            raise TrainingInputError(f"{problem}. Choose an instance type whose host driver "
+                                     "runs it (README, \"GPU drivers\")")
+        return "cuda"
     if wanted == "cuda" and not torch.cuda.is_available():
         raise TrainingInputError("EASEL_DEVICE is cuda but no CUDA GPU is visible to the job")
     if wanted == "auto":
@@ -166,33 +181,28 @@ def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any
     settings.update(learning_rate=hp.effective_learning_rate, alpha=hp.effective_alpha,
                     output_name=hp.effective_output_name, resolution=resolution,
                     mixed_precision=result.mixed_precision)
-    report = {
-        "status": "completed",
-        "mode": hp.mode,
-        "result": output.relative_to(paths.model).as_posix(),
-        "base_model": {"name": base.name, "file": base.path.name, "arch": base.arch,
-                       "prediction_type": base.prediction_type},
-        "steps": result.step,
-        "resumed_from_step": result.start_step or None,
-        "loss_curve": [round(x, 6) for x in result.loss_curve],
-        "final_loss": result.loss_curve[-1] if result.loss_curve else None,
-        "duration_seconds": round(job_seconds + (time.monotonic() - saved_at), 3),
-        "training_seconds": round(result.training_seconds, 3),
-        "images_per_second": round(result.images_per_second, 3),
-        "num_images": len(data.images),
-        "num_class_images": len(data.class_images),
-        "prompts": sorted(set(data.image_prompts)),
-        "world_size": result.world_size,
-        "device": result.device,
-        "settings": settings,
-        "versions": library_versions(),
-        "latent_cache": hp.cache_latents,
-        "text_embedding_cache": not hp.train_text_encoder,
-    }
+    report = TrainingReport(
+        mode=hp.mode,
+        result=output.relative_to(paths.model).as_posix(),
+        base_model={"name": base.name, "file": base.path.name, "arch": base.arch,
+                    "prediction_type": base.prediction_type},
+        steps=result.step,
+        resumed_from_step=result.start_step or None,
+        loss_curve=[round(x, 6) for x in result.loss_curve],
+        final_loss=result.loss_curve[-1] if result.loss_curve else None,
+        duration_seconds=round(job_seconds + (time.monotonic() - saved_at), 3),
+        training_seconds=round(result.training_seconds, 3),
+        images_per_second=round(result.images_per_second, 3),
+        num_images=len(data.images),
+        num_class_images=len(data.class_images),
+        prompts=sorted(set(data.image_prompts)),
+        world_size=result.world_size,
+        device=result.device,
+        settings=settings,
+        versions=library_versions(),
+        latent_cache=hp.cache_latents,
+        text_embedding_cache=not hp.train_text_encoder,
+    )
     write_report(paths.model, report)
     return output
 
-
-def outcome_dict(outcome: JobOutcome) -> dict[str, Any]:
-    return {"status": outcome.status, "step": outcome.step,
-            "result": str(outcome.result) if outcome.result else None}

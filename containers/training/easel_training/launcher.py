@@ -15,12 +15,14 @@ import subprocess
 import sys
 import time
 
-from easel_training.failure import write_failure
+from easel_training.failure import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, fail_job
 from easel_training.paths import JobPaths
 from easel_training.stopping import StopRequest
 
 POLL_SECONDS = 0.2
-KILL_GRACE_SECONDS = 20.0
+KILL_GRACE_SECONDS = 20.0  # after a worker failed; a stop has no deadline (SageMaker's own)
+WORKER_FLAG = "EASEL_TRAIN_WORKER"
+WORKER_COMMAND = (sys.executable, "-m", "easel_training")
 
 
 def free_port() -> int:
@@ -34,7 +36,7 @@ def worker_environment(base: dict[str, str], *, rank: int, world_size: int,
     env = dict(base)
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(port), EASEL_TRAIN_WORKER="1")
+               MASTER_PORT=str(port), **{WORKER_FLAG: "1"})
     if "OMP_NUM_THREADS" not in base:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world_size))
     return env
@@ -53,7 +55,7 @@ def launch_workers(world_size: int, *, paths: JobPaths, stop: StopRequest) -> in
     port = free_port()
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "easel_training"],
+            list(WORKER_COMMAND),
             env=worker_environment(dict(os.environ), rank=rank, world_size=world_size, port=port),
         )
         for rank in range(world_size)
@@ -74,11 +76,8 @@ def launch_workers(world_size: int, *, paths: JobPaths, stop: StopRequest) -> in
     codes = [p.returncode for p in processes]
     bad = [(rank, code) for rank, code in enumerate(codes) if code != 0]
     if not bad:
-        return 0
+        return EXIT_OK
     rank, code = bad[0]
-    write_failure(paths.failure, f"training worker {rank} of {world_size} exited with code {code}"
-                  " before the job finished")
-    from easel_training.cli import EXIT_INPUT, EXIT_RUNTIME, _safe_progress_failed
-
-    _safe_progress_failed(paths, "0")
+    fail_job(paths, f"training worker {rank} of {world_size} exited with code {code} before "
+             "the job finished")
     return EXIT_INPUT if code == EXIT_INPUT else EXIT_RUNTIME

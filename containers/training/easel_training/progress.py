@@ -1,4 +1,5 @@
-"""Progress reporting: ``checkpoints/progress.json`` and metric lines on stdout.
+"""Progress reporting: ``checkpoints/progress.json`` (the ``easel_contracts.progress.Progress``
+contract) and metric lines on stdout.
 
 The stdout lines look like ``easel-progress step=12 total_steps=1000 loss=0.1234
 images_per_second=21.5 eta_seconds=46`` so SageMaker metric definitions such as
@@ -7,23 +8,43 @@ images_per_second=21.5 eta_seconds=46`` so SageMaker metric definitions such as
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TextIO
 
-Status = Literal["running", "completed", "failed", "stopped"]
+from easel_contracts.progress import (
+    Progress,
+    ProgressError,
+    ProgressStatus,
+    finite_or_none,
+    parse_progress,
+)
 
 
-def write_json_atomically(path: Path, payload: object) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write to a hidden temporary beside ``path`` and rename it into place (syncs skip dot-files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_progress(path: Path, progress: Progress) -> None:
+    write_text_atomically(path, progress.to_json())
+
+
+def mark_failed(path: Path) -> None:
+    """Mark progress.json failed, keeping the step and numbers it had reached."""
+    try:
+        previous = parse_progress(path.read_bytes())
+    except (OSError, ProgressError):
+        previous = Progress(step=0, status="failed")
+    write_progress(path, previous.model_copy(update={
+        "status": "failed", "eta_seconds": None, "updated_at": datetime.now(UTC)}))
 
 
 def format_metric_line(*, step: int, total_steps: int, loss: float | None,
@@ -62,7 +83,7 @@ class ProgressReporter:
     def due(self) -> bool:
         return self.enabled and self.clock() - self._last_report >= self.min_interval_s
 
-    def report(self, *, step: int, loss: float | None, status: Status = "running",
+    def report(self, *, step: int, loss: float | None, status: ProgressStatus = "running",
                force: bool = False) -> None:
         if not self.enabled or not (force or self.due()):
             return
@@ -78,20 +99,15 @@ class ProgressReporter:
             eta = (self.total_steps - step) * self.images_per_step / self.images_per_second
         elif status == "completed":
             eta = 0.0
-        payload = {
-            "step": step,
-            "total_steps": self.total_steps,
-            "loss": loss if loss is not None and math.isfinite(loss) else None,
-            "images_per_second": round(self.images_per_second, 3),
-            "eta_seconds": None if eta is None else round(eta, 1),
-            "status": status,
-            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        write_json_atomically(self.path, payload)
+        write_progress(self.path, Progress(
+            step=step, total_steps=self.total_steps, loss=finite_or_none(loss),
+            images_per_second=round(self.images_per_second, 3),
+            eta_seconds=None if eta is None else round(eta, 1), status=status,
+            updated_at=datetime.now(UTC).replace(microsecond=0)))
         line = format_metric_line(step=step, total_steps=self.total_steps, loss=loss,
                                   images_per_second=self.images_per_second, eta_seconds=eta)
         print(line, file=self.stream, flush=True)
 
-    def status_only(self, status: Status, *, step: int, loss: float | None = None) -> None:
+    def status_only(self, status: ProgressStatus, *, step: int, loss: float | None = None) -> None:
         """Record a status change (failed/stopped/completed) immediately."""
         self.report(step=step, loss=loss, status=status, force=True)

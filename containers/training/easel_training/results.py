@@ -5,18 +5,17 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 from pathlib import Path
-from typing import Any
 
 import torch
 from easel_contracts.hyperparameters import HyperParameters
+from easel_contracts.progress import REPORT_FILE, TrainingReport
 from safetensors.torch import save_file
 
 from easel_training import lora
 from easel_training.base_model import BaseModel
-from easel_training.progress import write_json_atomically
+from easel_training.progress import write_text_atomically
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-REPORT_NAME = "training_report.json"
 
 
 def save_lora_result(*, model_dir: Path, hp: HyperParameters, base: BaseModel,
@@ -57,7 +56,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_report(model_dir: Path, report: dict[str, Any]) -> Path:
-    target = model_dir / REPORT_NAME
-    write_json_atomically(target, report)
+def write_report(model_dir: Path, report: TrainingReport) -> Path:
+    target = model_dir / REPORT_FILE
+    write_text_atomically(target, report.to_json())
     return target

@@ -40,7 +40,3 @@ def encode_token_ids(text_encoders: list[Any], token_ids: list[torch.Tensor], *,
         pooled = output.text_embeds if hasattr(output, "text_embeds") else output[0]
     return PromptEncoding(torch.cat(hidden_parts, dim=-1), pooled)
 
-
-def sdxl_time_ids(*, original_hw: tuple[int, int], crop_top_left: tuple[int, int],
-                  target_hw: tuple[int, int]) -> list[int]:
-    return [*original_hw, *crop_top_left, *target_hw]

@@ -1,7 +1,8 @@
 """The training loop: LoRA or full fine-tuning of a Stable Diffusion UNet (and text encoders).
 
 Built on accelerate (process group, DDP, autocast, grad scaling), peft (LoRA) and diffusers
-(models, pipelines); the loop, data path and checkpointing are Easel's own.
+(models, pipelines); the loop and data path are Easel's own. Checkpoints are accelerate's
+save_state/load_state, with hooks that keep only the trained weights (see checkpoint.py).
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from easel_contracts.hyperparameters import HyperParameters
 
-from easel_training import lora
+from easel_training import checkpoint, lora
 from easel_training.base_model import BaseModel
 from easel_training.batches import Batch, BatchBuilder, NoiseSchedule, gather_prompts
-from easel_training.checkpoint import check_resumable, latest_checkpoint, save_checkpoint
 from easel_training.dataset import ConceptData
 from easel_training.errors import TrainingInputError, TrainingRuntimeError
 from easel_training.graphed import GraphedStep, graph_eligible
@@ -158,9 +159,15 @@ class Trainer:
 
     def _prepare_distributed(self) -> None:
         models = list(self._components().values())
-        prepared = self.accelerator.prepare(*models, self.optimizer)
-        self.train_models = list(prepared[:-1])
-        self.optimizer = prepared[-1]
+        # The scheduler is prepared so save_state/load_state carry it. It steps once per
+        # optimizer step whatever the process count (accelerate's default steps it once per
+        # process at each call, which would change the schedule with the number of GPUs).
+        prepared = self.accelerator.prepare(*models, self.optimizer, self.lr_scheduler)
+        self.train_models = list(prepared[:-2])
+        self.optimizer, self.lr_scheduler = prepared[-2:]
+        self.lr_scheduler.step_with_optimizer = False
+        self.accelerator.register_save_state_pre_hook(self._save_trainable_weights)
+        self.accelerator.register_load_state_pre_hook(self._load_trainable_weights)
         self.unet_forward = self.train_models[0]
         self.text_forward = self.train_models[1:] if self.hp.train_text_encoder else []
         if self.hp.compile and self.cuda:
@@ -222,46 +229,34 @@ class Trainer:
                 "arch": self.base.arch}
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def _training_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
-            state["grad_scaler"] = scaler.state_dict()
-        if self.cuda:
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
+    def _save_trainable_weights(self, models: list, weights: list, output_dir: str) -> None:
+        """save_state hook: only the trained weights, never the frozen base model."""
+        del models
+        weights.clear()
+        if self.is_main:
+            checkpoint.save_weights(Path(output_dir), lora.trainable_state(self._components()))
+
+    def _load_trainable_weights(self, models: list, input_dir: str) -> None:
+        """load_state hook: the trained weights from ``trainable.safetensors``."""
+        models.clear()
+        lora.copy_into(lora.trainable_state(self._components()),
+                       checkpoint.load_weights(Path(input_dir)))
 
     def _save_checkpoint(self, step: int, losses: list[float]) -> None:
-        if self.is_main:
-            weights = lora.trainable_state(self._components())
-            save_checkpoint(self.paths.checkpoints, step=step, weights=weights,
-                            training_state=self._training_state(),
-                            state={"fingerprint": self.fingerprint(), "loss_curve": losses,
-                                   "world_size": self.world_size},
-                            keep=self.hp.checkpoints_total_limit)
-        self.accelerator.wait_for_everyone()
+        checkpoint.save_checkpoint(
+            self.accelerator, self.paths.checkpoints, step=step,
+            state={"fingerprint": self.fingerprint(), "loss_curve": losses,
+                   "world_size": self.world_size},
+            keep=self.hp.checkpoints_total_limit)
 
     def _resume(self) -> tuple[int, list[float]]:
-        checkpoint = latest_checkpoint(self.paths.checkpoints)
-        if checkpoint is None:
+        found = checkpoint.latest_checkpoint(self.paths.checkpoints)
+        if found is None:
             return 0, []
-        check_resumable(checkpoint.state.get("fingerprint", {}), self.fingerprint())
-        lora.copy_into(lora.trainable_state(self._components()), checkpoint.weights)
-        state = checkpoint.training_state
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and "grad_scaler" in state:
-            scaler.load_state_dict(state["grad_scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.cuda and "cuda_rng" in state:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        losses = [float(x) for x in checkpoint.state.get("loss_curve", [])][:checkpoint.step]
-        return checkpoint.step, losses
+        checkpoint.check_resumable(found.state.get("fingerprint", {}), self.fingerprint())
+        checkpoint.load_checkpoint(self.accelerator, found)
+        losses = [float(x) for x in found.state.get("loss_curve", [])][:found.step]
+        return found.step, losses
 
     # ---- one step ------------------------------------------------------------------------------
     def _conditioning(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:

@@ -102,7 +102,7 @@ def _basic_guard(access: Access) -> Callable[..., Any]:
         try:
             user = get_portal(request).auth.authenticate_basic(username, password)
         except PortalError as exc:
-            if exc.status_code == 429:
+            if exc.status_code in (429, 503):  # throttled or busy: not a wrong password
                 raise
             raise NotSignedIn(exc.message) from None
         request.state.user = user

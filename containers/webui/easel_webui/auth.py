@@ -22,12 +22,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from easel_contracts import table as keys
 from easel_webui.errors import Conflict, NotFound, PortalError, TooManyAttempts
+from easel_webui.hashing import BoundedHasher
 from easel_webui.secret_cache import SecretCache
 from easel_webui.settings import Settings
 from easel_webui.store import Table, iso_now, now
@@ -85,8 +85,10 @@ class Auth:
         self.settings = settings
         self.table = table
         self.secrets = secrets_cache
-        self._hasher = PasswordHasher(time_cost=settings.password_hash_time_cost,
-                                      memory_cost=settings.password_hash_memory_kib)
+        self._hasher = BoundedHasher(time_cost=settings.password_hash_time_cost,
+                                     memory_kib=settings.password_hash_memory_kib,
+                                     slots=settings.password_hash_concurrency,
+                                     wait_seconds=settings.password_hash_wait_seconds)
         # Verified against when the user does not exist, so timing does not reveal names.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         # HTTP Basic clients send the password on every call: remember a verified one briefly

@@ -23,12 +23,16 @@ class PortalError(Exception):
     """A problem to show the user as is (the message must not contain secrets)."""
 
     status_code = 400
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         if status_code is not None:
             self.status_code = status_code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class NotSignedIn(PortalError):
@@ -49,6 +53,13 @@ class Conflict(PortalError):
 
 class TooManyAttempts(PortalError):
     status_code = 429
+
+
+class Busy(PortalError):
+    """The portal is at a bound it keeps to protect its memory; the client retries later."""
+
+    status_code = 503
+    retry_after = 5
 
 
 class UpstreamError(PortalError):
@@ -107,6 +118,7 @@ def _reason(status: int) -> str:
         422: "invalid_input",
         429: "too_many_requests",
         502: "upstream_error",
+        503: "busy",
         504: "timeout",
     }.get(status, "error")
 
@@ -123,8 +135,11 @@ def describe_validation(errors: list[dict[str, Any]]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PortalError)
     async def _portal_error(request: Request, exc: PortalError) -> Response:
-        return _error_response(request, exc.status_code, exc.message,
-                               **getattr(exc, "extra", {}))
+        response = _error_response(request, exc.status_code, exc.message,
+                                   **getattr(exc, "extra", {}))
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from easel_contracts import scaling as scaling_contract
+from easel_contracts.instances import REQUIRE_CUDA_ENV, InstanceFacts, family_of, inference_ami
 from easel_contracts.naming import (
     CREATOR_TAG,
     DEPLOYMENT_TAG,
@@ -44,14 +45,6 @@ def _tags(deployment_id: str, creator: str, **extra: str) -> list[dict[str, str]
     tags = [*deployment_tags(deployment_id), {"Key": CREATOR_TAG, "Value": creator}]
     tags.extend({"Key": key, "Value": value} for key, value in extra.items())
     return tags
-
-
-class InstanceFacts(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    gpu_memory_gb: float = Field(gt=0)
-    instance_storage: bool
-    hourly_usd: float = Field(ge=0)
 
 
 class EndpointSpec(BaseModel):
@@ -84,6 +77,12 @@ class EndpointSpec(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_short_name(value, field="name", max_length=30)
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        family_of(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointSpec:
@@ -131,6 +130,8 @@ class EndpointSpec(BaseModel):
 
 def build_create_model(spec: EndpointSpec) -> dict[str, Any]:
     environment = {
+        # the server's /ping fails (503, driver found vs needed) rather than serve on the CPU
+        REQUIRE_CUDA_ENV: "1",
         "EASEL_MAX_RESPONSE_BYTES": str(spec.response_limit),
         **({"EASEL_LORA_S3_URI": spec.lora_s3_uri} if spec.lora_s3_uri else {}),
         **spec.extra_environment,
@@ -160,6 +161,8 @@ def build_create_endpoint_config(spec: EndpointSpec) -> dict[str, Any]:
         "InitialInstanceCount": max(spec.min_instances, 1),
         "ModelDataDownloadTimeoutInSeconds": MODEL_DOWNLOAD_TIMEOUT_S,
         "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_TIMEOUT_S,
+        # the host AMI whose NVIDIA driver runs the image's CUDA build (easel_contracts.instances)
+        "InferenceAmiVersion": inference_ami(spec.instance_type),
     }
     if spec.volume_size_gb is not None:
         variant["VolumeSizeInGB"] = spec.volume_size_gb
@@ -324,6 +327,12 @@ class TrainingSpec(BaseModel):
     def _name(cls, value: str) -> str:
         return check_short_name(value, field="job name", max_length=40)
 
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        family_of(value)
+        return value
+
     @field_validator("hyperparameters")
     @classmethod
     def _strings(cls, value: dict[str, str]) -> dict[str, str]:
@@ -364,6 +373,9 @@ def build_create_training_job(spec: TrainingSpec) -> dict[str, Any]:
         "AlgorithmSpecification": {"TrainingImage": spec.image, "TrainingInputMode": "File"},
         "RoleArn": spec.execution_role_arn,
         "HyperParameters": dict(spec.hyperparameters),
+        # no AMI selector for training hosts: the job checks the driver and fails in its first
+        # minute ("driver X found, Y needed") rather than train on the CPU
+        "Environment": {REQUIRE_CUDA_ENV: "1"},
         "InputDataConfig": channels,
         # SageMaker writes <S3OutputPath>/<job>/output/model.tar.gz = training/<job>/output/...
         "OutputDataConfig": {"S3OutputPath": f"s3://{spec.bucket}/training/"},

@@ -2,7 +2,10 @@
 
 The stack (or `make local`) sets the `EASEL_*` variables; boto3 reads the standard
 `AWS_ENDPOINT_URL_<SERVICE>` variables itself, so the same code talks to AWS or the local emulator.
-Allowlists are JSON objects mapping an instance type to its facts, for example
+The instance-type allowlists come from the stack's `EASEL_PORTAL_CONFIG` (config/*.yaml, the one
+place they are written down); `EASEL_ENDPOINT_INSTANCE_TYPES` / `EASEL_TRAINING_INSTANCE_TYPES`
+override them with JSON objects mapping an instance type to its facts
+(`easel_contracts.instances.InstanceFacts`), for example
 `{"ml.g5.xlarge": {"gpu_memory_gb": 24, "instance_storage": true, "hourly_usd": 1.408}}`.
 """
 
@@ -12,42 +15,16 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from easel_contracts.instances import InstanceTypes
 from easel_contracts.naming import DEFAULT_DEPLOYMENT_ID, DEPLOYMENT_ID_RULE, is_deployment_id
-
-_INSTANCE_RE = r"^ml\.[a-z0-9]+\.(?:\d+)?x?large$|^ml\.[a-z0-9]+\.metal$|^local(?:_gpu)?$"
-InstanceName = Annotated[str, StringConstraints(pattern=_INSTANCE_RE)]
 
 
 class SettingsError(ValueError):
     """An environment variable is missing or invalid; the message names it."""
 
-
-class InstanceTypeInfo(BaseModel):
-    """One allowed instance type and the facts the portal needs about it."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    gpu_memory_gb: float = Field(gt=0, le=2048)
-    gpus: int = Field(default=1, ge=1, le=16)
-    instance_storage: bool
-    hourly_usd: float = Field(ge=0, le=1000)
-
-
-DEFAULT_ENDPOINT_TYPES: dict[str, dict[str, object]] = {
-    "ml.g4dn.xlarge": {"gpu_memory_gb": 16, "instance_storage": True, "hourly_usd": 0.736},
-    "ml.g5.xlarge": {"gpu_memory_gb": 24, "instance_storage": True, "hourly_usd": 1.408},
-    "ml.g5.2xlarge": {"gpu_memory_gb": 24, "instance_storage": True, "hourly_usd": 1.515},
-    "ml.g6.xlarge": {"gpu_memory_gb": 24, "instance_storage": True, "hourly_usd": 1.1644},
-    "ml.g6e.xlarge": {"gpu_memory_gb": 48, "instance_storage": True, "hourly_usd": 2.336},
-}
-DEFAULT_TRAINING_TYPES: dict[str, dict[str, object]] = {
-    "ml.g5.2xlarge": {"gpu_memory_gb": 24, "instance_storage": True, "hourly_usd": 1.515},
-    "ml.g6e.2xlarge": {"gpu_memory_gb": 48, "instance_storage": True, "hourly_usd": 2.808},
-}
 
 _ARN_ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 
@@ -66,8 +43,8 @@ class Settings(BaseModel):
     region: str = "us-east-1"
     inference_image: str = ""
     training_image: str = ""
-    endpoint_instance_types: dict[InstanceName, InstanceTypeInfo] = Field(min_length=1)
-    training_instance_types: dict[InstanceName, InstanceTypeInfo] = Field(min_length=1)
+    endpoint_instance_types: InstanceTypes
+    training_instance_types: InstanceTypes
     max_endpoints_per_user: int = Field(default=2, ge=1, le=50)
     max_instances_per_endpoint: int = Field(default=2, ge=1, le=20)
     idle_ttl_hours: float = Field(default=4, ge=0, le=720)
@@ -82,6 +59,9 @@ class Settings(BaseModel):
     secure_cookies: bool = True
     password_hash_time_cost: int = Field(default=3, ge=1, le=10)
     password_hash_memory_kib: int = Field(default=65536, ge=1024, le=1024 * 1024)
+    # argon2 checks running at once per portal task (each takes password_hash_memory_kib)
+    password_hash_concurrency: int = Field(default=4, ge=1, le=64)
+    password_hash_wait_seconds: float = Field(default=10, ge=0, le=60)
     realtime_max_response_bytes: int = Field(default=6 * 1024 * 1024, ge=1024)
     async_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
@@ -120,6 +100,8 @@ ENV_FIELDS: dict[str, str] = {
     "EASEL_SECURE_COOKIES": "secure_cookies",
     "EASEL_PASSWORD_HASH_TIME_COST": "password_hash_time_cost",
     "EASEL_PASSWORD_HASH_MEMORY_KIB": "password_hash_memory_kib",
+    "EASEL_PASSWORD_HASH_CONCURRENCY": "password_hash_concurrency",
+    "EASEL_PASSWORD_HASH_WAIT_SECONDS": "password_hash_wait_seconds",
     "EASEL_REALTIME_MAX_RESPONSE_BYTES": "realtime_max_response_bytes",
     "EASEL_ASYNC_MAX_RESPONSE_BYTES": "async_max_response_bytes",
 }
@@ -161,10 +143,7 @@ _FIELD_ENV = {field: env for env, field in ENV_FIELDS.items()}
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings; errors name the environment variable."""
     env = os.environ if environ is None else environ
-    data: dict[str, object] = {
-        "endpoint_instance_types": DEFAULT_ENDPOINT_TYPES,
-        "training_instance_types": DEFAULT_TRAINING_TYPES,
-    }
+    data: dict[str, object] = {}
     if env.get(PORTAL_CONFIG_ENV):
         data.update(_from_portal_config(env[PORTAL_CONFIG_ENV]))
     if env.get("AWS_REGION") and not env.get("AWS_DEFAULT_REGION"):
@@ -190,5 +169,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             rest = ".".join(str(p) for p in error["loc"][1:])
             label = f"{where}[{rest}]" if rest else where
             message = "is required" if error["type"] == "missing" else error["msg"]
+            if error["type"] == "missing" and field in _JSON_FIELDS:
+                message += f" (set {PORTAL_CONFIG_ENV} from the stack, or this JSON allowlist)"
             problems.append(f"{label}: {message}")
         raise SettingsError("invalid portal settings: " + "; ".join(problems)) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tarfile
@@ -19,6 +18,14 @@ from easel_contracts.hyperparameters import (
     HyperParameterError,
     HyperParameters,
     field_schemas,
+)
+from easel_contracts.progress import (
+    PREVIEW_FOLDER,
+    PROGRESS_FILE,
+    PROGRESS_MAX_BYTES,
+    Progress,
+    ProgressError,
+    parse_progress,
 )
 from easel_contracts.s3uri import S3Uri
 from easel_contracts.training_record import TrainingJobRecord
@@ -292,35 +299,42 @@ class Training:
         except ClientError:
             live = {}
         status = live.get("TrainingJobStatus", "Unknown")
-        progress = self._progress(job)
-        percent = 0.0
-        if progress.get("total_steps"):
-            percent = min(100.0, 100.0 * float(progress.get("step", 0))
-                          / float(progress["total_steps"]))
+        progress, problem = self._progress(job)
+        percent = progress.percent if progress else 0.0
         if status == "Completed":
             percent = 100.0
         result = {
             **record.model_dump(), "status": status,
             "secondary_status": live.get("SecondaryStatus", ""),
-            "failure": live.get("FailureReason", ""), "progress": progress,
-            "percent": round(percent, 1),
+            "failure": live.get("FailureReason", ""),
+            "progress": progress.model_dump(mode="json") if progress else {},
+            "progress_problem": problem, "percent": round(percent, 1),
             "result_uri": f"{self.bucket.uri}/training/{job}/output/model.tar.gz",
         }
         if previews:
-            objects, _ = self.bucket.list(f"training/{job}/checkpoints/preview/")
+            objects, _ = self.bucket.list(f"{_checkpoints(job)}{PREVIEW_FOLDER}/")
             pngs = sorted((o for o in objects if o.key.endswith(".png")),
                           key=lambda o: _step_of(o.key))
             result["previews"] = [{"url": self.bucket.url(o.key),
                                    "step": _step_of(o.key)} for o in pngs[-6:]]
         return result
 
-    def _progress(self, job: str) -> dict[str, Any]:
-        key = f"training/{job}/checkpoints/progress.json"
+    def _progress(self, job: str) -> tuple[Progress | None, str]:
+        """The job's progress.json and, when it cannot be used, why (shown on the job page)."""
+        key = _checkpoints(job) + PROGRESS_FILE
         try:
-            data = json.loads(self.bucket.read(key, max_bytes=64 * 1024))
-        except (NotFound, ValueError, PortalError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            return parse_progress(self.bucket.read(key, max_bytes=PROGRESS_MAX_BYTES)), ""
+        except NotFound:
+            return None, ""  # not written yet: the job is still starting
+        except ProgressError as exc:
+            log.warning("training job %s: %s", job, exc)
+            return None, f"Progress is not available: {exc}."
+        except PortalError:
+            return None, "Progress is not available: progress.json is larger than expected."
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            log.warning("training job %s: reading progress.json failed: %s", job, code)
+            return None, f"Progress is not available: reading it failed ({code})."
 
     def stop(self, job: str, *, user: User) -> None:
         self._record(job, user=user)
@@ -369,6 +383,11 @@ class Training:
             raise PortalError("The job's result holds no Lora/<name>.safetensors file.")
         self.table.update(*keys.training_job_key(job), {"published_lora": published})
         return published
+
+
+def _checkpoints(job: str) -> str:
+    """Where SageMaker syncs the job's /opt/ml/checkpoints (the request's CheckpointConfig)."""
+    return f"training/{job}/checkpoints/"
 
 
 def _step_of(key: str) -> int:

@@ -1,0 +1,220 @@
+"""SageMaker GPU instance facts: the allowlist entry, the family table and the driver rule.
+
+Three parties read these: the CDK app validates `config/*.yaml`'s `instance_types` with
+`InstanceTypes`, the portal reads the same allowlist back from the stack (`EASEL_PORTAL_CONFIG`)
+and builds endpoint configs from `GPU_FAMILIES` (the `InferenceAmiVersion` per family), and the
+inference server and the training job apply `cuda_host_problem` at start.
+
+Per deployment (config, because it varies by region and by choice): which types are allowed, their
+GPU count and memory, whether they have local NVMe storage, and the hourly price. Per family
+(facts from AWS and NVIDIA, each row citing its page): the GPU and its compute capability, the
+SageMaker inference AMI that runs the images' CUDA build and that AMI's driver.
+
+Why the AMI matters: the images lock torch with CUDA 13 runtime wheels, which need an NVIDIA driver
+580 or newer (NVIDIA's minor-version compatibility rule, `MIN_DRIVER_FOR_CUDA`). Without an
+`InferenceAmiVersion`, SageMaker hosts run driver 470 (g4dn/g5/p4d) or 535/550 (g6/p5), where
+torch sees no GPU. Training hosts have no AMI selector; their driver is not documented by AWS, so
+the training job checks it at start and fails with "driver X found, Y needed".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# --- the allowlist entry (per deployment, from config)
+
+
+class InstanceFacts(BaseModel):
+    """One allowed SageMaker instance type and the facts the portal needs about it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu_memory_gb: float = Field(gt=0, le=2048, description="GPU memory of the whole instance")
+    gpus: int = Field(default=1, ge=1, le=16)
+    instance_storage: bool = Field(
+        description="True when the type has local NVMe storage; such types take no EBS volume size"
+    )
+    hourly_usd: float = Field(ge=0, le=1000, description="on-demand price in the deploy region")
+
+
+# --- the family table (facts from AWS and NVIDIA)
+
+# SageMaker inference AMI whose driver runs the images' CUDA 13.0 runtime.
+AMI_GPU_4_1 = "al2023-ami-sagemaker-inference-gpu-4-1"
+AMI_DRIVERS: dict[str, tuple[int, str]] = {
+    # InferenceAmiVersion -> (NVIDIA driver major, highest CUDA it runs). Source: the
+    # ProductionVariant API reference (InferenceAmiVersion), mirrored in botocore's model.
+    "al2-ami-sagemaker-inference-gpu-2": (535, "12.2"),
+    "al2-ami-sagemaker-inference-gpu-2-1": (535, "12.2"),
+    "al2-ami-sagemaker-inference-gpu-3-1": (550, "12.4"),
+    AMI_GPU_4_1: (580, "13.0"),
+}
+PRODUCTION_VARIANT_DOC = "https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProductionVariant.html"
+INFERENCE_DRIVERS_DOC = "https://docs.aws.amazon.com/sagemaker/latest/dg/inference-gpu-drivers.html"
+INSTANCE_GPUS_DOC = "https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html"
+CUDA_GPUS_DOC = "https://developer.nvidia.com/cuda-gpus"
+CUDA_COMPAT_DOC = "https://docs.nvidia.com/deploy/cuda-compatibility/"
+
+# NVIDIA's minor-version compatibility: an application built with CUDA <major>.x runs on a Linux
+# driver at or above this version, whatever the minor (CUDA_COMPAT_DOC, "Minor Version
+# Compatibility" table).
+MIN_DRIVER_FOR_CUDA: dict[int, int] = {11: 450, 12: 525, 13: 580}
+
+
+class GpuFamily(BaseModel):
+    """One SageMaker GPU instance family: its GPU, the inference AMI Easel sets, and sources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu: str
+    compute_capability: tuple[int, int]
+    inference_ami: str = Field(description="the ProductionVariant InferenceAmiVersion Easel sets")
+    sources: tuple[str, ...] = Field(min_length=1)
+
+    @property
+    def inference_driver(self) -> int:
+        return AMI_DRIVERS[self.inference_ami][0]
+
+    @property
+    def inference_cuda(self) -> str:
+        return AMI_DRIVERS[self.inference_ami][1]
+
+    @property
+    def sm(self) -> str:
+        major, minor = self.compute_capability
+        return f"sm_{major}{minor}"
+
+
+def _family(gpu: str, capability: tuple[int, int]) -> GpuFamily:
+    return GpuFamily(
+        gpu=gpu, compute_capability=capability, inference_ami=AMI_GPU_4_1,
+        sources=(INFERENCE_DRIVERS_DOC, PRODUCTION_VARIANT_DOC, INSTANCE_GPUS_DOC, CUDA_GPUS_DOC),
+    )
+
+
+# Instance family -> GPU, compute capability, AMI (-> driver -> highest CUDA, from AMI_DRIVERS).
+# Not here: ml.p3 (V100, sm_70): the CUDA 13 torch wheels carry no kernels below sm_75, and
+# ml.p2 (K80). A family joins only once its row holds for the locks (tests/contracts).
+GPU_FAMILIES: dict[str, GpuFamily] = {
+    "g4dn": _family("NVIDIA T4", (7, 5)),
+    "g5": _family("NVIDIA A10G", (8, 6)),
+    "g6": _family("NVIDIA L4", (8, 9)),
+    "g6e": _family("NVIDIA L40S", (8, 9)),
+    "p4d": _family("NVIDIA A100 40GB", (8, 0)),
+    "p4de": _family("NVIDIA A100 80GB", (8, 0)),
+    "p5": _family("NVIDIA H100", (9, 0)),
+    "p5e": _family("NVIDIA H200", (9, 0)),
+    "p5en": _family("NVIDIA H200", (9, 0)),
+}
+
+INSTANCE_TYPE_PATTERN = r"^ml\.(?P<family>[a-z0-9]+)\.(?P<size>(?:\d+)?x?large|metal)$"
+_INSTANCE_RE = re.compile(INSTANCE_TYPE_PATTERN)
+
+
+def family_of(instance_type: str) -> GpuFamily:
+    """The family row of `ml.<family>.<size>`; `ValueError` saying what to use otherwise."""
+    match = _INSTANCE_RE.match(instance_type)
+    if not match:
+        raise ValueError(f"{instance_type!r} is not a SageMaker instance type (like ml.g5.xlarge)")
+    family = GPU_FAMILIES.get(match["family"])
+    if family is None:
+        raise ValueError(
+            f"{instance_type!r} is not a GPU family Easel's images run on; "
+            f"use one of: {', '.join(GPU_FAMILIES)}"
+        )
+    return family
+
+
+def inference_ami(instance_type: str) -> str:
+    """The `InferenceAmiVersion` an endpoint on `instance_type` must set."""
+    return family_of(instance_type).inference_ami
+
+
+def _check_instance_types(value: dict[str, InstanceFacts]) -> dict[str, InstanceFacts]:
+    if not value:
+        raise ValueError("at least one instance type is required")
+    for name in value:
+        family_of(name)
+    return value
+
+
+InstanceTypes = Annotated[dict[str, InstanceFacts], AfterValidator(_check_instance_types)]
+
+
+# --- the driver rule, applied on the host by both containers
+
+REQUIRE_CUDA_ENV = "EASEL_REQUIRE_CUDA"
+NVIDIA_VERSION_FILE = "/proc/driver/nvidia/version"
+_NVRM_RE = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?(\d+\.\d+(?:\.\d+)?)")
+
+
+def cuda_required(environ: Mapping[str, str]) -> bool:
+    """True where the job must run on a GPU: `EASEL_REQUIRE_CUDA=1`, which the portal sets on every
+    SageMaker model and training job (the local stand-in sets 0 unless it runs on a GPU)."""
+    return environ.get(REQUIRE_CUDA_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def parse_driver_version(nvidia_version_text: str) -> str | None:
+    """The driver version in `/proc/driver/nvidia/version` (e.g. `580.95.05`), or None."""
+    match = _NVRM_RE.search(nvidia_version_text or "")
+    return match[1] if match else None
+
+
+def min_driver(cuda_version: str) -> int:
+    """The lowest Linux driver major that runs CUDA `cuda_version` (e.g. "13.0" -> 580)."""
+    try:
+        major = int(cuda_version.split(".")[0])
+    except ValueError:
+        raise ValueError(f"{cuda_version!r} is not a CUDA version like 13.0") from None
+    if major not in MIN_DRIVER_FOR_CUDA:
+        raise ValueError(f"CUDA {cuda_version}: no minimum driver recorded (see {CUDA_COMPAT_DOC})")
+    return MIN_DRIVER_FOR_CUDA[major]
+
+
+def driver_runs_cuda(driver_version: str | int, cuda_version: str) -> bool:
+    """Whether a driver (`580.95.05` or `580`) runs applications built with `cuda_version`."""
+    return int(str(driver_version).split(".")[0]) >= min_driver(cuda_version)
+
+
+def cuda_host_problem(
+    *, driver_version: str | None, runtime_cuda: str | None, cuda_available: bool
+) -> str | None:
+    """Why this host cannot run the image's CUDA build, or None when it can.
+
+    `driver_version` from `/proc/driver/nvidia/version` (None: no driver), `runtime_cuda` the CUDA
+    the image's torch was built with (`torch.version.cuda`; None: a CPU build), `cuda_available`
+    what torch found.
+    """
+    if runtime_cuda is None:
+        return "CUDA is required but this image's torch is a CPU build"
+    needed = min_driver(runtime_cuda)
+    if driver_version is None:
+        return (f"CUDA is required: no NVIDIA driver found, {needed} or newer needed "
+                f"(CUDA {runtime_cuda})")
+    if not driver_runs_cuda(driver_version, runtime_cuda):
+        return (f"CUDA is required: NVIDIA driver {driver_version} found, {needed} or newer "
+                f"needed (CUDA {runtime_cuda}); on SageMaker endpoints set InferenceAmiVersion "
+                f"{AMI_GPU_4_1}")
+    if not cuda_available:
+        return (f"CUDA is required: NVIDIA driver {driver_version} found but torch sees no usable "
+                f"GPU (CUDA {runtime_cuda})")
+    return None
+
+
+def this_host_problem(torch_module: Any, version_file: str = NVIDIA_VERSION_FILE) -> str | None:
+    """`cuda_host_problem` for the running host: the driver from `version_file`, the CUDA build
+    and GPU visibility from the caller's `torch` (passed in: this package does not depend on it)."""
+    try:
+        text = Path(version_file).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    return cuda_host_problem(
+        driver_version=parse_driver_version(text),
+        runtime_cuda=torch_module.version.cuda,
+        cuda_available=bool(torch_module.cuda.is_available()),
+    )
