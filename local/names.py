@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 
-DEFAULT_DEPLOYMENT_ID = "easel"
+from easel_contracts.naming import DEFAULT_DEPLOYMENT_ID, check_deployment_id, resource_name
+
 DEFAULT_REGION = "us-east-1"
 # moto's default account: ARNs the emulator returns use it, so the stand-in does too.
 LOCAL_ACCOUNT_ID = "123456789012"
 
-# The same rule as the stack config's deployment_id (stacks/config.py).
-_DEPLOYMENT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -24,19 +22,15 @@ class LocalNames:
     account_id: str = LOCAL_ACCOUNT_ID
 
     def __post_init__(self) -> None:
-        if not _DEPLOYMENT_ID_RE.match(self.deployment_id):
-            raise ValueError(
-                "deployment_id must be 3-20 characters of lowercase letters, digits and '-', "
-                f"starting with a letter; got {self.deployment_id!r}"
-            )
+        check_deployment_id(self.deployment_id)
 
     @property
     def bucket(self) -> str:
-        return f"{self.deployment_id}-data"
+        return resource_name(self.deployment_id, "data")
 
     @property
     def table(self) -> str:
-        return f"{self.deployment_id}-table"
+        return resource_name(self.deployment_id, "table")
 
     @property
     def admin_secret(self) -> str:
@@ -57,7 +51,7 @@ class LocalNames:
 
     @property
     def execution_role_name(self) -> str:
-        return f"{self.deployment_id}-sagemaker-execution"
+        return resource_name(self.deployment_id, "sagemaker-execution")
 
     @property
     def execution_role_arn(self) -> str:

@@ -27,8 +27,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from easel_contracts.naming import DEPLOYMENT_TAG, resource_prefix
 from scripts.cli import ScriptError, confirm, run_main
-from scripts.stack import DEPLOYMENT_TAG, REPO_ROOT, Target, add_target_arguments, resolve_target
+from scripts.stack import REPO_ROOT, Target, add_target_arguments, resolve_target
 
 SAGEMAKER_KINDS = ("endpoint", "endpoint-config", "model", "training-job")
 RUNNING_TRAINING = ("InProgress", "Stopping")
@@ -88,7 +89,7 @@ def _tag_value(tags: Iterable[dict[str, str]]) -> str | None:
 class Finder:
     def __init__(self, target: Target, client: Callable[[str], Any]) -> None:
         self.deployment_id = target.deployment_id
-        self.prefix = f"{target.deployment_id}-"
+        self.prefix = resource_prefix(target.deployment_id)
         self.config = target.config
         self.client = client
 

@@ -26,7 +26,6 @@ from stacks.config import ConfigError, EaselConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
-DEPLOYMENT_TAG = "easel:deployment"
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,10 +147,3 @@ class StackOutputs:
                 f"{key!r}: is it an Easel stack, and up to date? Run `make deploy` to update it."
             )
         return value
-
-
-def env_or_output(env_name: str, outputs: StackOutputs, key: str,
-                  *, environ: Mapping[str, str] | None = None) -> str:
-    """A location from an `EASEL_*` variable (local mode exports them) or the stack's output."""
-    env = os.environ if environ is None else environ
-    return env.get(env_name) or outputs.require(key)

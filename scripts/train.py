@@ -36,6 +36,7 @@ from easel_contracts.progress import (
     ProgressError,
     parse_progress,
 )
+from easel_contracts.s3uri import S3Uri
 from scripts.cli import ScriptError, UsageError, run_main
 from scripts.stack import StackOutputs, Target, add_target_arguments, resolve_target
 
@@ -275,12 +276,13 @@ def submit(args: argparse.Namespace, target: Target) -> tuple[str, Any]:
 
 def _read_progress(s3: Any, uri: str) -> Progress | None:
     """The job's progress.json, or None while there is none or it cannot be read."""
-    if not uri.startswith("s3://"):
-        return None
-    bucket, _, prefix = uri[5:].partition("/")
-    key = prefix.rstrip("/") + "/" + PROGRESS_FILE
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(PROGRESS_MAX_BYTES + 1)
+        location = S3Uri.parse(uri).join(PROGRESS_FILE)
+    except ValueError:
+        return None
+    try:
+        body = s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read(
+            PROGRESS_MAX_BYTES + 1)
         return parse_progress(body)
     except (ClientError, ProgressError):
         return None

@@ -12,11 +12,10 @@ from typing import Any
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
+from easel_contracts.naming import DEPLOYMENT_TAG, PROJECT_TAG
 from stacks.config import EaselConfig, load_config
 from stacks.easel_stack import EaselStack
 
-TAG_DEPLOYMENT = "easel:deployment"
-TAG_PROJECT = "easel:project"
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
 
 
@@ -52,8 +51,8 @@ def build_app(
         env=env,
         description="Easel: a Stable Diffusion studio in your AWS account",
     )
-    cdk.Tags.of(app).add(TAG_DEPLOYMENT, config.deployment_id)
-    cdk.Tags.of(app).add(TAG_PROJECT, "easel")
+    cdk.Tags.of(app).add(DEPLOYMENT_TAG, config.deployment_id)
+    cdk.Tags.of(app).add(PROJECT_TAG, "easel")
     if nag:
         cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app, stack

@@ -11,6 +11,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from easel_contracts.naming import handler_tag_environment
 from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
 from stacks.nag import (
     acknowledge,
@@ -24,6 +25,7 @@ from stacks.nag import (
 from stacks.naming import (
     TRAINING_LOG_GROUP,
     alarm_arn,
+    deployment_tag_condition,
     endpoint_log_group,
     log_group_arn,
     owned_sagemaker_arns,
@@ -69,6 +71,7 @@ class DeploymentCleanup(Construct):
             "DEPLOYMENT_ID": deployment_id,
             "GIVE_UP_SECONDS": str(GIVE_UP.to_seconds()),
             "PURGE_LOGS": "true" if purge_logs else "false",
+            **handler_tag_environment(),
         }
         self.on_event = lambda_.Function(
             self,
@@ -112,7 +115,7 @@ class DeploymentCleanup(Construct):
             actions=["sagemaker:DeleteEndpoint", "sagemaker:DeleteEndpointConfig",
                      "sagemaker:DeleteModel", "sagemaker:StopTrainingJob"],
             resources=owned,
-            conditions={"StringEquals": {"aws:ResourceTag/easel:deployment": deployment_id}},
+            conditions=deployment_tag_condition(deployment_id),
         ))
         # Scaling targets the scaler registered for the endpoints: finding them has no resource
         # scope; deregistering is limited to targets tagged with this deployment.

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from easel_contracts.instances import InstanceTypes
+from easel_contracts.naming import DEFAULT_DEPLOYMENT_ID, DeploymentId
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -36,10 +37,6 @@ LOG_RETENTION_DAYS = (
     2922, 3288, 3653,
 )
 
-DeploymentId = Annotated[
-    str,
-    StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$"),
-]
 _BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -130,7 +127,7 @@ class TrainingConfig(_Strict):
 class EaselConfig(_Strict):
     """Every deploy setting Easel reads. Documented key by key in README.md."""
 
-    deployment_id: DeploymentId = "easel"
+    deployment_id: DeploymentId = DEFAULT_DEPLOYMENT_ID
     account: Annotated[str, StringConstraints(pattern=r"^\d{12}$")] | None = None
     region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")] | None = None
     purge_data: bool = False

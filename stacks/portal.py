@@ -31,9 +31,9 @@ from stacks.nag import (
     target_tracking_alarm_finding,
 )
 from stacks.naming import (
-    DEPLOYMENT_TAG,
     TRAINING_LOG_GROUP,
     alarm_arn,
+    deployment_tag_condition,
     endpoint_log_group,
     log_group_arn,
     owned_sagemaker_arns,
@@ -233,7 +233,7 @@ class PortalService(Construct):
             secret.grant_read(role)
 
         owned = owned_sagemaker_arns(stack, deployment_id)
-        tag_condition = {"StringEquals": {f"aws:RequestTag/{DEPLOYMENT_TAG}": deployment_id}}
+        tag_condition = deployment_tag_condition(deployment_id, context="RequestTag")
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="CreateTaggedSageMakerResources",
             actions=["sagemaker:CreateModel", "sagemaker:CreateEndpoint"],

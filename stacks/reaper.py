@@ -12,6 +12,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from easel_contracts.naming import handler_tag_environment
 from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
 from stacks.nag import (
     acknowledge,
@@ -21,8 +22,8 @@ from stacks.nag import (
     target_tracking_alarm_finding,
 )
 from stacks.naming import (
-    DEPLOYMENT_TAG,
     alarm_arn,
+    deployment_tag_condition,
     owned_sagemaker_arns,
     scalable_target_arn,
     target_tracking_alarm_arn,
@@ -49,7 +50,8 @@ class EndpointReaper(Construct):
             code=lambda_.Code.from_asset(str(HANDLER_DIR)),
             timeout=Duration.minutes(2),
             environment={"DEPLOYMENT_ID": deployment_id,
-                         "DEFAULT_IDLE_TTL_HOURS": str(default_ttl_hours)},
+                         "DEFAULT_IDLE_TTL_HOURS": str(default_ttl_hours),
+                         **handler_tag_environment()},
             log_group=log_group,
             role=function_role(self, "Role", log_group=log_group,
                                description=f"Easel {deployment_id}: endpoint reaper"),
@@ -68,7 +70,7 @@ class EndpointReaper(Construct):
             actions=["sagemaker:DeleteEndpoint", "sagemaker:DeleteEndpointConfig",
                      "sagemaker:DeleteModel"],
             resources=owned,
-            conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment_id}},
+            conditions=deployment_tag_condition(deployment_id),
         ))
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["application-autoscaling:DescribeScalableTargets"], resources=["*"],

@@ -20,6 +20,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from easel_contracts import table as table_keys
 from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
 from stacks.nag import (
     acknowledge,
@@ -30,8 +31,8 @@ from stacks.nag import (
 )
 from stacks.naming import (
     AUTOSCALING_SLR_NAME,
-    DEPLOYMENT_TAG,
     alarm_arn,
+    deployment_tag_condition,
     owned_sagemaker_arns,
     scalable_target_arn,
     target_tracking_alarm_arn,
@@ -42,15 +43,15 @@ EVENT_SOURCE = "aws.sagemaker"
 EVENT_DETAIL_TYPE = "SageMaker Endpoint State Change"
 # EventBridge events spell the status IN_SERVICE (the API spells it InService); both match.
 IN_SERVICE_STATUSES = ["IN_SERVICE", "InService"]
-# The portal's endpoint records: partition keys `endpoint#<name>`.
-ENDPOINT_RECORD_KEYS = "endpoint#*"
+# The portal's endpoint records: partition keys `endpoint#<name>` (easel_contracts.table).
+ENDPOINT_RECORD_KEYS = table_keys.endpoint_key("*").pk
 
 
 def autoscaling_tag_condition(deployment_id: str, *, request: bool = False) -> dict:
     """Application Auto Scaling ABAC: the scalable target carries (or, when registering, the
     request sets) `easel:deployment=<deployment_id>`."""
-    key = "aws:RequestTag" if request else "aws:ResourceTag"
-    return {"StringEquals": {f"{key}/{DEPLOYMENT_TAG}": deployment_id}}
+    return deployment_tag_condition(deployment_id,
+                                    context="RequestTag" if request else "ResourceTag")
 
 
 class EndpointScaler(Construct):

@@ -6,9 +6,10 @@ from aws_cdk import CfnResource, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
+from easel_contracts.table import GSI, GSI_PK, GSI_SK, PK, SK, TTL
 from stacks.nag import arn_of, partition_arn
 
-GSI_NAME = "gsi1"
+GSI_NAME = GSI
 
 
 class StateTable(Construct):
@@ -39,20 +40,20 @@ class StateTable(Construct):
         table = dynamodb.Table(
             self,
             "Table",
-            partition_key=dynamodb.Attribute(name="pk", type=string),
-            sort_key=dynamodb.Attribute(name="sk", type=string),
+            partition_key=dynamodb.Attribute(name=PK, type=string),
+            sort_key=dynamodb.Attribute(name=SK, type=string),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            time_to_live_attribute="ttl",
+            time_to_live_attribute=TTL,
             removal_policy=RemovalPolicy.DESTROY if purge_data else RemovalPolicy.RETAIN,
         )
         table.add_global_secondary_index(
             index_name=GSI_NAME,
-            partition_key=dynamodb.Attribute(name="gsi1pk", type=string),
-            sort_key=dynamodb.Attribute(name="gsi1sk", type=string),
+            partition_key=dynamodb.Attribute(name=GSI_PK, type=string),
+            sort_key=dynamodb.Attribute(name=GSI_SK, type=string),
         )
         self.table = table
 

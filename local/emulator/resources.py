@@ -7,6 +7,8 @@ import secrets
 import string
 from typing import Any
 
+from easel_contracts import table as table_contract
+from easel_contracts.naming import deployment_tags
 from local.names import LocalNames
 
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
@@ -23,19 +25,19 @@ def table_schema(table: str) -> dict[str, Any]:
     return {
         "TableName": table,
         "KeySchema": [
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
+            {"AttributeName": table_contract.PK, "KeyType": "HASH"},
+            {"AttributeName": table_contract.SK, "KeyType": "RANGE"},
         ],
         "AttributeDefinitions": [
             {"AttributeName": name, "AttributeType": "S"}
-            for name in ("pk", "sk", "gsi1pk", "gsi1sk")
+            for name in table_contract.KEY_ATTRIBUTES
         ],
         "GlobalSecondaryIndexes": [
             {
-                "IndexName": "gsi1",
+                "IndexName": table_contract.GSI,
                 "KeySchema": [
-                    {"AttributeName": "gsi1pk", "KeyType": "HASH"},
-                    {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                    {"AttributeName": table_contract.GSI_PK, "KeyType": "HASH"},
+                    {"AttributeName": table_contract.GSI_SK, "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
             }
@@ -45,7 +47,7 @@ def table_schema(table: str) -> dict[str, Any]:
 
 
 def _tags(names: LocalNames) -> list[dict[str, str]]:
-    return [{"Key": "easel:deployment", "Value": names.deployment_id}]
+    return deployment_tags(names.deployment_id)
 
 
 def ensure_bucket(s3: Any, names: LocalNames) -> None:

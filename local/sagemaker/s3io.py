@@ -7,7 +7,8 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlparse
+
+from easel_contracts.s3uri import S3Uri
 
 
 class S3DataError(Exception):
@@ -15,18 +16,21 @@ class S3DataError(Exception):
 
 
 def parse_s3_uri(uri: str, *, field: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key), with an error naming ``field``."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise S3DataError(f"{field} must be an s3://bucket/key URI; got {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    """``s3://bucket/key`` -> (bucket, key) by the shared parser, with an error naming
+    ``field``."""
+    try:
+        parsed = S3Uri.parse(uri)
+    except ValueError as exc:
+        raise S3DataError(f"{field} must be an s3://bucket/key URI: {exc}") from None
+    return parsed.bucket, parsed.key
 
 
-def join_s3(uri: str, *parts: str) -> str:
-    """Join path parts onto an S3 URI with single slashes."""
-    base = uri.rstrip("/")
-    tail = "/".join(p.strip("/") for p in parts if p)
-    return f"{base}/{tail}" if tail else base
+def join_s3(uri: str, *parts: str, field: str = "S3 location") -> str:
+    """Path parts joined onto an S3 URI with single slashes (by the shared ``S3Uri``)."""
+    try:
+        return str(S3Uri.parse(uri).join(*parts))
+    except ValueError as exc:
+        raise S3DataError(f"{field}: {exc}") from None
 
 
 def list_prefix(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:

@@ -37,7 +37,8 @@ from botocore.exceptions import ClientError
 logger = logging.getLogger("easel.cleanup")
 logger.setLevel(logging.INFO)
 
-TAG_KEY = "easel:deployment"
+# The tag key comes from the stack (easel_contracts.naming), which this bundle cannot import.
+DEPLOYMENT_TAG_ENV = "EASEL_DEPLOYMENT_TAG"
 GIVE_UP_SECONDS = float(os.environ.get("GIVE_UP_SECONDS", "3120"))  # set by stacks/cleanup.py
 
 
@@ -83,7 +84,8 @@ def _ours(client: Any, arn: str, deployment_id: str) -> bool:
         if _is_gone(error):
             return False
         raise
-    return any(t["Key"] == TAG_KEY and t["Value"] == deployment_id for t in tags)
+    tag_key = os.environ[DEPLOYMENT_TAG_ENV]
+    return any(t["Key"] == tag_key and t["Value"] == deployment_id for t in tags)
 
 
 def _named(items: list[dict[str, Any]], name_key: str, deployment_id: str) -> list[dict]:
@@ -188,7 +190,7 @@ def _purge_logs(client: Any, logs: Any, deployment_id: str, attempt: Any) -> Non
                 if _is_gone(error):
                     continue
                 raise
-            if tags.get(TAG_KEY) == deployment_id:
+            if tags.get(os.environ[DEPLOYMENT_TAG_ENV]) == deployment_id:
                 attempt("delete log group", group["logGroupName"], logs.delete_log_group,
                         logGroupName=group["logGroupName"])
     jobs = _list(client, "list_training_jobs", "TrainingJobSummaries", deployment_id)

@@ -23,8 +23,9 @@ from botocore.exceptions import ClientError
 logger = logging.getLogger("easel.reaper")
 logger.setLevel(logging.INFO)
 
-TAG_DEPLOYMENT = "easel:deployment"
-TAG_TTL = "easel:idle-ttl-hours"
+# Tag keys come from the stack (easel_contracts.naming), which this bundle cannot import.
+DEPLOYMENT_TAG_ENV = "EASEL_DEPLOYMENT_TAG"
+IDLE_TTL_TAG_ENV = "EASEL_IDLE_TTL_TAG"
 REAPABLE_STATUSES = ("InService", "Failed", "OutOfService")
 
 
@@ -36,7 +37,8 @@ class Decision:
 
 
 def _ttl_hours(tags: dict[str, str], default: float) -> float | None:
-    raw = tags.get(TAG_TTL)
+    ttl_tag = os.environ[IDLE_TTL_TAG_ENV]
+    raw = tags.get(ttl_tag)
     if raw is None:
         return default
     if raw.strip().lower() in ("0", "off", "never", ""):
@@ -44,7 +46,7 @@ def _ttl_hours(tags: dict[str, str], default: float) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        logger.warning("ignoring malformed %s tag %r", TAG_TTL, raw)
+        logger.warning("ignoring malformed %s tag %r", ttl_tag, raw)
         return default
     return value if value > 0 else None
 
@@ -88,7 +90,7 @@ def decide(sagemaker: Any, cloudwatch: Any, endpoint: dict[str, Any], *, deploym
     name = endpoint["EndpointName"]
     tags = {t["Key"]: t["Value"]
             for t in sagemaker.list_tags(ResourceArn=endpoint["EndpointArn"]).get("Tags", [])}
-    if tags.get(TAG_DEPLOYMENT) != deployment_id:
+    if tags.get(os.environ[DEPLOYMENT_TAG_ENV]) != deployment_id:
         return Decision(name, False, "not this deployment's")
     ttl = _ttl_hours(tags, default_ttl)
     if ttl is None:

@@ -16,3 +16,26 @@ def test_invalid_deployment_ids_name_the_rule(value):
 
 def test_deployment_tags_carry_the_id():
     assert naming.deployment_tags("team") == [{"Key": "easel:deployment", "Value": "team"}]
+
+
+def test_resource_names_start_with_the_deployment_prefix():
+    assert naming.resource_name("team", "dog-v1") == "team-dog-v1"
+    assert naming.resource_name("team", "x").startswith(naming.resource_prefix("team"))
+
+
+@pytest.mark.parametrize("value", ["a", "dog-v1", "a1-b2-c3"])
+def test_valid_short_names_pass(value):
+    assert naming.check_short_name(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "-dog", "dog-", "do--g", "Dog", "dog_1", "a" * 41])
+def test_invalid_short_names_name_the_field_and_rule(value):
+    with pytest.raises(ValueError, match="job name: use 1-40 lower-case"):
+        naming.check_short_name(value, field="job name")
+
+
+def test_handler_environment_maps_variables_to_the_tag_keys():
+    assert naming.handler_tag_environment() == {
+        naming.DEPLOYMENT_TAG_ENV: naming.DEPLOYMENT_TAG,
+        naming.IDLE_TTL_TAG_ENV: naming.IDLE_TTL_TAG,
+    }

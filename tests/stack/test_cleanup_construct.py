@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from easel_contracts import naming
+
 
 def test_cleanup_custom_resource_uses_provider_with_polling(synth):
     _, resource = synth.only("Custom::EaselCleanup")
@@ -70,3 +72,12 @@ def test_cleanup_handlers_give_up_at_the_constructs_time(synth):
                 if f["Properties"].get("Handler") in ("index.on_event", "index.is_complete")]
     assert {f["Properties"]["Environment"]["Variables"]["GIVE_UP_SECONDS"]
             for f in handlers} == {str(GIVE_UP.to_seconds())}
+
+
+def test_cleanup_handlers_environment_carries_the_contract_tag_key(synth):
+    handlers = [f for f in synth.resources("AWS::Lambda::Function").values()
+                if f["Properties"].get("Handler") in ("index.on_event", "index.is_complete")]
+    assert len(handlers) == 2
+    for function in handlers:
+        environment = function["Properties"]["Environment"]["Variables"]
+        assert environment[naming.DEPLOYMENT_TAG_ENV] == naming.DEPLOYMENT_TAG

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
+from easel_contracts import naming
 from easel_webui.sagemaker_requests import MODEL_DOWNLOAD_TIMEOUT_S, STARTUP_HEALTH_TIMEOUT_S
 from stacks.cleanup import GIVE_UP, PROVISIONING_ALLOWANCE
 from stacks.cleanup_handler import index as cleanup
@@ -23,9 +24,16 @@ from tests.stack.sagemaker_fakes import IMAGE, ROLE, make_endpoint
 # timeouts (see test_cleanup_construct for the rule on the give-up time).
 LONGEST_CREATE_S = (PROVISIONING_ALLOWANCE.to_seconds() + MODEL_DOWNLOAD_TIMEOUT_S
                     + STARTUP_HEALTH_TIMEOUT_S)
-OURS = [{"Key": "easel:deployment", "Value": "easel"}]
+OURS = naming.deployment_tags("easel")
 DELETE = {"RequestType": "Delete", "ResourceProperties": {"DeploymentId": "easel"},
           "PhysicalResourceId": "easel-cleanup"}
+
+
+@pytest.fixture(autouse=True)
+def tag_environment(monkeypatch):
+    """The tag keys the stack hands the handler (see test_handler_environment_*)."""
+    for name, value in naming.handler_tag_environment().items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
@@ -46,7 +54,7 @@ def names(client):
 def test_delete_removes_this_deployments_tagged_resources_only(sagemaker):
     make_endpoint(sagemaker, "easel-alice-sd15", OURS)
     make_endpoint(sagemaker, "easel-untagged", [])  # our prefix but not our tag
-    make_endpoint(sagemaker, "easel2-other", [{"Key": "easel:deployment", "Value": "easel2"}])
+    make_endpoint(sagemaker, "easel2-other", naming.deployment_tags("easel2"))
     make_endpoint(sagemaker, "someone-else", [{"Key": "team", "Value": "x"}])
 
     cleanup.on_event(DELETE, None, client=sagemaker)
@@ -360,3 +368,14 @@ def test_log_groups_are_kept_when_data_is_kept(aws_clients):
     extras = cleanup.Extras(autoscaling=c["autoscaling"], cloudwatch=c["cloudwatch"], logs=None)
     cleanup.on_event(DELETE, None, client=c["sagemaker"], extras=extras)
     assert c["logs"].describe_log_groups()["logGroups"]
+
+
+def test_handler_reads_the_tag_key_the_stack_hands_it():
+    assert cleanup.DEPLOYMENT_TAG_ENV == naming.DEPLOYMENT_TAG_ENV
+
+
+def test_another_tag_key_in_the_environment_changes_what_counts_as_ours(sagemaker, monkeypatch):
+    monkeypatch.setenv(naming.DEPLOYMENT_TAG_ENV, "someone:else")
+    make_endpoint(sagemaker, "easel-alice-sd15", OURS)
+    cleanup.sweep(sagemaker, "easel")
+    assert "easel-alice-sd15" in names(sagemaker)["endpoints"]

@@ -9,10 +9,18 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from easel_contracts import naming
 from stacks.reaper_handler import index as reaper
 from tests.stack.sagemaker_fakes import make_endpoint
 
 LATER = datetime.now(UTC) + timedelta(hours=10)  # every endpoint created now is 10 h old then
+
+
+@pytest.fixture(autouse=True)
+def tag_environment(monkeypatch):
+    """The tag keys the stack hands the handler (see test_handler_environment_*)."""
+    for name, value in naming.handler_tag_environment().items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
@@ -29,9 +37,9 @@ def autoscaling(clients):
 
 
 def tags(ttl=None, deployment="easel"):
-    result = [{"Key": "easel:deployment", "Value": deployment}]
+    result = [{"Key": naming.DEPLOYMENT_TAG, "Value": deployment}]
     if ttl is not None:
-        result.append({"Key": "easel:idle-ttl-hours", "Value": ttl})
+        result.append({"Key": naming.IDLE_TTL_TAG, "Value": ttl})
     return result
 
 
@@ -135,3 +143,16 @@ def test_idle_endpoint_is_deleted_even_when_removing_its_scaling_fails(clients, 
                                 now=LATER, autoscaling=autoscaling)
     assert [d.endpoint for d in decisions if d.delete] == ["easel-idle"]
     assert "easel-idle" not in endpoints(sagemaker)
+
+
+def test_handler_reads_the_tag_keys_the_stack_hands_it():
+    assert reaper.DEPLOYMENT_TAG_ENV == naming.DEPLOYMENT_TAG_ENV
+    assert reaper.IDLE_TTL_TAG_ENV == naming.IDLE_TTL_TAG_ENV
+
+
+def test_handler_environment_carries_the_contract_tag_keys(synth):
+    (function,) = [f for f in synth.resources("AWS::Lambda::Function").values()
+                   if "/Reaper/" in f["Metadata"]["aws:cdk:path"]]
+    environment = function["Properties"]["Environment"]["Variables"]
+    assert environment[naming.DEPLOYMENT_TAG_ENV] == naming.DEPLOYMENT_TAG
+    assert environment[naming.IDLE_TTL_TAG_ENV] == naming.IDLE_TTL_TAG

@@ -8,6 +8,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from easel_contracts import scaling
+from easel_contracts import table as table_keys
 from stacks.scaling_handler import index as scaler
 
 REGION = "us-east-1"
@@ -137,3 +138,10 @@ def test_success_after_a_failure_clears_the_error(aws):
     _handle(aws, _event())
     assert scaling.ERROR_ATTRIBUTE not in _record(aws)
     assert _record(aws)[scaling.STATUS_ATTRIBUTE] == {"S": scaling.APPLIED}
+
+
+def test_the_handlers_endpoint_record_key_is_the_table_contracts():
+    # The handler is bundled without easel_contracts, so it spells the key itself.
+    key = table_keys.endpoint_key("easel-demo")
+    assert scaler.record_key("easel-demo") == {
+        table_keys.PK: {"S": key.pk}, table_keys.SK: {"S": key.sk}}

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from moto import mock_aws
 
+from easel_contracts import table as keys
 from easel_webui.app import create_app
 from easel_webui.aws import Clients
 from easel_webui.settings import Settings, load_settings
@@ -122,8 +123,7 @@ class World:
     def in_service(self, name: str = "easel-demo", *, mode: str = "realtime") -> str:
         """Record an endpoint as deployed by the portal and mark it InService."""
         self.portal.table.put({
-            "pk": f"endpoint#{name}", "sk": "meta", "gsi1pk": "endpoints", "gsi1sk": name,
-            "endpoint": name, "creator": "admin", "mode": mode, "instance_type": "ml.g5.xlarge",
+            **keys.endpoint_key(name).item(), **keys.endpoint_index(name), "endpoint": name, "creator": "admin", "mode": mode, "instance_type": "ml.g5.xlarge",
             "min_instances": 1, "max_instances": 1, "idle_ttl_hours": 4,
             "model_s3_uri": f"s3://{BUCKET}/models/tiny.tar.gz", "model_name": f"{name}-m",
             "endpoint_config_name": f"{name}-c", "created_at": "2026-01-01T00:00:00Z",

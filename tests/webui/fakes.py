@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from easel_contracts import invocations as inv
+from easel_contracts.s3uri import S3Uri
 
 
 def client_error(code: str, message: str, operation: str, **extra: Any) -> ClientError:
@@ -134,8 +135,9 @@ class FakeRuntime(Recorder):
     def invoke_endpoint_async(self, **kwargs: Any) -> dict[str, Any]:
         """Reads the input from S3 and writes the answer where SageMaker would."""
         self.record("invoke_endpoint_async", kwargs)
-        bucket, _, key = kwargs["InputLocation"].removeprefix("s3://").partition("/")
-        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        location = S3Uri.parse(kwargs["InputLocation"])
+        bucket = location.bucket
+        body = self.s3.get_object(Bucket=bucket, Key=location.key)["Body"].read()
         answer = self._answer(json.loads(body))
         out_key = f"async/out/{kwargs['EndpointName']}/{len(self.calls)}.out"
         self.s3.put_object(Bucket=bucket, Key=out_key, Body=json.dumps(answer).encode())

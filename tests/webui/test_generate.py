@@ -160,6 +160,17 @@ def test_async_endpoint_input_goes_through_s3_and_the_answer_is_read_back(world)
     assert len([k for k in world.keys("outputs/admin/") if k.endswith(".png")]) == 1
 
 
+def test_async_answer_at_a_location_that_is_no_s3_uri_fails_the_job_with_a_reason(world,
+                                                                                 monkeypatch):
+    world.in_service("easel-queue", mode="async")
+    monkeypatch.setattr(world.runtime, "invoke_endpoint_async",
+                        lambda **kwargs: {"OutputLocation": "https://elsewhere/out"})
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, endpoint="easel-queue").json()["job_id"])
+    assert state["status"] == "failed"
+    assert "bad location 'https://elsewhere/out'" in state["error"]
+
+
 def test_a_job_whose_worker_vanished_is_reported_failed(world):
     from easel_webui.generation import STALE_AFTER_SECONDS
 

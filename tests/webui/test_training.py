@@ -5,8 +5,10 @@ from __future__ import annotations
 import html
 import io
 import json
+import os
 import re
 import tarfile
+import urllib.parse
 
 import pytest
 
@@ -200,6 +202,63 @@ def test_completed_lora_is_published_with_one_click(alice_world):
     page = alice.get("/training/easel-dog-v1")
     assert "&lt;lora:sks-dog:0.8&gt;" in page.text
     assert "easel-demo" in page.text  # which endpoints can use it
+
+
+class _ReadSpy:
+    """Wraps an S3 body and records the size asked of each read."""
+
+    def __init__(self, body, sizes):
+        self._body, self._sizes = body, sizes
+
+    def read(self, size=-1):
+        self._sizes.append(size)
+        return self._body.read(size)
+
+    def close(self):
+        self._body.close()
+
+
+def test_publish_streams_the_result_archive_instead_of_reading_it_whole(alice_world,
+                                                                         monkeypatch):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form(output_name="big"))
+    alice_world.sagemaker.jobs["easel-dog-v1"]["TrainingJobStatus"] = "Completed"
+    weights = os.urandom(3 * 1024 * 1024)  # incompressible: the archive is as big as the LoRA
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("Lora/big.safetensors")
+        info.size = len(weights)
+        tar.addfile(info, io.BytesIO(weights))
+    alice_world.put("training/easel-dog-v1/output/model.tar.gz", buffer.getvalue())
+    s3 = alice_world.s3
+    real_get_object = s3.get_object
+    sizes: list[int] = []
+
+    def spying_get_object(**kwargs):
+        answer = real_get_object(**kwargs)
+        if kwargs["Key"].endswith("output/model.tar.gz"):
+            answer["Body"] = _ReadSpy(answer["Body"], sizes)
+        return answer
+
+    monkeypatch.setattr(s3, "get_object", spying_get_object)
+    response = alice.post("/training/easel-dog-v1/publish")
+    assert "notice=" in response.headers["location"], response.headers["location"]
+    assert sizes, "the archive was not read through get_object"
+    assert all(0 < size <= 1024 * 1024 for size in sizes), max(sizes)
+    published = s3.get_object(Bucket=BUCKET, Key="loras/big.safetensors")["Body"].read()
+    assert published == weights
+
+
+def test_publish_of_a_corrupt_archive_is_a_clear_error(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form(output_name="sks-dog"))
+    alice_world.sagemaker.jobs["easel-dog-v1"]["TrainingJobStatus"] = "Completed"
+    alice_world.put("training/easel-dog-v1/output/model.tar.gz", b"not a gzip file at all")
+    response = alice.post("/training/easel-dog-v1/publish")
+    assert "error=" in response.headers["location"]
+    assert "not a readable model.tar.gz" in urllib.parse.unquote_plus(
+        response.headers["location"])
+    assert alice_world.keys("loras/") == []
 
 
 def test_full_result_offers_deploy_to_admins(alice_world):

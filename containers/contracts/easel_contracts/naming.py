@@ -15,6 +15,12 @@ from pydantic import StringConstraints
 DEPLOYMENT_TAG = "easel:deployment"
 CREATOR_TAG = "easel:creator"
 IDLE_TTL_TAG = "easel:idle-ttl-hours"
+PROJECT_TAG = "easel:project"
+
+# The environment variables through which the stack hands these tag keys to its Lambda handlers
+# (bundled on their own, without this package).
+DEPLOYMENT_TAG_ENV = "EASEL_DEPLOYMENT_TAG"
+IDLE_TTL_TAG_ENV = "EASEL_IDLE_TTL_TAG"
 
 DEPLOYMENT_ID_PATTERN = r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$"
 DEPLOYMENT_ID_RULE = "3-20 lower-case letters, digits or '-', starting with a letter"
@@ -33,6 +39,36 @@ def check_deployment_id(value: str) -> str:
     if not is_deployment_id(value):
         raise ValueError(f"deployment id {value!r}: use {DEPLOYMENT_ID_RULE}")
     return value
+
+
+SHORT_NAME_PATTERN = r"^[a-z0-9](-?[a-z0-9])*$"
+_SHORT_NAME_RE = re.compile(SHORT_NAME_PATTERN)
+
+
+def check_short_name(value: str, *, field: str = "name", max_length: int = 40) -> str:
+    """The part of a resource name a person chooses (an endpoint's, a training job's): lower-case
+    letters, digits and single '-'. Raise ``ValueError`` naming ``field`` otherwise."""
+    if not value or len(value) > max_length or not _SHORT_NAME_RE.match(value):
+        raise ValueError(
+            f"{field}: use 1-{max_length} lower-case letters, digits and single '-' "
+            "(no leading or trailing '-')"
+        )
+    return value
+
+
+def resource_prefix(deployment_id: str) -> str:
+    """What every name a deployment gives a resource starts with."""
+    return f"{deployment_id}-"
+
+
+def resource_name(deployment_id: str, name: str) -> str:
+    """``<deployment_id>-<name>``: the name of a resource the kit or the portal creates."""
+    return f"{resource_prefix(deployment_id)}{name}"
+
+
+def handler_tag_environment() -> dict[str, str]:
+    """Environment for a Lambda handler that finds resources by their ``easel:*`` tags."""
+    return {DEPLOYMENT_TAG_ENV: DEPLOYMENT_TAG, IDLE_TTL_TAG_ENV: IDLE_TTL_TAG}
 
 
 def deployment_tags(deployment_id: str) -> list[dict[str, str]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from easel_contracts.invocations import Lora, check_name
+from easel_contracts.s3uri import S3Uri
 from safetensors import safe_open
 
 from .errors import BadRequest, NotFound
@@ -102,9 +103,8 @@ class LoraLibrary:
             import boto3
 
             self._s3 = boto3.client("s3")
-        bucket, _, prefix = self.s3_uri[len("s3://") :].partition("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
+        library = S3Uri.parse(self.s3_uri)
+        bucket, prefix = library.bucket, library.prefix
         names = []
         try:
             pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -134,10 +134,8 @@ class LoraLibrary:
 
     def _s3_location(self, name: str) -> tuple[str, str]:
         assert self.s3_uri is not None
-        bucket, _, prefix = self.s3_uri[len("s3://") :].partition("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        return bucket, f"{prefix}{name}{LORA_SUFFIX}"
+        location = S3Uri.parse(self.s3_uri).join(f"{name}{LORA_SUFFIX}")
+        return location.bucket, location.key
 
     def _fetch_from_s3(self, name: str) -> Path | None:
         if not self.s3_uri or self.cache_dir is None:

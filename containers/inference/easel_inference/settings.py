@@ -9,6 +9,7 @@ from pathlib import Path
 
 from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required
 from easel_contracts.invocations import MAX_IMAGE_BYTES
+from easel_contracts.s3uri import S3Uri
 
 DEFAULT_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 
@@ -58,8 +59,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         lora_uri = env.get("EASEL_LORA_S3_URI", "").strip() or None
-        if lora_uri and not lora_uri.startswith("s3://"):
-            raise SettingsError(f"EASEL_LORA_S3_URI must start with s3://, got {lora_uri!r}")
+        if lora_uri:
+            try:
+                S3Uri.parse(lora_uri)
+            except ValueError as exc:
+                raise SettingsError(f"EASEL_LORA_S3_URI: {exc}") from None
         device = _choice(env, "EASEL_DEVICE", "auto", ("auto", "cpu", "cuda"))
         require_cuda = cuda_required(env)
         if require_cuda and device == "cpu":

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from easel_contracts import table as keys
 from easel_webui.errors import Conflict, NotFound, PortalError, TooManyAttempts
 from easel_webui.hashing import BoundedHasher
 from easel_webui.secret_cache import SecretCache
@@ -108,12 +109,8 @@ class Auth:
 
     # --- users
 
-    @staticmethod
-    def _user_key(username: str) -> tuple[str, str]:
-        return f"user#{username}", "profile"
-
     def _user_record(self, username: str) -> dict[str, Any] | None:
-        return self.table.get(*self._user_key(username))
+        return self.table.get(*keys.user_key(username))
 
     def lookup(self, username: str) -> User | None:
         if username == ADMIN_USERNAME:
@@ -133,7 +130,7 @@ class Auth:
     def list_users(self) -> list[dict[str, Any]]:
         users = [{"username": ADMIN_USERNAME, "role": "admin", "builtin": True,
                   "created_at": ""}]
-        for record in self.table.query_index("users"):
+        for record in self.table.query_index(keys.USERS_INDEX):
             users.append({"username": record["username"], "role": record["role"],
                           "builtin": False, "created_at": record.get("created_at", "")})
         return users
@@ -146,8 +143,8 @@ class Auth:
         role = check_role(role)
         created = self.table.put(
             {
-                "pk": f"user#{username}", "sk": "profile", "gsi1pk": "users",
-                "gsi1sk": username, "username": username, "role": role,
+                **keys.user_key(username).item(), **keys.user_index(username),
+                "username": username, "role": role,
                 "password_hash": self._hasher.hash(password), "generation": 1,
                 "created_at": iso_now(), "created_by": by,
             },
@@ -167,7 +164,7 @@ class Auth:
         self._require_table_user(username)
         check_password(password)
         updated = self.table.update(
-            *self._user_key(username),
+            *keys.user_key(username),
             {"password_hash": self._hasher.hash(password), "password_changed_at": iso_now()},
             add={"generation": 1},
         )
@@ -178,7 +175,7 @@ class Auth:
         self._require_table_user(username)
         role = check_role(role)
         updated = self.table.update(
-            *self._user_key(username), {"role": role}, add={"generation": 1}
+            *keys.user_key(username), {"role": role}, add={"generation": 1}
         )
         if updated is None:
             raise NotFound(f"user {username!r} does not exist")
@@ -187,8 +184,8 @@ class Auth:
         self._require_table_user(username)
         if self._user_record(username) is None:
             raise NotFound(f"user {username!r} does not exist")
-        self.table.delete(*self._user_key(username))
-        self.table.delete(f"user#{username}", "prefs")
+        self.table.delete(*keys.user_key(username))
+        self.table.delete(*keys.user_prefs_key(username))
 
     # --- sign-in
 
@@ -196,19 +193,19 @@ class Auth:
         size = self.settings.login_window_seconds
         return int(now() // size * size)
 
-    def _throttle_key(self, username: str) -> tuple[str, str]:
-        return f"throttle#{username}", f"w#{self._window()}"
+    def _throttle_key(self, username: str) -> keys.Key:
+        return keys.throttle_key(username, self._window())
 
     def _failures(self, username: str) -> int:
         record = self.table.get(*self._throttle_key(username))
-        if not record or record.get("ttl", 0) < now():
+        if not record or record.get(keys.TTL, 0) < now():
             return 0
         return int(record.get("failures", 0))
 
     def _record_failure(self, username: str) -> None:
         pk, sk = self._throttle_key(username)
         expires = self._window() + self.settings.login_window_seconds
-        self.table.update(pk, sk, {"ttl": math.ceil(expires)}, must_exist=False,
+        self.table.update(pk, sk, {keys.TTL: math.ceil(expires)}, must_exist=False,
                           add={"failures": 1})
 
     def authenticate(self, username: str, password: str) -> User:
@@ -282,29 +279,25 @@ class Auth:
             return None
         name, nonce = str(payload["u"]), str(payload["n"])
         # the user's record and the session's revocation in one round trip
-        keys = [self._revoked_key(nonce)]
+        wanted = [keys.revoked_session_key(nonce)]
         if name != ADMIN_USERNAME:
-            keys.append(self._user_key(name))
-        found = self.table.get_many(keys)
-        revoked = found.get(self._revoked_key(nonce))
-        if revoked and revoked.get("ttl", 0) >= now():
+            wanted.append(keys.user_key(name))
+        found = self.table.get_many(wanted)
+        revoked = found.get(keys.revoked_session_key(nonce))
+        if revoked and revoked.get(keys.TTL, 0) >= now():
             return None
         user = self._admin_user() if name == ADMIN_USERNAME else \
-            self._user_from(found.get(self._user_key(name)))
+            self._user_from(found.get(keys.user_key(name)))
         if user is None or not hmac.compare_digest(user.generation, str(payload["g"])):
             return None
         return user, nonce
 
-    @staticmethod
-    def _revoked_key(nonce: str) -> tuple[str, str]:
-        return f"revoked#{nonce}", "session"
-
     def revoke_session(self, nonce: str) -> None:
         """Sign-out: the session's cookie stops working on every portal task, not only in the
         browser that deleted it; the record expires (table TTL) when the session would have."""
-        pk, sk = self._revoked_key(nonce)
         expires = math.ceil(now() + self.settings.session_max_age_seconds)
-        self.table.put({"pk": pk, "sk": sk, "ttl": expires, "revoked_at": iso_now()})
+        self.table.put({**keys.revoked_session_key(nonce).item(), keys.TTL: expires,
+                        "revoked_at": iso_now()})
 
     def csrf_token(self, nonce: str) -> str:
         key = self._session_key().encode()

@@ -9,13 +9,13 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from easel_contracts import scaling
+from easel_contracts import table as keys
+from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
 from easel_webui.settings import Settings
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now
-
-ACTIVE_STATES = {"Creating", "Updating", "SystemUpdating", "InService", "RollingBack"}
 
 
 def _aws_message(exc: ClientError) -> str:
@@ -96,19 +96,19 @@ class Endpoints:
 
     def _check_model_uri(self, uri: str) -> None:
         try:
-            bucket, key = req.parse_s3_uri(uri)
+            parsed = S3Uri.parse(uri)
         except ValueError as exc:
             raise PortalError(f"model: {exc}") from None
-        if bucket != self.bucket.name:
+        if parsed.bucket != self.bucket.name:
             raise PortalError(
                 f"model: the execution role reads only the data bucket ({self.bucket.name}); "
                 "copy the model under models/ first"
             )
-        if not key.startswith(("models/", "training/")) or ".." in key.split("/"):
+        if not (parsed.is_under("models/") or parsed.is_under("training/")):
             raise PortalError(
                 "model: the execution role reads models only under models/ or training/"
             )
-        if not key.endswith(("/", ".tar.gz", ".tgz")):
+        if not parsed.key.endswith(("/", ".tar.gz", ".tgz")):
             raise PortalError("model: give a model.tar.gz object or a folder ending in '/'")
 
     def deploy(self, spec: req.EndpointSpec) -> str:
@@ -132,8 +132,8 @@ class Endpoints:
         else:
             raise Conflict(f"name: an endpoint {spec.endpoint_name!r} already exists")
         self.table.put({
-            "pk": f"endpoint#{spec.endpoint_name}", "sk": "meta", "gsi1pk": "endpoints",
-            "gsi1sk": spec.endpoint_name, "endpoint": spec.endpoint_name,
+            **keys.endpoint_key(spec.endpoint_name).item(),
+            **keys.endpoint_index(spec.endpoint_name), "endpoint": spec.endpoint_name,
             "creator": spec.creator, "mode": spec.mode, "instance_type": spec.instance_type,
             "min_instances": spec.min_instances, "max_instances": spec.max_instances,
             "idle_ttl_hours": spec.idle_ttl_hours, "model_s3_uri": spec.model_s3_uri,
@@ -153,7 +153,7 @@ class Endpoints:
                 sm.delete_endpoint_config(EndpointConfigName=spec.endpoint_config_name)
             with suppress(ClientError):
                 sm.delete_model(ModelName=spec.model_name)
-            self.table.delete(f"endpoint#{spec.endpoint_name}", "meta")
+            self.table.delete(*keys.endpoint_key(spec.endpoint_name))
             raise UpstreamError(f"SageMaker refused the deployment: {_aws_message(exc)}") from None
         return spec.endpoint_name
 
@@ -171,10 +171,10 @@ class Endpoints:
     # --- read
 
     def records(self) -> list[dict[str, Any]]:
-        return self.table.query_index("endpoints")
+        return self.table.query_index(keys.ENDPOINTS_INDEX)
 
     def record(self, name: str) -> dict[str, Any]:
-        record = self.table.get(f"endpoint#{name}", "meta")
+        record = self.table.get(*keys.endpoint_key(name))
         if not record:
             raise NotFound(f"endpoint {name!r} is not one of this portal's endpoints")
         return record
@@ -216,7 +216,7 @@ class Endpoints:
 
     def touch(self, name: str) -> None:
         """Mark an endpoint used now (the reaper spares endpoints used within their TTL)."""
-        self.table.update(f"endpoint#{name}", "meta", {"last_used_at": int(now())})
+        self.table.update(*keys.endpoint_key(name), {"last_used_at": int(now())})
 
     # --- delete
 
@@ -246,4 +246,4 @@ class Endpoints:
                 code = exc.response["Error"]["Code"]
                 if code not in ("ValidationException", "ResourceNotFound"):
                     raise UpstreamError(f"SageMaker: {_aws_message(exc)}") from None
-        self.table.delete(f"endpoint#{name}", "meta")
+        self.table.delete(*keys.endpoint_key(name))

@@ -21,6 +21,7 @@ from typing import Any
 from botocore.exceptions import ClientError, ReadTimeoutError
 from pydantic import BaseModel, ValidationError
 
+from easel_contracts import table as keys
 from easel_contracts.invocations import (
     GENERATION_TASKS,
     LISTING_TASKS,
@@ -31,11 +32,12 @@ from easel_contracts.invocations import (
     invocation_body,
     parse_answer,
 )
+from easel_contracts.s3uri import S3Uri
 from easel_webui.auth import User
 from easel_webui.endpoints import Endpoints
 from easel_webui.errors import NotFound, PortalError, UpstreamError
 from easel_webui.storage import Bucket
-from easel_webui.store import Table, iso_now, now
+from easel_webui.store import Table, iso_now, now, owned_records
 
 log = logging.getLogger("easel_webui.generation")
 JOB_TTL_SECONDS = 7 * 24 * 3600
@@ -181,10 +183,14 @@ class Generation:
             for location, failed in ((output, False), (failure, True)):
                 if not location:
                     continue
-                bucket, _, okey = location.removeprefix("s3://").partition("/")
-                if bucket != self.bucket.name or not self.bucket.exists(okey):
+                try:
+                    answer_uri = S3Uri.parse(location)
+                except ValueError:
+                    raise UpstreamError(f"The endpoint answered with a bad location {location!r}.")\
+                        from None
+                if answer_uri.bucket != self.bucket.name or not self.bucket.exists(answer_uri.key):
                     continue
-                raw = self.bucket.read(okey, max_bytes=512 * 1024 * 1024)
+                raw = self.bucket.read(answer_uri.key, max_bytes=512 * 1024 * 1024)
                 if failed:
                     reason = raw[:500].decode(errors="replace")
                     raise UpstreamError(f"The model server failed: {reason}")
@@ -219,12 +225,12 @@ class Generation:
         record = self.endpoints.record(endpoint)
         job_id = uuid.uuid4().hex
         self.table.put({
-            "pk": f"gen#{job_id}", "sk": "meta", "job_id": job_id, "owner": user.username,
+            **keys.generation_job_key(job_id).item(), "job_id": job_id, "owner": user.username,
             "endpoint": endpoint, "task": task, "status": "running", "created_at": iso_now(),
-            "started": now(), "ttl": int(now()) + JOB_TTL_SECONDS,
+            "started": now(), keys.TTL: int(now()) + JOB_TTL_SECONDS,
         })
         self.endpoints.touch(endpoint)
-        self.table.update(f"user#{user.username}", "prefs", {"last_job": job_id},
+        self.table.update(*keys.user_prefs_key(user.username), {"last_job": job_id},
                           must_exist=False)
         future = self.pool.submit(self._run, job_id, user.username, endpoint, task, request,
                                   record.get("mode", "realtime"))
@@ -239,27 +245,27 @@ class Generation:
                 answer = _generation_answer(self.invoke(endpoint, task, request))
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
                                        request=request, answer=answer, job_id=job_id)
-            self.table.update(f"gen#{job_id}", "meta", {
+            self.table.update(*keys.generation_job_key(job_id), {
                 "status": "done", "image_ids": images, "info": answer.info[:4000],
                 "finished": now(),
             })
             self.endpoints.touch(endpoint)
             return answer
         except PortalError as exc:
-            self.table.update(f"gen#{job_id}", "meta", {"status": "failed", "error": exc.message,
-                                                          "finished": now()})
+            self.table.update(*keys.generation_job_key(job_id), {
+                "status": "failed", "error": exc.message, "finished": now()})
             return None
         except Exception as exc:  # noqa: BLE001 - recorded for the user, logged for the operator
             incident = uuid.uuid4().hex[:12]
             log.error("generation job %s failed (incident %s)", job_id, incident, exc_info=exc)
-            self.table.update(f"gen#{job_id}", "meta", {
+            self.table.update(*keys.generation_job_key(job_id), {
                 "status": "failed", "error": f"Unexpected failure (incident {incident}).",
                 "finished": now(),
             })
         return None
 
     def job(self, job_id: str, *, user: User) -> dict[str, Any]:
-        record = self.table.get(f"gen#{job_id}", "meta") if len(job_id) <= 64 else None
+        record = self.table.get(*keys.generation_job_key(job_id)) if len(job_id) <= 64 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
             raise NotFound("No such generation job.")
         images = [self.image(image_id, user=user) for image_id in record.get("image_ids", [])]
@@ -275,9 +281,9 @@ class Generation:
 
     def running_job(self, *, user: User) -> dict[str, Any] | None:
         """The user's latest job while it runs (for /sdapi/v1/progress)."""
-        prefs = self.table.get(f"user#{user.username}", "prefs") or {}
+        prefs = self.table.get(*keys.user_prefs_key(user.username)) or {}
         job_id = prefs.get("last_job")
-        record = self.table.get(f"gen#{job_id}", "meta") if job_id else None
+        record = self.table.get(*keys.generation_job_key(job_id)) if job_id else None
         if record and record.get("status") == "running":
             return record
         return None
@@ -320,17 +326,18 @@ class Generation:
                               content_type="application/json")
             created = iso_now()
             self.table.put({
-                "pk": f"image#{image_id}", "sk": "meta", "gsi1pk": "images",
-                "gsi1sk": f"{created}#{image_id}", "image_id": image_id, "owner": owner,
+                **keys.image_key(image_id).item(), **keys.image_index(created, image_id),
+                "image_id": image_id, "owner": owner,
                 "key": key, "params_key": meta_key, "endpoint": endpoint, "task": task,
                 "prompt": str(params.get("prompt", ""))[:2000],
                 "params": json.dumps(params)[:30000], "created_at": created, "job_id": job_id,
             })
+            self.table.put(keys.owner_image_item(owner, created, image_id))
             ids.append(image_id)
         return ids
 
     def image(self, image_id: str, *, user: User) -> dict[str, Any]:
-        record = self.table.get(f"image#{image_id}", "meta") if len(image_id) <= 64 else None
+        record = self.table.get(*keys.image_key(image_id)) if len(image_id) <= 64 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
             raise NotFound("No such image.")
         return self._present(record)
@@ -346,15 +353,18 @@ class Generation:
         }
 
     def gallery(self, *, user: User, limit: int = 60) -> list[dict[str, Any]]:
-        records = self.table.query_index("images", newest_first=True, limit=5000)
-        if not user.is_admin:
-            records = [r for r in records if r["owner"] == user.username]
-        return [self._present(r) for r in records[:limit]]
+        """The newest images: everyone's for an admin, else the user's own."""
+        if user.is_admin:
+            records = self.table.query_index(keys.IMAGES_INDEX, newest_first=True, limit=limit)
+        else:
+            records = owned_records(self.table, user.username, keys.OWNER_IMAGE, limit=limit)
+        return [self._present(r) for r in records]
 
     def delete_image(self, image_id: str, *, user: User) -> None:
-        record = self.table.get(f"image#{image_id}", "meta") if len(image_id) <= 64 else None
+        record = self.table.get(*keys.image_key(image_id)) if len(image_id) <= 64 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
             raise NotFound("No such image.")
         self.clients.s3.delete_object(Bucket=self.bucket.name, Key=record["key"])
         self.clients.s3.delete_object(Bucket=self.bucket.name, Key=record["params_key"])
-        self.table.delete(f"image#{image_id}", "meta")
+        self.table.delete(*keys.image_key(image_id))
+        self.table.delete(*keys.owner_image_key(record["owner"], record["created_at"], image_id))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from easel_webui.auth import Auth
 from easel_webui.aws import Clients
@@ -12,8 +15,10 @@ from easel_webui.generation import Generation
 from easel_webui.secret_cache import SecretCache
 from easel_webui.settings import Settings
 from easel_webui.storage import Bucket
-from easel_webui.store import Table
+from easel_webui.store import Table, backfill_owner_items
 from easel_webui.training import Training, TrainingConfig
+
+log = logging.getLogger("easel_webui.portal")
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Portal:
     def build(cls, settings: Settings, clients: Any | None = None) -> Portal:
         clients = clients or Clients(region=settings.region)
         table = Table(clients.dynamodb, settings.table)
+        _migrate(table)
         bucket = Bucket(clients.s3, settings.bucket)
         secrets = SecretCache(clients.secrets, ttl_seconds=settings.secret_cache_seconds)
         auth = Auth(settings=settings, table=table, secrets_cache=secrets)
@@ -41,3 +47,11 @@ class Portal:
                             table=table, bucket=bucket)
         return cls(settings, clients, table, bucket, secrets, auth, endpoints, generation,
                    training)
+
+
+def _migrate(table: Table) -> None:
+    """One-off data migrations; a failure is logged and retried on the next start."""
+    try:
+        backfill_owner_items(table)
+    except ClientError as exc:
+        log.warning("owner items backfill not finished (retried on the next start): %s", exc)

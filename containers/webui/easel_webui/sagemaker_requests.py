@@ -10,7 +10,6 @@ cleanup and IAM conditions can find them.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Literal
 
@@ -18,10 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from easel_contracts import scaling as scaling_contract
 from easel_contracts.instances import REQUIRE_CUDA_ENV, InstanceFacts, family_of, inference_ami
+from easel_contracts.naming import (
+    CREATOR_TAG,
+    DEPLOYMENT_TAG,
+    IDLE_TTL_TAG,
+    check_short_name,
+    deployment_tags,
+    resource_name,
+)
+from easel_contracts.s3uri import S3UriStr
 
-DEPLOYMENT_TAG = "easel:deployment"
-CREATOR_TAG = "easel:creator"
-IDLE_TTL_TAG = "easel:idle-ttl-hours"
 MODE_TAG = "easel:mode"
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = scaling_contract.SCALABLE_DIMENSION
@@ -29,25 +34,7 @@ SCALABLE_DIMENSION = scaling_contract.SCALABLE_DIMENSION
 MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_TIMEOUT_S = 1200
 REALTIME_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
-_NAME_RE = re.compile(r"^[a-z0-9](-?[a-z0-9])*$")
-_S3_URI_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.*)$")
 _SAGEMAKER_NAME_MAX = 63
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    match = _S3_URI_RE.match(uri or "")
-    if not match:
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
-    return match["bucket"], match["key"]
-
-
-def check_short_name(value: str, *, field: str = "name", max_length: int = 40) -> str:
-    if not value or len(value) > max_length or not _NAME_RE.match(value):
-        raise ValueError(
-            f"{field}: use 1-{max_length} lower-case letters, digits and single '-' "
-            "(no leading or trailing '-')"
-        )
-    return value
 
 
 def stamp(now: float | None = None) -> str:
@@ -55,7 +42,7 @@ def stamp(now: float | None = None) -> str:
 
 
 def _tags(deployment_id: str, creator: str, **extra: str) -> list[dict[str, str]]:
-    tags = [{"Key": DEPLOYMENT_TAG, "Value": deployment_id}, {"Key": CREATOR_TAG, "Value": creator}]
+    tags = [*deployment_tags(deployment_id), {"Key": CREATOR_TAG, "Value": creator}]
     tags.extend({"Key": key, "Value": value} for key, value in extra.items())
     return tags
 
@@ -70,7 +57,7 @@ class EndpointSpec(BaseModel):
     creator: str = Field(min_length=1, max_length=64)
     image: str = Field(min_length=1)
     execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-    model_s3_uri: str
+    model_s3_uri: S3UriStr
     instance_type: str
     instance: InstanceFacts
     mode: Literal["realtime", "async"] = "realtime"
@@ -79,8 +66,8 @@ class EndpointSpec(BaseModel):
     volume_size_gb: int | None = Field(default=None, ge=1, le=512)
     idle_ttl_hours: float = Field(default=4, ge=0, le=720)
     max_response_bytes: int | None = Field(default=None, ge=1024)
-    async_s3_uri: str | None = None
-    lora_s3_uri: str | None = None
+    async_s3_uri: S3UriStr | None = None
+    lora_s3_uri: S3UriStr | None = None
     target_invocations_per_instance: int = Field(default=10, ge=1, le=10000)
     log_retention_days: int = Field(default=30, ge=1)
     created_at: float | None = None
@@ -95,13 +82,6 @@ class EndpointSpec(BaseModel):
     @classmethod
     def _instance_type(cls, value: str) -> str:
         family_of(value)
-        return value
-
-    @field_validator("model_s3_uri", "async_s3_uri", "lora_s3_uri")
-    @classmethod
-    def _s3(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_s3_uri(value)
         return value
 
     @model_validator(mode="after")
@@ -122,7 +102,7 @@ class EndpointSpec(BaseModel):
 
     @property
     def endpoint_name(self) -> str:
-        return f"{self.deployment_id}-{self.name}"
+        return resource_name(self.deployment_id, self.name)
 
     @property
     def suffix(self) -> str:
@@ -332,9 +312,9 @@ class TrainingSpec(BaseModel):
     image: str = Field(min_length=1)
     execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
     bucket: str = Field(min_length=3, max_length=63)
-    concepts_s3_uri: str
-    model_s3_uri: str
-    class_s3_uri: str | None = None
+    concepts_s3_uri: S3UriStr
+    model_s3_uri: S3UriStr
+    class_s3_uri: S3UriStr | None = None
     instance_type: str
     instance: InstanceFacts
     spot: bool = False
@@ -353,13 +333,6 @@ class TrainingSpec(BaseModel):
         family_of(value)
         return value
 
-    @field_validator("concepts_s3_uri", "model_s3_uri", "class_s3_uri")
-    @classmethod
-    def _s3(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_s3_uri(value)
-        return value
-
     @field_validator("hyperparameters")
     @classmethod
     def _strings(cls, value: dict[str, str]) -> dict[str, str]:
@@ -370,7 +343,7 @@ class TrainingSpec(BaseModel):
 
     @property
     def job_name(self) -> str:
-        return f"{self.deployment_id}-{self.name}"
+        return resource_name(self.deployment_id, self.name)
 
     @property
     def prefix(self) -> str:

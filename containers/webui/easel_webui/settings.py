@@ -19,13 +19,13 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from easel_contracts.instances import InstanceTypes
+from easel_contracts.naming import DEFAULT_DEPLOYMENT_ID, DEPLOYMENT_ID_RULE, is_deployment_id
 
 
 class SettingsError(ValueError):
     """An environment variable is missing or invalid; the message names it."""
 
 
-_DEPLOYMENT_RE = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 _ARN_ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 
 
@@ -39,7 +39,7 @@ class Settings(BaseModel):
     admin_secret: str = Field(min_length=1)
     session_secret: str = Field(min_length=1)
     execution_role_arn: str
-    deployment_id: str = "easel"
+    deployment_id: str = DEFAULT_DEPLOYMENT_ID
     region: str = "us-east-1"
     inference_image: str = ""
     training_image: str = ""
@@ -66,11 +66,8 @@ class Settings(BaseModel):
     async_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     def check(self) -> Settings:
-        if not _DEPLOYMENT_RE.match(self.deployment_id):
-            raise SettingsError(
-                "EASEL_DEPLOYMENT_ID: use 3-20 lower-case letters, digits or '-', "
-                "starting with a letter"
-            )
+        if not is_deployment_id(self.deployment_id):
+            raise SettingsError(f"EASEL_DEPLOYMENT_ID: use {DEPLOYMENT_ID_RULE}")
         if not _ARN_ROLE_RE.match(self.execution_role_arn):
             raise SettingsError("EASEL_EXECUTION_ROLE_ARN: not an IAM role ARN")
         return self

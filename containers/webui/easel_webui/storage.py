@@ -56,6 +56,22 @@ def check_file_name(value: str, *, field: str = "file name") -> str:
     return value
 
 
+class _Sequential:
+    """A source read front to back only (a member of a streamed tar cannot seek)."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+
+    def read(self, size: int = -1) -> bytes:
+        return self._source.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
 class Bucket:
     def __init__(self, client: Any, name: str) -> None:
         self.client = client
@@ -104,6 +120,20 @@ class Bucket:
         if len(body) > max_bytes:
             raise PortalError(f"s3://{self.name}/{key} is larger than expected")
         return body
+
+    def stream(self, key: str) -> Any:
+        """The object's body as a stream (read it in chunks; never whole into memory)."""
+        try:
+            return self.client.get_object(Bucket=self.name, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                raise NotFound(f"s3://{self.name}/{key} does not exist") from None
+            raise
+
+    def upload(self, key: str, source: Any, *, content_type: str) -> None:
+        """Upload from a file-like object in parts (multipart above 8 MB): bounded memory."""
+        self.client.upload_fileobj(_Sequential(source), self.name, key,
+                                   ExtraArgs={"ContentType": content_type})
 
     def write(self, key: str, data: bytes, *, content_type: str) -> None:
         self.client.put_object(Bucket=self.name, Key=key, Body=data, ContentType=content_type)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import tarfile
@@ -13,6 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from easel_contracts import table as keys
 from easel_contracts.hyperparameters import (
     OUTPUT_NAME_PATTERN,
     HyperParameterError,
@@ -27,18 +27,18 @@ from easel_contracts.progress import (
     ProgressError,
     parse_progress,
 )
+from easel_contracts.s3uri import S3Uri
 from easel_contracts.training_record import TrainingJobRecord
 from easel_webui import sagemaker_requests as req
 from easel_webui.auth import User
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
 from easel_webui.settings import Settings
 from easel_webui.storage import IMAGE_EXTENSIONS, Bucket, check_set_name
-from easel_webui.store import Table, iso_now
+from easel_webui.store import Table, iso_now, owned_records
 
 log = logging.getLogger("easel_webui.training")
 # What the execution role may read (ARCHITECTURE.md's prefix table).
 READABLE_PREFIXES = ("models/", "loras/", "concepts/", "training/", "async/in/")
-MAX_RESULT_ARCHIVE_BYTES = 4 * 1024**3
 _OUTPUT_NAME_RE = re.compile(OUTPUT_NAME_PATTERN)
 # The form shows these first, in this order; every other hyperparameter is under "Advanced".
 BASIC_FIELDS = ("instance_prompt", "class_prompt", "with_prior_preservation", "mode",
@@ -154,26 +154,27 @@ class Training:
             key = f"concepts/{owner}/{check_set_name(name)}/"
         elif s3_uri:
             try:
-                bucket, key = req.parse_s3_uri(s3_uri.strip())
+                uri = S3Uri.parse(s3_uri)
             except ValueError as exc:
                 raise PortalError(f"concepts: {exc}") from None
-            if bucket != self.bucket.name:
+            if uri.bucket != self.bucket.name:
                 raise PortalError(
                     f"concepts: the training job can only read the data bucket "
-                    f"({self.bucket.name}), not {bucket!r}"
+                    f"({self.bucket.name}), not {uri.bucket!r}"
                 )
-            if ".." in key.split("/") or "//" in key:
-                raise PortalError("concepts: the path must not contain '..' or empty parts")
-            if not key.startswith(READABLE_PREFIXES):
+            if "//" in uri.key:
+                raise PortalError("concepts: the path must not contain empty parts")
+            key = uri.key
+            if not any(uri.is_under(prefix) for prefix in READABLE_PREFIXES):
                 raise PortalError(
                     "concepts: the path must be inside a prefix the training job can read: "
                     + ", ".join(READABLE_PREFIXES)
                 )
-            if not user.is_admin and not key.startswith(f"concepts/{user.username}/"):
+            if not user.is_admin and not uri.is_under(f"concepts/{user.username}/"):
                 raise PortalError(
                     f"concepts: use a path under concepts/{user.username}/ (your uploads)"
                 )
-            key = key if key.endswith("/") else key + "/"
+            key = uri.prefix
         else:
             raise PortalError("concepts: choose an uploaded set or enter an S3 path")
         objects, _ = self.bucket.list(key, limit=2000)
@@ -216,10 +217,11 @@ class Training:
         if info is None:
             raise PortalError(f"instance type: {instance_type!r} is not in the allowlist")
         try:
-            model_bucket, model_key = req.parse_s3_uri(model_s3_uri)
+            model_uri = S3Uri.parse(model_s3_uri)
         except ValueError as exc:
             raise PortalError(f"base model: {exc}") from None
-        if model_bucket != self.bucket.name or not model_key.startswith(("models/", "training/")):
+        if not any(model_uri.is_under(prefix, bucket=self.bucket.name)
+                   for prefix in ("models/", "training/")):
             raise PortalError("base model: choose a model under models/ of the data bucket")
         if hyperparameters.output_name is None:
             # a valid job name is a valid output name
@@ -263,27 +265,29 @@ class Training:
             created_at=iso_now(),
         )
         self.table.put({
-            "pk": f"training#{job_name}", "sk": "meta", "gsi1pk": "training",
-            "gsi1sk": f"{record.created_at}#{job_name}",
+            **keys.training_job_key(job_name).item(),
+            **keys.training_job_index(record.created_at, job_name),
             **record.model_dump(exclude_none=True),
         })
+        self.table.put(keys.owner_training_item(spec.creator, record.created_at, job_name))
         return record
 
     # --- follow
 
     def _record(self, job: str, *, user: User) -> TrainingJobRecord:
-        item = self.table.get(f"training#{job}", "meta") if len(job) <= 80 else None
+        item = self.table.get(*keys.training_job_key(job)) if len(job) <= 80 else None
         record = TrainingJobRecord.model_validate(item) if item else None
         if record is None or (record.owner != user.username and not user.is_admin):
             raise NotFound("No such training job.")
         return record
 
-    def jobs(self, *, user: User) -> list[dict[str, Any]]:
-        items = self.table.query_index("training", newest_first=True, limit=500)
-        records = [TrainingJobRecord.model_validate(item) for item in items]
-        if not user.is_admin:
-            records = [r for r in records if r.owner == user.username]
-        return [self._status(r) for r in records[:50]]
+    def jobs(self, *, user: User, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest jobs: everyone's for an admin, else the user's own."""
+        if user.is_admin:
+            items = self.table.query_index(keys.TRAINING_INDEX, newest_first=True, limit=limit)
+        else:
+            items = owned_records(self.table, user.username, keys.OWNER_TRAINING, limit=limit)
+        return [self._status(TrainingJobRecord.model_validate(item)) for item in items]
 
     def job(self, job: str, *, user: User) -> dict[str, Any]:
         return self._status(self._record(job, user=user), previews=True)
@@ -351,25 +355,33 @@ class Training:
         if status["status"] != "Completed":
             raise PortalError(f"The job is {status['status']}; publish it once it completes.")
         key = f"training/{job}/output/model.tar.gz"
-        archive = self.bucket.read(key, max_bytes=MAX_RESULT_ARCHIVE_BYTES)
         published = None
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            for member in tar.getmembers():
-                parts = member.name.lstrip("./").split("/")
-                if (member.isfile() and len(parts) == 2 and parts[0] == "Lora"
-                        and parts[1].endswith(".safetensors")
-                        and _OUTPUT_NAME_RE.match(parts[1])):
+        # Stream the archive (it may be GBs; the portal task has 1 GiB): gzip and tar are read
+        # sequentially, and the LoRA member is uploaded in parts as it is decompressed.
+        body = self.bucket.stream(key)
+        try:
+            with tarfile.open(fileobj=body, mode="r|gz") as tar:
+                for member in tar:
+                    parts = member.name.lstrip("./").split("/")
+                    if not (member.isfile() and len(parts) == 2 and parts[0] == "Lora"
+                            and parts[1].endswith(".safetensors")
+                            and _OUTPUT_NAME_RE.match(parts[1])):
+                        continue
                     handle = tar.extractfile(member)
                     if handle is None:
                         continue
-                    target = f"loras/{parts[1]}"
-                    self.bucket.write(target, handle.read(),
-                                      content_type="application/octet-stream")
+                    self.bucket.upload(f"loras/{parts[1]}", handle,
+                                       content_type="application/octet-stream")
                     published = parts[1].rsplit(".", 1)[0]
                     break
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise PortalError(f"The job's result is not a readable model.tar.gz ({exc}).") \
+                from None
+        finally:
+            body.close()
         if published is None:
             raise PortalError("The job's result holds no Lora/<name>.safetensors file.")
-        self.table.update(f"training#{job}", "meta", {"published_lora": published})
+        self.table.update(*keys.training_job_key(job), {"published_lora": published})
         return published
 
 

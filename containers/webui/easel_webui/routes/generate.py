@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from easel_contracts import table as keys
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.payloads import parse_request
@@ -47,7 +48,7 @@ def _resolve_images(portal: Any, user: Any, body: dict[str, Any]) -> None:
     image_id = body.pop("init_image_id", None)
     if image_id:
         record = portal.generation.image(str(image_id), user=user)
-        key = portal.table.get(f"image#{record['image_id']}", "meta")["key"]
+        key = portal.table.get(*keys.image_key(record["image_id"]))["key"]
         encoded = base64.b64encode(portal.bucket.read(key, max_bytes=12 * 1024**2)).decode()
         body.setdefault("init_images", [encoded])
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from easel_contracts import table as keys
 from easel_contracts.invocations import (
     ControlNetModels,
     GenerationRequest,
@@ -37,11 +38,11 @@ API = {"access": Access.USER, "scheme": "basic"}
 
 
 def _prefs(portal: Any, user: User) -> dict[str, Any]:
-    return portal.table.get(f"user#{user.username}", "prefs") or {}
+    return portal.table.get(*keys.user_prefs_key(user.username)) or {}
 
 
 def _save_prefs(portal: Any, user: User, **values: Any) -> None:
-    portal.table.update(f"user#{user.username}", "prefs", {**values, "updated_at": iso_now()},
+    portal.table.update(*keys.user_prefs_key(user.username), {**values, "updated_at": iso_now()},
                         must_exist=False)
 
 
