@@ -203,7 +203,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             yield
         finally:
             startup.cancel()
-            engine.executor.shutdown(wait=False, cancel_futures=True)
+            # Wait for the worker: a model load still running after the app has gone could race
+            # another load in this process (diffusers' empty-weight loading patches torch's
+            # Module class while it runs), and queued work is cancelled, not left behind.
+            engine.executor.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="Easel inference", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
