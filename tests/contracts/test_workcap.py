@@ -26,7 +26,7 @@ UNIT = {"enabled": True, "module": "canny", "model": "cn", "image": "aGk="}
 def test_work_counts_pixels_steps_and_every_image_of_every_iteration() -> None:
     work = work_of(Txt2ImgRequest(width=512, height=256, steps=30, batch_size=4, n_iter=3))
     assert (work.pixels, work.steps, work.images) == (512 * 256, 30, 12)
-    assert work.pixel_steps == 512 * 256 * 30 * 12
+    assert work.step_passes == 30 * 12 and work.pixel_images == 512 * 256 * 12
 
 
 def test_each_enabled_controlnet_unit_adds_work() -> None:
@@ -34,7 +34,7 @@ def test_each_enabled_controlnet_unit_adds_work() -> None:
     two = work_of(Txt2ImgRequest(steps=10, alwayson_scripts={"controlnet": {"args": [
         UNIT, UNIT, {**UNIT, "enabled": False}]}}))
     assert two.controlnet_units == 2
-    assert two.pixel_steps > plain.pixel_steps
+    assert two.step_passes > plain.step_passes
 
 
 def test_img2img_work_counts_the_steps_its_strength_runs() -> None:
@@ -99,6 +99,25 @@ def test_speed_separates_step_cost_from_per_image_cost() -> None:
     assert speed.seconds_per_pixel_image * pixels == pytest.approx(2.0)
     assert speed.seconds_for(Work(pixels=pixels, steps=10, images=2, controlnet_units=0)) == \
         pytest.approx(14.0)
+
+
+def test_a_second_size_tells_how_step_cost_grows_with_the_pixels() -> None:
+    # a step costs 1 s at 64x64 and 16 s at 128x128: all of it grows with the pixels squared
+    speed = speed_from_runs(model="m", device="cpu", width=64, height=64,
+                            short=(2, 2.0), long=(6, 6.0), other=(128, 128, 6, 96.0))
+    assert speed.seconds_per_squared_pixel_step * 4096 ** 2 == pytest.approx(1.0)
+    assert speed.seconds_per_pixel_step == pytest.approx(0.0, abs=1e-12)
+    assert speed.step_seconds(512 * 512) == pytest.approx(4096.0)
+    refusal = check_work(Txt2ImgRequest(width=512, height=512, steps=20), speed, deadline_s=55)
+    assert refusal is not None and refusal.largest["width"] < 512
+
+
+def test_a_second_size_no_slower_a_pixel_keeps_the_cost_linear() -> None:
+    speed = speed_from_runs(model="m", device="cuda", width=512, height=512,
+                            short=(2, 2.0), long=(6, 6.0), other=(256, 256, 6, 3.0))
+    assert speed.seconds_per_squared_pixel_step == 0.0
+    # the smaller size ran slower a pixel (an idle GPU): that rate is kept, erring slow
+    assert speed.step_seconds(512 * 512) == pytest.approx(2.0)
 
 
 def test_a_noisy_timing_errs_towards_a_slower_speed() -> None:

@@ -100,6 +100,33 @@ def test_a_request_that_fits_its_deadline_is_served(timed) -> None:
     assert steps.count == 20
 
 
+def test_the_old_form_default_on_the_demo_model_is_refused_up_front_not_run(
+        tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """On the CPU demo model a step's cost grows with the square of the pixels (attention), so
+    512x512 at 20 steps took over 10 minutes and blocked the endpoint; the speed is timed at two
+    sizes, so that request is refused at once with the size that fits."""
+    clock, size = FakeClock(), {}
+    real = app_module.generate
+
+    def sized(request, **kwargs):
+        size["pixels"] = request.width * request.height
+        return real(request, **kwargs)
+
+    def quadratic_device(step: int) -> None:
+        clock.advance(0.1 * (size["pixels"] / (64 * 64)) ** 2)  # 0.1 s a 64x64 step
+
+    monkeypatch.setattr(app_module, "generate", sized)
+    engine = build_engine(_settings(tiny_model_dir, tmp_path, deadline_seconds=55))
+    engine.clock, engine.step_hook = clock, quadratic_device
+    with TestClient(create_app(engine=engine)) as client:
+        wait_ready(client)
+        refused = invoke(client, "txt2img", small(width=512, height=512, steps=20))
+        native = invoke(client, "txt2img", small(steps=20))
+    assert refused.status_code == 400
+    assert "width x height to 144x144" in refused.json()["detail"]
+    assert native.status_code == 200
+
+
 def test_work_past_its_deadline_stops_between_steps_and_the_next_request_is_served(timed) -> None:
     client, _engine, steps = timed
     steps.jump[3] = 20.0  # the device stalls at the third step

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:  # invocations imports MeasuredSpeed from here for its options answer
     from .invocations import GenerationRequest
@@ -61,14 +61,13 @@ class Work(BaseModel):
     controlnet_units: int = Field(ge=0)
 
     @property
-    def pixel_steps(self) -> float:
-        """Denoising work: pixels x steps x images, a ControlNet unit adding its share."""
-        return (self.pixels * self.steps * self.images
-                * (1 + CONTROLNET_UNIT_COST * self.controlnet_units))
+    def step_passes(self) -> float:
+        """Denoising steps of all images, a ControlNet unit adding its share of a UNet pass."""
+        return self.steps * self.images * (1 + CONTROLNET_UNIT_COST * self.controlnet_units)
 
     @property
     def pixel_images(self) -> int:
-        """Work done once an image (prompt encoding, VAE decoding, PNG encoding)."""
+        """Pixels of work done once an image (prompt encoding, VAE decoding, PNG encoding)."""
         return self.pixels * self.images
 
 
@@ -85,7 +84,11 @@ def work_of(request: GenerationRequest) -> Work:
 
 
 class MeasuredSpeed(BaseModel):
-    """How fast this server's device runs its default model, timed at warm-up."""
+    """How fast this server's device runs its default model, timed at warm-up.
+
+    A step over ``p`` pixels costs ``a p + b p^2`` seconds: convolutions grow with the pixels,
+    self-attention with their square, so a size far above the one timed costs much more than
+    its pixel count says. Two sizes are timed to tell ``a`` from ``b``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,31 +96,60 @@ class MeasuredSpeed(BaseModel):
     device: str
     width: int
     height: int
-    seconds_per_pixel_step: float = Field(gt=0)
+    seconds_per_pixel_step: float = Field(ge=0, description="a")
+    seconds_per_squared_pixel_step: float = Field(default=0.0, ge=0, description="b")
     seconds_per_pixel_image: float = Field(ge=0)
 
+    @model_validator(mode="after")
+    def _some_cost(self) -> MeasuredSpeed:
+        if self.seconds_per_pixel_step <= 0 and self.seconds_per_squared_pixel_step <= 0:
+            raise ValueError("a step must cost some time")
+        return self
+
+    def step_seconds(self, pixels: int) -> float:
+        return (self.seconds_per_pixel_step * pixels
+                + self.seconds_per_squared_pixel_step * pixels * pixels)
+
     def seconds_for(self, work: Work) -> float:
-        return (work.pixel_steps * self.seconds_per_pixel_step
+        return (work.step_passes * self.step_seconds(work.pixels)
                 + work.pixel_images * self.seconds_per_pixel_image)
 
 
 def speed_from_runs(*, model: str, device: str, width: int, height: int,
-                    short: tuple[int, float], long: tuple[int, float]) -> MeasuredSpeed:
-    """The speed from two timed single-image runs at ``width`` x ``height``: ``(steps,
-    seconds)`` with fewer and with more steps. The difference gives the cost of a step, the rest
-    the cost paid once an image. A noisy pair (the longer run no slower) counts every second as
-    step work, which over-estimates and so errs towards refusing."""
+                    short: tuple[int, float], long: tuple[int, float],
+                    other: tuple[int, int, int, float] | None = None) -> MeasuredSpeed:
+    """The speed from timed single-image runs: ``(steps, seconds)`` with fewer and with more
+    steps at ``width`` x ``height``, and optionally ``(width, height, steps, seconds)`` at another
+    size. The step difference gives the cost of a step, the rest the cost paid once an image;
+    the other size tells how the step cost grows with the pixels.
+
+    Timings are noisy: a pair where the longer run is no slower counts every second as step
+    work, and a growth slower than the pixels counts as linear at the slower rate; both
+    over-estimate, erring towards refusing."""
     (few, few_s), (many, many_s) = short, long
     if not 0 < few < many:
         raise ValueError("the long run needs more steps than the short one")
     pixels = width * height
-    per_step = (many_s - few_s) / (many - few)
-    per_image = few_s - few * per_step
-    if per_step <= 0 or per_image < 0:
-        per_step, per_image = max(many_s / many, few_s / few, 1e-9), 0.0
+    step = (many_s - few_s) / (many - few)
+    image = few_s - few * step
+    if step <= 0 or image < 0:
+        step, image = max(many_s / many, few_s / few, 1e-9), 0.0
+    per_image = image / pixels
+    linear, squared = step / pixels, 0.0
+    if other is not None and other[0] * other[1] != pixels:
+        other_pixels = other[0] * other[1]
+        other_step = max((other[3] - per_image * other_pixels) / other[2], 1e-9)
+        near, far = linear, other_step / other_pixels  # seconds a pixel-step at each size
+        squared = (far - near) / (other_pixels - pixels)
+        linear = near - squared * pixels
+        if squared <= 0:
+            linear, squared = max(near, far), 0.0
+        elif linear < 0:
+            linear = 0.0
+            squared = max(step / pixels ** 2, other_step / other_pixels ** 2)
     return MeasuredSpeed(model=model, device=device, width=width, height=height,
-                         seconds_per_pixel_step=per_step / pixels,
-                         seconds_per_pixel_image=per_image / pixels)
+                         seconds_per_pixel_step=linear, seconds_per_squared_pixel_step=squared,
+                         seconds_per_pixel_image=per_image)
 
 
 class WorkRefusal(BaseModel):

@@ -66,6 +66,7 @@ Handler = Callable[[BaseModel, float], BaseModel]
 LISTING_THREADS = 4
 # the speed is timed on two single-image runs at the native size, after the first-use run
 SPEED_RUNS = (2, 6)
+SPEED_MIN_HALF_SIDE = 256  # below it the second timed size is twice the native side, not half
 DISCONNECT_POLL_S = 0.5
 
 
@@ -127,26 +128,34 @@ class Engine:
             log.exception("startup failed")
 
     def warm_up(self, name: str, pipe: Any) -> None:
-        """A first-use run at the model's native size, then two timed runs for its speed."""
+        """A first-use run at the model's native size, then timed runs for its speed: two at
+        that size, one at another (half the side, or twice a small one) for how the cost of a
+        step grows with the pixels."""
         warm = warmup_request(pipe, name, max_pixels=self.settings.max_pixels)
 
-        def timed(steps: int) -> float:
+        def timed(steps: int, side: int | None = None) -> float:
+            update: dict[str, int] = {"steps": steps}
+            if side is not None:
+                update.update(width=side, height=side)
             started = self.clock()
-            generate(warm.model_copy(update={"steps": steps}), task="txt2img",
-                     manager=self.manager, library=self.library, settings=self.settings,
-                     step_hook=self.step_hook)
+            generate(warm.model_copy(update=update), task="txt2img", manager=self.manager,
+                     library=self.library, settings=self.settings, step_hook=self.step_hook)
             return self.clock() - started
 
         seconds = timed(warm.steps)
         self.warmed_up = WarmUp(model=name, width=warm.width, height=warm.height,
                                 steps=warm.steps, seconds=round(seconds, 3))
         few, many = SPEED_RUNS
+        short, long = (few, timed(few)), (many, timed(many))
+        side = warm.width // 2 if warm.width // 2 >= SPEED_MIN_HALF_SIDE else warm.width * 2
+        other = None
+        if side * side <= self.settings.max_pixels:
+            other = (side, side, many, timed(many, side))
         self.speed = speed_from_runs(model=name, device=str(self.manager.device),
-                                     width=warm.width, height=warm.height,
-                                     short=(few, timed(few)), long=(many, timed(many)))
+                                     width=warm.width, height=warm.height, short=short,
+                                     long=long, other=other)
         log.info("speed of %s on %s: %.3g s a %dx%d step", name, self.manager.device,
-                 self.speed.seconds_per_pixel_step * warm.width * warm.height, warm.width,
-                 warm.height)
+                 self.speed.step_seconds(warm.width * warm.height), warm.width, warm.height)
 
     def admit(self, request: GenerationRequest) -> Job:
         return self.admission.admit(request, now=self.clock(), clock=self.clock,
