@@ -138,7 +138,7 @@ def test_lora_from_the_s3_library_is_fetched_and_cached(pipe, tmp_path: Path) ->
             tmp_path / "Lora", s3_uri="s3://easel-data/loras", cache_dir=tmp_path / "cache"
         )
         listed = {entry.name: entry.path for entry in library.listing()}
-        assert listed["fresh"] == "s3://easel-data/loras/fresh.safetensors"  # discoverable
+        assert listed["fresh"] == "loras/fresh.safetensors"  # its key: no bucket, no server path
         assert library.path_of("fresh") == tmp_path / "cache" / "fresh.safetensors"
         with pytest.raises(NotFound):
             library.path_of("absent")

@@ -183,6 +183,8 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     assert "Done" in page.text_content("#generate-form .status")
     sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
     assert sent["payload"]["prompt"] == "a watercolor fox <lora:style:0.8>"
+    # the form's size defaults to where the endpoint's model warmed up (its native size)
+    assert (sent["payload"]["width"], sent["payload"]["height"]) == (64, 64)
     _shot(page, "05-generate")
 
     # gallery with reuse

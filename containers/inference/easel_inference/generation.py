@@ -32,6 +32,8 @@ from .samplers import make_scheduler, resolve_sampler, seed_scheduler_noise
 from .settings import Settings
 
 StepHook = Callable[[int], None]
+StopCheck = Callable[[str], None]
+"""Raises if the work must stop where the argument says it is (deadline passed, client left)."""
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
 
 
@@ -62,10 +64,13 @@ def _infotext(request: GenerationRequest, prompt: str, negative: str, seed: int,
     return "\n".join(lines)
 
 
-def _step_callback(hook: StepHook | None) -> Callable[..., dict[str, Any]]:
+def _step_callback(hook: StepHook | None, stop: StopCheck | None,
+                   where: Callable[[int], str]) -> Callable[..., dict[str, Any]]:
     def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if hook is not None:
             hook(step)
+        if stop is not None:
+            stop(where(step))
         return kwargs
 
     return on_step_end
@@ -128,12 +133,14 @@ def generate(
     library: LoraLibrary,
     settings: Settings,
     step_hook: StepHook | None = None,
+    stop: StopCheck | None = None,
     queued_at: float | None = None,
 ) -> GenerationResponse:
-    """Run one A1111 request; GPU out-of-memory (loading or generating) becomes a 503."""
+    """Run one A1111 request; GPU out-of-memory (loading or generating) becomes a 503. ``stop``
+    is asked before the work starts, before each batch and after each step."""
     try:
         return _generate(request, manager=manager, library=library, settings=settings,
-                         step_hook=step_hook, queued_at=queued_at)
+                         step_hook=step_hook, stop=stop, queued_at=queued_at)
     except OOM_ERRORS as exc:
         manager.restore_all_loras()
         manager.release_memory()
@@ -150,9 +157,12 @@ def _generate(
     library: LoraLibrary,
     settings: Settings,
     step_hook: StepHook | None,
+    stop: StopCheck | None,
     queued_at: float | None,
 ) -> GenerationResponse:
     started = time.perf_counter()
+    if stop is not None:
+        stop("before it started (it waited in the queue)")
     _check_budget(request, settings)
     sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
                                       request.scheduler)
@@ -186,6 +196,7 @@ def _generate(
     if strength is not None and int(steps * strength) < 1:
         # diffusers runs int(steps * strength) steps; run at least one, as A1111 does
         steps = math.ceil(1 / max(strength, 0.01))
+    runs = max(1, int(steps * strength)) if strength is not None else steps  # steps it runs
     seeds = _seeds(request)
     images: list[str] = []
     # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
@@ -200,6 +211,8 @@ def _generate(
         if vae is not None:
             pipe.vae = vae
         for iteration in range(request.n_iter):
+            if stop is not None and iteration:
+                stop(f"before batch {iteration + 1} of {request.n_iter}")
             batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds]
             seed_scheduler_noise(pipe.scheduler, batch_seeds)
@@ -211,7 +224,10 @@ def _generate(
                 width=request.width,
                 height=request.height,
                 generator=generators,
-                callback_on_step_end=_step_callback(step_hook),
+                callback_on_step_end=_step_callback(
+                    step_hook, stop,
+                    lambda step, batch=iteration + 1: (
+                        f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})")),
                 **extra,
             )
             images.extend(encode_png(_overlay(image, overlay)) for image in result.images)

@@ -34,12 +34,17 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
 
 @routes.get("/generate/options", access=Access.USER)
 def generate_options(portal: PortalDep, user: CurrentUser, endpoint: str) -> dict[str, Any]:
-    """What the endpoint serves: models, LoRAs, samplers, ControlNets (its listing tasks)."""
+    """What the endpoint serves: models, LoRAs, samplers, ControlNets (its listing tasks), and
+    its model's native size (where it warmed up), the form's default width and height."""
     portal.endpoints.record(endpoint)
     answer: dict[str, Any] = {}
     for task in ("sd-models", "loras", "samplers"):
         answer[task] = portal.generation.listing(endpoint, task).model_dump(mode="json")
     answer["controlnet-models"] = portal.generation.controlnet_models(endpoint).model_dump()
+    options = portal.generation.listing(endpoint, "options")
+    warmed = getattr(options, "warmed_up", None)
+    answer["native_size"] = (
+        {"width": warmed.width, "height": warmed.height} if warmed is not None else None)
     return answer
 
 
