@@ -181,8 +181,9 @@ class Bucket:
                 continue
             key = (parts[1], parts[2])
             entry = sets.setdefault(key, {"owner": parts[1], "name": parts[2], "images": [],
-                                          "captions": 0, "size": 0})
+                                          "captions": 0, "size": 0, "files": []})
             entry["size"] += obj.size
+            entry["files"].append("/".join(parts[3:]))
             if obj.key.lower().endswith(IMAGE_EXTENSIONS):
                 entry["images"].append(obj.key)
             elif obj.key.endswith(CAPTION_EXTENSION):
