@@ -1,6 +1,6 @@
 """The data bucket: models, the LoRA library, concept sets, generated images.
 
-Prefixes follow ARCHITECTURE.md: `models/`, `loras/`, `concepts/<user>/<set>/`, `training/<job>/`,
+Prefixes (docs/architecture.md): `models/`, `loras/`, `concepts/<user>/<set>/`, `training/<job>/`,
 `async/`, `outputs/<user>/`. Browsers upload concept images straight to S3 with pre-signed POSTs;
 they see images through short-lived pre-signed GET URLs.
 """

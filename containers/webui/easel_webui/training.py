@@ -36,7 +36,7 @@ from easel_webui.storage import IMAGE_EXTENSIONS, Bucket, check_set_name
 from easel_webui.store import Table, iso_now
 
 log = logging.getLogger("easel_webui.training")
-# What the execution role may read (ARCHITECTURE.md's prefix table).
+# What the execution role may read (docs/architecture.md's prefix table).
 READABLE_PREFIXES = ("models/", "loras/", "concepts/", "training/", "async/in/")
 MAX_RESULT_ARCHIVE_BYTES = 4 * 1024**3
 _OUTPUT_NAME_RE = re.compile(OUTPUT_NAME_PATTERN)
