@@ -131,3 +131,15 @@ def test_the_login_page_sends_a_local_user_to_the_terminal_for_the_password(worl
 def test_the_login_page_on_aws_points_at_secrets_manager(world):
     page = world.client().get("/login").text
     assert "Secrets Manager" in page and "make local" not in page
+
+
+def test_a_resolution_out_of_range_names_the_real_bounds(world):
+    world.put("models/tiny.tar.gz")
+    world.put("concepts/admin/dogs/1.png", b"png")
+    admin = world.signed_in("admin")
+    form = {"name": "dog-v1", "model_s3_uri": MODEL, "instance_prompt": "a photo of sks dog",
+            "mode": "lora", "instance_type": "ml.g5.2xlarge", "concept_set": "dogs"}
+    high = _error(admin.post("/training", data={**form, "resolution": "4096"}))
+    low = _error(admin.post("/training", data={**form, "resolution": "8"}))
+    assert high.startswith("resolution: must be at most 2048")
+    assert low.startswith("resolution: must be at least 32")

@@ -48,3 +48,30 @@ def test_every_template_pattern_compiles_with_the_v_flag() -> None:
     result = subprocess.run([NODE, "-e", _CHECK], input=json.dumps(template_patterns()),
                             capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(result.stdout) == []
+
+
+SAMPLES = ["ab", "abc", "a-b_c", "a--b", "-ab", "ab-", "Abc", "a b", "9ab", "a" * 32, "a" * 33,
+           "a" * 40, "a" * 41, "dog_", "x1"]
+
+
+def _field_pattern(template: str, name: str) -> re.Pattern[str]:
+    text = (TEMPLATES / template).read_text()
+    found = re.search(rf'name="{name}" pattern="([^"]*)"', text)
+    assert found, (template, name)
+    return re.compile(rf"(?:{html.unescape(found.group(1))})")
+
+
+def test_the_user_name_pattern_accepts_what_the_server_accepts():
+    from easel_webui.auth import USERNAME_RE
+
+    page = _field_pattern("users.html", "username")
+    assert [bool(page.fullmatch(s)) for s in SAMPLES] == \
+        [bool(USERNAME_RE.match(s)) for s in SAMPLES]
+
+
+def test_the_concept_set_pattern_accepts_what_the_server_accepts():
+    from easel_webui.storage import SET_NAME_RE
+
+    page = _field_pattern("models.html", "set")
+    assert [bool(page.fullmatch(s)) for s in SAMPLES] == \
+        [bool(SET_NAME_RE.match(s)) for s in SAMPLES]
