@@ -72,7 +72,7 @@ def read_png_info(data: bytes) -> PngInfoResponse:
         with Image.open(io.BytesIO(data)) as image:
             chunks = dict(image.info)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise PortalError("image: not an image Pillow can read; choose a PNG file",
+        raise PortalError("image: not an image file; choose a PNG made by Easel or A1111",
                           status_code=422) from None
     text = chunks.pop(PNG_TEXT_KEY, "")
     info = text if isinstance(text, str) else ""
