@@ -33,7 +33,7 @@ PORTAL_READY_TIMEOUT = 120.0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m local studio",
+        prog="python -m local.studio",
         description="Run all of Easel on this machine: local AWS + portal (make local).",
     )
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE_DIR,
@@ -76,6 +76,26 @@ def port_in_use(host: str, port: int) -> bool:
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+# Optional back-ends that the model libraries mention at import (transformers without
+# torchvision, bitsandbytes' CPU kernels); nothing a local user can or needs to act on.
+QUIET_LOGGERS = ("bitsandbytes", "transformers")
+
+
+def quiet_library_warnings() -> None:
+    """Keep the model libraries' import-time warnings off the `make local` terminal (the
+    inference server and training job log to their own files, unchanged)."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    # transformers sets its own level when it first logs; this keeps it at errors
+    transformers_logging.set_verbosity_error()
 
 
 def _exists(s3: Any, bucket: str, key: str) -> bool:
@@ -165,6 +185,7 @@ def portal_environment(aws_env: dict[str, str], stage: str) -> dict[str, str]:
         **aws_env,
         "EASEL_PORTAL_CONFIG": portal_settings_json(load_config(stage)),
         "EASEL_SECURE_COOKIES": "false",  # plain http on this machine
+        "EASEL_LOCAL_MODE": "true",  # the pages point at this terminal for the admin password
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -223,6 +244,7 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
         say(f"--model {args.model}: no such file or folder")
         return 2
     device = pick_device(args.device)
+    quiet_library_warnings()
     say(f"starting the local AWS (state in {args.state}, device {device})...")
     with LocalAws(args.state, clean=args.clean, device=device) as aws:
         env = dict(aws.env)

@@ -65,7 +65,7 @@ def test_presigned_post_uploads_straight_to_the_users_concepts_prefix(world):
     assert s3.get_object(Bucket=BUCKET, Key="concepts/alice/dogs/1.txt")["Body"].read() == \
         b"a photo of sks dog"
     page = alice.get("/models")
-    assert "dogs" in page.text and "1 images, 1 captions" in page.text
+    assert "dogs" in page.text and "1 image, 1 caption," in page.text
 
 
 def test_presign_refuses_paths_and_non_images(world):

@@ -231,7 +231,9 @@ class Img2ImgRequest(GenerationRequest):
     def _bounded_images(cls, value: list[str]) -> list[str]:
         for image in value:
             if not image:
-                raise ValueError("each image must be non-empty base64 text")
+                raise ValueError(
+                    "an image is empty; send each image as a base64-encoded PNG or JPEG"
+                )
             _image_text(image, what="each image")
         return value
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
+from easel_contracts.infotext import format_infotext
 from easel_contracts.invocations import (
     MAX_SEED,
     ControlNetUse,
@@ -52,16 +53,21 @@ def _check_budget(request: GenerationRequest, settings: Settings) -> None:
         )
 
 
-def _infotext(request: GenerationRequest, prompt: str, negative: str, seed: int,
-              sampler: str, model: LoadedModel) -> str:
-    lines = [prompt]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(
-        f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.cfg_scale:g}, "
-        f"Seed: {seed}, Size: {request.width}x{request.height}, Model: {model.name}"
-    )
-    return "\n".join(lines)
+def _infotext(request: GenerationRequest, seed: int, sampler: str, karras: bool,
+              model: LoadedModel, vae: str | None) -> str:
+    """A1111's infotext of one image (its PNG's `parameters` chunk and `info.infotexts`); the
+    prompt keeps its `<lora:name:weight>` tags, as A1111's does."""
+    clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
+    return format_infotext(request.prompt, request.negative_prompt, {
+        "Steps": request.steps, "Sampler": sampler,
+        "Schedule type": "Karras" if karras else None,
+        "CFG scale": float(request.cfg_scale), "Seed": seed,
+        "Size": f"{request.width}x{request.height}", "Model hash": model.short_hash,
+        "Model": model.name, "VAE": vae,
+        "Denoising strength": (float(request.denoising_strength)
+                               if isinstance(request, Img2ImgRequest) else None),
+        "Clip skip": clip_skip if clip_skip and clip_skip > 1 else None,
+    })
 
 
 def _step_callback(hook: StepHook | None, stop: StopCheck | None,
@@ -202,6 +208,8 @@ def _generate(
     # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
     overlay = (extra["image"], extra["mask_image"]) if getattr(request, "mask", None) else None
     vae = manager.vae(request.override_settings.sd_vae, model)
+    vae_name = request.override_settings.sd_vae if vae is not None else None
+    infotexts = [_infotext(request, seed, sampler.name, karras, model, vae_name) for seed in seeds]
     original_vae = pipe.vae
     model.fuser.apply(loras, library)
     clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
@@ -230,7 +238,9 @@ def _generate(
                         f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})")),
                 **extra,
             )
-            images.extend(encode_png(_overlay(image, overlay)) for image in result.images)
+            for image in result.images:
+                images.append(encode_png(_overlay(image, overlay),
+                                         parameters=infotexts[len(images)]))
     finally:
         pipe.vae = original_vae
     finished = time.perf_counter()
@@ -259,10 +269,7 @@ def _generate(
         loras=[LoraUse(name=u.name, te=u.text_weight, unet=u.unet_weight) for u in loras],
         controlnet=[ControlNetUse(module=u.module, model=u.model, weight=u.weight) for u in units],
         index_of_first_image=0,
-        infotexts=[
-            _infotext(request, request.prompt, request.negative_prompt, seed, sampler_label, model)
-            for seed in seeds
-        ],
+        infotexts=infotexts,
         job_timestamp=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
         is_using_inpainting_conditioning=kind == "inpaint",
         timings=GenerationTimings(

@@ -91,12 +91,14 @@ class EndpointSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> EndpointSpec:
         if self.mode == "realtime" and self.min_instances < 1:
-            raise ValueError("min_instances: a real-time endpoint needs at least 1 instance")
+            raise ValueError(
+                "min instances: a real-time endpoint needs at least 1 instance (or choose async)"
+            )
         if self.min_instances > self.max_instances:
-            raise ValueError("min_instances: cannot exceed max_instances")
+            raise ValueError("min instances: cannot exceed max instances")
         if self.volume_size_gb is not None and self.instance.instance_storage:
             raise ValueError(
-                f"volume_size_gb: {self.instance_type} has instance storage and takes no volume"
+                f"volume size: {self.instance_type} has instance storage and takes no volume"
             )
         if self.mode == "async" and not self.async_s3_uri:
             raise ValueError("async_s3_uri: required for an async endpoint")

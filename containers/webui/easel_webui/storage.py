@@ -1,6 +1,6 @@
 """The data bucket: models, the LoRA library, concept sets, generated images.
 
-Prefixes follow ARCHITECTURE.md: `models/`, `loras/`, `concepts/<user>/<set>/`, `training/<job>/`,
+Prefixes (docs/architecture.md): `models/`, `loras/`, `concepts/<user>/<set>/`, `training/<job>/`,
 `async/`, `outputs/<user>/`. Browsers upload concept images straight to S3 with pre-signed POSTs;
 they see images through short-lived pre-signed GET URLs.
 """
@@ -211,8 +211,9 @@ class Bucket:
                 continue
             key = (parts[1], parts[2])
             entry = sets.setdefault(key, {"owner": parts[1], "name": parts[2], "images": [],
-                                          "captions": 0, "size": 0})
+                                          "captions": 0, "size": 0, "files": []})
             entry["size"] += obj.size
+            entry["files"].append("/".join(parts[3:]))
             if obj.key.lower().endswith(IMAGE_EXTENSIONS):
                 entry["images"].append(obj.key)
             elif obj.key.endswith(CAPTION_EXTENSION):

@@ -12,6 +12,7 @@ from easel_contracts import table as keys
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.payloads import parse_request
+from easel_webui.pnginfo import sent_settings
 from easel_webui.routes.common import blocking, redirect
 from easel_webui.templating import render
 
@@ -27,6 +28,8 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
             reused = portal.generation.image(reuse, user=user)
         except NotFound:
             reused = {}
+    elif sent := sent_settings(request.query_params):
+        reused = {"params": sent}  # "Send to txt2img" from the PNG Info page
     endpoints = [e for e in portal.endpoints.listing() if e["usable"]]
     return render(request, "generate.html", endpoints=endpoints, reused=reused,
                   library_loras=portal.bucket.loras())

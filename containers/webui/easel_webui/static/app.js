@@ -151,6 +151,7 @@
     loadOptions({ checkpoint: (reuse.override_settings || {}).sd_model_checkpoint, sampler: reuse.sampler_name });
 
     const fileB64 = (file) => new Promise((resolve, reject) => {
+      if (!file.size) { reject(new Error(`${file.name} is empty (0 bytes); choose an image file`)); return; }
       const reader = new FileReader();
       reader.onload = () => resolve(String(reader.result).split(",")[1]);
       reader.onerror = reject; reader.readAsDataURL(file);
