@@ -3,7 +3,7 @@
     python bench/local_model.py                      # 2 GiB of random bytes, transfer legs
     python bench/local_model.py --size-mib 7168      # the same with 7 GiB
     python bench/local_model.py --checkpoint sd15.safetensors --deploy
-    python bench/local_model.py --build-sd15 --deploy  # full-size random-weight SD1.5 (~2 GB)
+    python bench/local_model.py --build-sd15 --deploy  # full-size random-weight SD1.5, fp16
 
 Legs (each printed with seconds and MB/s): the upload into the local S3 through
 `scripts.upload_model`'s uploader (multipart, parallel parts, uncompressed prefix, as
@@ -42,10 +42,14 @@ def random_file(path: Path, size: int) -> Path:
 
 
 def build_sd15(folder: Path) -> Path:
+    """A full-size SD1.5 single file in float16 (~2 GB), no YAML: as downloaded from a site."""
+    import torch
+
     from easel_inference.builder import build_pipeline, save_single_file
 
-    pipe = build_pipeline(arch="sd15", size="full", seed=0)
-    return save_single_file(pipe, folder / "sd15-random.safetensors")
+    pipe = build_pipeline(arch="sd15", size="full", seed=0).to(torch.float16)
+    return save_single_file(pipe, folder / "sd15-random.safetensors", embed_configs=False,
+                            write_yaml=False)
 
 
 _EMULATOR_PID: list[int] = []
