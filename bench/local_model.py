@@ -89,11 +89,11 @@ class Leg:
         line = f"{self.name:<36} {seconds:7.2f} s  cpu {client:6.2f} + {emulator:6.2f} s"
         if self.size:
             entry["MB_per_s"] = round(self.size / seconds / 1e6, 1)
-            # What two otherwise idle cores would sustain: the CPU work spread over both.
-            entry["MB_per_s_two_idle_cores"] = round(self.size / max(cpu / 2, seconds / 64)
-                                                     / 1e6, 1)
+            # CPU seconds per GB (client + emulator): on a shared, loaded machine the wall
+            # time says more about the neighbours; this says what the leg itself costs.
+            entry["cpu_s_per_GB"] = round(cpu / (self.size / 1e9), 2)
             line += (f"  {entry['MB_per_s']:7.1f} MB/s"
-                     f"  ({entry['MB_per_s_two_idle_cores']:.0f} MB/s of CPU work on 2 cores)")
+                     f"  ({entry['cpu_s_per_GB']:.1f} CPU-s/GB)")
         self.results[self.name] = entry
         print(line, flush=True)
 
