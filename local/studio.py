@@ -143,7 +143,11 @@ def upload_and_deploy(model: Path, env: dict[str, str], s3: Any) -> str:
     name = default_name(model)
     prefix = f"models/{name}/"
     s3_uri = f"s3://{env['EASEL_BUCKET']}/{prefix}"
-    if _exists(s3, env["EASEL_BUCKET"], prefix):
+    held = s3.list_objects_v2(Bucket=env["EASEL_BUCKET"], Prefix=prefix, MaxKeys=2)
+    held_keys = [item["Key"] for item in held.get("Contents", [])]
+    if held_keys == [f"{prefix}model.tar.gz"]:
+        s3_uri += "model.tar.gz"  # uploaded packed by an earlier version: deploy the archive
+    if held_keys:
         say(f"{s3_uri} is already uploaded: deploying it as it is (--clean starts over)")
     else:
         started = time.monotonic()
