@@ -43,6 +43,9 @@ CHUNK = 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+# Headers S3 stores with an object and answers on GetObject.
+_STORED_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding",
+                   "Content-Language", "Expires")
 
 Pass = object()  # a handler's "not mine: let moto answer"
 
@@ -181,6 +184,8 @@ class FastPath:
             ("Last-Modified", formatdate(key.last_modified.timestamp(), usegmt=True)),
             ("Accept-Ranges", "bytes"),
         ]
+        headers += [(name, key.metadata[name]) for name in _STORED_HEADERS
+                    if key.metadata.get(name)]
         headers += [(f"x-amz-meta-{k}", v) for k, v in _user_metadata(key).items()]
         if status.startswith("206"):
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))

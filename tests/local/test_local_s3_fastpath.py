@@ -211,3 +211,15 @@ def test_a_failed_snapshot_round_is_one_line_without_a_traceback(emulator, caplo
     assert records, "the deferred snapshot should be reported"
     assert all(r.exc_info is None and r.levelno == logging.WARNING for r in records)
     emulator._store = None  # the busy stand-in cannot take the final snapshot
+
+
+def test_a_streamed_get_answers_the_stored_headers_and_metadata(emulator, payload):
+    s3 = emulator.client("s3")
+    s3.upload_file(str(payload), emulator.names.bucket, KEY, Config=PARTS, ExtraArgs={
+        "ContentType": "application/octet-stream", "ContentDisposition": "attachment",
+        "Metadata": {"origin": "bench"}})
+    assert located(emulator) is not None
+    answer = s3.get_object(Bucket=emulator.names.bucket, Key=KEY, Range="bytes=0-9")
+    assert answer["ContentType"] == "application/octet-stream"
+    assert answer["ContentDisposition"] == "attachment"
+    assert answer["Metadata"] == {"origin": "bench"}
