@@ -149,18 +149,32 @@ def seed_demo_concepts(s3: Any, bucket: str) -> bool:
     return True
 
 
-def upload_and_deploy(model: Path, env: dict[str, str]) -> str:
-    """Upload the user's model like scripts/upload_model, then deploy it as the first endpoint."""
+def upload_and_deploy(model: Path, env: dict[str, str], s3: Any) -> str:
+    """Upload the user's model like scripts/upload_model, then deploy it as the first endpoint.
+
+    Locally the files go uncompressed to `models/<name>/` (`--uncompressed`): nothing to pack
+    here, nothing to unpack at the endpoint, and the bytes move at disk speed.
+    """
     from easel_webui.portal import Portal
     from easel_webui.settings import load_settings
     from scripts.layout import default_name
     from scripts.upload_model import main as upload_model
 
     name = default_name(model)
-    key = f"models/{name}/model.tar.gz"
-    s3_uri = f"s3://{env['EASEL_BUCKET']}/{key}"
-    if upload_model([str(model), "--name", name, "--bucket", env["EASEL_BUCKET"]]) != 0:
-        raise RuntimeError(f"could not upload {model}")
+    prefix = f"models/{name}/"
+    s3_uri = f"s3://{env['EASEL_BUCKET']}/{prefix}"
+    held = s3.list_objects_v2(Bucket=env["EASEL_BUCKET"], Prefix=prefix, MaxKeys=2)
+    held_keys = [item["Key"] for item in held.get("Contents", [])]
+    if held_keys == [f"{prefix}model.tar.gz"]:
+        s3_uri += "model.tar.gz"  # uploaded packed by an earlier version: deploy the archive
+    if held_keys:
+        say(f"{s3_uri} is already uploaded: deploying it as it is (--clean starts over)")
+    else:
+        started = time.monotonic()
+        if upload_model([str(model), "--name", name, "--bucket", env["EASEL_BUCKET"],
+                         "--uncompressed"]) != 0:
+            raise RuntimeError(f"could not upload {model}")
+        say(f"uploaded {model} in {time.monotonic() - started:.1f} s")
     portal = Portal.build(load_settings(env))
     existing = {record.get("name") for record in portal.endpoints.records()}
     endpoint = f"{name[:24]}-local".lower()
@@ -252,7 +266,7 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
         s3 = aws.client("s3")
         seed_demo_model(s3, env["EASEL_BUCKET"])
         seed_demo_concepts(s3, env["EASEL_BUCKET"])
-        first_endpoint = upload_and_deploy(args.model, env) if args.model else None
+        first_endpoint = upload_and_deploy(args.model, env, s3) if args.model else None
         port = args.port or free_port(args.host)
         log_path = Path(args.state) / "portal.log"
         say("starting the portal...")
@@ -284,8 +298,20 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
     return 0
 
 
+def show_progress() -> None:
+    """The local AWS's progress lines (endpoint download, unpack, load) on the terminal."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("local")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_progress()
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: object) -> None:
