@@ -25,7 +25,7 @@ from scripts.model_files import (
     ModelFacts,
     ModelFileError,
     convert_pickle_to_safetensors,
-    diffusers_family,
+    diffusers_detection,
     inspect_safetensors,
 )
 
@@ -119,8 +119,8 @@ class Planner:
                 )
             if facts.kind != CHECKPOINT or facts.family is None:
                 raise ModelFileError(
-                    f"{where}: not a known Stable Diffusion checkpoint: its tensor names match "
-                    "none of SD1.x, SD2.x or SDXL"
+                    f"{where}: not a checkpoint of a supported family: "
+                    f"{facts.problem or f'it looks like a {facts.describe()}'}"
                 )
         elif facts.kind != expected and not (expected == VAE and facts.kind == UNKNOWN):
             raise ModelFileError(f"{where}: expected a {expected}, but it looks like a "
@@ -195,7 +195,7 @@ class Planner:
 
     def _plan_diffusers(self, folder: Path, *, name: str | None) -> Plan:
         name = check_name(name or default_name(folder))
-        family = diffusers_family(folder)
+        family = diffusers_detection(folder).facts.label
         self.notes.append(f"{folder.name}: diffusers {family} pipeline")
         files = self._diffusers_files(folder, f"Stable-diffusion/{name}")
         return Plan(name=name, files=tuple(files), notes=tuple(self.notes))

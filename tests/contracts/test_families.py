@@ -213,3 +213,8 @@ def test_every_family_has_facts_and_only_flow_families_need_t5():
 def test_unknown_family_name_is_refused_listing_the_known_ones():
     with pytest.raises(FamilyError, match="known: sd1, sd2"):
         facts_for("sd4")
+
+
+def test_unet_only_sdxl_file_is_told_from_its_cross_attention_width():
+    shapes = {UNET + "middle_block.1.transformer_blocks.0.attn2.to_k.weight": (1280, 2048)}
+    assert detect_checkpoint(shapes).family is ModelFamily.SDXL

@@ -88,7 +88,7 @@ def test_bad_file_is_refused_before_anything_is_uploaded(stack, tmp_path, capsys
 def test_unknown_family_is_refused(stack, tmp_path, capsys):
     odd = write_safetensors(tmp_path / "odd.safetensors", {"model.diffusion_model.x": ([4], 0)})
     code, _, err = _run(capsys, odd, "--state-dir", tmp_path / "s")
-    assert code == 1 and "SD1.x, SD2.x or SDXL" in err
+    assert code == 1 and "no denoiser of a supported family" in err and "FLUX.1 dev" in err
 
 
 def test_ckpt_is_converted_on_upload(stack, tmp_path, capsys):

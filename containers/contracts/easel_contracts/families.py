@@ -147,6 +147,8 @@ class Detection(BaseModel):
 
 _DIT_PREFIX = "model.diffusion_model."
 _LDM_UNET = "model.diffusion_model.input_blocks."
+_LDM_UNET_PARTS = tuple(_DIT_PREFIX + part for part in (
+    "input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out."))
 _DUAL_ATTENTION = re.compile(r"^joint_blocks\.\d+\.x_block\.attn2\.")
 _CROSS_ATTENTION_KEY = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
 # text encoder markers in the original layouts -> (what it is, in words)
@@ -194,7 +196,8 @@ def detect_checkpoint(shapes: Mapping[str, Sequence[int]], *, name: str = "the f
     keys = list(shapes)
     bare = [_denoiser_key(key) for key in keys]
     denoisers = {
-        "an SD UNet (model.diffusion_model.input_blocks.*)": _has(keys, _LDM_UNET),
+        "an SD UNet (model.diffusion_model.input_blocks.*)":
+            any(key.startswith(_LDM_UNET_PARTS) for key in keys),
         "an SD3 MMDiT (joint_blocks.*)": _has(bare, "joint_blocks."),
         "a FLUX.1 transformer (double_blocks.*)": _has(bare, "double_blocks.")
         and not _has(bare, "single_stream_modulation."),
@@ -251,7 +254,7 @@ def _detect_ldm(keys: Sequence[str], shapes: Mapping[str, Sequence[int]], *, nam
             )
         kind = kinds.pop()
     adm = _has(keys, "model.diffusion_model.label_emb.")
-    if adm != kind.startswith("sdxl"):
+    if encoders and adm != kind.startswith("sdxl"):
         held = "has" if adm else "lacks"
         raise FamilyError(f"{name}: mixes model families: text encoders of "
                           f"{facts_for(kind).label} with a UNet that {held} SDXL's size "
