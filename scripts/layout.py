@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel_contracts.model_manifest import ManifestCheckpoint, ManifestFile, ModelManifest
 from scripts.model_files import (
     CHECKPOINT,
     CONTROLNET,
@@ -246,3 +247,35 @@ class Planner:
         files = [self._file(p, arcname=check_name(default_name(p)), expected=LORA)
                  for p in candidates]
         return Plan(name=folder.name, files=tuple(files), notes=tuple(self.notes))
+
+
+def build_manifest(plan: Plan, *, layout: str) -> ModelManifest:
+    """What the planned model holds, for the manifest written beside it: each checkpoint's
+    family (from its tensor names or model_index.json, as checked while planning) and every
+    file's size."""
+    checkpoints: list[ManifestCheckpoint] = []
+    for entry in plan.files:
+        parts = entry.arcname.split("/")
+        if parts[0] != "Stable-diffusion":
+            continue
+        if len(parts) == 2 and entry.arcname.endswith(SAFETENSORS_SUFFIX):
+            detection = inspect_safetensors(entry.source).detection
+            name = parts[1][: -len(SAFETENSORS_SUFFIX)]
+        elif len(parts) == 3 and parts[2] == "model_index.json":
+            detection = diffusers_detection(entry.source.parent)
+            name = parts[1]
+        else:
+            continue
+        if detection is None:
+            raise ModelFileError(f"{entry.arcname}: no model family could be detected")
+        checkpoints.append(ManifestCheckpoint(
+            name=name, path="/".join(parts[:2]), family=detection.family,
+            prediction=detection.prediction, inpainting=detection.inpainting,
+            components=detection.components,
+        ))
+    if not checkpoints:
+        raise ModelFileError(f"{plan.name}: Stable-diffusion/ holds no checkpoint")
+    return ModelManifest(
+        name=plan.name, layout=layout, written_by="upload_model", checkpoints=tuple(checkpoints),
+        files=tuple(ManifestFile(path=f.arcname, bytes=f.size) for f in plan.files),
+    )

@@ -195,3 +195,45 @@ def test_interrupted_uncompressed_upload_resumes_file_by_file(stack, tmp_path, c
     body = s3.get_object(Bucket=BUCKET, Key="models/kit/Stable-diffusion/base.safetensors")
     assert body["Body"].read() == (root / "Stable-diffusion" / "base.safetensors").read_bytes()
     assert s3.head_object(Bucket=BUCKET, Key="models/kit/Lora/ink.safetensors")
+
+
+def _manifest(session, key):
+    from easel_contracts.model_manifest import parse_manifest
+
+    body = session.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return parse_manifest(body, where=key)
+
+
+def test_archive_upload_writes_a_manifest_beside_it(stack, tmp_path, capsys):
+    ckpt = write_safetensors(tmp_path / "base.safetensors", sd1_keys())
+    code, _, err = _run(capsys, ckpt, "--state-dir", tmp_path / "s")
+    assert code == 0, err
+    manifest = _manifest(stack, "models/base/easel-model.json")
+    assert manifest.layout == "archive" and manifest.written_by == "upload_model"
+    assert [(c.name, c.path, c.family.value) for c in manifest.checkpoints] == [
+        ("base", "Stable-diffusion/base.safetensors", "sd1")]
+    assert manifest.total_bytes == ckpt.stat().st_size
+
+
+def test_uncompressed_upload_writes_its_manifest_in_the_prefix(stack, tmp_path, capsys):
+    ckpt = write_safetensors(tmp_path / "base.safetensors", sd1_keys())
+    code, _, err = _run(capsys, ckpt, "--uncompressed", "--state-dir", tmp_path / "s")
+    assert code == 0, err
+    assert _manifest(stack, "models/base/easel-model.json").layout == "folder"
+
+
+def test_flux_checkpoint_is_accepted_and_its_family_recorded(stack, tmp_path, capsys):
+    keys = {"double_blocks.0.img_attn.norm.key_norm.scale": ([8], 0),
+            "guidance_in.in_layer.bias": ([8], 0), "img_in.weight": ([8, 64], 0)}
+    ckpt = write_safetensors(tmp_path / "flux.safetensors", keys)
+    code, _, err = _run(capsys, ckpt, "--state-dir", tmp_path / "s")
+    assert code == 0, err
+    assert "FLUX.1 dev checkpoint" in err
+    assert _manifest(stack, "models/flux/easel-model.json").families[0].value == "flux_dev"
+
+
+def test_lora_upload_writes_no_manifest(stack, tmp_path, capsys):
+    lora = write_safetensors(tmp_path / "ink.safetensors", lora_keys())
+    assert _run(capsys, lora, "--lora", "--state-dir", tmp_path / "s")[0] == 0
+    keys = [o["Key"] for o in stack.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert keys == ["loras/ink.safetensors"]
