@@ -31,9 +31,15 @@ def _manifest() -> ModelManifest:
     ("models/studio/model.tar.gz", "models/studio/easel-model.json"),
     ("models/studio/", "models/studio/easel-model.json"),
     ("training/job-1/output/model.tar.gz", "training/job-1/output/easel-model.json"),
+    ("models/sd15.tar.gz", "models/sd15.easel-model.json"),
 ])
 def test_manifest_lives_beside_the_model(model_key, expected):
     assert manifest_key(model_key) == expected
+
+
+def test_manifest_key_of_something_that_is_not_a_model_is_refused():
+    with pytest.raises(ManifestError, match="not a model archive"):
+        manifest_key("models/readme.txt")
 
 
 def test_manifest_round_trips_through_json():

@@ -5,9 +5,10 @@ writes a model writes what it holds beside it: ``scripts/upload_model`` for uplo
 job for its results. The portal reads it to show each model's family and size; a model without one
 gets a clear message instead of a guess.
 
-Where it lives: ``models/<name>/model.tar.gz`` -> ``models/<name>/easel-model.json``; an
-uncompressed prefix ``models/<name>/`` -> ``models/<name>/easel-model.json`` (ignored by the
-server, which lists only ``Stable-diffusion/``, ``Lora/``, ...).
+Where it lives (``manifest_key``): ``models/<name>/model.tar.gz`` and the uncompressed prefix
+``models/<name>/`` -> ``models/<name>/easel-model.json`` (the server ignores it: it lists only
+``Stable-diffusion/``, ``Lora/``, ...); another archive ``models/<x>.tar.gz`` ->
+``models/<x>.easel-model.json``.
 """
 
 from __future__ import annotations
@@ -74,11 +75,18 @@ class ModelManifest(BaseModel):
 
 
 def manifest_key(model_key: str) -> str:
-    """The manifest's key beside a model: a ``.tar.gz`` object or a prefix ending in ``/``."""
+    """The manifest's key beside a model: ``<folder>/model.tar.gz`` and the prefix
+    ``<folder>/`` -> ``<folder>/easel-model.json``; any other archive ``<x>.tar.gz`` (or
+    ``.tgz``) -> ``<x>.easel-model.json``, so two archives in one folder never share one."""
     if model_key.endswith("/"):
         return model_key + MANIFEST_NAME
-    folder, slash, _ = model_key.rpartition("/")
-    return f"{folder}{slash}{MANIFEST_NAME}"
+    folder, slash, base = model_key.rpartition("/")
+    if base == "model.tar.gz":
+        return f"{folder}{slash}{MANIFEST_NAME}"
+    for suffix in (".tar.gz", ".tgz"):
+        if base.endswith(suffix):
+            return f"{folder}{slash}{base[: -len(suffix)]}.{MANIFEST_NAME}"
+    raise ManifestError(f"{model_key}: not a model archive (.tar.gz) or prefix (ending in /)")
 
 
 def parse_manifest(raw: bytes, *, where: str) -> ModelManifest:
