@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel_contracts.families import missing_parts
 from easel_contracts.model_manifest import ManifestCheckpoint, ManifestFile, ModelManifest
 from scripts.model_files import (
     CHECKPOINT,
@@ -21,6 +22,7 @@ from scripts.model_files import (
     LORA,
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
+    TEXT_ENCODER,
     UNKNOWN,
     VAE,
     ModelFacts,
@@ -30,8 +32,9 @@ from scripts.model_files import (
     inspect_safetensors,
 )
 
-LAYOUT_FOLDERS = ("Stable-diffusion", "Lora", "ControlNet", "VAE")
-_FOLDER_KIND = {"Stable-diffusion": CHECKPOINT, "Lora": LORA, "ControlNet": CONTROLNET, "VAE": VAE}
+LAYOUT_FOLDERS = ("Stable-diffusion", "Lora", "ControlNet", "VAE", "text_encoder")
+_FOLDER_KIND = {"Stable-diffusion": CHECKPOINT, "Lora": LORA, "ControlNet": CONTROLNET, "VAE": VAE,
+                "text_encoder": TEXT_ENCODER}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Small side files that travel with weights (configs, tokenizers, model cards).
 _SIDE_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".md", ".model")
@@ -123,6 +126,10 @@ class Planner:
                     f"{where}: not a checkpoint of a supported family: "
                     f"{facts.problem or f'it looks like a {facts.describe()}'}"
                 )
+        elif expected == TEXT_ENCODER:
+            if facts.kind not in (UNKNOWN, VAE):  # text encoders have no marker of their own
+                raise ModelFileError(f"{where}: expected a text encoder, but it looks like a "
+                                     f"{facts.describe()}")
         elif facts.kind != expected and not (expected == VAE and facts.kind == UNKNOWN):
             raise ModelFileError(f"{where}: expected a {expected}, but it looks like a "
                                  f"{facts.describe()}")
@@ -223,6 +230,8 @@ class Planner:
                                             expected=_FOLDER_KIND[folder]))
                 elif entry.name.endswith((".yaml", ".yml")):
                     files.append(self._side_file(entry, f"{folder}/{entry.stem}.yaml"))
+                elif folder == "text_encoder" and entry.name.endswith(".model"):
+                    files.append(self._side_file(entry, f"{folder}/{entry.name}"))
                 else:
                     self.notes.append(f"skipped {where} (not a model file)")
         if not any(f.arcname.startswith("Stable-diffusion/") for f in files):
@@ -268,6 +277,13 @@ def build_manifest(plan: Plan, *, layout: str) -> ModelManifest:
             continue
         if detection is None:
             raise ModelFileError(f"{entry.arcname}: no model family could be detected")
+        if len(parts) == 2:
+            missing = missing_parts(detection, (f.arcname for f in plan.files))
+            if missing:
+                raise ModelFileError(
+                    f"{entry.arcname}: a {detection.facts.label} checkpoint without "
+                    f"{', '.join(missing)}; upload an A1111 models folder that holds "
+                    f"{'it' if len(missing) == 1 else 'them'} beside Stable-diffusion/")
         checkpoints.append(ManifestCheckpoint(
             name=name, path="/".join(parts[:2]), family=detection.family,
             prediction=detection.prediction, inpainting=detection.inpainting,

@@ -31,6 +31,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 
 SD1, SD2, SDXL = (FAMILIES[f].label for f in (ModelFamily.SD1, ModelFamily.SD2, ModelFamily.SDXL))
 CHECKPOINT, LORA, CONTROLNET, VAE, UNKNOWN = "checkpoint", "lora", "controlnet", "vae", "unknown"
+TEXT_ENCODER = "text encoder"
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".hada_w", ".lokr_w",
                  "lora.down.", "lora.up.")
 

@@ -14,6 +14,7 @@ from easel_contracts.families import (
     detect_checkpoint,
     detect_diffusers_folder,
     facts_for,
+    missing_parts,
 )
 
 UNET = "model.diffusion_model."
@@ -218,3 +219,24 @@ def test_unknown_family_name_is_refused_listing_the_known_ones():
 def test_unet_only_sdxl_file_is_told_from_its_cross_attention_width():
     shapes = {UNET + "middle_block.1.transformer_blocks.0.attn2.to_k.weight": (1280, 2048)}
     assert detect_checkpoint(shapes).family is ModelFamily.SDXL
+
+
+def test_flux_file_alone_misses_its_text_encoders_vae_and_t5_tokenizer():
+    detection = detect_checkpoint(_flux(guidance=False))
+    assert missing_parts(detection, []) == [
+        "text_encoder/clip_l.safetensors", "text_encoder/t5xxl.safetensors",
+        "VAE/ae.safetensors", "text_encoder/spiece.model"]
+
+
+def test_parts_bundled_in_the_file_or_present_beside_it_are_not_missing():
+    detection = detect_checkpoint({**_mmdit(dual=True),
+                                   "text_encoders.clip_l.transformer.x.weight": (4,),
+                                   "text_encoders.clip_g.transformer.x.weight": (4,)})
+    assert missing_parts(detection, ["text_encoder/spiece.model"]) == [
+        "text_encoder/t5xxl.safetensors"]
+
+
+def test_sd_families_need_nothing_beside_their_file():
+    detection = detect_checkpoint({UNET + "out.2.weight": (4, 4, 3, 3),
+                                   UNET + "middle_block.1.attn2.to_k.weight": (320, 768)})
+    assert missing_parts(detection, []) == []

@@ -222,14 +222,36 @@ def test_uncompressed_upload_writes_its_manifest_in_the_prefix(stack, tmp_path, 
     assert _manifest(stack, "models/base/easel-model.json").layout == "folder"
 
 
-def test_flux_checkpoint_is_accepted_and_its_family_recorded(stack, tmp_path, capsys):
-    keys = {"double_blocks.0.img_attn.norm.key_norm.scale": ([8], 0),
-            "guidance_in.in_layer.bias": ([8], 0), "img_in.weight": ([8, 64], 0)}
-    ckpt = write_safetensors(tmp_path / "flux.safetensors", keys)
+FLUX_KEYS = {"double_blocks.0.img_attn.norm.key_norm.scale": ([8], 0),
+             "guidance_in.in_layer.bias": ([8], 0), "img_in.weight": ([8, 64], 0)}
+
+
+def test_flux_checkpoint_alone_is_refused_naming_the_missing_files(stack, tmp_path, capsys):
+    ckpt = write_safetensors(tmp_path / "flux.safetensors", FLUX_KEYS)
     code, _, err = _run(capsys, ckpt, "--state-dir", tmp_path / "s")
+    assert code == 1
+    assert "FLUX.1 dev checkpoint without text_encoder/clip_l.safetensors, " \
+        "text_encoder/t5xxl.safetensors, VAE/ae.safetensors, text_encoder/spiece.model" in err
+    assert stack.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_flux_folder_with_its_parts_is_uploaded_and_its_family_recorded(stack, tmp_path, capsys):
+    root = tmp_path / "models"
+    write_safetensors(root / "Stable-diffusion" / "flux.safetensors", FLUX_KEYS)
+    write_safetensors(root / "text_encoder" / "clip_l.safetensors",
+                      {"text_model.final_layer_norm.weight": ([8], 0)})
+    write_safetensors(root / "text_encoder" / "t5xxl.safetensors",
+                      {"encoder.block.0.layer.0.SelfAttention.q.weight": ([8, 8], 0),
+                       "shared.weight": ([16, 8], 0)})
+    (root / "text_encoder" / "spiece.model").write_bytes(b"sentencepiece model")
+    write_safetensors(root / "VAE" / "ae.safetensors", {"decoder.conv_in.weight": ([8], 0)})
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
     assert code == 0, err
-    assert "FLUX.1 dev checkpoint" in err
-    assert _manifest(stack, "models/flux/easel-model.json").families[0].value == "flux_dev"
+    assert set(_members(stack, "models/flux/model.tar.gz")) == {
+        "Stable-diffusion/flux.safetensors", "text_encoder/clip_l.safetensors",
+        "text_encoder/t5xxl.safetensors", "text_encoder/spiece.model", "VAE/ae.safetensors"}
+    manifest = _manifest(stack, "models/flux/easel-model.json")
+    assert manifest.families[0].value == "flux_dev"
 
 
 def test_lora_upload_writes_no_manifest(stack, tmp_path, capsys):

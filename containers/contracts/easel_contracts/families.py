@@ -413,3 +413,34 @@ def _folder_components(index: Mapping[str, Any], family: ModelFamily) -> tuple[C
     parts.extend(encoder for slot, encoder in zip(slots, encoders, strict=False)
                  if _listed(index, slot))
     return tuple(parts)
+
+
+# --- where the parts that single files leave out live (the A1111 model layout)
+
+# SD3.5 and FLUX.1 single files usually hold only the denoiser (FLUX also lacks its VAE): their
+# text encoders go into ``text_encoder/`` and FLUX's VAE into ``VAE/``, beside
+# ``Stable-diffusion/``, under these names; the T5 encoder's SentencePiece tokenizer goes beside it.
+SEPARATE_PARTS: dict[Component, str] = {
+    "clip_l": "text_encoder/clip_l.safetensors",
+    "openclip_g": "text_encoder/clip_g.safetensors",
+    "t5xxl": "text_encoder/t5xxl.safetensors",
+    "vae": "VAE/ae.safetensors",
+}
+T5_TOKENIZER = "text_encoder/spiece.model"
+
+
+def missing_parts(detection: Detection, present: Iterable[str]) -> list[str]:
+    """Layout paths a single-file checkpoint needs beside it and ``present`` (the model's
+    layout paths) lacks: each part its family ships separately (SD3.5: text encoders; FLUX.1:
+    text encoders and VAE) that the file itself does not hold, and the T5 tokenizer wherever a
+    T5 encoder is needed."""
+    have = set(present)
+    facts = detection.facts
+    needed: list[Component] = [*(facts.text_encoders if facts.separate_text_encoders else ()),
+                               *(("vae",) if facts.separate_vae else ())]
+    missing = [SEPARATE_PARTS[part] for part in needed
+               if part not in detection.components and part in SEPARATE_PARTS
+               and SEPARATE_PARTS[part] not in have]
+    if facts.needs_t5 and T5_TOKENIZER not in have:
+        missing.append(T5_TOKENIZER)
+    return missing
