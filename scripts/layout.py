@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from easel_contracts.families import missing_parts
+from easel_contracts.families import (
+    SEPARATE_PARTS,
+    T5_TOKENIZER,
+    missing_parts,
+    t5_tokenizer_problem,
+)
 from easel_contracts.model_manifest import ManifestCheckpoint, ManifestFile, ModelManifest
 from scripts.model_files import (
     CHECKPOINT,
@@ -30,6 +35,9 @@ from scripts.model_files import (
     convert_pickle_to_safetensors,
     diffusers_detection,
     inspect_safetensors,
+    read_safetensors_header,
+    sentencepiece_pieces,
+    t5_embedding_rows,
 )
 
 LAYOUT_FOLDERS = ("Stable-diffusion", "Lora", "ControlNet", "VAE", "text_encoder")
@@ -258,6 +266,20 @@ class Planner:
         return Plan(name=folder.name, files=tuple(files), notes=tuple(self.notes))
 
 
+def _check_t5_tokenizer(plan: Plan) -> None:
+    sources = {f.arcname: f.source for f in plan.files}
+    encoder = sources.get(SEPARATE_PARTS["t5xxl"])
+    tokenizer = sources.get(T5_TOKENIZER)
+    if encoder is None or tokenizer is None:
+        return
+    rows = t5_embedding_rows(read_safetensors_header(encoder).tensors)
+    if rows is None:
+        raise ModelFileError(f"{SEPARATE_PARTS['t5xxl']}: no T5 token embedding (shared.weight)")
+    problem = t5_tokenizer_problem(rows, sentencepiece_pieces(tokenizer))
+    if problem:
+        raise ModelFileError(problem)
+
+
 def build_manifest(plan: Plan, *, layout: str) -> ModelManifest:
     """What the planned model holds, for the manifest written beside it: each checkpoint's
     family (from its tensor names or model_index.json, as checked while planning) and every
@@ -291,6 +313,7 @@ def build_manifest(plan: Plan, *, layout: str) -> ModelManifest:
         ))
     if not checkpoints:
         raise ModelFileError(f"{plan.name}: Stable-diffusion/ holds no checkpoint")
+    _check_t5_tokenizer(plan)
     return ModelManifest(
         name=plan.name, layout=layout, written_by="upload_model", checkpoints=tuple(checkpoints),
         files=tuple(ManifestFile(path=f.arcname, bytes=f.size) for f in plan.files),

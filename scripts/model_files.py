@@ -162,6 +162,55 @@ def diffusers_detection(folder: Path) -> Detection:
         raise ModelFileError(str(exc)) from None
 
 
+def sentencepiece_pieces(path: Path) -> int:
+    """How many pieces a SentencePiece model holds: the count of field 1 (``pieces``) of its
+    ``ModelProto`` (read with a minimal protobuf walk; the sentencepiece package is not needed)."""
+    data = path.read_bytes()
+    position, pieces = 0, 0
+
+    def varint() -> int:
+        nonlocal position
+        value, shift = 0, 0
+        while True:
+            if position >= len(data) or shift > 63:
+                raise ModelFileError(f"{path.name}: not a SentencePiece model (damaged)")
+            byte = data[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while position < len(data):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            varint()
+        elif wire == 1:
+            position += 8
+        elif wire == 5:
+            position += 4
+        elif wire == 2:
+            length = varint()  # read first: varint() moves position
+            position += length
+        else:
+            raise ModelFileError(f"{path.name}: not a SentencePiece model (wire type {wire})")
+        if position > len(data):
+            raise ModelFileError(f"{path.name}: not a SentencePiece model (truncated)")
+        pieces += field == 1 and wire == 2
+    if not pieces:
+        raise ModelFileError(f"{path.name}: not a SentencePiece model (no pieces)")
+    return pieces
+
+
+def t5_embedding_rows(tensors: dict[str, TensorInfo]) -> int | None:
+    for name in ("shared.weight", "encoder.embed_tokens.weight"):
+        info = tensors.get(name)
+        if info is not None and len(info.shape) == 2:
+            return info.shape[0]
+    return None
+
+
 # --- pickle checkpoints
 
 def _refusal_detail(exc: Exception) -> str:

@@ -235,16 +235,30 @@ def test_flux_checkpoint_alone_is_refused_naming_the_missing_files(stack, tmp_pa
     assert stack.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
 
 
-def test_flux_folder_with_its_parts_is_uploaded_and_its_family_recorded(stack, tmp_path, capsys):
-    root = tmp_path / "models"
+def _spiece(pieces: int) -> bytes:
+    """A SentencePiece ModelProto holding `pieces` pieces (field 1, each a piece string)."""
+    out = bytearray()
+    for index in range(pieces):
+        text = f"p{index}".encode()
+        piece = b"\x0a" + bytes([len(text)]) + text
+        out += b"\x0a" + bytes([len(piece)]) + piece
+    return bytes(out)
+
+
+def _flux_folder(root, *, t5_rows=16, pieces=8):
     write_safetensors(root / "Stable-diffusion" / "flux.safetensors", FLUX_KEYS)
     write_safetensors(root / "text_encoder" / "clip_l.safetensors",
                       {"text_model.final_layer_norm.weight": ([8], 0)})
     write_safetensors(root / "text_encoder" / "t5xxl.safetensors",
                       {"encoder.block.0.layer.0.SelfAttention.q.weight": ([8, 8], 0),
-                       "shared.weight": ([16, 8], 0)})
-    (root / "text_encoder" / "spiece.model").write_bytes(b"sentencepiece model")
+                       "shared.weight": ([t5_rows, 2], 0)})
+    (root / "text_encoder" / "spiece.model").write_bytes(_spiece(pieces))
     write_safetensors(root / "VAE" / "ae.safetensors", {"decoder.conv_in.weight": ([8], 0)})
+    return root
+
+
+def test_flux_folder_with_its_parts_is_uploaded_and_its_family_recorded(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models")
     code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
     assert code == 0, err
     assert set(_members(stack, "models/flux/model.tar.gz")) == {
@@ -252,6 +266,26 @@ def test_flux_folder_with_its_parts_is_uploaded_and_its_family_recorded(stack, t
         "text_encoder/t5xxl.safetensors", "text_encoder/spiece.model", "VAE/ae.safetensors"}
     manifest = _manifest(stack, "models/flux/easel-model.json")
     assert manifest.families[0].value == "flux_dev"
+
+
+def test_real_size_t5_with_a_toy_tokenizer_is_refused(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models", t5_rows=32128, pieces=8)
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
+    assert code == 1
+    assert "real-size (32128 tokens)" in err and "8 pieces, not T5's 32000" in err
+    assert stack.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_real_size_t5_with_t5s_own_tokenizer_is_accepted(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models", t5_rows=32128, pieces=32000)
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
+    assert code == 0, err
+
+
+def test_tokenizer_larger_than_the_t5_embedding_is_refused(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models", t5_rows=16, pieces=20)
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
+    assert code == 1 and "do not belong together" in err
 
 
 def test_lora_upload_writes_no_manifest(stack, tmp_path, capsys):

@@ -444,3 +444,21 @@ def missing_parts(detection: Detection, present: Iterable[str]) -> list[str]:
     if facts.needs_t5 and T5_TOKENIZER not in have:
         missing.append(T5_TOKENIZER)
     return missing
+
+
+# T5-XXL v1.1 as SD3.5 and FLUX.1 use it: 32,128 embedding rows for the 32,000 pieces of its
+# SentencePiece model (the rest pad the table); a toy tokenizer trained for tests cannot drive it.
+T5_REAL_VOCAB = 32128
+T5_REAL_PIECES = 32000
+
+
+def t5_tokenizer_problem(embedding_rows: int, pieces: int) -> str | None:
+    """Why a T5 encoder with ``embedding_rows`` token embeddings cannot use a tokenizer of
+    ``pieces`` pieces, or None when it can."""
+    if pieces > embedding_rows:
+        return (f"{T5_TOKENIZER} has {pieces} pieces but the T5 encoder embeds only "
+                f"{embedding_rows} tokens: they do not belong together")
+    if embedding_rows == T5_REAL_VOCAB and pieces != T5_REAL_PIECES:
+        return (f"the T5 encoder is real-size ({T5_REAL_VOCAB} tokens) but {T5_TOKENIZER} has "
+                f"{pieces} pieces, not T5's {T5_REAL_PIECES}: ship T5's own spiece.model")
+    return None
