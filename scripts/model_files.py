@@ -21,6 +21,7 @@ from easel_contracts.families import (
     Detection,
     FamilyError,
     ModelFamily,
+    NoDenoiserError,
     detect_checkpoint,
     detect_diffusers_folder,
 )
@@ -138,9 +139,11 @@ def classify(header: SafetensorsHeader) -> ModelFacts:
     try:
         detection = detect_checkpoint({n: info.shape for n, info in tensors.items()},
                                       name=header.path.name)
-    except FamilyError as exc:
+    except NoDenoiserError as exc:
         if any(n.startswith("model.diffusion_model.") for n in names):
             return ModelFacts(CHECKPOINT, None, problem=str(exc))
+    except FamilyError as exc:  # a denoiser of an unsupported family, or mixed families
+        return ModelFacts(CHECKPOINT, None, problem=str(exc))
     else:
         return ModelFacts(CHECKPOINT, detection.facts.label, detection=detection)
     vae_prefixes = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.",

@@ -293,3 +293,11 @@ def test_lora_upload_writes_no_manifest(stack, tmp_path, capsys):
     assert _run(capsys, lora, "--lora", "--state-dir", tmp_path / "s")[0] == 0
     keys = [o["Key"] for o in stack.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert keys == ["loras/ink.safetensors"]
+
+
+def test_flux2_file_is_refused_saying_which_family_it_is(stack, tmp_path, capsys):
+    keys = {"double_blocks.0.img_attn.norm.key_norm.scale": ([8], 0),
+            "single_stream_modulation.lin.weight": ([8, 8], 0)}
+    code, _, err = _run(capsys, write_safetensors(tmp_path / "f2.safetensors", keys),
+                        "--state-dir", tmp_path / "s")
+    assert code == 1 and "FLUX.2 is not supported" in err

@@ -32,6 +32,10 @@ class FamilyError(ValueError):
     """A checkpoint or folder is of no supported family (or mixes several); says what was found."""
 
 
+class NoDenoiserError(FamilyError):
+    """The file holds no denoiser at all (it may be a VAE, a text encoder, or no model)."""
+
+
 class ModelFamily(StrEnum):
     SD1 = "sd1"
     SD2 = "sd2"
@@ -206,7 +210,7 @@ def detect_checkpoint(shapes: Mapping[str, Sequence[int]], *, name: str = "the f
     }
     present = [what for what, found in denoisers.items() if found]
     if not present:
-        raise FamilyError(
+        raise NoDenoiserError(
             f"{name}: no denoiser of a supported family (supported: {SUPPORTED_TEXT}); its "
             f"tensors are {_prefix_summary(keys)}"
         )
