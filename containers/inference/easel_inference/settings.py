@@ -37,6 +37,10 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: str = "1") -> bool:
+    return _choice(env, name, default, ("1", "0", "true", "false")) in ("1", "true")
+
+
 @dataclass(frozen=True)
 class Settings:
     port: int = 8080
@@ -53,6 +57,10 @@ class Settings:
     pipeline_budget: int = 2
     max_pixels: int = 2048 * 2048
     max_image_bytes: int = MAX_IMAGE_BYTES
+    fast_path: str = "auto"  # auto: on when serving on CUDA (easel_inference.fastpath)
+    fast_qkv: bool = True
+    fast_channels_last: bool = True
+    fast_graphs: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -88,4 +96,8 @@ class Settings:
             max_image_bytes=_int(
                 env, "EASEL_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES, low=1024, high=MAX_IMAGE_BYTES
             ),
+            fast_path=_choice(env, "EASEL_FAST_PATH", "auto", ("auto", "on", "off")),
+            fast_qkv=_flag(env, "EASEL_FAST_QKV"),
+            fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
+            fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
         )
