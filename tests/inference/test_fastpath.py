@@ -17,6 +17,7 @@ from easel_inference.fastpath import (
     FastPathOptions,
     apply_fast_path,
     fuse_qkv_in_place,
+    steady_timestep,
 )
 from easel_inference.lora import LoraFuser, LoraLibrary, LoraUse
 from easel_inference.lora_builder import random_kohya_lora
@@ -107,6 +108,17 @@ def test_compiled_forward_is_used_and_its_output_is_copied_out(pipe) -> None:
     assert "cuda_graphs" in report.applied
     np.testing.assert_allclose(_generate(pipe), eager, atol=1e-4)
     assert len(calls) == 3  # one compiled UNet call a step: the step loop stays in Python
+
+
+@pytest.mark.parametrize("timestep", [torch.tensor(981), torch.tensor(981.0), 981])
+def test_the_compiled_forward_always_sees_one_timestep_type(timestep) -> None:
+    """int64 (DPM++), float (Euler) or a number: one graph, not one compile per sampler."""
+    sample = torch.zeros(1, 4, 8, 8)
+    args, _ = steady_timestep((sample, timestep), {})
+    assert args[1].dtype == torch.float32 and args[1].device == sample.device
+    assert float(args[1]) == 981.0
+    _, kwargs = steady_timestep((), {"sample": sample, "timestep": timestep})
+    assert kwargs["timestep"].dtype == torch.float32
 
 
 def test_a_failing_compiled_forward_falls_back_to_eager_and_logs_why(pipe, caplog) -> None:

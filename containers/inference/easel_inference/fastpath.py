@@ -106,6 +106,24 @@ def _clone_output(out: Any) -> Any:
     return out
 
 
+def steady_timestep(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...],
+                                                                            dict[str, Any]]:
+    """The UNet's timestep as a float32 tensor on the latents' device, whatever the sampler gave
+    (an int64 or float tensor, a Python number, on the CPU or the GPU): one compiled graph then
+    serves every sampler, and no step leaves the GPU's graph for a CPU scalar. The UNet embeds
+    the timestep in float32 anyway, so the picture does not change."""
+    sample = args[0] if args else kwargs.get("sample")
+    if not isinstance(sample, torch.Tensor):
+        return args, kwargs
+    if len(args) > 1:
+        timestep = torch.as_tensor(args[1], dtype=torch.float32, device=sample.device)
+        return (args[0], timestep, *args[2:]), kwargs
+    if "timestep" in kwargs:
+        timestep = torch.as_tensor(kwargs["timestep"], dtype=torch.float32, device=sample.device)
+        return args, dict(kwargs, timestep=timestep)
+    return args, kwargs
+
+
 class GuardedForward:
     """The compiled UNet forward; on any failure but out-of-memory, eager from then on."""
 
@@ -122,7 +140,8 @@ class GuardedForward:
                 mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
                 if mark_step is not None:
                     mark_step()
-                return _clone_output(self.compiled(*args, **kwargs))
+                steady_args, steady_kwargs = steady_timestep(args, kwargs)
+                return _clone_output(self.compiled(*steady_args, **steady_kwargs))
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any compile/capture failure: serve eagerly
