@@ -11,6 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from .errors import BadRequest
 
 MAX_DIMENSION = 8192
+# zlib level 1: on a 512x512 picture about half the CPU time of PIL's default (6) for files about
+# 15% larger (the PNG stays lossless); the encoding is on every request's critical path.
+PNG_COMPRESS_LEVEL = 1
 
 
 def decode_image(value: str, *, field: str, max_bytes: int) -> Image.Image:
@@ -41,5 +44,5 @@ def decode_image(value: str, *, field: str, max_bytes: int) -> Image.Image:
 
 def encode_png(image: Image.Image) -> str:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
