@@ -1,20 +1,25 @@
 """Inference benchmark (GPU machine, not CI): Easel's txt2img against stock diffusers, in one run,
 on the same full-size SD1.5 weights (random; speed depends on the architecture, not the weights).
 
-- stock: `StableDiffusionPipeline` as a diffusers user writes it: the builder's pipeline moved to
-  the GPU in float16, the sampler's scheduler from its config, `pipe(prompt, ...)` returning PIL.
-  With LoRAs: `load_lora_weights` for each file and `set_adapters` (PEFT, unfused: the stock way
-  of mixing LoRAs per request).
-- easel: the same weights saved as a single-file checkpoint and loaded by Easel's loader (as an
-  endpoint does), then the txt2img handler of `Engine.handlers()` — the code behind
-  `/invocations` without HTTP: payload validation (the contract's request model), prompt
-  weighting, LoRAs fused, generation, PNG + base64 encoding.
+Rows, all in one process on one GPU, same settings (512x512, 20 steps, CFG 7, the sampler given,
+DPM++ 2M Karras by default), each the median of --repeat calls after --warmup calls:
 
-Same settings for both: 512x512, 20 steps, CFG 7, the sampler given (DPM++ 2M Karras default).
-Each figure is the median of --repeat calls after --warmup calls. Prints JSON with the
-easel/stock ratios (and writes $OUT/inference_bench.json when OUT is set). With --profile, one
-Easel generation is profiled and the top CUDA kernels are written to $OUT/inference_profile.txt;
-with --channels-last the Easel generation is also timed with channels-last UNet/VAE weights.
+- stock eager: `StableDiffusionPipeline` as a diffusers user writes it (float16 on the GPU, the
+  sampler's scheduler from its config, `pipe(prompt, ...)` returning PIL).
+- stock anchor: the same pipeline with ../shared/bench/stock_anchor_graphs.py's setup: fused QKV,
+  channels-last, `torch.compile(unet, mode="reduce-overhead", fullgraph=True)`.
+- Easel eager (EASEL_FAST_PATH=off, the fallback) and Easel fast path (EASEL_FAST_PATH=on): the
+  weights saved as a single-file checkpoint and loaded by Easel's loader (as an endpoint does),
+  then the txt2img handler of `Engine.handlers()`, the code behind `/invocations` without HTTP:
+  payload validation, prompt weighting, LoRAs fused, generation, PNG + base64 encoding. The
+  fast path is also timed with two LoRAs, with LoRA sets alternating every request, at 50 steps,
+  and through HTTP `/invocations` (uvicorn on 127.0.0.1, JSON in, base64 PNG out).
+- psnr_fast_vs_eager_db: the fast path's image against Easel eager's, same seed and sampler.
+
+Prints JSON with the ratios (and writes $OUT/inference_bench.json when OUT is set). With
+--profile, one Easel fast-path generation is profiled and the top CUDA kernels are written to
+$OUT/inference_profile.txt. EASEL_FAST_* variables (e.g. EASEL_FAST_GRAPHS=0 for a CPU check of
+the script) apply to the fast-path rows.
 
   PYTHONPATH=containers/contracts:containers/inference python bench/inference.py \
       [--size tiny] [--profile]
@@ -23,10 +28,13 @@ with --channels-last the Easel generation is also timed with channels-last UNet/
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,8 +70,7 @@ def stock_scheduler(pipe, sampler_name: str):
     raise SystemExit("bench knows the stock scheduler of 'DPM++ 2M Karras' and 'Euler a' only")
 
 
-def time_stock(pipe, *, args: argparse.Namespace, loras: dict[str, Path], device: str,
-               dtype: torch.dtype) -> None:
+def time_stock(pipe, *, args: argparse.Namespace, device: str, dtype: torch.dtype) -> None:
     stock = pipe.to(device, dtype)
     stock.set_progress_bar_config(disable=True)
     stock.scheduler = stock_scheduler(stock, args.sampler)
@@ -74,18 +81,93 @@ def time_stock(pipe, *, args: argparse.Namespace, loras: dict[str, Path], device
         generator = torch.Generator(device).manual_seed(1234)
         stock(PROMPT, negative_prompt=NEGATIVE, generator=generator, **settings)
 
-    RESULTS["stock_seconds"] = median_seconds(stock_call, device=device, warmup=args.warmup,
-                                              repeat=args.repeat)
+    RESULTS["stock_eager_seconds"] = median_seconds(stock_call, device=device,
+                                                    warmup=args.warmup, repeat=args.repeat)
     dump()
-    try:
-        for name, path in loras.items():
-            stock.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-        stock.set_adapters(list(loras), adapter_weights=[0.8, 0.6])
-        RESULTS["stock_two_loras_seconds"] = median_seconds(
+    if device != "cuda":
+        RESULTS["stock_anchor_skipped"] = "needs CUDA (reduce-overhead = CUDA graphs)"
+        return
+    try:  # the stock compile anchor's setup, on the stock pipeline
+        stock.unet.fuse_qkv_projections()
+        stock.unet.to(memory_format=torch.channels_last)
+        stock.vae.to(memory_format=torch.channels_last)
+        stock.unet = torch.compile(stock.unet, mode="reduce-overhead", fullgraph=True)
+        started = time.perf_counter()
+        stock_call()
+        sync(device)
+        RESULTS["stock_anchor_first_call_seconds"] = round(time.perf_counter() - started, 2)
+        RESULTS["stock_anchor_seconds"] = median_seconds(
             stock_call, device=device, warmup=args.warmup, repeat=args.repeat)
-    except Exception as exc:  # a stock loader that cannot read a format is a finding, not a crash
-        RESULTS["stock_two_loras_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    except Exception as exc:  # noqa: BLE001 - a failing anchor is a finding, not a crash
+        RESULTS["stock_anchor_error"] = f"{type(exc).__name__}: {exc}"[:300]
     dump()
+
+
+def psnr_db(first: str, second: str) -> float:
+    """PSNR of two base64 PNGs (8-bit RGB), in dB (inf when identical)."""
+    import numpy as np
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB"),
+                       dtype=np.float64) for image in (first, second))
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+
+
+def time_http(engine, payload: dict, *, args: argparse.Namespace) -> None:
+    """The fast path through HTTP /invocations: uvicorn in a thread, urllib as the client."""
+    import socket
+    import threading
+    import urllib.request
+
+    import uvicorn
+
+    from easel_inference.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine=engine), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    body = json.dumps({"task": "txt2img", "payload": payload}).encode()
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("server not ready in 300 s") from None
+                time.sleep(0.5)
+
+        def post() -> None:
+            request = urllib.request.Request(f"{url}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=300) as response:
+                json.loads(response.read())["images"][0]
+
+        RESULTS["easel_fast_http_seconds"] = median_seconds(
+            post, device="cpu", warmup=args.warmup + 1, repeat=args.repeat)
+    finally:
+        server.should_exit = True
+
+
+def easel_engine(model_dir: Path, work: Path, device: str, *, fast: bool):
+    from easel_inference.app import build_engine
+    from easel_inference.settings import Settings
+
+    settings = replace(Settings.from_env(), model_dir=model_dir, lora_cache_dir=work / "cache",
+                       device=device, warmup=True, fast_path="on" if fast else "off")
+    engine = build_engine(settings)
+    started = time.perf_counter()
+    engine.start()
+    if not engine.ready:
+        raise SystemExit(f"Easel did not start: {engine.startup_error}")
+    return engine, round(time.perf_counter() - started, 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,26 +180,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also time Easel with channels-last UNet/VAE weights (experiment)")
+    parser.add_argument("--long-steps", type=int, default=50, help="steps of the long rows")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP row")
     args = parser.parse_args(argv)
 
     from easel_contracts.invocations import Txt2ImgRequest
-    from easel_inference.app import build_engine
     from easel_inference.builder import build_pipeline, save_single_file
     from easel_inference.lora_builder import save_random_loras
-    from easel_inference.settings import Settings
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    RESULTS.update(size=args.size, steps=args.steps, width=args.width, height=args.height,
+    RESULTS.update(size=args.size, steps=args.steps, long_steps=args.long_steps,
+                   width=args.width, height=args.height,
                    sampler=args.sampler, device=device, dtype=str(dtype).removeprefix("torch."),
                    torch=torch.__version__)
     if device == "cuda":
         RESULTS["gpu"] = torch.cuda.get_device_name()
     import diffusers
+    import transformers
 
     RESULTS["diffusers"] = diffusers.__version__
+    RESULTS["transformers"] = transformers.__version__
     work = Path(tempfile.mkdtemp(prefix="easel-inference-bench-"))
     model_dir = work / "model"
     pipe = build_pipeline(arch="sd15", size=args.size, seed=0)
@@ -125,63 +208,70 @@ def main(argv: list[str] | None = None) -> int:
         (model_dir / folder).mkdir(parents=True, exist_ok=True)
     save_single_file(pipe, model_dir / "Stable-diffusion" / "sd15-random.safetensors",
                      embed_configs=args.size == "tiny", write_yaml=args.size == "tiny")
-    loras = save_random_loras(pipe, model_dir / "Lora", seed=0)
+    save_random_loras(pipe, model_dir / "Lora", seed=0)
 
-    # --- stock diffusers ---------------------------------------------------------------
-    time_stock(pipe, args=args, loras=loras, device=device, dtype=dtype)
-    del pipe
-    if device == "cuda":
-        torch.cuda.empty_cache()
-
-    # --- Easel ---------------------------------------------------------------------------
-    settings = Settings(model_dir=model_dir, lora_cache_dir=work / "cache", device=device,
-                        warmup=True)
-    engine = build_engine(settings)
-    started = time.perf_counter()
-    engine.start()
-    if not engine.ready:
-        RESULTS["easel_error"] = engine.startup_error
-        dump()
-        return 1
-    RESULTS["easel_load_and_warmup_seconds"] = round(time.perf_counter() - started, 2)
     base = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": args.width,
             "height": args.height, "steps": args.steps, "cfg_scale": 7, "seed": 1234,
             "sampler_name": args.sampler}
     with_loras = dict(base, prompt=PROMPT + " <lora:style-kohya:0.8> <lora:detail-diffusers:0.6>")
 
-    def easel_call(payload: dict) -> None:
+    def call(engine, payload: dict) -> str:
         request = Txt2ImgRequest.model_validate(payload)
-        engine.handlers()["txt2img"](request, time.perf_counter())
+        return engine.handlers()["txt2img"](request, time.perf_counter()).images[0]
 
-    RESULTS["easel_seconds"] = median_seconds(lambda: easel_call(base), device=device,
-                                              warmup=args.warmup, repeat=args.repeat)
-    RESULTS["easel_two_loras_seconds"] = median_seconds(
-        lambda: easel_call(with_loras), device=device, warmup=args.warmup, repeat=args.repeat)
-    # switching LoRAs on and off every request: fuse + restore cost included
-    toggled = iter([with_loras, base] * (args.warmup + args.repeat + 1))
-    RESULTS["easel_alternating_loras_seconds"] = median_seconds(
-        lambda: easel_call(next(toggled)), device=device, warmup=args.warmup, repeat=args.repeat)
-    RESULTS["easel_over_stock"] = round(RESULTS["easel_seconds"] / RESULTS["stock_seconds"], 3)
-    if "stock_two_loras_seconds" in RESULTS:
-        RESULTS["easel_over_stock_two_loras"] = round(
-            RESULTS["easel_two_loras_seconds"] / RESULTS["stock_two_loras_seconds"], 3)
-    if device == "cuda":
-        RESULTS["easel_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    def timed_call(engine, payload: dict) -> float:
+        return median_seconds(lambda: call(engine, payload), device=device,
+                              warmup=args.warmup, repeat=args.repeat)
+
+    # --- Easel eager (the fallback) ------------------------------------------------------
+    engine, RESULTS["easel_eager_load_and_warmup_seconds"] = easel_engine(
+        model_dir, work, device, fast=False)
+    RESULTS["easel_eager_seconds"] = timed_call(engine, base)
+    reference = call(engine, base)
+    RESULTS["easel_eager_long_seconds"] = timed_call(engine, dict(base, steps=args.long_steps))
     dump()
-    if args.channels_last:
-        # experiment, not what the server does: the same generation with channels-last weights
-        pipe = engine.manager.get(None).pipe
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-        RESULTS["easel_channels_last_seconds"] = median_seconds(
-            lambda: easel_call(base), device=device, warmup=args.warmup, repeat=args.repeat)
-        dump()
+    del engine
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    # --- Easel fast path -------------------------------------------------------------------
+    engine, RESULTS["easel_fast_load_and_warmup_seconds"] = easel_engine(
+        model_dir, work, device, fast=True)
+    report = engine.manager.get(None).fast_path
+    started = time.perf_counter()
+    call(engine, base)
+    sync(device)
+    RESULTS["easel_fast_first_call_seconds"] = round(time.perf_counter() - started, 2)
+    RESULTS["easel_fast_seconds"] = timed_call(engine, base)
+    RESULTS["psnr_fast_vs_eager_db"] = psnr_db(call(engine, base), reference)
+    RESULTS["easel_fast_applied"] = list(report.applied)
+    RESULTS["easel_fast_fallbacks"] = dict(report.fallbacks)
+    dump()
+    RESULTS["easel_fast_two_loras_seconds"] = timed_call(engine, with_loras)
+    # switching LoRA sets every request: fuse + restore cost included, no recompile expected
+    toggled = iter([with_loras, base] * (args.warmup + args.repeat + 1))
+    RESULTS["easel_fast_alternating_loras_seconds"] = median_seconds(
+        lambda fast=engine: call(fast, next(toggled)), device=device, warmup=args.warmup,
+        repeat=args.repeat)
+    RESULTS["easel_fast_long_seconds"] = timed_call(engine, dict(base, steps=args.long_steps))
+    RESULTS["easel_fast_fallbacks"] = dict(report.fallbacks)
+    png = call(engine, base)
+    from PIL import Image
+
+    from easel_inference.images import encode_png
+
+    image = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+    RESULTS["png_base64_seconds"] = median_seconds(lambda: encode_png(image), device="cpu",
+                                                   warmup=1, repeat=5)
+    if device == "cuda":
+        RESULTS["easel_fast_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    dump()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
         with profile(activities=activities) as prof:
-            easel_call(base)
+            call(engine, base)
             sync(device)
         sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
         table = prof.key_averages().table(sort_by=sort, row_limit=30)
@@ -190,6 +280,32 @@ def main(argv: list[str] | None = None) -> int:
             Path(out, "inference_profile.txt").write_text(table)
         else:
             print(table)
+    if not args.no_http:
+        try:
+            time_http(engine, base, args=args)
+        except Exception as exc:  # noqa: BLE001 - recorded beside the other rows
+            RESULTS["easel_fast_http_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        dump()
+    del engine
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    # --- stock diffusers: eager, then the compile anchor -----------------------------------
+    time_stock(pipe, args=args, device=device, dtype=dtype)
+    del pipe
+    ratios = {
+        "fast_over_easel_eager": ("easel_fast_seconds", "easel_eager_seconds"),
+        "fast_over_stock_eager": ("easel_fast_seconds", "stock_eager_seconds"),
+        "fast_over_stock_anchor": ("easel_fast_seconds", "stock_anchor_seconds"),
+        "easel_eager_over_stock_eager": ("easel_eager_seconds", "stock_eager_seconds"),
+        "fast_two_loras_over_none": ("easel_fast_two_loras_seconds", "easel_fast_seconds"),
+        "fast_long_over_easel_eager_long": ("easel_fast_long_seconds", "easel_eager_long_seconds"),
+        "fast_http_over_stock_anchor": ("easel_fast_http_seconds", "stock_anchor_seconds"),
+    }
+    for name, (top, bottom) in ratios.items():
+        if top in RESULTS and bottom in RESULTS:
+            RESULTS[name] = round(RESULTS[top] / RESULTS[bottom], 3)
+    dump()
     return 0
 
 

@@ -243,3 +243,16 @@ def test_checked_images_are_reported():
     assert "webui" in checked
     assert checked | PENDING_DOCKERFILES >= set(IMAGE_NAMES)
     assert normalize("Easel_WebUI") == "easel-webui"
+
+
+@pytest.mark.parametrize("name", ["inference", "training"])
+def test_cuda_images_have_the_c_compiler_triton_needs_at_run_time(name: str) -> None:
+    """torch.compile's Triton backend compiles a C launcher (gcc, libc headers) when a kernel
+    first runs; python:3.12-slim ships no compiler, so the image must install one."""
+    image = _image(name)
+    assert "triton" in image.lock(), "the compiler is there for Triton, which the lock pins"
+    runs = [item["value"] for item in image.parser().structure if item["instruction"] == "RUN"]
+    installs = [run for run in runs if "apt-get install" in run]
+    assert any(re.search(r"\bgcc\b", run) and "libc6-dev" in run for run in installs), installs
+    assert all("--no-install-recommends" in run and "rm -rf /var/lib/apt/lists" in run
+               for run in installs)

@@ -13,6 +13,9 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from .errors import BadRequest
 
 MAX_DIMENSION = 8192
+# zlib level 1: on a 512x512 picture about half the CPU time of PIL's default (6) for files about
+# 15% larger (the PNG stays lossless); the encoding is on every request's critical path.
+PNG_COMPRESS_LEVEL = 1
 
 
 def decode_image(value: str, *, field: str, max_bytes: int) -> Image.Image:
@@ -49,5 +52,5 @@ def encode_png(image: Image.Image, *, parameters: str | None = None) -> str:
         chunks = PngImagePlugin.PngInfo()
         chunks.add_text(PNG_TEXT_KEY, parameters)  # iTXt (UTF-8) when it is not Latin-1
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=chunks)
+    image.save(buffer, format="PNG", pnginfo=chunks, compress_level=PNG_COMPRESS_LEVEL)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .errors import NotFound
+from .fastpath import FastPathOptions, FastPathReport, apply_fast_path
 from .loader import find_checkpoints, load_controlnet, load_pipeline, load_vae
 from .lora import LoraFuser
 from .settings import Settings
@@ -55,6 +56,7 @@ class LoadedModel:
     load_seconds: float
     short_hash: str | None = None
     variants: dict[str, Any] = field(default_factory=dict)
+    fast_path: FastPathReport = field(default_factory=FastPathReport)
 
     @property
     def is_inpainting(self) -> bool:
@@ -78,6 +80,11 @@ class PipelineManager:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.fast_options = FastPathOptions(
+            enabled=settings.fast_path == "on" or (settings.fast_path == "auto"
+                                                  and self.device == "cuda"),
+            fuse_qkv=settings.fast_qkv, channels_last=settings.fast_channels_last,
+            cuda_graphs=settings.fast_graphs)
         self._loader = loader
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._controlnets: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -140,6 +147,7 @@ class PipelineManager:
             started = time.perf_counter()
             pipe = self._loader(found[resolved], device=self.device, dtype=self.dtype)
             pipe.set_progress_bar_config(disable=True)
+            fast_path = apply_fast_path(pipe, self.fast_options)
             loaded = LoadedModel(
                 name=resolved,
                 path=found[resolved],
@@ -148,6 +156,7 @@ class PipelineManager:
                 base_scheduler_config=dict(pipe.scheduler.config),
                 load_seconds=time.perf_counter() - started,
                 short_hash=short_hash(found[resolved]),
+                fast_path=fast_path,
             )
             self._loaded[resolved] = loaded
             self.current = resolved

@@ -42,6 +42,10 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: str = "1") -> bool:
+    return _choice(env, name, default, ("1", "0", "true", "false")) in ("1", "true")
+
+
 @dataclass(frozen=True)
 class Settings:
     port: int = 8080
@@ -60,6 +64,10 @@ class Settings:
     max_image_bytes: int = MAX_IMAGE_BYTES
     deadline_seconds: int = DEFAULT_DEADLINE_SECONDS  # from arrival to answer, queue included
     max_queue: int = DEFAULT_MAX_QUEUE  # generation requests admitted at once (running+waiting)
+    fast_path: str = "auto"  # auto: on when serving on CUDA (easel_inference.fastpath)
+    fast_qkv: bool = True
+    fast_channels_last: bool = True
+    fast_graphs: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,4 +109,8 @@ class Settings:
             deadline_seconds=_int(env, DEADLINE_ENV, DEFAULT_DEADLINE_SECONDS, low=1,
                                   high=ASYNC_INVOCATION_TIMEOUT_MAX_S),
             max_queue=_int(env, "EASEL_MAX_QUEUE", DEFAULT_MAX_QUEUE, low=1, high=1024),
+            fast_path=_choice(env, "EASEL_FAST_PATH", "auto", ("auto", "on", "off")),
+            fast_qkv=_flag(env, "EASEL_FAST_QKV"),
+            fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
+            fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
         )

@@ -1,0 +1,186 @@
+"""The fast path (fused QKV, channels-last, compiled UNet) on a tiny CPU model: same pictures as
+eager, LoRAs fused in place into the weights the fused projections read, and an eager fallback
+with its reason logged when an option fails. No speed is asserted here (bench/inference.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from easel_inference.builder import build_pipeline
+from easel_inference.fastpath import (
+    FastPathOptions,
+    apply_fast_path,
+    fuse_qkv_in_place,
+    steady_timestep,
+)
+from easel_inference.lora import LoraFuser, LoraLibrary, LoraUse
+from easel_inference.lora_builder import random_kohya_lora
+from easel_inference.pipelines import PipelineManager
+from easel_inference.settings import Settings, SettingsError
+
+NO_GRAPHS = FastPathOptions(enabled=True, cuda_graphs=False)
+
+
+def _generate(pipe) -> np.ndarray:
+    return pipe(
+        "a boat", num_inference_steps=3, height=64, width=64, output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+
+
+def _unet_params(pipe) -> dict[str, torch.Tensor]:
+    return dict(pipe.unet.named_parameters())
+
+
+@pytest.fixture()
+def pipe():
+    return build_pipeline(arch="sd15", seed=5)
+
+
+@pytest.fixture()
+def library(tmp_path: Path, pipe) -> LoraLibrary:
+    save_file(random_kohya_lora(pipe, seed=3), str(tmp_path / "style.safetensors"))
+    return LoraLibrary(tmp_path)
+
+
+def test_fused_qkv_and_channels_last_keep_the_picture(pipe) -> None:
+    eager = _generate(pipe)
+    report = apply_fast_path(pipe, NO_GRAPHS)
+    assert report.applied == ["fuse_qkv", "channels_last"]
+    np.testing.assert_allclose(_generate(pipe), eager, atol=1e-4)
+
+
+def test_separate_projection_weights_become_views_of_the_fused_weight(pipe) -> None:
+    assert fuse_qkv_in_place(pipe.unet) > 0
+    attn = next(m for m in pipe.unet.modules() if hasattr(m, "to_qkv"))
+    base = attn.to_qkv.weight.data_ptr()
+    size = attn.to_qkv.weight.element_size() * attn.to_qkv.weight.shape[1]
+    assert attn.to_q.weight.data_ptr() == base
+    assert attn.to_k.weight.data_ptr() == base + size * attn.to_q.out_features
+    cross = next(m for m in pipe.unet.modules() if hasattr(m, "to_kv"))
+    assert cross.to_v.weight.data_ptr() == cross.to_kv.weight.data_ptr() + (
+        cross.to_kv.weight.element_size() * cross.to_kv.weight.shape[1] * cross.to_k.out_features)
+
+
+def test_lora_fuse_and_restore_keep_every_weight_storage(pipe, library) -> None:
+    apply_fast_path(pipe, NO_GRAPHS)
+    pointers = {name: p.data_ptr() for name, p in _unet_params(pipe).items()}
+    before = {name: p.detach().clone() for name, p in _unet_params(pipe).items()}
+    fuser = LoraFuser(pipe)
+    fuser.apply([LoraUse("style", 1.0, 1.0)], library)
+    fused = _unet_params(pipe)
+    assert {name: p.data_ptr() for name, p in fused.items()} == pointers
+    assert any(not torch.equal(before[name], p) for name, p in fused.items())
+    fuser.restore()
+    restored = _unet_params(pipe)
+    assert {name: p.data_ptr() for name, p in restored.items()} == pointers
+    assert all(torch.equal(before[name], p) for name, p in restored.items())
+
+
+def test_a_lora_changes_the_fused_path_as_it_changes_eager(library) -> None:
+    eager_pipe = build_pipeline(arch="sd15", seed=5)
+    fast_pipe = build_pipeline(arch="sd15", seed=5)
+    apply_fast_path(fast_pipe, NO_GRAPHS)
+    for pipe in (eager_pipe, fast_pipe):
+        LoraFuser(pipe).apply([LoraUse("style", 1.0, 1.0)], library)
+    eager, fast = _generate(eager_pipe), _generate(fast_pipe)
+    assert not np.array_equal(eager, _generate(build_pipeline(arch="sd15", seed=5)))
+    np.testing.assert_allclose(fast, eager, atol=1e-4)
+
+
+def test_compiled_forward_is_used_and_its_output_is_copied_out(pipe) -> None:
+    calls = []
+
+    def fake_compile(forward):
+        def compiled(*args, **kwargs):
+            calls.append(1)
+            return forward(*args, **kwargs)
+        return compiled
+
+    eager = _generate(pipe)
+    report = apply_fast_path(pipe, FastPathOptions(enabled=True), compile_fn=fake_compile)
+    assert "cuda_graphs" in report.applied
+    np.testing.assert_allclose(_generate(pipe), eager, atol=1e-4)
+    assert len(calls) == 3  # one compiled UNet call a step: the step loop stays in Python
+
+
+@pytest.mark.parametrize("timestep", [torch.tensor(981), torch.tensor(981.0), 981])
+def test_the_compiled_forward_always_sees_one_timestep_type(timestep) -> None:
+    """int64 (DPM++), float (Euler) or a number: one graph, not one compile per sampler."""
+    sample = torch.zeros(1, 4, 8, 8)
+    args, _ = steady_timestep((sample, timestep), {})
+    assert args[1].dtype == torch.float32 and args[1].device == sample.device
+    assert float(args[1]) == 981.0
+    _, kwargs = steady_timestep((), {"sample": sample, "timestep": timestep})
+    assert kwargs["timestep"].dtype == torch.float32
+
+
+def test_a_failing_compiled_forward_falls_back_to_eager_and_logs_why(pipe, caplog) -> None:
+    def broken_compile(forward):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("no C compiler for the Triton launcher")
+        return compiled
+
+    eager = _generate(pipe)
+    report = apply_fast_path(pipe, FastPathOptions(enabled=True), compile_fn=broken_compile)
+    with caplog.at_level(logging.WARNING, logger="easel.inference"):
+        image = _generate(pipe)
+    np.testing.assert_allclose(image, eager, atol=1e-4)
+    assert "no C compiler" in report.fallbacks["cuda_graphs"]
+    assert "cuda_graphs" not in report.applied
+    assert "no C compiler" in caplog.text
+
+
+def test_out_of_memory_in_the_compiled_forward_is_not_swallowed(pipe) -> None:
+    def oom_compile(forward):
+        def compiled(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return compiled
+
+    report = apply_fast_path(pipe, FastPathOptions(enabled=True), compile_fn=oom_compile)
+    with pytest.raises(torch.OutOfMemoryError):
+        _generate(pipe)
+    assert "cuda_graphs" not in report.fallbacks
+
+
+def test_an_option_that_fails_to_apply_is_skipped_with_its_reason(pipe, caplog) -> None:
+    def refuse():
+        raise ValueError("added KV projections")
+
+    pipe.unet.fuse_qkv_projections = refuse
+    eager = _generate(pipe)
+    with caplog.at_level(logging.WARNING, logger="easel.inference"):
+        report = apply_fast_path(pipe, NO_GRAPHS)
+    assert report.applied == ["channels_last"]
+    assert "added KV projections" in report.fallbacks["fuse_qkv"]
+    assert "added KV projections" in caplog.text
+    np.testing.assert_allclose(_generate(pipe), eager, atol=1e-4)
+
+
+def test_real_torch_compile_traces_the_unet_in_one_graph(pipe) -> None:
+    """Dynamo (eager backend: no C compiler or GPU needed) captures the whole UNet forward."""
+    eager = _generate(pipe)
+    report = apply_fast_path(
+        pipe, FastPathOptions(enabled=True),
+        compile_fn=lambda f: torch.compile(f, backend="eager", fullgraph=True, dynamic=False))
+    np.testing.assert_allclose(_generate(pipe), eager, atol=1e-4)
+    assert report.fallbacks == {}
+
+
+def test_settings_read_the_fast_path_options() -> None:
+    settings = Settings.from_env({"EASEL_FAST_PATH": "on", "EASEL_FAST_GRAPHS": "0"})
+    assert (settings.fast_path, settings.fast_graphs, settings.fast_qkv) == ("on", False, True)
+    with pytest.raises(SettingsError, match="EASEL_FAST_PATH"):
+        Settings.from_env({"EASEL_FAST_PATH": "fast"})
+
+
+def test_auto_means_off_on_the_cpu_and_on_turns_it_on(tmp_path: Path) -> None:
+    assert not PipelineManager(Settings(model_dir=tmp_path, device="cpu")).fast_options.enabled
+    forced = PipelineManager(Settings(model_dir=tmp_path, device="cpu", fast_path="on"))
+    assert forced.fast_options.enabled
