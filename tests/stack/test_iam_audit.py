@@ -202,6 +202,53 @@ def test_scaling_registration_needs_the_rights_autoscaling_checks_for_the_caller
             "cloudwatch:DescribeAlarms"} <= actions
 
 
+TARGETS = "arn:aws:application-autoscaling:us-east-1:123456789012:scalable-target/*"
+SCALING = {"Resources": {
+    "Role": {"Type": "AWS::IAM::Role", "Properties": {}},
+    "Policy": {"Type": "AWS::IAM::Policy", "Properties": {"Roles": [{"Ref": "Role"}],
+               "PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": ["application-autoscaling:RegisterScalableTarget",
+                                       "application-autoscaling:TagResource"],
+         "Resource": TARGETS,
+         "Condition": {"StringEquals": {"aws:RequestTag/easel:deployment": "easel"}}},
+        {"Effect": "Allow", "Action": "application-autoscaling:DeregisterScalableTarget",
+         "Resource": TARGETS,
+         "Condition": {"StringEquals": {"aws:ResourceTag/easel:deployment": "easel"}}},
+        {"Effect": "Allow", "Action": ["sagemaker:*", "cloudwatch:*", "iam:*"], "Resource": "*"},
+    ]}}},
+}}
+RESOURCE_ID = "endpoint/easel-a/variant/AllTraffic"
+
+
+def scaling_findings(operation, tagged=None, **params):
+    call = Call("p", "application-autoscaling", operation, {
+        "ServiceNamespace": "sagemaker", "ResourceId": RESOURCE_ID,
+        "ScalableDimension": iam_audit.SCALING_DIMENSION, **params})
+    policies = {"p": Policies.of_role(SCALING, "Role", {})}
+    return audit([call], policies, iam_audit.deployment_tags("easel", tagged))
+
+
+def test_deregistering_needs_the_scalable_targets_deployment_tag():
+    assert not scaling_findings("DeregisterScalableTarget", ours(RESOURCE_ID))
+    [untagged] = scaling_findings("DeregisterScalableTarget")
+    assert untagged.right.action == "application-autoscaling:DeregisterScalableTarget"
+    other = {iam_audit.scalable_target_arn(RESOURCE_ID): {iam_audit.DEPLOYMENT_TAG: "other"}}
+    assert scaling_findings("DeregisterScalableTarget", other)
+
+
+def test_registering_needs_the_deployment_tag_in_the_request():
+    assert not scaling_findings("RegisterScalableTarget", Tags={iam_audit.DEPLOYMENT_TAG: "easel"})
+    [untagged] = scaling_findings("RegisterScalableTarget")
+    assert untagged.right.action == "application-autoscaling:RegisterScalableTarget"
+
+
+def test_a_registration_with_tags_tags_its_target_for_later_calls():
+    register = Call("p", "application-autoscaling", "RegisterScalableTarget", {
+        "ServiceNamespace": "sagemaker", "ResourceId": RESOURCE_ID,
+        "Tags": {iam_audit.DEPLOYMENT_TAG: "easel"}})
+    assert iam_audit.created_tags([register]) == ours(RESOURCE_ID)
+
+
 # --- the principals --------------------------------------------------------------------------
 
 def test_cleanup_calls_are_allowed_to_both_cleanup_functions(synth, aws, monkeypatch):
