@@ -18,6 +18,7 @@ Three parts:
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -340,14 +341,30 @@ def _endpoint_of(resource_id: str) -> str:
     return resource_id.split("/")[1]
 
 
+def scalable_target_arn(resource_id: str) -> str:
+    """The audit's stand-in for a scalable target's ARN. AWS gives each target a random id
+    (`scalable-target/<id>`), so grants on targets cannot name them and are scoped by the
+    `aws:ResourceTag`/`aws:RequestTag` conditions instead; the audit derives a stable id from the
+    resource id, so the tags a scenario gives a target can be looked up by this ARN."""
+    digest = hashlib.sha256(resource_id.encode()).hexdigest()[:32]
+    return _arn("application-autoscaling", f"scalable-target/{digest}")
+
+
+AUTOSCALING_SLR = (f"arn:{PARTITION}:iam::{ACCOUNT}:role/aws-service-role/"
+                   "sagemaker.application-autoscaling.amazonaws.com/"
+                   "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint")
+
+
 def _autoscaling(call: Call) -> list[Right]:
     op, p = call.operation, call.params
     action = f"application-autoscaling:{op}"
-    rights = [Right(action, "*")]
+    if op.startswith("Describe"):
+        # Describe actions support no resource-level permissions (Service Authorization
+        # Reference, Application Auto Scaling): they are authorized on "*".
+        return [Right(action, "*")]
     if p.get("ServiceNamespace") != "sagemaker" or "ResourceId" not in p:
-        if op.startswith("Describe"):
-            return rights
         raise UnmappedCall(op)
+    target = scalable_target_arn(p["ResourceId"])
     endpoint = _arn("sagemaker", f"endpoint/{_endpoint_of(p['ResourceId']).lower()}")
     config = _arn("sagemaker", f"endpoint-config/{_endpoint_of(p['ResourceId']).lower()}")
     # Target tracking names its alarms TargetTracking-<resource id>-AlarmHigh|AlarmLow-<uuid>.
@@ -355,25 +372,39 @@ def _autoscaling(call: Call) -> list[Right]:
     # Application Auto Scaling checks these rights of the caller on its behalf
     # (https://docs.aws.amazon.com/autoscaling/application/userguide/security_iam_id-based-policy-examples.html).
     if op == "RegisterScalableTarget":
-        rights += [
+        tags = _tags(p)
+        context = _request_tags(tags) if tags else ()
+        rights = [
+            Right(action, target, context),
             Right("sagemaker:DescribeEndpoint", endpoint, why="checked by RegisterScalableTarget"),
             Right("sagemaker:DescribeEndpointConfig", config,
                   why="checked by RegisterScalableTarget"),
             Right("sagemaker:UpdateEndpointWeightsAndCapacities", endpoint,
                   why="checked by RegisterScalableTarget"),
             Right("cloudwatch:DescribeAlarms", alarm, why="checked by RegisterScalableTarget"),
+            # The first registration creates the service-linked role
+            # (https://docs.aws.amazon.com/autoscaling/application/userguide/application-auto-scaling-service-linked-roles.html).
+            Right("iam:CreateServiceLinkedRole", AUTOSCALING_SLR,
+                  _ctx(iam__AWSServiceName="sagemaker.application-autoscaling.amazonaws.com"),
+                  why="RegisterScalableTarget creates the service-linked role"),
         ]
-    elif op == "PutScalingPolicy":
-        rights += [
-            Right("cloudwatch:PutMetricAlarm", alarm, why="checked by PutScalingPolicy"),
-            Right("cloudwatch:DescribeAlarms", alarm, why="checked by PutScalingPolicy"),
-        ]
+        if tags:
+            rights.append(Right("application-autoscaling:TagResource", target, context,
+                                why="RegisterScalableTarget with Tags"))
+        return rights
+    rights = [Right(action, target)]
+    if op == "PutScalingPolicy":
+        if p.get("PolicyType") == "TargetTrackingScaling":  # step scaling creates no alarms
+            rights += [
+                Right("cloudwatch:PutMetricAlarm", alarm, why="checked by PutScalingPolicy"),
+                Right("cloudwatch:DescribeAlarms", alarm, why="checked by PutScalingPolicy"),
+            ]
     elif op in ("DeregisterScalableTarget", "DeleteScalingPolicy"):
         rights += [
             Right("cloudwatch:DeleteAlarms", alarm, why=f"checked by {op}"),
             Right("cloudwatch:DescribeAlarms", alarm, why=f"checked by {op}"),
         ]
-    elif not op.startswith("Describe"):
+    else:
         raise UnmappedCall(op)
     return rights
 
@@ -382,6 +413,9 @@ def _codebuild(call: Call) -> list[Right]:
     op, p = call.operation, call.params
     if op in ("StartBuild", "ListBuildsForProject"):
         return [Right(f"codebuild:{op}", _arn("codebuild", f"project/{p['projectName']}"))]
+    if op == "BatchGetProjects":
+        return [Right("codebuild:BatchGetProjects", _arn("codebuild", f"project/{name}"))
+                for name in p["names"]]
     if op == "BatchGetBuilds":
         # Authorized on the project each build (id "<project>:<uuid>") belongs to.
         return [Right("codebuild:BatchGetBuilds",
@@ -580,8 +614,10 @@ def request_context(right: Right, resource_tags: Callable[[str], dict[str, str]]
 
 def deployment_tags(deployment_id: str, tagged: dict[str, dict[str, str]] | None = None
                     ) -> Callable[[str], dict[str, str]]:
-    """Tags of the resources the calls touch: those a recorded call created with tags, else the
-    kit's rule (a SageMaker resource named `<deployment_id>-...` carries the deployment tag)."""
+    """Tags of the resources the calls touch: those given in `tagged` (by ARN), else the kit's
+    rule (a SageMaker resource named `<deployment_id>-...` carries the deployment tag). Scalable
+    targets have no name to go by: their tags must be given (see `created_tags`), else they
+    carry none."""
     known = dict(tagged or {})
 
     def lookup(arn: str) -> dict[str, str]:
@@ -593,6 +629,12 @@ def deployment_tags(deployment_id: str, tagged: dict[str, dict[str, str]] | None
         return {}
 
     return lookup
+
+
+def created_tags(calls: list[Call]) -> dict[str, dict[str, str]]:
+    """Tags, by ARN, of the scalable targets the calls registered with Tags."""
+    return {scalable_target_arn(c.params["ResourceId"]): _tags(c.params) for c in calls
+            if c.operation == "RegisterScalableTarget" and c.params.get("Tags")}
 
 
 @dataclass(frozen=True)

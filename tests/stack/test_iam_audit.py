@@ -12,9 +12,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from easel_contracts import scaling
+from easel_contracts import table as table_keys
 from stacks.cleanup_handler import index as cleanup
 from stacks.reaper_handler import index as reaper
 from stacks.rotation_handler import index as rotation
+from stacks.scaling_handler import index as scaler
 from tests.stack import iam_audit
 from tests.stack.iam_audit import ACCOUNT, REGION, Call, Policies, Recorder, Right, audit
 from tests.stack.sagemaker_fakes import IMAGE, ROLE, make_endpoint
@@ -26,12 +29,28 @@ ALARM = {"MetricName": "HasBacklogWithoutCapacity", "Namespace": "AWS/SageMaker"
          "ComparisonOperator": "GreaterThanOrEqualToThreshold"}
 
 
-def role_of(template, path: str) -> str:
-    """Logical id of the IAM role whose CDK path contains `path`."""
-    found = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::IAM::Role"
-             and path in v.get("Metadata", {}).get("aws:cdk:path", "")]
-    assert len(found) == 1, (path, found)
+def function_of(template, function_path: str) -> dict:
+    """The Lambda function whose CDK path contains `function_path`."""
+    found = [v for v in template["Resources"].values() if v["Type"] == "AWS::Lambda::Function"
+             and function_path in v.get("Metadata", {}).get("aws:cdk:path", "")]
+    assert len(found) == 1, (function_path, len(found))
     return found[0]
+
+
+def use_environment(monkeypatch, template, function_path: str) -> None:
+    """Run the handler with its function's literal environment variables from the template."""
+    variables = function_of(template, function_path)["Properties"]["Environment"]["Variables"]
+    for name, value in variables.items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+
+
+def role_of(template, function_path: str) -> str:
+    """Logical id of the IAM role of the Lambda function whose CDK path contains
+    `function_path` (the function's Role property names it)."""
+    role = function_of(template, function_path)["Properties"]["Role"]
+    assert "Fn::GetAtt" in role, f"{function_path}: the role is not the stack's own: {role}"
+    return role["Fn::GetAtt"][0]
 
 
 @pytest.fixture
@@ -43,46 +62,27 @@ def aws(monkeypatch):
         yield
 
 
-# Rights the audit finds missing whose fix belongs to another change in flight (stacks/portal.py's
-# scaling part): (principal, action, resource pattern). Any other finding fails; so does a known
-# gap that is no longer found (remove it here once fixed).
-KNOWN_GAPS = {
-    # Application Auto Scaling deletes target tracking's alarms with the caller's rights.
-    ("portal", "cloudwatch:DeleteAlarms", "*:alarm:TargetTracking-endpoint/easel-*"),
-    ("portal", "cloudwatch:DescribeAlarms", "*:alarm:TargetTracking-endpoint/easel-*"),
-}
-
-
-def _known(finding) -> tuple | None:
-    for gap in KNOWN_GAPS:
-        principal, action, pattern = gap
-        if (finding.call.principal == principal and finding.right is not None
-                and finding.right.action == action
-                and iam_audit.fnmatch.fnmatchcase(finding.right.resource, pattern)):
-            return gap
-    return None
-
-
 def check(template, recorder: Recorder, principal_roles: dict[str, list[str]],
-          names: dict[str, str] | None = None) -> None:
+          names: dict[str, str] | None = None,
+          tagged: dict[str, dict[str, str]] | None = None) -> None:
+    """Every call of each principal is allowed to each of its roles. Resources' tags: those the
+    recorded calls created, `tagged` (by ARN), else the kit's naming rule."""
     assert recorder.calls, "the scenario made no AWS call"
-    tags = iam_audit.deployment_tags("easel")
+    tags = iam_audit.deployment_tags(
+        "easel", {**iam_audit.created_tags(recorder.calls), **(tagged or {})})
     failures = []
-    gaps_seen = set()
     for principal, roles in principal_roles.items():
         calls = [c for c in recorder.calls if c.principal == principal]
         assert calls, f"no call recorded for {principal}"
         for role in roles:
             policies = {principal: Policies.of_role(template, role, names or {})}
-            for finding in audit(calls, policies, tags):
-                gap = _known(finding)
-                if gap:
-                    gaps_seen.add(gap)
-                else:
-                    failures.append(f"{role}: {finding}")
+            failures += [f"{role}: {finding}" for finding in audit(calls, policies, tags)]
     assert not failures, "calls the template does not allow:\n" + "\n".join(failures)
-    stale = {g for g in KNOWN_GAPS if g[0] in principal_roles} - gaps_seen
-    assert not stale, f"fixed, remove from KNOWN_GAPS: {stale}"
+
+
+def ours(resource_id: str) -> dict[str, dict[str, str]]:
+    """The scalable target of `resource_id` carries this deployment's tag."""
+    return {iam_audit.scalable_target_arn(resource_id): {iam_audit.DEPLOYMENT_TAG: "easel"}}
 
 
 # --- the evaluator itself ------------------------------------------------------------------
@@ -202,9 +202,57 @@ def test_scaling_registration_needs_the_rights_autoscaling_checks_for_the_caller
             "cloudwatch:DescribeAlarms"} <= actions
 
 
+TARGETS = "arn:aws:application-autoscaling:us-east-1:123456789012:scalable-target/*"
+SCALING = {"Resources": {
+    "Role": {"Type": "AWS::IAM::Role", "Properties": {}},
+    "Policy": {"Type": "AWS::IAM::Policy", "Properties": {"Roles": [{"Ref": "Role"}],
+               "PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": ["application-autoscaling:RegisterScalableTarget",
+                                       "application-autoscaling:TagResource"],
+         "Resource": TARGETS,
+         "Condition": {"StringEquals": {"aws:RequestTag/easel:deployment": "easel"}}},
+        {"Effect": "Allow", "Action": "application-autoscaling:DeregisterScalableTarget",
+         "Resource": TARGETS,
+         "Condition": {"StringEquals": {"aws:ResourceTag/easel:deployment": "easel"}}},
+        {"Effect": "Allow", "Action": ["sagemaker:*", "cloudwatch:*", "iam:*"], "Resource": "*"},
+    ]}}},
+}}
+RESOURCE_ID = "endpoint/easel-a/variant/AllTraffic"
+
+
+def scaling_findings(operation, tagged=None, **params):
+    call = Call("p", "application-autoscaling", operation, {
+        "ServiceNamespace": "sagemaker", "ResourceId": RESOURCE_ID,
+        "ScalableDimension": iam_audit.SCALING_DIMENSION, **params})
+    policies = {"p": Policies.of_role(SCALING, "Role", {})}
+    return audit([call], policies, iam_audit.deployment_tags("easel", tagged))
+
+
+def test_deregistering_needs_the_scalable_targets_deployment_tag():
+    assert not scaling_findings("DeregisterScalableTarget", ours(RESOURCE_ID))
+    [untagged] = scaling_findings("DeregisterScalableTarget")
+    assert untagged.right.action == "application-autoscaling:DeregisterScalableTarget"
+    other = {iam_audit.scalable_target_arn(RESOURCE_ID): {iam_audit.DEPLOYMENT_TAG: "other"}}
+    assert scaling_findings("DeregisterScalableTarget", other)
+
+
+def test_registering_needs_the_deployment_tag_in_the_request():
+    assert not scaling_findings("RegisterScalableTarget", Tags={iam_audit.DEPLOYMENT_TAG: "easel"})
+    [untagged] = scaling_findings("RegisterScalableTarget")
+    assert untagged.right.action == "application-autoscaling:RegisterScalableTarget"
+
+
+def test_a_registration_with_tags_tags_its_target_for_later_calls():
+    register = Call("p", "application-autoscaling", "RegisterScalableTarget", {
+        "ServiceNamespace": "sagemaker", "ResourceId": RESOURCE_ID,
+        "Tags": {iam_audit.DEPLOYMENT_TAG: "easel"}})
+    assert iam_audit.created_tags([register]) == ours(RESOURCE_ID)
+
+
 # --- the principals --------------------------------------------------------------------------
 
 def test_cleanup_calls_are_allowed_to_both_cleanup_functions(synth, aws, monkeypatch):
+    use_environment(monkeypatch, synth.template, "/Cleanup/OnEvent/")
     monkeypatch.setenv("PURGE_LOGS", "true")
     recorder = Recorder()
     with recorder.recording("cleanup"):
@@ -220,7 +268,8 @@ def test_cleanup_calls_are_allowed_to_both_cleanup_functions(synth, aws, monkeyp
         autoscaling = boto3.client("application-autoscaling")
         autoscaling.register_scalable_target(
             ServiceNamespace="sagemaker", ResourceId="endpoint/easel-alice-sd15/variant/main",
-            ScalableDimension=iam_audit.SCALING_DIMENSION, MinCapacity=1, MaxCapacity=2)
+            ScalableDimension=iam_audit.SCALING_DIMENSION, MinCapacity=1, MaxCapacity=2,
+            Tags={iam_audit.DEPLOYMENT_TAG: "easel"})
         cloudwatch = boto3.client("cloudwatch")
         cloudwatch.put_metric_alarm(AlarmName="easel-alice-sd15-backlog", **ALARM)
         logs = boto3.client("logs")
@@ -236,24 +285,28 @@ def test_cleanup_calls_are_allowed_to_both_cleanup_functions(synth, aws, monkeyp
         client = CompletedJobs(sagemaker)
         event.update(cleanup.on_event(event, None, client=client, extras=extras))
         assert cleanup.is_complete(event, None, client=client, extras=extras)["IsComplete"]
+    setup_tags = iam_audit.created_tags(recorder.calls[:setup])
+    assert setup_tags, "the fixture's scalable target carries the deployment tag"
     del recorder.calls[:setup]  # the fixture's own calls are not the handler's
     operations = {c.operation for c in recorder.calls}
     assert {"DeleteEndpoint", "DeregisterScalableTarget", "DeleteAlarms", "DeleteLogGroup",
             "DeleteLogStream"} <= operations
     check(synth.template, recorder, {"cleanup": [
-        role_of(synth.template, "/Cleanup/OnEvent/ServiceRole/"),
-        role_of(synth.template, "/Cleanup/IsComplete/ServiceRole/"),
-    ]})
+        role_of(synth.template, "/Cleanup/OnEvent/"),
+        role_of(synth.template, "/Cleanup/IsComplete/"),
+    ]}, tagged=setup_tags)
 
 
-def test_reaper_calls_are_allowed_to_the_reaper(synth, aws):
+def test_reaper_calls_are_allowed_to_the_reaper(synth, aws, monkeypatch):
+    use_environment(monkeypatch, synth.template, "/Reaper/Function/")
     recorder = Recorder()
     sagemaker = boto3.client("sagemaker")
     make_endpoint(sagemaker, "easel-idle", OURS)
     autoscaling = boto3.client("application-autoscaling")
     autoscaling.register_scalable_target(
         ServiceNamespace="sagemaker", ResourceId="endpoint/easel-idle/variant/main",
-        ScalableDimension=iam_audit.SCALING_DIMENSION, MinCapacity=1, MaxCapacity=2)
+        ScalableDimension=iam_audit.SCALING_DIMENSION, MinCapacity=1, MaxCapacity=2,
+        Tags={iam_audit.DEPLOYMENT_TAG: "easel"})
     boto3.client("cloudwatch").put_metric_alarm(AlarmName="easel-idle-backlog", **ALARM)
     with recorder.recording("reaper"):
         decisions = reaper.reap(boto3.client("sagemaker"), boto3.client("cloudwatch"),
@@ -262,7 +315,8 @@ def test_reaper_calls_are_allowed_to_the_reaper(synth, aws):
                                 autoscaling=boto3.client("application-autoscaling"))
     assert [d.endpoint for d in decisions if d.delete] == ["easel-idle"]
     check(synth.template, recorder,
-          {"reaper": [role_of(synth.template, "/Reaper/Function/ServiceRole/")]})
+          {"reaper": [role_of(synth.template, "/Reaper/Function/")]},
+          tagged=ours("endpoint/easel-idle/variant/main"))
 
 
 def test_rotation_calls_are_allowed_to_the_rotator_on_the_admin_secret(synth, aws):
@@ -279,7 +333,7 @@ def test_rotation_calls_are_allowed_to_the_rotator_on_the_admin_secret(synth, aw
                  if v["Type"] == "AWS::SecretsManager::Secret"
                  and "/Secrets/AdminPassword/Resource" in v["Metadata"]["aws:cdk:path"])
     check(synth.template, recorder,
-          {"rotation": [role_of(synth.template, "/Secrets/Rotator/ServiceRole/")]},
+          {"rotation": [role_of(synth.template, "/Secrets/Rotator/")]},
           names={admin: arn})
 
 
@@ -305,6 +359,23 @@ def portal_names(template) -> dict[str, str]:
     }
 
 
+def portal_role(template) -> str:
+    [role] = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::IAM::Role"
+              and "/Portal/Task/TaskRole/" in v.get("Metadata", {}).get("aws:cdk:path", "")]
+    return role
+
+
+def planned_target_tags(dynamodb, endpoint: str) -> dict[str, dict[str, str]]:
+    """Tags, by ARN, of the scalable target the scaler registers from `endpoint`'s stored plan."""
+    from tests.webui.conftest import TABLE
+
+    key = table_keys.endpoint_key(endpoint)
+    item = dynamodb.get_item(TableName=TABLE, Key={table_keys.PK: {"S": key.pk},
+                                                   table_keys.SK: {"S": key.sk}})["Item"]
+    target = scaling.ScalingPlan.from_json(item[scaling.PLAN_ATTRIBUTE]["S"]).scalable_target
+    return {iam_audit.scalable_target_arn(target["ResourceId"]): target["Tags"]}
+
+
 def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
     from tests.webui.conftest import BUCKET, create_resources, make_world
     from tests.webui.helpers import poll_job
@@ -315,6 +386,7 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
                       ("concepts/alice/dogs/1.txt", b"a dog")):
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
     sagemaker_s3 = boto3.client("s3")  # the async endpoint's own writes are not the portal's
+    dynamodb = boto3.client("dynamodb")  # the test's own reads
     recorder = Recorder()
     with recorder.recording("portal"):
         world = make_world()
@@ -326,6 +398,7 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
             "instance_type": "ml.g5.xlarge", "mode": "realtime", "min_instances": "1",
             "max_instances": "2", "idle_ttl_hours": "3"})
         assert deployed.status_code == 303 and "error" not in deployed.headers["location"]
+        target_tags = planned_target_tags(dynamodb, "easel-demo")  # before in_service rewrites it
         world.in_service("easel-demo")
         alice = world.signed_in("alice")
         job = alice.post("/generate", json={"endpoint": "easel-demo", "task": "txt2img",
@@ -356,53 +429,146 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
         recorder.add_fake_calls("portal", service, fake.calls)
     operations = {c.operation for c in recorder.calls}
     assert {"CreateModel", "CreateEndpoint", "InvokeEndpoint", "InvokeEndpointAsync",
-            "CreateTrainingJob",
-            "StopTrainingJob", "DeleteEndpoint", "ListObjectsV2", "GetSecretValue",
-            "Query"} <= operations, operations
-    check(synth.template, recorder,
-          {"portal": [role_of(synth.template, "/Portal/Task/TaskRole/")]},
+            "CreateTrainingJob", "StopTrainingJob", "DeleteEndpoint", "DeregisterScalableTarget",
+            "ListObjectsV2", "GetSecretValue", "Query"} <= operations, operations
+    check(synth.template, recorder, {"portal": [portal_role(synth.template)]},
+          names=portal_names(synth.template), tagged=target_tags)
+
+
+@pytest.mark.parametrize("operation", ["RegisterScalableTarget", "PutScalingPolicy"])
+def test_the_portal_cannot_apply_scaling_itself(synth, operation):
+    """Scaling is applied by the scaler Lambda only; the portal may only remove it."""
+    resource_id = "endpoint/easel-demo/variant/AllTraffic"
+    params = {"ServiceNamespace": "sagemaker", "ResourceId": resource_id,
+              "ScalableDimension": iam_audit.SCALING_DIMENSION,
+              "Tags": {iam_audit.DEPLOYMENT_TAG: "easel"}, "PolicyName": "easel-demo-p",
+              "PolicyType": "TargetTrackingScaling"}
+    [finding, *_] = audit([Call("portal", "application-autoscaling", operation, params)],
+                          {"portal": Policies.of_role(synth.template, portal_role(synth.template),
+                                                      portal_names(synth.template))},
+                          iam_audit.deployment_tags("easel", ours(resource_id)))
+    assert finding.right.action == f"application-autoscaling:{operation}"
+
+
+def test_scaler_calls_are_allowed_to_the_scaler_function(synth, aws):
+    from tests.webui.conftest import BUCKET, TABLE, create_resources, make_world
+
+    create_resources()
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="models/tiny.tar.gz", Body=b"x")
+    world = make_world()
+    admin = world.signed_in("admin")
+    for name, mode, least in (("demo", "realtime", "1"), ("queue", "async", "0")):
+        deployed = admin.post("/endpoints", data={
+            "name": name, "model": f"s3://{BUCKET}/models/tiny.tar.gz",
+            "instance_type": "ml.g5.xlarge", "mode": mode, "min_instances": least,
+            "max_instances": "2", "idle_ttl_hours": "3"})
+        assert deployed.status_code == 303 and "error" not in deployed.headers["location"]
+    recorder = Recorder()
+    with recorder.recording("scaler"):
+        for name in ("easel-demo", "easel-queue"):
+            outcome = scaler.apply_event(
+                {"detail": {"EndpointName": name, "EndpointStatus": "IN_SERVICE"}},
+                deployment_id="easel", table=scaler.Table(boto3.client("dynamodb"), TABLE),
+                autoscaling=boto3.client("application-autoscaling"),
+                cloudwatch=boto3.client("cloudwatch"))
+            assert outcome["result"] == scaler.APPLIED, outcome
+    policy_types = {c.params.get("PolicyType") for c in recorder.calls
+                    if c.operation == "PutScalingPolicy"}
+    assert {"TargetTrackingScaling", "StepScaling"} <= policy_types
+    assert {"GetItem", "UpdateItem", "RegisterScalableTarget", "PutMetricAlarm"} <= {
+        c.operation for c in recorder.calls}
+    check(synth.template, recorder, {"scaler": [role_of(synth.template, "/Scaling/Function/")]},
           names=portal_names(synth.template))
 
 
-def test_image_build_waiter_calls_are_allowed_to_its_handler_role(synth):
-    from botocore.stub import Stubber
+IMAGE_PROJECT, IMAGE_REPOSITORY, IMAGE_TAG = "easel-webui-build-abc", "easel-webui-xyz", "0123abcd"
+IMAGE_BUILD = f"{IMAGE_PROJECT}:8d1d1f2e-1111-2222-3333-444455556666"
+IMAGE_PROPS = {"ProjectName": IMAGE_PROJECT, "RepositoryName": IMAGE_REPOSITORY,
+               "ImageTag": IMAGE_TAG, "ComputeType": "LARGE"}
+ENVIRONMENT = {"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0",
+               "computeType": "BUILD_GENERAL1_LARGE"}
+WAITING = {"projects": [{"name": IMAGE_PROJECT, "environment": {**ENVIRONMENT, "environmentVariables": [
+    {"name": "WAIT_HANDLE_URL", "value": "https://wait.example/handle"},
+    {"name": "IMAGE_TAG", "value": IMAGE_TAG}]}}]}
+BUILT = {"builds": [{"id": IMAGE_BUILD, "buildStatus": "SUCCEEDED", "projectName": IMAGE_PROJECT,
+                     "environment": {**ENVIRONMENT, "environmentVariables": [
+                         {"name": "IMAGE_TAG", "value": IMAGE_TAG}]}}]}
 
-    from stacks.image_build_handler import handler as image_build
 
-    project, repository, tag = "easel-webui-build-abc", "easel-registrieswebui-xyz", "0123abcd"
-    build_id = f"{project}:8d1d1f2e-1111-2222-3333-444455556666"
-    props = {"ProjectName": project, "RepositoryName": repository, "ImageTag": tag,
-             "ComputeType": "LARGE"}
-    recorder = Recorder()
-    with recorder.recording("image-build"):
-        codebuild = boto3.client("codebuild", region_name=REGION)
-        ecr = boto3.client("ecr", region_name=REGION)
-        with Stubber(codebuild) as builds, Stubber(ecr) as images:
-            images.add_client_error("describe_images", service_error_code="ImageNotFoundException")
-            builds.add_response("list_builds_for_project", {})
-            builds.add_response("start_build", {"build": {"id": build_id}})
-            started = image_build.on_event({"RequestType": "Create", "ResourceProperties": props},
-                                           codebuild=codebuild, ecr=ecr)
-            builds.add_response("batch_get_builds", {"builds": [{
-                "id": build_id, "buildStatus": "SUCCEEDED", "projectName": project}]})
-            images.add_response("describe_images", {"imageDetails": [{
-                "imageDigest": "sha256:" + "ab" * 32, "imageTags": [tag]}]})
-            done = image_build.is_complete(
-                {"RequestType": "Create", "ResourceProperties": props, **started},
-                codebuild=codebuild, ecr=ecr)
-    assert done["IsComplete"]
-    resources = synth.template["Resources"]
+def image_build_names(template) -> dict[str, str]:
+    resources = template["Resources"]
 
     def logical(type_name: str, path: str) -> str:
         return next(k for k, v in resources.items() if v["Type"] == type_name
                     and path in v.get("Metadata", {}).get("aws:cdk:path", ""))
 
-    names = {
+    return {
         f"{logical('AWS::CodeBuild::Project', '/WebuiImage/Project/')}.Arn":
-            f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{project}",
+            f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{IMAGE_PROJECT}",
         f"{logical('AWS::ECR::Repository', '/Registries/Webui/')}.Arn":
-            f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repository}",
+            f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{IMAGE_REPOSITORY}",
     }
+
+
+def test_image_build_start_and_image_calls_are_allowed_to_the_start_function(synth):
+    from botocore.stub import Stubber
+
+    from stacks.image_build.handler import handler as image_build
+
+    signals = []
+    recorder = Recorder()
+    with recorder.recording("start"):
+        codebuild = boto3.client("codebuild", region_name=REGION)
+        ecr = boto3.client("ecr", region_name=REGION)
+        with Stubber(codebuild) as builds, Stubber(ecr) as images:
+            # A tag not in ECR yet: look for a running build of it, then start one.
+            images.add_client_error("describe_images", service_error_code="ImageNotFoundException")
+            builds.add_response("list_builds_for_project", {"ids": [IMAGE_BUILD]})
+            builds.add_response("batch_get_builds", {"builds": [{
+                "id": IMAGE_BUILD, "buildStatus": "FAILED", "projectName": IMAGE_PROJECT}]})
+            builds.add_response("start_build", {"build": {"id": IMAGE_BUILD}})
+            started = image_build.on_event({"RequestType": "Create", "ResourceProperties":
+                                            IMAGE_PROPS, "ResourceType": image_build.BUILD_RESOURCE},
+                                           codebuild=codebuild, ecr=ecr)
+            # A tag already in ECR: signal the wait condition at once.
+            digest = {"imageDetails": [{"imageDigest": "sha256:" + "ab" * 32,
+                                        "imageTags": [IMAGE_TAG]}]}
+            images.add_response("describe_images", digest)
+            builds.add_response("batch_get_projects", WAITING)
+            image_build.on_event({"RequestType": "Update", "ResourceProperties": IMAGE_PROPS,
+                                  "ResourceType": image_build.BUILD_RESOURCE},
+                                 codebuild=codebuild, ecr=ecr,
+                                 send=lambda url, **kw: signals.append(kw))
+            # After the wait: the image's digest.
+            images.add_response("describe_images", digest)
+            image = image_build.on_event({"RequestType": "Create", "ResourceProperties":
+                                          IMAGE_PROPS, "ResourceType": image_build.IMAGE_RESOURCE},
+                                         codebuild=codebuild, ecr=ecr)
+    assert started["Data"]["BuildId"] == IMAGE_BUILD and signals and image["Data"]["ImageDigest"]
+    assert {"DescribeImages", "ListBuildsForProject", "BatchGetBuilds", "StartBuild",
+            "BatchGetProjects"} <= {c.operation for c in recorder.calls}
     check(synth.template, recorder,
-          {"image-build": [role_of(synth.template, "/EaselImageBuildWaiter/HandlerRole/")]},
-          names=names)
+          {"start": [role_of(synth.template, "/EaselImageBuildWaiter/StartBuild/")]},
+          names=image_build_names(synth.template))
+
+
+def test_image_build_state_calls_are_allowed_to_the_signaller(synth):
+    from botocore.stub import Stubber
+
+    from stacks.image_build.handler import handler as image_build
+
+    signals = []
+    recorder = Recorder()
+    with recorder.recording("signaller"):
+        codebuild = boto3.client("codebuild", region_name=REGION)
+        with Stubber(codebuild) as builds:
+            builds.add_response("batch_get_builds", BUILT)
+            builds.add_response("batch_get_projects", WAITING)
+            outcome = image_build.on_build_state(
+                {"detail": {"build-id": IMAGE_BUILD, "build-status": "SUCCEEDED",
+                            "project-name": IMAGE_PROJECT}},
+                codebuild=codebuild, send=lambda url, **kw: signals.append(kw))
+    assert outcome["signalled"] and signals[0]["success"]
+    check(synth.template, recorder,
+          {"signaller": [role_of(synth.template, "/EaselImageBuildWaiter/SignalBuild/")]},
+          names=image_build_names(synth.template))
