@@ -37,7 +37,9 @@ def test_the_model_is_uploaded_uncompressed_and_deployed_from_its_prefix(tmp_pat
 
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=aws.names.bucket,
                                                       Prefix="models/mine/")["Contents"]]
-        assert keys == ["models/mine/Stable-diffusion/mine.safetensors"]
+        # the model as files (no archive), with its manifest beside it
+        assert keys == ["models/mine/Stable-diffusion/mine.safetensors",
+                        "models/mine/easel-model.json"]
         described = wait_while(_Clients(aws), f"easel-{endpoint}", "Creating", timeout=120)
         assert described["EndpointStatus"] == "InService", described.get("FailureReason")
         model = aws.client("sagemaker").describe_model(
