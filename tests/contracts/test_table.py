@@ -7,7 +7,8 @@ from easel_contracts import table as keys
 def test_record_keys_keep_their_stored_format():
     assert keys.user_key("ana") == ("user#ana", "profile")
     assert keys.user_prefs_key("ana") == ("user#ana", "prefs")
-    assert keys.throttle_key("ana", 900) == ("throttle#ana", "w#900")
+    assert keys.login_attempts_key("ana", "10.0.0.1") == ("throttle#ana", "client#10.0.0.1")
+    assert keys.user_tombstone_key("ana") == ("user#ana", "tombstone")
     assert keys.revoked_session_key("n1") == ("revoked#n1", "session")
     assert keys.image_key("i1") == ("image#i1", "meta")
     assert keys.generation_job_key("g1") == ("gen#g1", "meta")

@@ -8,7 +8,8 @@ one GSI per update). Items with a ``ttl`` attribute (epoch seconds) expire.
 | --- | --- | --- | --- |
 | user | `user#<name>` | `profile` | `users` / name |
 | API choices of a user | `user#<name>` | `prefs` | - |
-| login failures | `throttle#<name>` | `w#<window start>` | - (expires by `ttl`) |
+| sign-in attempts of one client | `throttle#<name>` | `client#<address>` | - (expires by `ttl`) |
+| deleted user name (never reused) | `user#<name>` | `tombstone` | - |
 | revoked session | `revoked#<nonce>` | `session` | - (expires by `ttl`) |
 | generated image | `image#<id>` | `meta` | `images` / `<created>#<id>` |
 | generation job | `gen#<id>` | `meta` | - (expires by `ttl`) |
@@ -73,8 +74,16 @@ def user_prefs_key(username: str) -> Key:
     return Key(f"user#{username}", "prefs")
 
 
-def throttle_key(username: str, window_start: int) -> Key:
-    return Key(f"throttle#{username}", f"w#{window_start}")
+def login_attempts_key(username: str, client: str) -> Key:
+    """Sign-in attempts for one user name from one client address (so a stranger's failures
+    never lock the user out from their own address)."""
+    return Key(f"throttle#{username}", f"client#{client}")
+
+
+def user_tombstone_key(username: str) -> Key:
+    """Written when a user is deleted: the name is never given to anyone again, so a new user
+    never inherits the S3 keys (``outputs/<user>/``, ``concepts/<user>/``) that embed it."""
+    return Key(f"user#{username}", "tombstone")
 
 
 def revoked_session_key(nonce: str) -> Key:

@@ -83,11 +83,18 @@ class Table:
                 wanted = answer.get("UnprocessedKeys", {}).get(self.name, {})
         return found
 
-    def put(self, item: dict[str, Any], *, must_not_exist: bool = False) -> bool:
-        """Write an item; with `must_not_exist`, answer False when it already exists."""
+    def put(self, item: dict[str, Any], *, must_not_exist: bool = False,
+            expect: tuple[str, Any] | None = None) -> bool:
+        """Write an item; with `must_not_exist`, answer False when it already exists; with
+        `expect=(attribute, value)`, answer False unless the stored item has that value there
+        (optimistic concurrency: several portal tasks may write the same item)."""
         kwargs: dict[str, Any] = {"TableName": self.name, "Item": serialize(item)}
         if must_not_exist:
             kwargs["ConditionExpression"] = f"attribute_not_exists({PK})"
+        elif expect is not None:
+            kwargs["ConditionExpression"] = "#e = :e"
+            kwargs["ExpressionAttributeNames"] = {"#e": expect[0]}
+            kwargs["ExpressionAttributeValues"] = serialize({":e": expect[1]})
         try:
             self.client.put_item(**kwargs)
         except ClientError as exc:
