@@ -146,6 +146,11 @@ class Auth:
             raise Conflict("username: 'admin' is the built-in administrator")
         check_password(password)
         role = check_role(role)
+        if self.table.get(*keys.user_tombstone_key(username)):
+            raise Conflict(
+                f"username: {username!r} belonged to a deleted user and is never reused (their "
+                "images and training data are stored under it); choose another name"
+            )
         created = self.table.put(
             {
                 **keys.user_key(username).item(), **keys.user_index(username),
@@ -189,6 +194,8 @@ class Auth:
         self._require_table_user(username)
         if self._user_record(username) is None:
             raise NotFound(f"user {username!r} does not exist")
+        # the tombstone first: from now on the name cannot be given to a new user
+        self.table.put({**keys.user_tombstone_key(username).item(), "deleted_at": iso_now()})
         self.table.delete(*keys.user_key(username))
         self.table.delete(*keys.user_prefs_key(username))
 
