@@ -49,15 +49,20 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class SyncTimeout(PortalError):
-    """A synchronous call ran out of time; the job goes on and can be polled."""
+    """A synchronous call ran out of time; the job still waits for the endpoint and can be
+    polled. The message says what is true: a real-time job only succeeds if the endpoint answers
+    within SageMaker's 60 s limit, otherwise it fails."""
 
     status_code = 504
 
-    def __init__(self, job_id: str, timeout: float) -> None:
+    def __init__(self, job_id: str, timeout: float, mode: str = "realtime") -> None:
+        limit = ("within 30 minutes" if mode == "async"
+                 else "within SageMaker's 60 s real-time limit")
         super().__init__(
-            f"The endpoint did not answer within {timeout:g} s. The generation goes on: poll "
-            f"GET /api/v1/jobs/{job_id} (its images are saved to your gallery), or use an "
-            "async endpoint / the portal's Generate page for long work."
+            f"The endpoint did not answer within {timeout:g} s. Poll GET /api/v1/jobs/{job_id}: "
+            f"it ends 'done' with the images (then also in your gallery) only if the endpoint "
+            f"answers {limit}, and 'failed' with the reason if not. For long work use fewer "
+            "steps or a smaller size, or an async endpoint / the portal's Generate page."
         )
         self.job_id = job_id
         self.extra = {"job_id": job_id, "poll": f"/api/v1/jobs/{job_id}"}
@@ -212,7 +217,8 @@ class Generation:
         try:
             answer = future.result(timeout=timeout)
         except FutureTimeout:
-            raise SyncTimeout(job_id, timeout) from None
+            mode = self.endpoints.record(endpoint).get("mode", "realtime")
+            raise SyncTimeout(job_id, timeout, mode) from None
         if answer is None:
             state = self.job(job_id, user=user)
             raise UpstreamError(state["error"] or "The generation failed.")
