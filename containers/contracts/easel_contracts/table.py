@@ -17,6 +17,7 @@ one GSI per update). Items with a ``ttl`` attribute (epoch seconds) expire.
 | training job | `training#<name>` | `meta` | `training` / `<created>#<name>` |
 | a user's image | `owner#<name>` | `image#<created>#<id>` | - (points at the image) |
 | a user's training job | `owner#<name>` | `training#<created>#<name>` | - (points at the job) |
+| owner of a library entry | `library#<key>` (`loras/<file>`, `models/<name>`) | `owner` | - |
 | one-off migration done | `migration#<name>` | `done` | - |
 
 The ``owner#`` items let a user's views (gallery, training jobs) query that user's records, newest
@@ -157,6 +158,14 @@ def owner_training_item(owner: str, created: str, job_name: str) -> dict[str, st
 
 def referenced_key(owner_item_: dict[str, Any]) -> Key:
     return Key(owner_item_[REF_PK], owner_item_[REF_SK])
+
+
+# --- the shared library (loras/, models/)
+
+def library_entry_key(entry: str) -> Key:
+    """Who owns library entry `entry` (``loras/<file>`` or ``models/<name>``): only the owner or
+    an administrator replaces or deletes it; entries uploaded by an administrator are shared."""
+    return Key(f"library#{entry}", "owner")
 
 
 def migration_key(name: str) -> Key:
