@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,8 +43,14 @@ from easel_webui.store import Table, iso_now, now, owned_records
 log = logging.getLogger("easel_webui.generation")
 JOB_TTL_SECONDS = 7 * 24 * 3600
 ASYNC_WAIT_SECONDS = 30 * 60
-# A job still "running" this long after it started lost its worker (the task stopped).
+# A job records the portal task running it and a heartbeat that task renews; a running job
+# whose heartbeat is older than STALE_HEARTBEAT_SECONDS lost its worker (the task stopped or
+# restarted) and is failed when next read. Records from before heartbeats: by their start.
+HEARTBEAT_SECONDS = 10.0
+STALE_HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = ASYNC_WAIT_SECONDS + 5 * 60
+STALE_REASON = ("The portal task running this job stopped (a restart or scale-in) before the "
+                "endpoint answered; nothing was saved. Submit it again.")
 _LARGE_FIELDS = ("init_images", "mask")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -121,6 +128,11 @@ class Generation:
         self.bucket = bucket
         self.endpoints = endpoints
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="easel-gen")
+        # this portal task, as named on the jobs it runs, and those jobs (for the heartbeat)
+        self.task_id = uuid.uuid4().hex
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        self._beating: threading.Thread | None = None
 
     # --- talking to an endpoint
 
@@ -233,8 +245,15 @@ class Generation:
         self.table.put({
             **keys.generation_job_key(job_id).item(), "job_id": job_id, "owner": user.username,
             "endpoint": endpoint, "task": task, "status": "running", "created_at": iso_now(),
-            "started": now(), keys.TTL: int(now()) + JOB_TTL_SECONDS,
+            "started": now(), "portal_task": self.task_id, "heartbeat": now(),
+            keys.TTL: int(now()) + JOB_TTL_SECONDS,
         })
+        with self._lock:
+            self._running.add(job_id)
+            if self._beating is None:
+                self._beating = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                                 name="easel-gen-heartbeat")
+                self._beating.start()
         self.endpoints.touch(endpoint)
         self.table.update(*keys.user_prefs_key(user.username), {"last_job": job_id},
                           must_exist=False)
@@ -242,8 +261,51 @@ class Generation:
                                   record.get("mode", "realtime"))
         return job_id, future
 
+    def _heartbeat_loop(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("generation heartbeat failed: %s", exc)
+
+    def beat(self) -> None:
+        """Renew the heartbeat of every job this portal task is running."""
+        with self._lock:
+            running = list(self._running)
+        for job_id in running:
+            self.table.update(*keys.generation_job_key(job_id), {"heartbeat": now()})
+
+    def _stale(self, record: dict[str, Any]) -> bool:
+        if record.get("status") != "running":
+            return False
+        if "heartbeat" in record:
+            return now() - float(record["heartbeat"]) > STALE_HEARTBEAT_SECONDS
+        return now() - record.get("started", now()) > STALE_AFTER_SECONDS
+
+    def _fail_if_stale(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A running job whose portal task stopped is failed, in the table, with the reason (a
+        conditional write: a job whose heartbeat moved meanwhile is left alone)."""
+        if not self._stale(record):
+            return record
+        failed = {**record, "status": "failed", "error": STALE_REASON, "finished": now()}
+        if "heartbeat" in record:
+            if not self.table.put(failed, expect=("heartbeat", record["heartbeat"])):
+                return self.table.get(record[keys.PK], record[keys.SK]) or record
+        else:
+            self.table.put(failed)
+        return failed
+
     def _run(self, job_id: str, owner: str, endpoint: str, task: str,
              request: GenerationRequest, mode: str) -> GenerationResponse | None:
+        try:
+            return self._run_job(job_id, owner, endpoint, task, request, mode)
+        finally:
+            with self._lock:
+                self._running.discard(job_id)
+
+    def _run_job(self, job_id: str, owner: str, endpoint: str, task: str,
+                 request: GenerationRequest, mode: str) -> GenerationResponse | None:
         try:
             if mode == "async":
                 answer = self._invoke_async(endpoint, task, request, job_id)
@@ -274,10 +336,9 @@ class Generation:
         record = self.table.get(*keys.generation_job_key(job_id)) if len(job_id) <= 64 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
             raise NotFound("No such generation job.")
+        record = self._fail_if_stale(record)
         images = [self.image(image_id, user=user) for image_id in record.get("image_ids", [])]
         status, error = record["status"], record.get("error", "")
-        if status == "running" and now() - record.get("started", now()) > STALE_AFTER_SECONDS:
-            status, error = "failed", "The portal task running this job stopped; submit it again."
         return {
             "job_id": job_id, "status": status, "error": error,
             "endpoint": record["endpoint"], "task": record["task"],
@@ -290,7 +351,7 @@ class Generation:
         prefs = self.table.get(*keys.user_prefs_key(user.username)) or {}
         job_id = prefs.get("last_job")
         record = self.table.get(*keys.generation_job_key(job_id)) if job_id else None
-        if record and record.get("status") == "running":
+        if record and self._fail_if_stale(record).get("status") == "running":
             return record
         return None
 
