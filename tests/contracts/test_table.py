@@ -14,6 +14,7 @@ def test_record_keys_keep_their_stored_format():
     assert keys.revoked_session_key("n1") == ("revoked#n1", "session")
     assert keys.image_key("i1") == ("image#i1", "meta")
     assert keys.generation_job_key("g1") == ("gen#g1", "meta")
+    assert keys.generation_slot_key("ana", 2) == ("user#ana", "genslot#2")
     assert keys.endpoint_key("easel-demo") == ("endpoint#easel-demo", "meta")
     assert keys.training_job_key("easel-dog") == ("training#easel-dog", "meta")
 

@@ -13,6 +13,7 @@ one GSI per update). Items with a ``ttl`` attribute (epoch seconds) expire.
 | revoked session | `revoked#<nonce>` | `session` | - (expires by `ttl`) |
 | generated image | `image#<id>` | `meta` | `images` / `<created>#<id>` |
 | generation job | `gen#<id>` | `meta` | - (expires by `ttl`) |
+| a user's generation slot (lease) | `user#<name>` | `genslot#<n>` | - |
 | endpoint | `endpoint#<name>` | `meta` | `endpoints` / name |
 | training job | `training#<name>` | `meta` | `training` / `<created>#<name>` |
 | a user's image | `owner#<name>` | `image#<created>#<id>` | - (points at the image) |
@@ -103,6 +104,12 @@ def image_index(created: str, image_id: str) -> dict[str, str]:
 
 def generation_job_key(job_id: str) -> Key:
     return Key(f"gen#{job_id}", META)
+
+
+def generation_slot_key(username: str, slot: int) -> Key:
+    """One of a user's concurrent-generation slots, shared by every portal task: a job holds one
+    (a lease its task renews) while it waits or runs."""
+    return Key(f"user#{username}", f"genslot#{slot}")
 
 
 # --- endpoints

@@ -36,7 +36,7 @@ from easel_contracts.invocations import (
 from easel_contracts.s3uri import S3Uri
 from easel_webui.auth import User
 from easel_webui.endpoints import Endpoints
-from easel_webui.errors import NotFound, PortalError, UpstreamError
+from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now, owned_records
 
@@ -122,7 +122,7 @@ def _generation_answer(answer: BaseModel) -> GenerationResponse:
 
 class Generation:
     def __init__(self, *, clients: Any, table: Table, bucket: Bucket, endpoints: Endpoints,
-                 workers: int = 8) -> None:
+                 workers: int = 8, queue_limit: int = 32, per_user_limit: int = 4) -> None:
         self.clients = clients
         self.table = table
         self.bucket = bucket
@@ -131,6 +131,9 @@ class Generation:
         # this portal task, as named on the jobs it runs, and those jobs (for the heartbeat)
         self.task_id = uuid.uuid4().hex
         self._running: set[str] = set()
+        self.queue_limit = queue_limit
+        self.per_user_limit = per_user_limit
+        self._slots: dict[str, keys.Key] = {}  # job id -> the user slot it holds
         self._lock = threading.Lock()
         self._beating: threading.Thread | None = None
 
@@ -229,6 +232,17 @@ class Generation:
         try:
             answer = future.result(timeout=timeout)
         except FutureTimeout:
+            if future.cancel():
+                # it never left the queue and its caller is being told to go away: nobody would
+                # collect it, so it does not run
+                self._release(job_id)
+                self.table.update(*keys.generation_job_key(job_id), {
+                    "status": "failed", "finished": now(),
+                    "error": "Cancelled: it waited in the portal's queue past the call's time "
+                             "limit and never ran."})
+                raise Busy(f"The portal's generation queue was too long to start this within "
+                           f"{timeout:g} s; nothing ran. Retry shortly.", retry_after=10) \
+                    from None
             mode = self.endpoints.record(endpoint).get("mode", "realtime")
             raise SyncTimeout(job_id, timeout, mode) from None
         if answer is None:
@@ -242,6 +256,17 @@ class Generation:
             raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
         job_id = uuid.uuid4().hex
+        with self._lock:
+            if len(self._running) >= self.queue_limit:
+                raise Busy("The portal's generation queue is full; retry in a few seconds.",
+                           retry_after=5)
+            self._running.add(job_id)
+        try:
+            self._slots[job_id] = self._claim_slot(user.username, job_id)
+        except PortalError:
+            with self._lock:
+                self._running.discard(job_id)
+            raise
         self.table.put({
             **keys.generation_job_key(job_id).item(), "job_id": job_id, "owner": user.username,
             "endpoint": endpoint, "task": task, "status": "running", "created_at": iso_now(),
@@ -249,7 +274,6 @@ class Generation:
             keys.TTL: int(now()) + JOB_TTL_SECONDS,
         })
         with self._lock:
-            self._running.add(job_id)
             if self._beating is None:
                 self._beating = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                                  name="easel-gen-heartbeat")
@@ -275,6 +299,32 @@ class Generation:
             running = list(self._running)
         for job_id in running:
             self.table.update(*keys.generation_job_key(job_id), {"heartbeat": now()})
+            slot = self._slots.get(job_id)
+            if slot is not None:
+                self.table.put(self._slot_item(slot, job_id), expect=("job_id", job_id))
+
+    @staticmethod
+    def _slot_item(slot: keys.Key, job_id: str, *, held: bool = True) -> dict[str, Any]:
+        expires = now() + STALE_HEARTBEAT_SECONDS if held else 0
+        return {**slot.item(), "job_id": job_id, "expires": expires}
+
+    def _claim_slot(self, username: str, job_id: str) -> keys.Key:
+        """One of the user's `per_user_limit` slots, shared by every portal task (a lease the
+        holder's heartbeat renews, so a stopped task's slots free themselves), or 429."""
+        for index in range(self.per_user_limit):
+            slot = keys.generation_slot_key(username, index)
+            if self.table.put(self._slot_item(slot, job_id), unless_live=("expires", now())):
+                return slot
+        raise PortalError(
+            f"You already have {self.per_user_limit} generations waiting or running; wait for "
+            "one to finish and retry.", status_code=429, retry_after=10)
+
+    def _release(self, job_id: str) -> None:
+        with self._lock:
+            self._running.discard(job_id)
+        slot = self._slots.pop(job_id, None)
+        if slot is not None:
+            self.table.put(self._slot_item(slot, job_id, held=False), expect=("job_id", job_id))
 
     def _stale(self, record: dict[str, Any]) -> bool:
         if record.get("status") != "running":
@@ -301,8 +351,7 @@ class Generation:
         try:
             return self._run_job(job_id, owner, endpoint, task, request, mode)
         finally:
-            with self._lock:
-                self._running.discard(job_id)
+            self._release(job_id)
 
     def _run_job(self, job_id: str, owner: str, endpoint: str, task: str,
                  request: GenerationRequest, mode: str) -> GenerationResponse | None:

@@ -60,6 +60,9 @@ class Settings(BaseModel):
     # proxies in front of the portal that append to X-Forwarded-For (CloudFront, then the ALB)
     forwarded_hops: int = Field(default=2, ge=0, le=5)
     sync_timeout_seconds: float = Field(default=50, gt=0, le=58)
+    # generation jobs waiting or running: per portal task, and per user across all tasks
+    generation_queue_per_task: int = Field(default=32, ge=1, le=1000)
+    generation_jobs_per_user: int = Field(default=4, ge=1, le=100)
     secure_cookies: bool = True
     password_hash_time_cost: int = Field(default=3, ge=1, le=10)
     password_hash_memory_kib: int = Field(default=65536, ge=1024, le=1024 * 1024)
@@ -103,6 +106,8 @@ ENV_FIELDS: dict[str, str] = {
     "EASEL_LOGIN_BACKOFF_SECONDS": "login_backoff_seconds",
     "EASEL_FORWARDED_HOPS": "forwarded_hops",
     "EASEL_SYNC_TIMEOUT_SECONDS": "sync_timeout_seconds",
+    "EASEL_GENERATION_QUEUE_PER_TASK": "generation_queue_per_task",
+    "EASEL_GENERATION_JOBS_PER_USER": "generation_jobs_per_user",
     "EASEL_SECURE_COOKIES": "secure_cookies",
     "EASEL_PASSWORD_HASH_TIME_COST": "password_hash_time_cost",
     "EASEL_PASSWORD_HASH_MEMORY_KIB": "password_hash_memory_kib",
