@@ -7,10 +7,14 @@ from easel_contracts import table as keys
 def test_record_keys_keep_their_stored_format():
     assert keys.user_key("ana") == ("user#ana", "profile")
     assert keys.user_prefs_key("ana") == ("user#ana", "prefs")
-    assert keys.throttle_key("ana", 900) == ("throttle#ana", "w#900")
+    assert keys.login_attempts_key("ana", "10.0.0.1") == ("throttle#ana", "client#10.0.0.1")
+    assert keys.library_entry_key("loras/x.safetensors") == ("library#loras/x.safetensors",
+                                                              "owner")
+    assert keys.user_tombstone_key("ana") == ("user#ana", "tombstone")
     assert keys.revoked_session_key("n1") == ("revoked#n1", "session")
     assert keys.image_key("i1") == ("image#i1", "meta")
     assert keys.generation_job_key("g1") == ("gen#g1", "meta")
+    assert keys.generation_slot_key("ana", 2) == ("user#ana", "genslot#2")
     assert keys.endpoint_key("easel-demo") == ("endpoint#easel-demo", "meta")
     assert keys.training_job_key("easel-dog") == ("training#easel-dog", "meta")
 

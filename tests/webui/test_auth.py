@@ -256,3 +256,14 @@ def test_a_refused_new_user_keeps_the_name_and_role_but_never_echoes_the_passwor
     assert '<option value="admin" selected' in response.text
     assert secret not in response.text
     assert world.portal.auth.lookup("nora") is None
+
+
+def test_a_deleted_users_name_is_never_given_to_a_new_user(world):
+    world.add_user("ursula")
+    admin = world.signed_in("admin")
+    assert admin.post("/users/ursula/delete").status_code == 303
+    again = admin.post("/users", data={"username": "ursula", "password": "p" * 12,
+                                       "role": "user"})
+    assert again.status_code == 409
+    assert "never reused" in again.text and "choose another name" in again.text
+    assert world.portal.auth.lookup("ursula") is None

@@ -187,7 +187,7 @@ def test_a_job_whose_worker_vanished_is_reported_failed(world):
         "started": 1000.0, "created_at": "2026-01-01T00:00:00Z"})
     state = world.signed_in("alice").get("/generate/jobs/lost").json()
     assert STALE_AFTER_SECONDS < 3600
-    assert state["status"] == "failed" and "submit it again" in state["error"]
+    assert state["status"] == "failed" and "submit it again" in state["error"].lower()
 
 
 def test_the_generate_form_has_the_model_servers_bounds(world):
@@ -206,3 +206,59 @@ def test_an_unknown_task_is_refused_naming_the_generation_tasks(world):
     assert response.status_code == 400
     assert "txt2img, img2img" in response.json()["detail"]
     assert world.runtime.named("invoke_endpoint") == []
+
+
+def _job_record(job_id: str, **fields):
+    return {"pk": f"gen#{job_id}", "sk": "meta", "job_id": job_id, "owner": "alice",
+            "endpoint": "easel-demo", "task": "txt2img", "status": "running",
+            "created_at": "2026-01-01T00:00:00Z", **fields}
+
+
+def test_a_job_of_a_stopped_portal_task_is_failed_once_its_heartbeat_is_stale(world):
+    import time
+
+    from easel_webui.generation import STALE_HEARTBEAT_SECONDS
+
+    world.add_user("alice")
+    stale = time.time() - STALE_HEARTBEAT_SECONDS - 5
+    world.portal.table.put(_job_record("orphan", started=stale, heartbeat=stale,
+                                       portal_task="a-task-that-restarted"))
+    world.portal.table.put({"pk": "user#alice", "sk": "prefs", "last_job": "orphan"})
+    alice = world.signed_in("alice")
+    state = alice.get("/generate/jobs/orphan").json()
+    assert state["status"] == "failed" and "portal task running this job stopped" in state["error"]
+    stored = world.portal.table.get("gen#orphan", "meta")
+    assert stored["status"] == "failed"  # recorded, not only reported
+
+
+def test_progress_does_not_report_a_job_whose_portal_task_stopped(world):
+    import base64
+    import time
+
+    from easel_webui.generation import STALE_HEARTBEAT_SECONDS
+
+    world.add_user("alice")
+    world.in_service()
+    stale = time.time() - STALE_HEARTBEAT_SECONDS - 5
+    world.portal.table.put(_job_record("orphan", started=stale, heartbeat=stale))
+    world.portal.table.put({"pk": "user#alice", "sk": "prefs", "last_job": "orphan"})
+    token = base64.b64encode(b"alice:user-password-123").decode()
+    progress = world.client().get("/sdapi/v1/progress",
+                                  headers={"Authorization": f"Basic {token}"}).json()
+    assert progress["state"]["job"] == "" and progress["textinfo"] == "idle"
+
+
+def test_a_job_whose_portal_task_beats_stays_running(world, monkeypatch):
+    from easel_webui import generation as generation_module
+
+    world.in_service()
+    admin = world.signed_in("admin")
+    world.runtime.release.clear()
+    try:
+        job_id = _submit(admin).json()["job_id"]
+        later = generation_module.now() + generation_module.STALE_HEARTBEAT_SECONDS * 3
+        monkeypatch.setattr(generation_module, "now", lambda: later)
+        world.portal.generation.beat()  # the task is alive: it renews the heartbeat
+        assert admin.get(f"/generate/jobs/{job_id}").json()["status"] == "running"
+    finally:
+        world.runtime.release.set()

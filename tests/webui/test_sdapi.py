@@ -129,6 +129,10 @@ def test_slow_generation_answers_504_with_a_job_to_poll(world_factory):
         assert response.status_code == 504
         body = response.json()
         assert "async" in body["detail"] and body["job_id"]
+        # no promise that the images will come: a real-time job fails past SageMaker's 60 s
+        assert "goes on" not in body["detail"]
+        assert "only if the endpoint answers within SageMaker's 60 s" in body["detail"]
+        assert "'failed' with the reason" in body["detail"]
         running = client.get(f"/api/v1/jobs/{body['job_id']}", headers=_auth()).json()
         assert running["status"] == "running"
     finally:

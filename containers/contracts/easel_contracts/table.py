@@ -8,14 +8,17 @@ one GSI per update). Items with a ``ttl`` attribute (epoch seconds) expire.
 | --- | --- | --- | --- |
 | user | `user#<name>` | `profile` | `users` / name |
 | API choices of a user | `user#<name>` | `prefs` | - |
-| login failures | `throttle#<name>` | `w#<window start>` | - (expires by `ttl`) |
+| sign-in attempts of one client | `throttle#<name>` | `client#<address>` | - (expires by `ttl`) |
+| deleted user name (never reused) | `user#<name>` | `tombstone` | - |
 | revoked session | `revoked#<nonce>` | `session` | - (expires by `ttl`) |
 | generated image | `image#<id>` | `meta` | `images` / `<created>#<id>` |
 | generation job | `gen#<id>` | `meta` | - (expires by `ttl`) |
+| a user's generation slot (lease) | `user#<name>` | `genslot#<n>` | - |
 | endpoint | `endpoint#<name>` | `meta` | `endpoints` / name |
 | training job | `training#<name>` | `meta` | `training` / `<created>#<name>` |
 | a user's image | `owner#<name>` | `image#<created>#<id>` | - (points at the image) |
 | a user's training job | `owner#<name>` | `training#<created>#<name>` | - (points at the job) |
+| owner of a library entry | `library#<key>` (`loras/<file>`, `models/<name>`) | `owner` | - |
 | one-off migration done | `migration#<name>` | `done` | - |
 
 The ``owner#`` items let a user's views (gallery, training jobs) query that user's records, newest
@@ -73,8 +76,16 @@ def user_prefs_key(username: str) -> Key:
     return Key(f"user#{username}", "prefs")
 
 
-def throttle_key(username: str, window_start: int) -> Key:
-    return Key(f"throttle#{username}", f"w#{window_start}")
+def login_attempts_key(username: str, client: str) -> Key:
+    """Sign-in attempts for one user name from one client address (so a stranger's failures
+    never lock the user out from their own address)."""
+    return Key(f"throttle#{username}", f"client#{client}")
+
+
+def user_tombstone_key(username: str) -> Key:
+    """Written when a user is deleted: the name is never given to anyone again, so a new user
+    never inherits the S3 keys (``outputs/<user>/``, ``concepts/<user>/``) that embed it."""
+    return Key(f"user#{username}", "tombstone")
 
 
 def revoked_session_key(nonce: str) -> Key:
@@ -93,6 +104,12 @@ def image_index(created: str, image_id: str) -> dict[str, str]:
 
 def generation_job_key(job_id: str) -> Key:
     return Key(f"gen#{job_id}", META)
+
+
+def generation_slot_key(username: str, slot: int) -> Key:
+    """One of a user's concurrent-generation slots, shared by every portal task: a job holds one
+    (a lease its task renews) while it waits or runs."""
+    return Key(f"user#{username}", f"genslot#{slot}")
 
 
 # --- endpoints
@@ -148,6 +165,14 @@ def owner_training_item(owner: str, created: str, job_name: str) -> dict[str, st
 
 def referenced_key(owner_item_: dict[str, Any]) -> Key:
     return Key(owner_item_[REF_PK], owner_item_[REF_SK])
+
+
+# --- the shared library (loras/, models/)
+
+def library_entry_key(entry: str) -> Key:
+    """Who owns library entry `entry` (``loras/<file>`` or ``models/<name>``): only the owner or
+    an administrator replaces or deletes it; entries uploaded by an administrator are shared."""
+    return Key(f"library#{entry}", "owner")
 
 
 def migration_key(name: str) -> Key:

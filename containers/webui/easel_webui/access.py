@@ -82,6 +82,26 @@ def _session_guard(access: Access) -> Callable[..., Any]:
     return guard
 
 
+def client_address(request: Request) -> str:
+    """The caller's address, for sign-in throttling.
+
+    Behind CloudFront and the ALB (`forwarded_hops` = 2) X-Forwarded-For reads
+    `<whatever the client sent>, <viewer address>, <CloudFront's address>`: CloudFront appends
+    the viewer's address to any header the client sent, and the ALB appends the address it got
+    the request from (CloudFront's). So the entry `forwarded_hops` from the right is the one a
+    proxy we run wrote; everything left of it is the client's to forge. See "X-Forwarded-For" in
+    https://docs.aws.amazon.com/AmazonCloudFront/latest/DeveloperGuide/adding-cloudfront-headers.html
+    and https://docs.aws.amazon.com/elasticloadbalancing/latest/application/x-forwarded-headers.html
+    Without that many entries (local mode: no proxy) it is the peer address of the connection.
+    """
+    hops = get_portal(request).settings.forwarded_hops
+    entries = [entry.strip() for entry in
+               request.headers.get("x-forwarded-for", "").split(",") if entry.strip()]
+    if hops and len(entries) >= hops:
+        return entries[-hops][:64]
+    return request.client.host if request.client else "unknown"
+
+
 def _basic_guard(access: Access) -> Callable[..., Any]:
     def guard(request: Request) -> None:
         request.state.session_nonce = None
@@ -100,7 +120,8 @@ def _basic_guard(access: Access) -> Callable[..., Any]:
         if not sep:
             raise NotSignedIn("Malformed HTTP Basic credentials.")
         try:
-            user = get_portal(request).auth.authenticate_basic(username, password)
+            user = get_portal(request).auth.authenticate_basic(username, password,
+                                                             client_address(request))
         except PortalError as exc:
             if exc.status_code in (429, 503):  # throttled or busy: not a wrong password
                 raise

@@ -9,7 +9,10 @@
   revokes that one session (its nonce is recorded in the table until the session would expire).
 - CSRF: forms carry a token derived from the session nonce (or, before sign-in, a double-submit
   cookie).
-- Failed sign-ins are counted per user name in the table, so every task sees the same count.
+- Sign-in attempts are counted per (user name, client address) in the table, reserved with a
+  conditional write before the password is checked, so every task sees the same count and
+  parallel attempts cannot all be checked; past the limit that client backs off (doubling waits),
+  while the same user signing in from another address is not affected.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,30}[a-z0-9]$")
 MIN_PASSWORD_LENGTH = 12
 
 BASIC_CACHE_SECONDS = 60.0
+# conditional writes lost to a parallel attempt before the caller is told to retry
+ATTEMPT_RESERVE_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,11 @@ class Auth:
             raise Conflict("username: 'admin' is the built-in administrator")
         check_password(password)
         role = check_role(role)
+        if self.table.get(*keys.user_tombstone_key(username)):
+            raise Conflict(
+                f"username: {username!r} belonged to a deleted user and is never reused (their "
+                "images and training data are stored under it); choose another name"
+            )
         created = self.table.put(
             {
                 **keys.user_key(username).item(), **keys.user_index(username),
@@ -184,49 +194,68 @@ class Auth:
         self._require_table_user(username)
         if self._user_record(username) is None:
             raise NotFound(f"user {username!r} does not exist")
+        # the tombstone first: from now on the name cannot be given to a new user
+        self.table.put({**keys.user_tombstone_key(username).item(), "deleted_at": iso_now()})
         self.table.delete(*keys.user_key(username))
         self.table.delete(*keys.user_prefs_key(username))
 
     # --- sign-in
 
-    def _window(self) -> int:
-        size = self.settings.login_window_seconds
-        return int(now() // size * size)
+    def _backoff(self, attempts: int) -> float:
+        """Seconds the client waits after its `attempts`-th unsuccessful reserved attempt: none
+        for the first `login_max_failures - 1`, then doubling up to the window."""
+        over = attempts - self.settings.login_max_failures
+        if over < 0:
+            return 0.0
+        return float(min(self.settings.login_backoff_seconds * 2 ** min(over, 30),
+                         self.settings.login_window_seconds))
 
-    def _throttle_key(self, username: str) -> keys.Key:
-        return keys.throttle_key(username, self._window())
+    def _reserve_attempt(self, name: str, client: str) -> None:
+        """Count this attempt for (user, client) in the table BEFORE the password is checked,
+        with a conditional write, so parallel attempts (on any portal task) cannot all be
+        checked: once the count is spent, the client waits (backing off), others are unaffected.
+        A success deletes the record."""
+        key = keys.login_attempts_key(name, client)
+        for _ in range(ATTEMPT_RESERVE_TRIES):
+            record = self.table.get(*key)
+            moment = now()
+            live = bool(record) and record.get(keys.TTL, 0) >= moment
+            attempts = int(record.get("attempts", 0)) if live else 0
+            not_before = float(record.get("not_before", 0)) if live else 0.0
+            if not_before > moment:
+                wait = math.ceil(not_before - moment)
+                raise TooManyAttempts(
+                    "Too many failed sign-ins for this user from your address; wait "
+                    f"{wait} seconds and try again.", retry_after=wait)
+            attempts += 1
+            version = int(record.get("version", 0)) + 1 if record else 1
+            not_before = moment + self._backoff(attempts)
+            item = {**key.item(), "attempts": attempts, "not_before": not_before,
+                    "version": version,
+                    keys.TTL: math.ceil(not_before + self.settings.login_window_seconds)}
+            if self.table.put(item, must_not_exist=record is None,
+                              expect=("version", version - 1) if record else None):
+                return
+        raise TooManyAttempts("Sign-in attempts for this user are arriving faster than they can "
+                              "be checked; retry in a few seconds.", retry_after=2)
 
-    def _failures(self, username: str) -> int:
-        record = self.table.get(*self._throttle_key(username))
-        if not record or record.get(keys.TTL, 0) < now():
-            return 0
-        return int(record.get("failures", 0))
-
-    def _record_failure(self, username: str) -> None:
-        pk, sk = self._throttle_key(username)
-        expires = self._window() + self.settings.login_window_seconds
-        self.table.update(pk, sk, {keys.TTL: math.ceil(expires)}, must_exist=False,
-                          add={"failures": 1})
-
-    def authenticate(self, username: str, password: str) -> User:
-        """The user, or `PortalError` (wrong credentials) / `TooManyAttempts`."""
+    def authenticate(self, username: str, password: str, client: str = "unknown") -> User:
+        """The user, or `PortalError` (wrong credentials) / `TooManyAttempts`. `client` is the
+        caller's address (`client_address`): attempts are counted per (user name, client)."""
         name = (username or "").strip().lower()[:64]
         if not name or not password:
             raise PortalError("Enter your user name and password.", status_code=401)
         throttle_name = name if USERNAME_RE.match(name) else "_invalid"
-        if self._failures(throttle_name) >= self.settings.login_max_failures:
-            raise TooManyAttempts(
-                "Too many failed sign-ins for this user; wait "
-                f"{self.settings.login_window_seconds // 60 or 1} minutes and try again."
-            )
+        self._reserve_attempt(throttle_name, client[:64])
         user = self._verify(name, password)
         if user is None:
-            self._record_failure(throttle_name)
             raise PortalError("Wrong user name or password.", status_code=401)
-        self.table.delete(*self._throttle_key(throttle_name))  # a success clears the count
+        # a success clears this client's count
+        self.table.delete(*keys.login_attempts_key(throttle_name, client[:64]))
         return user
 
-    def authenticate_basic(self, username: str, password: str) -> User:
+    def authenticate_basic(self, username: str, password: str,
+                           client: str = "unknown") -> User:
         """`authenticate` for HTTP Basic: a verified password is remembered for a minute; the
         user's current generation is still checked on every call, so revocation is immediate."""
         name = (username or "").strip().lower()[:64]
@@ -238,7 +267,7 @@ class Auth:
             if user is not None and hmac.compare_digest(user.generation, cached[1]):
                 return user
             self._basic_ok.pop(key, None)
-        user = self.authenticate(name, password)
+        user = self.authenticate(name, password, client)
         if len(self._basic_ok) > 10000:
             self._basic_ok.clear()
         self._basic_ok[key] = (now() + BASIC_CACHE_SECONDS, user.generation)

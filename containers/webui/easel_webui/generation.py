@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,29 +37,40 @@ from easel_contracts.s3uri import S3Uri
 from easel_webui.auth import User
 from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
-from easel_webui.errors import NotFound, PortalError, UpstreamError
+from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now, owned_records
 
 log = logging.getLogger("easel_webui.generation")
 JOB_TTL_SECONDS = 7 * 24 * 3600
 ASYNC_WAIT_SECONDS = 30 * 60
-# A job still "running" this long after it started lost its worker (the task stopped).
+# A job records the portal task running it and a heartbeat that task renews; a running job
+# whose heartbeat is older than STALE_HEARTBEAT_SECONDS lost its worker (the task stopped or
+# restarted) and is failed when next read. Records from before heartbeats: by their start.
+HEARTBEAT_SECONDS = 10.0
+STALE_HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = ASYNC_WAIT_SECONDS + 5 * 60
+STALE_REASON = ("The portal task running this job stopped (a restart or scale-in) before the "
+                "endpoint answered; nothing was saved. Submit it again.")
 _LARGE_FIELDS = ("init_images", "mask")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class SyncTimeout(PortalError):
-    """A synchronous call ran out of time; the job goes on and can be polled."""
+    """A synchronous call ran out of time; the job still waits for the endpoint and can be
+    polled. The message says what is true: a real-time job only succeeds if the endpoint answers
+    within SageMaker's 60 s limit, otherwise it fails."""
 
     status_code = 504
 
-    def __init__(self, job_id: str, timeout: float) -> None:
+    def __init__(self, job_id: str, timeout: float, mode: str = "realtime") -> None:
+        limit = ("within 30 minutes" if mode == "async"
+                 else "within SageMaker's 60 s real-time limit")
         super().__init__(
-            f"The endpoint did not answer within {timeout:g} s. The generation goes on: poll "
-            f"GET /api/v1/jobs/{job_id} (its images are saved to your gallery), or use an "
-            "async endpoint / the portal's Generate page for long work."
+            f"The endpoint did not answer within {timeout:g} s. Poll GET /api/v1/jobs/{job_id}: "
+            f"it ends 'done' with the images (then also in your gallery) only if the endpoint "
+            f"answers {limit}, and 'failed' with the reason if not. For long work use fewer "
+            "steps or a smaller size, or an async endpoint / the portal's Generate page."
         )
         self.job_id = job_id
         self.extra = {"job_id": job_id, "poll": f"/api/v1/jobs/{job_id}"}
@@ -111,12 +123,20 @@ def _generation_answer(answer: BaseModel) -> GenerationResponse:
 
 class Generation:
     def __init__(self, *, clients: Any, table: Table, bucket: Bucket, endpoints: Endpoints,
-                 workers: int = 8) -> None:
+                 workers: int = 8, queue_limit: int = 32, per_user_limit: int = 4) -> None:
         self.clients = clients
         self.table = table
         self.bucket = bucket
         self.endpoints = endpoints
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="easel-gen")
+        # this portal task, as named on the jobs it runs, and those jobs (for the heartbeat)
+        self.task_id = uuid.uuid4().hex
+        self._running: set[str] = set()
+        self.queue_limit = queue_limit
+        self.per_user_limit = per_user_limit
+        self._slots: dict[str, keys.Key] = {}  # job id -> the user slot it holds
+        self._lock = threading.Lock()
+        self._beating: threading.Thread | None = None
 
     # --- talking to an endpoint
 
@@ -213,7 +233,19 @@ class Generation:
         try:
             answer = future.result(timeout=timeout)
         except FutureTimeout:
-            raise SyncTimeout(job_id, timeout) from None
+            if future.cancel():
+                # it never left the queue and its caller is being told to go away: nobody would
+                # collect it, so it does not run
+                self._release(job_id)
+                self.table.update(*keys.generation_job_key(job_id), {
+                    "status": "failed", "finished": now(),
+                    "error": "Cancelled: it waited in the portal's queue past the call's time "
+                             "limit and never ran."})
+                raise Busy(f"The portal's generation queue was too long to start this within "
+                           f"{timeout:g} s; nothing ran. Retry shortly.", retry_after=10) \
+                    from None
+            mode = self.endpoints.record(endpoint).get("mode", "realtime")
+            raise SyncTimeout(job_id, timeout, mode) from None
         if answer is None:
             state = self.job(job_id, user=user)
             raise UpstreamError(state["error"] or "The generation failed.")
@@ -225,11 +257,28 @@ class Generation:
             raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
         job_id = uuid.uuid4().hex
+        with self._lock:
+            if len(self._running) >= self.queue_limit:
+                raise Busy("The portal's generation queue is full; retry in a few seconds.",
+                           retry_after=5)
+            self._running.add(job_id)
+        try:
+            self._slots[job_id] = self._claim_slot(user.username, job_id)
+        except PortalError:
+            with self._lock:
+                self._running.discard(job_id)
+            raise
         self.table.put({
             **keys.generation_job_key(job_id).item(), "job_id": job_id, "owner": user.username,
             "endpoint": endpoint, "task": task, "status": "running", "created_at": iso_now(),
-            "started": now(), keys.TTL: int(now()) + JOB_TTL_SECONDS,
+            "started": now(), "portal_task": self.task_id, "heartbeat": now(),
+            keys.TTL: int(now()) + JOB_TTL_SECONDS,
         })
+        with self._lock:
+            if self._beating is None:
+                self._beating = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                                 name="easel-gen-heartbeat")
+                self._beating.start()
         self.endpoints.touch(endpoint)
         self.table.update(*keys.user_prefs_key(user.username), {"last_job": job_id},
                           must_exist=False)
@@ -237,8 +286,76 @@ class Generation:
                                   record.get("mode", "realtime"))
         return job_id, future
 
+    def _heartbeat_loop(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("generation heartbeat failed: %s", exc)
+
+    def beat(self) -> None:
+        """Renew the heartbeat of every job this portal task is running."""
+        with self._lock:
+            running = list(self._running)
+        for job_id in running:
+            self.table.update(*keys.generation_job_key(job_id), {"heartbeat": now()})
+            slot = self._slots.get(job_id)
+            if slot is not None:
+                self.table.put(self._slot_item(slot, job_id), expect=("job_id", job_id))
+
+    @staticmethod
+    def _slot_item(slot: keys.Key, job_id: str, *, held: bool = True) -> dict[str, Any]:
+        expires = now() + STALE_HEARTBEAT_SECONDS if held else 0
+        return {**slot.item(), "job_id": job_id, "expires": expires}
+
+    def _claim_slot(self, username: str, job_id: str) -> keys.Key:
+        """One of the user's `per_user_limit` slots, shared by every portal task (a lease the
+        holder's heartbeat renews, so a stopped task's slots free themselves), or 429."""
+        for index in range(self.per_user_limit):
+            slot = keys.generation_slot_key(username, index)
+            if self.table.put(self._slot_item(slot, job_id), unless_live=("expires", now())):
+                return slot
+        raise PortalError(
+            f"You already have {self.per_user_limit} generations waiting or running; wait for "
+            "one to finish and retry.", status_code=429, retry_after=10)
+
+    def _release(self, job_id: str) -> None:
+        with self._lock:
+            self._running.discard(job_id)
+        slot = self._slots.pop(job_id, None)
+        if slot is not None:
+            self.table.put(self._slot_item(slot, job_id, held=False), expect=("job_id", job_id))
+
+    def _stale(self, record: dict[str, Any]) -> bool:
+        if record.get("status") != "running":
+            return False
+        if "heartbeat" in record:
+            return now() - float(record["heartbeat"]) > STALE_HEARTBEAT_SECONDS
+        return now() - record.get("started", now()) > STALE_AFTER_SECONDS
+
+    def _fail_if_stale(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A running job whose portal task stopped is failed, in the table, with the reason (a
+        conditional write: a job whose heartbeat moved meanwhile is left alone)."""
+        if not self._stale(record):
+            return record
+        failed = {**record, "status": "failed", "error": STALE_REASON, "finished": now()}
+        if "heartbeat" in record:
+            if not self.table.put(failed, expect=("heartbeat", record["heartbeat"])):
+                return self.table.get(record[keys.PK], record[keys.SK]) or record
+        else:
+            self.table.put(failed)
+        return failed
+
     def _run(self, job_id: str, owner: str, endpoint: str, task: str,
              request: GenerationRequest, mode: str) -> GenerationResponse | None:
+        try:
+            return self._run_job(job_id, owner, endpoint, task, request, mode)
+        finally:
+            self._release(job_id)
+
+    def _run_job(self, job_id: str, owner: str, endpoint: str, task: str,
+                 request: GenerationRequest, mode: str) -> GenerationResponse | None:
         try:
             if mode == "async":
                 answer = self._invoke_async(endpoint, task, request, job_id)
@@ -269,10 +386,9 @@ class Generation:
         record = self.table.get(*keys.generation_job_key(job_id)) if len(job_id) <= 64 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
             raise NotFound("No such generation job.")
+        record = self._fail_if_stale(record)
         images = [self.image(image_id, user=user) for image_id in record.get("image_ids", [])]
         status, error = record["status"], record.get("error", "")
-        if status == "running" and now() - record.get("started", now()) > STALE_AFTER_SECONDS:
-            status, error = "failed", "The portal task running this job stopped; submit it again."
         return {
             "job_id": job_id, "status": status, "error": error,
             "endpoint": record["endpoint"], "task": record["task"],
@@ -285,7 +401,7 @@ class Generation:
         prefs = self.table.get(*keys.user_prefs_key(user.username)) or {}
         job_id = prefs.get("last_job")
         record = self.table.get(*keys.generation_job_key(job_id)) if job_id else None
-        if record and record.get("status") == "running":
+        if record and self._fail_if_stale(record).get("status") == "running":
             return record
         return None
 

@@ -42,7 +42,9 @@ class Portal:
         secrets = SecretCache(clients.secrets, ttl_seconds=settings.secret_cache_seconds)
         auth = Auth(settings=settings, table=table, secrets_cache=secrets)
         endpoints = Endpoints(settings=settings, clients=clients, table=table, bucket=bucket)
-        generation = Generation(clients=clients, table=table, bucket=bucket, endpoints=endpoints)
+        generation = Generation(clients=clients, table=table, bucket=bucket, endpoints=endpoints,
+                                queue_limit=settings.generation_queue_per_task,
+                                per_user_limit=settings.generation_jobs_per_user)
         training = Training(config=TrainingConfig.from_settings(settings), clients=clients,
                             table=table, bucket=bucket)
         return cls(settings, clients, table, bucket, secrets, auth, endpoints, generation,

@@ -55,7 +55,14 @@ class Settings(BaseModel):
     session_max_age_seconds: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
     login_max_failures: int = Field(default=5, ge=1, le=100)
     login_window_seconds: int = Field(default=900, ge=10, le=86400)
+    # the first wait once a client has spent its attempts; it doubles up to the window
+    login_backoff_seconds: int = Field(default=30, ge=1, le=3600)
+    # proxies in front of the portal that append to X-Forwarded-For (CloudFront, then the ALB)
+    forwarded_hops: int = Field(default=2, ge=0, le=5)
     sync_timeout_seconds: float = Field(default=50, gt=0, le=58)
+    # generation jobs waiting or running: per portal task, and per user across all tasks
+    generation_queue_per_task: int = Field(default=32, ge=1, le=1000)
+    generation_jobs_per_user: int = Field(default=4, ge=1, le=100)
     secure_cookies: bool = True
     # `make local` (local.studio): the admin password is printed in its terminal, not read from
     # AWS Secrets Manager; the pages say so
@@ -99,7 +106,11 @@ ENV_FIELDS: dict[str, str] = {
     "EASEL_SESSION_MAX_AGE_SECONDS": "session_max_age_seconds",
     "EASEL_LOGIN_MAX_FAILURES": "login_max_failures",
     "EASEL_LOGIN_WINDOW_SECONDS": "login_window_seconds",
+    "EASEL_LOGIN_BACKOFF_SECONDS": "login_backoff_seconds",
+    "EASEL_FORWARDED_HOPS": "forwarded_hops",
     "EASEL_SYNC_TIMEOUT_SECONDS": "sync_timeout_seconds",
+    "EASEL_GENERATION_QUEUE_PER_TASK": "generation_queue_per_task",
+    "EASEL_GENERATION_JOBS_PER_USER": "generation_jobs_per_user",
     "EASEL_SECURE_COOKIES": "secure_cookies",
     "EASEL_LOCAL_MODE": "local_mode",
     "EASEL_PASSWORD_HASH_TIME_COST": "password_hash_time_cost",

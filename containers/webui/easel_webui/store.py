@@ -83,11 +83,25 @@ class Table:
                 wanted = answer.get("UnprocessedKeys", {}).get(self.name, {})
         return found
 
-    def put(self, item: dict[str, Any], *, must_not_exist: bool = False) -> bool:
-        """Write an item; with `must_not_exist`, answer False when it already exists."""
+    def put(self, item: dict[str, Any], *, must_not_exist: bool = False,
+            expect: tuple[str, Any] | None = None,
+            unless_live: tuple[str, float] | None = None) -> bool:
+        """Write an item; with `must_not_exist`, answer False when it already exists; with
+        `expect=(attribute, value)`, answer False unless the stored item has that value there
+        (optimistic concurrency: several portal tasks may write the same item); with
+        `unless_live=(attribute, moment)`, answer False when the item exists and that attribute
+        (an expiry, epoch s) is not before `moment` (a lease held by someone else)."""
         kwargs: dict[str, Any] = {"TableName": self.name, "Item": serialize(item)}
         if must_not_exist:
             kwargs["ConditionExpression"] = f"attribute_not_exists({PK})"
+        elif expect is not None:
+            kwargs["ConditionExpression"] = "#e = :e"
+            kwargs["ExpressionAttributeNames"] = {"#e": expect[0]}
+            kwargs["ExpressionAttributeValues"] = serialize({":e": expect[1]})
+        elif unless_live is not None:
+            kwargs["ConditionExpression"] = f"attribute_not_exists({PK}) OR #e < :e"
+            kwargs["ExpressionAttributeNames"] = {"#e": unless_live[0]}
+            kwargs["ExpressionAttributeValues"] = serialize({":e": unless_live[1]})
         try:
             self.client.put_item(**kwargs)
         except ClientError as exc:

@@ -32,6 +32,7 @@ from easel_contracts.training_record import TrainingJobRecord
 from easel_webui import sagemaker_requests as req
 from easel_webui.auth import User
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
+from easel_webui.ownership import check_model_readable, claim_library_entry
 from easel_webui.settings import Settings
 from easel_webui.storage import IMAGE_EXTENSIONS, Bucket, check_set_name
 from easel_webui.store import Table, iso_now, owned_records
@@ -223,6 +224,7 @@ class Training:
         if not any(model_uri.is_under(prefix, bucket=self.bucket.name)
                    for prefix in ("models/", "training/")):
             raise PortalError("base model: choose a model under models/ of the data bucket")
+        check_model_readable(self.table, user, model_uri, field="base model")
         if hyperparameters.output_name is None:
             # a valid job name is a valid output name
             hyperparameters = hyperparameters.model_copy(update={"output_name": name})
@@ -370,7 +372,10 @@ class Training:
                     handle = tar.extractfile(member)
                     if handle is None:
                         continue
-                    self.bucket.upload(f"loras/{parts[1]}", handle,
+                    entry = f"loras/{parts[1]}"
+                    claim_library_entry(self.table, user, entry,
+                                        exists=self.bucket.exists(entry))
+                    self.bucket.upload(entry, handle,
                                        content_type="application/octet-stream")
                     published = parts[1].rsplit(".", 1)[0]
                     break

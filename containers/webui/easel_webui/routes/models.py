@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.auth import User
 from easel_webui.errors import NotFound, PortalError
+from easel_webui.ownership import claim_library_entry
 from easel_webui.routes.common import blocking, redirect
 from easel_webui.storage import (
     IMAGE_EXTENSIONS,
@@ -62,8 +63,11 @@ async def upload_lora(request: Request, portal: PortalDep, user: CurrentUser) ->
         _check_safetensors_header(head)
         await upload.seek(0)
         key = f"loras/{name}"
-        if await blocking(portal.bucket.exists, key) and not form.get("replace"):
+        exists = await blocking(portal.bucket.exists, key)
+        if exists and not form.get("replace"):
             raise PortalError(f"file name: {name} is already in the library (tick replace)")
+        # only the entry's owner (or an administrator) replaces it
+        await blocking(claim_library_entry, portal.table, user, key, exists=exists)
         await blocking(portal.clients.s3.upload_fileobj, upload.file, portal.bucket.name, key,
                        ExtraArgs={"ContentType": "application/octet-stream"})
     except PortalError as exc:

@@ -10,7 +10,14 @@ from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from easel_webui import __version__
-from easel_webui.access import Access, CurrentUser, OptionalUser, PortalDep, Routes
+from easel_webui.access import (
+    Access,
+    CurrentUser,
+    OptionalUser,
+    PortalDep,
+    Routes,
+    client_address,
+)
 from easel_webui.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.routes.common import blocking, form_dict, redirect, safe_next
@@ -74,7 +81,7 @@ async def login(request: Request, portal: PortalDep) -> Response:
     next_path = safe_next(str(form.get("next") or "/"))
     try:
         user = await blocking(portal.auth.authenticate, str(form.get("username", "")),
-                              str(form.get("password", "")))
+                              str(form.get("password", "")), client_address(request))
     except PortalError as exc:
         return _login_page(request, portal, error=exc.message, status_code=exc.status_code,
                            next_path=next_path)
@@ -110,7 +117,7 @@ async def change_own_password(request: Request, portal: PortalDep, user: Current
         raise PortalError(f"The built-in admin's password {where}; see README.md.")
     try:
         await blocking(portal.auth.authenticate, user.username,
-                       str(form.get("current_password", "")))
+                       str(form.get("current_password", "")), client_address(request))
     except PortalError:
         return redirect("/account", error="Your current password is not right.")
     if form.get("new_password") != form.get("confirm_password"):
