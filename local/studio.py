@@ -200,6 +200,8 @@ def portal_environment(aws_env: dict[str, str], stage: str) -> dict[str, str]:
         "EASEL_PORTAL_CONFIG": portal_settings_json(load_config(stage)),
         "EASEL_SECURE_COOKIES": "false",  # plain http on this machine
         "EASEL_LOCAL_MODE": "true",  # the pages point at this terminal for the admin password
+        # no CloudFront or ALB in front: the client is the connection's peer, never a header
+        "EASEL_FORWARDED_HOPS": "0",
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -31,3 +31,10 @@ def test_library_loggers_are_quiet_below_errors_after_start_up():
 def test_the_portal_is_told_it_runs_in_local_mode():
     env = portal_environment({"AWS_REGION": "us-east-1"}, "default")
     assert env["EASEL_LOCAL_MODE"] == "true"
+
+
+def test_the_local_portal_trusts_no_forwarded_header_for_the_client_address():
+    # nothing sits in front of the local portal: X-Forwarded-For would let a client choose
+    # the address its sign-in failures are counted under
+    env = portal_environment({"AWS_REGION": "us-east-1"}, "default")
+    assert env["EASEL_FORWARDED_HOPS"] == "0"
