@@ -15,24 +15,18 @@ from easel_contracts.naming import handler_tag_environment
 from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
 from stacks.nag import (
     acknowledge,
-    alarm_finding,
     arn_of,
     log_group_finding,
     owned_sagemaker_findings,
-    scalable_target_finding,
-    target_tracking_alarm_finding,
 )
 from stacks.naming import (
     TRAINING_LOG_GROUP,
-    alarm_arn,
     deployment_tag_condition,
     endpoint_log_group,
     log_group_arn,
     owned_sagemaker_arns,
-    scalable_target_arn,
-    target_tracking_alarm_arn,
 )
-from stacks.scaling import autoscaling_tag_condition
+from stacks.scaling import scaling_removal_findings, scaling_removal_statements
 
 HANDLER_DIR = Path(__file__).resolve().parent / "cleanup_handler"
 # CloudFormation waits at most one hour for a custom resource (its ServiceTimeout, 3600 s at most:
@@ -124,18 +118,8 @@ class DeploymentCleanup(Construct):
             actions=["application-autoscaling:DescribeScalableTargets"],
             resources=["*"],
         ))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="RemoveEndpointScaling",
-            actions=["application-autoscaling:DeregisterScalableTarget"],
-            resources=[scalable_target_arn(stack)],
-            conditions=autoscaling_tag_condition(deployment_id),
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="RemoveEndpointAlarms",
-            actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
-            resources=[alarm_arn(stack, deployment_id),
-                       target_tracking_alarm_arn(stack, deployment_id)],
-        ))
+        for statement in scaling_removal_statements(stack, deployment_id):
+            role.add_to_policy(statement)
         log_groups = log_group_arn(stack, endpoint_log_group(deployment_id))
         # DescribeLogGroups names no log group, so it is authorized on log-group:* only.
         role.add_to_policy(iam.PolicyStatement(
@@ -165,9 +149,7 @@ class DeploymentCleanup(Construct):
             "easel:deployment tag instead. DescribeLogGroups names no group (log-group:* is its "
             "only resource); in the shared training log group only streams of this "
             "deployment's jobs are deleted.",
-            alarm_finding(stack, deployment_id),
-            target_tracking_alarm_finding(stack, deployment_id),
-            scalable_target_finding(stack),
+            *scaling_removal_findings(stack, deployment_id),
             log_group_finding(stack, endpoint_log_group(deployment_id)),
             log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
             log_group_finding(stack, "*"),

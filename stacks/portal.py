@@ -23,25 +23,19 @@ from constructs import Construct
 from stacks.config import EaselConfig, portal_settings_json
 from stacks.nag import (
     acknowledge,
-    alarm_finding,
     bucket_arn,
     log_group_finding,
     owned_sagemaker_findings,
-    scalable_target_finding,
-    target_tracking_alarm_finding,
 )
 from stacks.naming import (
     TRAINING_LOG_GROUP,
-    alarm_arn,
     deployment_tag_condition,
     endpoint_log_group,
     log_group_arn,
     owned_sagemaker_arns,
-    scalable_target_arn,
-    target_tracking_alarm_arn,
 )
 from stacks.network import PortalNetwork
-from stacks.scaling import autoscaling_tag_condition
+from stacks.scaling import scaling_removal_findings, scaling_removal_statements
 from stacks.table import index_finding
 
 CONTAINER_PORT = 8080
@@ -279,18 +273,8 @@ class PortalService(Construct):
         # when it deletes an endpoint: deregistering the target (tagged with this deployment)
         # drops its policies, and Application Auto Scaling then deletes their target-tracking
         # alarms with the caller's CloudWatch rights.
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="DeregisterOwnScalableTargets",
-            actions=["application-autoscaling:DeregisterScalableTarget"],
-            resources=[scalable_target_arn(stack)],
-            conditions=autoscaling_tag_condition(deployment_id),
-        ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="RemoveEndpointAlarms",
-            actions=["cloudwatch:DeleteAlarms", "cloudwatch:DescribeAlarms"],
-            resources=[alarm_arn(stack, deployment_id),
-                       target_tracking_alarm_arn(stack, deployment_id)],
-        ))
+        for statement in scaling_removal_statements(stack, deployment_id):
+            role.add_to_principal_policy(statement)
         endpoint_logs = log_group_arn(stack, endpoint_log_group(deployment_id))
         training_logs = log_group_arn(stack, TRAINING_LOG_GROUP)
         role.add_to_principal_policy(iam.PolicyStatement(
@@ -326,9 +310,7 @@ class PortalService(Construct):
             "deployment; creation also requires the deployment tag. Scalable targets have "
             "random ids: deregistering is limited to targets tagged with this deployment.",
             *owned_sagemaker_findings(stack, deployment_id),
-            alarm_finding(stack, deployment_id),
-            target_tracking_alarm_finding(stack, deployment_id),
-            scalable_target_finding(stack),
+            *scaling_removal_findings(stack, deployment_id),
             log_group_finding(stack, endpoint_log_group(deployment_id)),
             log_group_finding(stack, endpoint_log_group(deployment_id) + ":*"),
             log_group_finding(stack, f"{TRAINING_LOG_GROUP}:log-stream:{deployment_id}-*"),

@@ -16,19 +16,13 @@ from easel_contracts.naming import handler_tag_environment
 from stacks.lambda_defaults import LAMBDA_RUNTIME, function_role
 from stacks.nag import (
     acknowledge,
-    alarm_finding,
     owned_sagemaker_findings,
-    scalable_target_finding,
-    target_tracking_alarm_finding,
 )
 from stacks.naming import (
-    alarm_arn,
     deployment_tag_condition,
     owned_sagemaker_arns,
-    scalable_target_arn,
-    target_tracking_alarm_arn,
 )
-from stacks.scaling import autoscaling_tag_condition
+from stacks.scaling import scaling_removal_findings, scaling_removal_statements
 
 HANDLER_DIR = Path(__file__).resolve().parent / "reaper_handler"
 SCHEDULE = Duration.minutes(15)
@@ -75,24 +69,14 @@ class EndpointReaper(Construct):
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["application-autoscaling:DescribeScalableTargets"], resources=["*"],
         ))
-        self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["application-autoscaling:DeregisterScalableTarget"],
-            resources=[scalable_target_arn(stack)],
-            conditions=autoscaling_tag_condition(deployment_id),
-        ))
-        self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
-            resources=[alarm_arn(stack, deployment_id),
-                       target_tracking_alarm_arn(stack, deployment_id)],
-        ))
+        for statement in scaling_removal_statements(stack, deployment_id):
+            self.function.add_to_role_policy(statement)
         acknowledge(
             self,
             "Alarms are limited to names of this deployment's endpoints (its own and the "
             "target-tracking alarms Application Auto Scaling made for them); scalable targets "
             "have random ids, so deregistering is limited by the easel:deployment tag instead.",
-            alarm_finding(stack, deployment_id),
-            target_tracking_alarm_finding(stack, deployment_id),
-            scalable_target_finding(stack),
+            *scaling_removal_findings(stack, deployment_id),
         )
         acknowledge(
             self,

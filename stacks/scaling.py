@@ -54,6 +54,33 @@ def autoscaling_tag_condition(deployment_id: str, *, request: bool = False) -> d
                                     context="RequestTag" if request else "ResourceTag")
 
 
+def scaling_removal_statements(stack: Stack, deployment_id: str) -> list[iam.PolicyStatement]:
+    """What removing an endpoint's scaling takes (the portal on delete, the reaper, cleanup):
+    deregistering its scalable target, limited by the `easel:deployment` tag because targets have
+    random ids, and the CloudWatch rights Application Auto Scaling checks on the caller when it
+    deletes target tracking's alarms with the target (plus the portal's own backlog alarms)."""
+    return [
+        iam.PolicyStatement(
+            sid="DeregisterOwnScalableTargets",
+            actions=["application-autoscaling:DeregisterScalableTarget"],
+            resources=[scalable_target_arn(stack)],
+            conditions=autoscaling_tag_condition(deployment_id),
+        ),
+        iam.PolicyStatement(
+            sid="RemoveEndpointAlarms",
+            actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
+            resources=[alarm_arn(stack, deployment_id),
+                       target_tracking_alarm_arn(stack, deployment_id)],
+        ),
+    ]
+
+
+def scaling_removal_findings(stack: Stack, deployment_id: str) -> list[str]:
+    """The cdk-nag IAM5 findings of `scaling_removal_statements`."""
+    return [alarm_finding(stack, deployment_id),
+            target_tracking_alarm_finding(stack, deployment_id), scalable_target_finding(stack)]
+
+
 class EndpointScaler(Construct):
     """EventBridge rule + Lambda that apply the portal's scaling plan on InService."""
 
