@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from werkzeug.serving import make_server
 
+    from local.emulator.post_policy import with_post_policy
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = with_change_counter(DomainDispatcherApplication(create_backend_app), ChangeCounter())
+    app = with_change_counter(
+        with_post_policy(DomainDispatcherApplication(create_backend_app)), ChangeCounter())
     server = make_server(
         "127.0.0.1",
         port,
