@@ -43,8 +43,9 @@ class PolicyError(Exception):
 
 
 def _denied(condition: Any) -> PolicyError:
-    return PolicyError("AccessDenied",
-                       f"Invalid according to Policy: Policy Condition failed: {json.dumps(condition)}")
+    return PolicyError(
+        "AccessDenied",
+        f"Invalid according to Policy: Policy Condition failed: {json.dumps(condition)}")
 
 
 def check_policy(policy: dict[str, Any], fields: dict[str, str], *, bucket: str, size: int,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
-from easel_contracts.concept_uploads import MAX_CONCEPT_FILE_BYTES
 
+from easel_contracts.concept_uploads import MAX_CONCEPT_FILE_BYTES
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.uploads import STAGING, check_upload, content_type_for, final_key, staging_key
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import struct
 from typing import Any, TypeVar
 
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
 from easel_contracts.concept_uploads import (
     MAX_CONCEPT_FILE_BYTES,
     PresignedUpload,
@@ -14,11 +19,6 @@ from easel_contracts.concept_uploads import (
     VerifyRequest,
     VerifyResponse,
 )
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
-
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.auth import User
 from easel_webui.errors import NotFound, PortalError
