@@ -36,7 +36,7 @@ PORTAL_READY_TIMEOUT = 120.0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m local studio",
+        prog="python -m local.studio",
         description="Run all of Easel on this machine: local AWS + portal (make local).",
     )
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE_DIR,
@@ -79,6 +79,26 @@ def port_in_use(host: str, port: int) -> bool:
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+# Optional back-ends that the model libraries mention at import (transformers without
+# torchvision, bitsandbytes' CPU kernels); nothing a local user can or needs to act on.
+QUIET_LOGGERS = ("bitsandbytes", "transformers")
+
+
+def quiet_library_warnings() -> None:
+    """Keep the model libraries' import-time warnings off the `make local` terminal (the
+    inference server and training job log to their own files, unchanged)."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    # transformers sets its own level when it first logs; this keeps it at errors
+    transformers_logging.set_verbosity_error()
 
 
 def _exists(s3: Any, bucket: str, key: str) -> bool:
@@ -132,18 +152,32 @@ def seed_demo_concepts(s3: Any, bucket: str) -> bool:
     return True
 
 
-def upload_and_deploy(model: Path, env: dict[str, str]) -> str:
-    """Upload the user's model like scripts/upload_model, then deploy it as the first endpoint."""
+def upload_and_deploy(model: Path, env: dict[str, str], s3: Any) -> str:
+    """Upload the user's model like scripts/upload_model, then deploy it as the first endpoint.
+
+    Locally the files go uncompressed to `models/<name>/` (`--uncompressed`): nothing to pack
+    here, nothing to unpack at the endpoint, and the bytes move at disk speed.
+    """
     from easel_webui.portal import Portal
     from easel_webui.settings import load_settings
     from scripts.layout import default_name
     from scripts.upload_model import main as upload_model
 
     name = default_name(model)
-    key = f"models/{name}/model.tar.gz"
-    s3_uri = f"s3://{env['EASEL_BUCKET']}/{key}"
-    if upload_model([str(model), "--name", name, "--bucket", env["EASEL_BUCKET"]]) != 0:
-        raise RuntimeError(f"could not upload {model}")
+    prefix = f"models/{name}/"
+    s3_uri = f"s3://{env['EASEL_BUCKET']}/{prefix}"
+    held = s3.list_objects_v2(Bucket=env["EASEL_BUCKET"], Prefix=prefix, MaxKeys=2)
+    held_keys = [item["Key"] for item in held.get("Contents", [])]
+    if held_keys == [f"{prefix}model.tar.gz"]:
+        s3_uri += "model.tar.gz"  # uploaded packed by an earlier version: deploy the archive
+    if held_keys:
+        say(f"{s3_uri} is already uploaded: deploying it as it is (--clean starts over)")
+    else:
+        started = time.monotonic()
+        if upload_model([str(model), "--name", name, "--bucket", env["EASEL_BUCKET"],
+                         "--uncompressed"]) != 0:
+            raise RuntimeError(f"could not upload {model}")
+        say(f"uploaded {model} in {time.monotonic() - started:.1f} s")
     portal = Portal.build(load_settings(env))
     existing = {record.get("name") for record in portal.endpoints.records()}
     endpoint = f"{name[:24]}-local".lower()
@@ -168,6 +202,7 @@ def portal_environment(aws_env: dict[str, str], stage: str) -> dict[str, str]:
         **aws_env,
         "EASEL_PORTAL_CONFIG": portal_settings_json(load_config(stage)),
         "EASEL_SECURE_COOKIES": "false",  # plain http on this machine
+        "EASEL_LOCAL_MODE": "true",  # the pages point at this terminal for the admin password
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -260,6 +295,7 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
         say(f"--model {args.model}: no such file or folder")
         return 2
     device = pick_device(args.device)
+    quiet_library_warnings()
     say(f"starting the local AWS (state in {args.state}, device {device})...")
     with LocalAws(args.state, clean=args.clean, device=device) as aws:
         env = dict(aws.env)
@@ -267,7 +303,7 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
         s3 = aws.client("s3")
         seed_demo_model(s3, env["EASEL_BUCKET"])
         seed_demo_concepts(s3, env["EASEL_BUCKET"])
-        first_endpoint = upload_and_deploy(args.model, env) if args.model else None
+        first_endpoint = upload_and_deploy(args.model, env, s3) if args.model else None
         port = args.port or free_port(args.host)
         log_path = Path(args.state) / "portal.log"
         say("starting the portal...")
@@ -302,8 +338,20 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
     return 0
 
 
+def show_progress() -> None:
+    """The local AWS's progress lines (endpoint download, unpack, load) on the terminal."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("local")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_progress()
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: object) -> None:

@@ -14,23 +14,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel_contracts.families import (
+    SEPARATE_PARTS,
+    T5_TOKENIZER,
+    missing_parts,
+    t5_tokenizer_problem,
+)
+from easel_contracts.model_manifest import ManifestCheckpoint, ManifestFile, ModelManifest
 from scripts.model_files import (
     CHECKPOINT,
     CONTROLNET,
     LORA,
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
+    TEXT_ENCODER,
     UNKNOWN,
     VAE,
     ModelFacts,
     ModelFileError,
     convert_pickle_to_safetensors,
-    diffusers_family,
+    diffusers_detection,
     inspect_safetensors,
+    read_safetensors_header,
+    sentencepiece_pieces,
+    t5_embedding_rows,
 )
 
-LAYOUT_FOLDERS = ("Stable-diffusion", "Lora", "ControlNet", "VAE")
-_FOLDER_KIND = {"Stable-diffusion": CHECKPOINT, "Lora": LORA, "ControlNet": CONTROLNET, "VAE": VAE}
+LAYOUT_FOLDERS = ("Stable-diffusion", "Lora", "ControlNet", "VAE", "text_encoder")
+_FOLDER_KIND = {"Stable-diffusion": CHECKPOINT, "Lora": LORA, "ControlNet": CONTROLNET, "VAE": VAE,
+                "text_encoder": TEXT_ENCODER}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Small side files that travel with weights (configs, tokenizers, model cards).
 _SIDE_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".md", ".model")
@@ -119,9 +131,13 @@ class Planner:
                 )
             if facts.kind != CHECKPOINT or facts.family is None:
                 raise ModelFileError(
-                    f"{where}: not a known Stable Diffusion checkpoint: its tensor names match "
-                    "none of SD1.x, SD2.x or SDXL"
+                    f"{where}: not a checkpoint of a supported family: "
+                    f"{facts.problem or f'it looks like a {facts.describe()}'}"
                 )
+        elif expected == TEXT_ENCODER:
+            if facts.kind not in (UNKNOWN, VAE):  # text encoders have no marker of their own
+                raise ModelFileError(f"{where}: expected a text encoder, but it looks like a "
+                                     f"{facts.describe()}")
         elif facts.kind != expected and not (expected == VAE and facts.kind == UNKNOWN):
             raise ModelFileError(f"{where}: expected a {expected}, but it looks like a "
                                  f"{facts.describe()}")
@@ -195,7 +211,7 @@ class Planner:
 
     def _plan_diffusers(self, folder: Path, *, name: str | None) -> Plan:
         name = check_name(name or default_name(folder))
-        family = diffusers_family(folder)
+        family = diffusers_detection(folder).facts.label
         self.notes.append(f"{folder.name}: diffusers {family} pipeline")
         files = self._diffusers_files(folder, f"Stable-diffusion/{name}")
         return Plan(name=name, files=tuple(files), notes=tuple(self.notes))
@@ -222,6 +238,8 @@ class Planner:
                                             expected=_FOLDER_KIND[folder]))
                 elif entry.name.endswith((".yaml", ".yml")):
                     files.append(self._side_file(entry, f"{folder}/{entry.stem}.yaml"))
+                elif folder == "text_encoder" and entry.name.endswith(".model"):
+                    files.append(self._side_file(entry, f"{folder}/{entry.name}"))
                 else:
                     self.notes.append(f"skipped {where} (not a model file)")
         if not any(f.arcname.startswith("Stable-diffusion/") for f in files):
@@ -246,3 +264,57 @@ class Planner:
         files = [self._file(p, arcname=check_name(default_name(p)), expected=LORA)
                  for p in candidates]
         return Plan(name=folder.name, files=tuple(files), notes=tuple(self.notes))
+
+
+def _check_t5_tokenizer(plan: Plan) -> None:
+    sources = {f.arcname: f.source for f in plan.files}
+    encoder = sources.get(SEPARATE_PARTS["t5xxl"])
+    tokenizer = sources.get(T5_TOKENIZER)
+    if encoder is None or tokenizer is None:
+        return
+    rows = t5_embedding_rows(read_safetensors_header(encoder).tensors)
+    if rows is None:
+        raise ModelFileError(f"{SEPARATE_PARTS['t5xxl']}: no T5 token embedding (shared.weight)")
+    problem = t5_tokenizer_problem(rows, sentencepiece_pieces(tokenizer))
+    if problem:
+        raise ModelFileError(problem)
+
+
+def build_manifest(plan: Plan, *, layout: str) -> ModelManifest:
+    """What the planned model holds, for the manifest written beside it: each checkpoint's
+    family (from its tensor names or model_index.json, as checked while planning) and every
+    file's size."""
+    checkpoints: list[ManifestCheckpoint] = []
+    for entry in plan.files:
+        parts = entry.arcname.split("/")
+        if parts[0] != "Stable-diffusion":
+            continue
+        if len(parts) == 2 and entry.arcname.endswith(SAFETENSORS_SUFFIX):
+            detection = inspect_safetensors(entry.source).detection
+            name = parts[1][: -len(SAFETENSORS_SUFFIX)]
+        elif len(parts) == 3 and parts[2] == "model_index.json":
+            detection = diffusers_detection(entry.source.parent)
+            name = parts[1]
+        else:
+            continue
+        if detection is None:
+            raise ModelFileError(f"{entry.arcname}: no model family could be detected")
+        if len(parts) == 2:
+            missing = missing_parts(detection, (f.arcname for f in plan.files))
+            if missing:
+                raise ModelFileError(
+                    f"{entry.arcname}: a {detection.facts.label} checkpoint without "
+                    f"{', '.join(missing)}; upload an A1111 models folder that holds "
+                    f"{'it' if len(missing) == 1 else 'them'} beside Stable-diffusion/")
+        checkpoints.append(ManifestCheckpoint(
+            name=name, path="/".join(parts[:2]), family=detection.family,
+            prediction=detection.prediction, inpainting=detection.inpainting,
+            components=detection.components,
+        ))
+    if not checkpoints:
+        raise ModelFileError(f"{plan.name}: Stable-diffusion/ holds no checkpoint")
+    _check_t5_tokenizer(plan)
+    return ModelManifest(
+        name=plan.name, layout=layout, written_by="upload_model", checkpoints=tuple(checkpoints),
+        files=tuple(ManifestFile(path=f.arcname, bytes=f.size) for f in plan.files),
+    )

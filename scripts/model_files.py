@@ -16,19 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from easel_contracts.families import (
+    FAMILIES,
+    Detection,
+    FamilyError,
+    ModelFamily,
+    NoDenoiserError,
+    detect_checkpoint,
+    detect_diffusers_folder,
+)
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 
-SD1, SD2, SDXL = "SD1.x", "SD2.x", "SDXL"
+SD1, SD2, SDXL = (FAMILIES[f].label for f in (ModelFamily.SD1, ModelFamily.SD2, ModelFamily.SDXL))
 CHECKPOINT, LORA, CONTROLNET, VAE, UNKNOWN = "checkpoint", "lora", "controlnet", "vae", "unknown"
-# Width of the text embedding the UNet's cross-attention reads: it tells the families apart.
-_CONTEXT_DIM_FAMILY = {768: SD1, 1024: SD2, 2048: SDXL}
+TEXT_ENCODER = "text encoder"
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".hada_w", ".lokr_w",
                  "lora.down.", "lora.up.")
-_CROSS_ATTENTION_KEY = re.compile(
-    r"^model\.diffusion_model\..*attn2\.to_k\.weight$"
-)
 
 
 class ModelFileError(ValueError):
@@ -54,6 +60,8 @@ class ModelFacts:
 
     kind: str
     family: str | None
+    detection: Detection | None = None
+    problem: str | None = None  # why a checkpoint has no family (unknown or mixed)
 
     def describe(self) -> str:
         return f"{self.family} {self.kind}" if self.family else self.kind
@@ -110,26 +118,6 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
                              metadata={str(k): str(v) for k, v in dict(metadata).items()})
 
 
-def _family_from_context(tensors: dict[str, TensorInfo]) -> str | None:
-    for name, info in tensors.items():
-        if _CROSS_ATTENTION_KEY.match(name) and len(info.shape) == 2:
-            return _CONTEXT_DIM_FAMILY.get(info.shape[1])
-    return None
-
-
-def checkpoint_family(tensors: dict[str, TensorInfo]) -> str | None:
-    """SD1.x / SD2.x / SDXL from the original (ldm/sgm) key layout; None when it cannot tell."""
-    names = tensors.keys()
-    if any(n.startswith(("conditioner.embedders.", "model.diffusion_model.label_emb."))
-           for n in names):
-        return SDXL
-    if any(n.startswith("cond_stage_model.model.") for n in names):
-        return SD2
-    if any(n.startswith("cond_stage_model.transformer.") for n in names):
-        return SD1
-    return _family_from_context(tensors)
-
-
 def lora_family(tensors: dict[str, TensorInfo]) -> str | None:
     names = tensors.keys()
     if any(n.startswith(("lora_te1_", "lora_te2_", "te1.", "te2.", "text_encoder_2."))
@@ -148,8 +136,16 @@ def classify(header: SafetensorsHeader) -> ModelFacts:
     if any(n.startswith("control_model.") or "controlnet_cond_embedding" in n
            or "input_hint_block" in n for n in names):
         return ModelFacts(CONTROLNET, None)
-    if any(n.startswith("model.diffusion_model.") for n in names):
-        return ModelFacts(CHECKPOINT, checkpoint_family(tensors))
+    try:
+        detection = detect_checkpoint({n: info.shape for n, info in tensors.items()},
+                                      name=header.path.name)
+    except NoDenoiserError as exc:
+        if any(n.startswith("model.diffusion_model.") for n in names):
+            return ModelFacts(CHECKPOINT, None, problem=str(exc))
+    except FamilyError as exc:  # a denoiser of an unsupported family, or mixed families
+        return ModelFacts(CHECKPOINT, None, problem=str(exc))
+    else:
+        return ModelFacts(CHECKPOINT, detection.facts.label, detection=detection)
     vae_prefixes = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.",
                     "first_stage_model.")
     if all(n.startswith(vae_prefixes) for n in names):
@@ -161,26 +157,61 @@ def inspect_safetensors(path: Path) -> ModelFacts:
     return classify(read_safetensors_header(path))
 
 
-def diffusers_family(folder: Path) -> str:
-    """The family of a diffusers pipeline folder, from model_index.json and component configs."""
-    index_path = folder / "model_index.json"
+def diffusers_detection(folder: Path) -> Detection:
+    """The family of a diffusers pipeline folder (model_index.json and component configs)."""
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{index_path}: unreadable model_index.json ({exc})") from None
-    class_name = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
-    if not class_name.startswith("StableDiffusion"):
-        raise ModelFileError(
-            f"{folder.name}: model_index.json names {class_name or 'no pipeline'!r}; only Stable "
-            "Diffusion pipelines (SD1.x, SD2.x, SDXL) are served"
-        )
-    if "XL" in class_name or "text_encoder_2" in index:
-        return SDXL
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        return _CONTEXT_DIM_FAMILY.get(int(unet.get("cross_attention_dim", 0)), "SD1.x/SD2.x")
-    except (OSError, ValueError, TypeError):
-        return "SD1.x/SD2.x"
+        return detect_diffusers_folder(folder)
+    except FamilyError as exc:
+        raise ModelFileError(str(exc)) from None
+
+
+def sentencepiece_pieces(path: Path) -> int:
+    """How many pieces a SentencePiece model holds: the count of field 1 (``pieces``) of its
+    ``ModelProto`` (read with a minimal protobuf walk; the sentencepiece package is not needed)."""
+    data = path.read_bytes()
+    position, pieces = 0, 0
+
+    def varint() -> int:
+        nonlocal position
+        value, shift = 0, 0
+        while True:
+            if position >= len(data) or shift > 63:
+                raise ModelFileError(f"{path.name}: not a SentencePiece model (damaged)")
+            byte = data[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while position < len(data):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            varint()
+        elif wire == 1:
+            position += 8
+        elif wire == 5:
+            position += 4
+        elif wire == 2:
+            length = varint()  # read first: varint() moves position
+            position += length
+        else:
+            raise ModelFileError(f"{path.name}: not a SentencePiece model (wire type {wire})")
+        if position > len(data):
+            raise ModelFileError(f"{path.name}: not a SentencePiece model (truncated)")
+        pieces += field == 1 and wire == 2
+    if not pieces:
+        raise ModelFileError(f"{path.name}: not a SentencePiece model (no pieces)")
+    return pieces
+
+
+def t5_embedding_rows(tensors: dict[str, TensorInfo]) -> int | None:
+    for name in ("shared.weight", "encoder.embed_tokens.weight"):
+        info = tensors.get(name)
+        if info is not None and len(info.shape) == 2:
+            return info.shape[0]
+    return None
 
 
 # --- pickle checkpoints

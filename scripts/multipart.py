@@ -143,11 +143,12 @@ class MultipartUpload:
         self._next += 1
         if number > MAX_PARTS:
             raise ValueError(f"more than {MAX_PARTS} parts: use a larger --part-size")
-        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
         held = self.existing.get(number)
-        if held is not None and held == (md5, len(data)):
+        # Only a part already in S3 needs the local MD5 (to skip it): S3 computes the ETag.
+        if held is not None and held[1] == len(data) \
+                and held[0] == hashlib.md5(data, usedforsecurity=False).hexdigest():
             with self._lock:
-                self._etags[number] = md5
+                self._etags[number] = held[0]
                 self.counts.skipped += 1
             self.on_part(number, len(data), False)
             return
@@ -155,9 +156,9 @@ class MultipartUpload:
         if self._error is not None:
             self._slots.release()
             raise self._error
-        self._futures.append(self._pool.submit(self._send, number, data, md5))
+        self._futures.append(self._pool.submit(self._send, number, data))
 
-    def _send(self, number: int, data: bytes, md5: str) -> None:
+    def _send(self, number: int, data: bytes) -> None:
         try:
             if self._error is not None:
                 return

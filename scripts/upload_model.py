@@ -23,11 +23,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from tqdm import tqdm
 
+from easel_contracts.model_manifest import ModelManifest, manifest_key
 from scripts.cli import ScriptError, UsageError, run_main
-from scripts.layout import Plan, PlannedFile, Planner
+from scripts.layout import Plan, PlannedFile, Planner, build_manifest
 from scripts.model_files import ModelFileError
 from scripts.multipart import (
     MIN_PART_SIZE,
@@ -239,6 +241,15 @@ class Uploader:
         self._run(upload, produce, key)
 
 
+def write_manifest(s3: Any, bucket: str, model_uri: str, manifest: ModelManifest) -> str:
+    """Put the manifest beside the model (after the model, so a manifest means a whole model);
+    returns its key."""
+    key = manifest_key(model_uri.removeprefix(f"s3://{bucket}/"))
+    s3.put_object(Bucket=bucket, Key=key, Body=manifest.to_json().encode(),
+                  ContentType="application/json")
+    return key
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -249,7 +260,11 @@ def _resolve_bucket(args: argparse.Namespace) -> tuple[str, Any]:
     explicit = args.bucket or os.environ.get("EASEL_BUCKET")
     target = resolve_target(args)
     bucket = explicit or StackOutputs(target).require("BucketName")
-    return bucket, target.client("s3")
+    # Parts carry a CRC32 header that S3 checks; a SHA-256 of each payload on top (what boto3
+    # adds over plain http, e.g. `make local`) is one more pass over every byte for nothing.
+    # Over https boto3 already skips it when a checksum header is present.
+    config = Config(s3={"payload_signing_enabled": False})
+    return bucket, target.session().client("s3", config=config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -262,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
     planner = Planner(converted_dir=converted_dir, say=_say)
     try:
         plan = planner.plan(args.path, name=args.name, lora=args.lora)
+        manifest = None if args.lora else build_manifest(
+            plan, layout="folder" if args.uncompressed else "archive")
     except ModelFileError as exc:
         raise ScriptError(str(exc)) from None
     for entry in plan.files:
@@ -287,6 +304,10 @@ def run(args: argparse.Namespace) -> int:
             uris = [f"s3://{bucket}/{key}"]
     except UploadInterrupted as exc:
         raise ScriptError(str(exc)) from None
+    if manifest is not None:
+        written = write_manifest(s3, bucket, uris[0], manifest)
+        families = ", ".join(c.label for c in manifest.checkpoints)
+        _say(f"manifest s3://{bucket}/{written} ({families})")
     shutil.rmtree(converted_dir, ignore_errors=True)
     counts = uploader.counts
     _say(f"done: {counts.sent} part(s) sent"

@@ -27,8 +27,10 @@ class EmulatorProcess:
         run_dir: Path,
         startup_timeout: float = 60.0,
         registry: ProcessRegistry | None = None,
+        blob_dir: Path | None = None,
     ) -> None:
         self._run_dir = run_dir
+        self._blob_dir = blob_dir
         self._registry = registry
         self._startup_timeout = startup_timeout
         self._process: ManagedProcess | None = None
@@ -53,8 +55,12 @@ class EmulatorProcess:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(_PACKAGE_ROOT), *filter(None, [env.get("PYTHONPATH")])]
         )
+        command = [sys.executable, "-m", "local.emulator.server_main",
+                   "--port-file", str(port_file)]
+        if self._blob_dir is not None:
+            command += ["--blob-dir", str(self._blob_dir)]
         self._process = ManagedProcess(
-            [sys.executable, "-m", "local.emulator.server_main", "--port-file", str(port_file)],
+            command,
             env=env,
             log_path=self._run_dir / "emulator.log",
             registry=self._registry,

@@ -7,13 +7,15 @@ import threading
 from pathlib import Path
 
 from local.clients import local_client
-from local.emulator import dynamodb_state, resources
+from local.emulator import dynamodb_state, resources, s3_state
 from local.emulator.process import EmulatorProcess
 from local.emulator.store import EmulatorStore
 from local.names import LocalNames
 from local.processes import ProcessRegistry
 
 log = logging.getLogger(__name__)
+# Large S3 bodies live here as files (hard-linked into the snapshot, never copied).
+BLOB_DIR_NAME = "s3-files"
 
 
 class Emulator:
@@ -30,7 +32,9 @@ class Emulator:
     ) -> None:
         self.names = names
         self._data_dir = data_dir
-        self._process = EmulatorProcess(run_dir=run_dir, registry=registry)
+        self._process = EmulatorProcess(
+            run_dir=run_dir, registry=registry, blob_dir=data_dir / BLOB_DIR_NAME
+        )
         self._snapshot_interval = snapshot_interval
         self._store: EmulatorStore | None = None
         self._stop_event = threading.Event()
@@ -57,6 +61,7 @@ class Emulator:
                 s3=self.client("s3"),
                 dynamodb=self.client("dynamodb"),
                 secretsmanager=self.client("secretsmanager"),
+                files=s3_state.EmulatorFiles(self.url),
             )
             self._store.seed()
             resources.ensure_bucket(self.client("s3"), self.names)
@@ -88,8 +93,11 @@ class Emulator:
         while not self._stop_event.wait(self._snapshot_interval):
             try:
                 self.save()
-            except Exception:  # noqa: BLE001 - keep snapshotting; the next round retries
-                log.exception("snapshot of the emulator failed")
+            except Exception as exc:  # noqa: BLE001 - keep snapshotting; the next round retries
+                # Recoverable (e.g. the emulator busy with a big transfer): one line, no
+                # traceback; the next round saves what changed.
+                log.warning("snapshot of the emulator deferred (%s: %s); retrying",
+                            type(exc).__name__, exc)
 
     def stop(self) -> None:
         """Final snapshot, then stop the subprocess."""

@@ -91,6 +91,8 @@ def with_change_counter(app: Any, counter: ChangeCounter) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port-file", required=True, type=Path)
+    parser.add_argument("--blob-dir", type=Path, default=None,
+                        help="where large S3 bodies are kept as files (default: none)")
     args = parser.parse_args(argv)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -110,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     from local.emulator.post_policy import with_post_policy
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = with_change_counter(
-        with_post_policy(DomainDispatcherApplication(create_backend_app)), ChangeCounter())
+    app: Any = DomainDispatcherApplication(create_backend_app)
+    if args.blob_dir is not None:
+        from local.emulator.fastpath import FastPath
+
+        app = FastPath(app, args.blob_dir)
+    app = with_change_counter(with_post_policy(app), ChangeCounter())
     server = make_server(
         "127.0.0.1",
         port,

@@ -12,8 +12,17 @@ from local.emulator import dynamodb_state, s3_state, secrets_state
 class EmulatorStore:
     """Moves the emulator's S3, DynamoDB and Secrets Manager content to and from ``root``."""
 
-    def __init__(self, root: Path, *, s3: Any, dynamodb: Any, secretsmanager: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        s3: Any,
+        dynamodb: Any,
+        secretsmanager: Any,
+        files: s3_state.EmulatorFiles | None = None,
+    ) -> None:
         self.root = root
+        self._files = files
         self._s3 = s3
         self._dynamodb = dynamodb
         self._secretsmanager = secretsmanager
@@ -36,7 +45,7 @@ class EmulatorStore:
         with self._lock:
             for bucket in s3_state.stored_buckets(self.s3_root):
                 self._s3.create_bucket(Bucket=bucket)
-                s3_state.seed_bucket(self._s3, bucket, self.s3_root / bucket)
+                s3_state.seed_bucket(self._s3, bucket, self.s3_root / bucket, self._files)
             for table_dir in dynamodb_state.stored_tables(self.dynamodb_root):
                 dynamodb_state.seed_table(self._dynamodb, table_dir)
             secrets_state.seed_secrets(self._secretsmanager, self.secrets_path)
@@ -46,7 +55,7 @@ class EmulatorStore:
         with self._lock:
             buckets = [b["Name"] for b in self._s3.list_buckets().get("Buckets", [])]
             for bucket in buckets:
-                s3_state.snapshot_bucket(self._s3, bucket, self.s3_root / bucket)
+                s3_state.snapshot_bucket(self._s3, bucket, self.s3_root / bucket, self._files)
             for gone in set(s3_state.stored_buckets(self.s3_root)) - set(buckets):
                 s3_state.remove_bucket_dir(self.s3_root, gone)
 

@@ -28,6 +28,38 @@ _MAX_RESTARTS = 3
 _RESTART_WINDOW_S = 600.0
 
 
+class StepProgress:
+    """Reports a long deploy step (download, unpack, load) to the terminal as it goes."""
+
+    def __init__(self, endpoint: str, step: str, total: int = 0, *, interval: float = 2.0,
+                 say: Any = None) -> None:
+        self.endpoint = endpoint
+        self.step = step
+        self.total = total
+        self.done = 0
+        self._interval = interval
+        self._say = say or log.info
+        self._started = self._last = time.monotonic()
+        self._say("endpoint %s: %s%s...", endpoint, step,
+                  f" ({total / 1e6:,.0f} MB)" if total else "")
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+        current = time.monotonic()
+        if current - self._last >= self._interval:
+            self._last = current
+            rate = self.done / max(current - self._started, 1e-6) / 1e6
+            share = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
+            self._say("endpoint %s: %s %.0f MB%s at %.0f MB/s", self.endpoint, self.step,
+                      self.done / 1e6, share, rate)
+
+    def finish(self) -> float:
+        elapsed = time.monotonic() - self._started
+        rate = f" ({self.done / max(elapsed, 1e-6) / 1e6:.0f} MB/s)" if self.done else ""
+        self._say("endpoint %s: %s done in %.1f s%s", self.endpoint, self.step, elapsed, rate)
+        return elapsed
+
+
 class DeployError(Exception):
     """Why an endpoint could not be brought up (user-facing FailureReason)."""
 
@@ -224,6 +256,7 @@ class EndpointManager:
             LastModifiedTime=now(),
             _deployed={"config": config, "model": model},
         )
+        log.info("endpoint %s: InService", name)
         self._prune_model_dirs(name, keep=serving)
         self._announce_in_service(name)
 
@@ -272,21 +305,34 @@ class EndpointManager:
                 return model_dir
             shutil.rmtree(model_dir, ignore_errors=True)
             model_dir.mkdir(parents=True)
+            total = s3io.prefix_size(self._s3, source_uri, field="ModelDataUrl")
             if kind == "archive":
                 archive = endpoint_dir / f".download-{fingerprint}.tar.gz"
                 _require_single_object(self._s3, source_uri)
-                s3io.download_object(self._s3, source_uri, archive, field="ModelDataUrl")
+                progress = StepProgress(name, f"downloading {source_uri}", total)
+                s3io.download_object(self._s3, source_uri, archive, field="ModelDataUrl",
+                                     on_bytes=progress)
+                progress.finish()
+                unpack = StepProgress(name, "unpacking model.tar.gz")
                 try:
                     s3io.extract_tar(archive, model_dir)
                 finally:
                     archive.unlink(missing_ok=True)
+                unpack.finish()
             elif kind == "object":
                 _require_single_object(self._s3, source_uri)
                 target = model_dir / source_uri.rstrip("/").rsplit("/", 1)[-1]
-                s3io.download_object(self._s3, source_uri, target, field="ModelDataSource")
+                progress = StepProgress(name, f"downloading {source_uri}", total)
+                s3io.download_object(self._s3, source_uri, target, field="ModelDataSource",
+                                     on_bytes=progress)
+                progress.finish()
             else:
-                if s3io.download_prefix(self._s3, source_uri, model_dir, field="S3Uri") == 0:
+                progress = StepProgress(name, f"downloading {source_uri}", total)
+                count = s3io.download_prefix(self._s3, source_uri, model_dir, field="S3Uri",
+                                             on_bytes=progress)
+                if count == 0:
                     raise s3io.S3DataError(f"no objects found under {source_uri}")
+                progress.finish()
         except s3io.S3DataError as exc:
             raise DeployError(f"Failed to download model data from {source_uri}: {exc}") from exc
         ready_marker.write_text(source_uri)
@@ -334,6 +380,7 @@ class EndpointManager:
             or self._settings.endpoint_startup_timeout_s
         )
         deadline = time.monotonic() + timeout
+        loading = StepProgress(name, "starting the inference server (loading the model)")
         while True:
             if cancel.is_set():
                 process.terminate(grace_seconds=self._settings.stop_grace_s)
@@ -347,6 +394,7 @@ class EndpointManager:
                     f"Log tail: {log_tail(self.log_path(name), max_chars=700)}"
                 )
             if ping(port) == 200:
+                loading.finish()
                 return serving
             if time.monotonic() > deadline:
                 process.terminate(grace_seconds=self._settings.stop_grace_s)

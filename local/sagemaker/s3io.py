@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from easel_contracts.s3uri import S3Uri
+
+# Called with the number of bytes just written (download progress).
+OnBytes = Callable[[int], None]
+_DOWNLOAD_CHUNK = 8 * 1024 * 1024
 
 
 class S3DataError(Exception):
@@ -50,7 +56,32 @@ def _safe_relative(key: str, prefix: str) -> Path | None:
     return Path(*parts)
 
 
-def download_prefix(s3: Any, uri: str, destination: Path, *, field: str) -> int:
+def stream_object(
+    s3: Any, bucket: str, key: str, destination: Path, on_bytes: OnBytes | None = None
+) -> None:
+    """One streamed GetObject into ``destination`` (atomic), reporting bytes as they land.
+
+    One sequential stream per object: at the local S3's disk speed this beats many ranged
+    GETs, and memory stays at one chunk whatever the object's size.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{destination.name}.partial")
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        with partial.open("wb") as out:
+            for chunk in body.iter_chunks(_DOWNLOAD_CHUNK):
+                out.write(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        os.replace(partial, destination)
+    finally:
+        body.close()
+        partial.unlink(missing_ok=True)
+
+
+def download_prefix(
+    s3: Any, uri: str, destination: Path, *, field: str, on_bytes: OnBytes | None = None
+) -> int:
     """Download every object under ``uri`` (a key prefix) into ``destination``; count."""
     bucket, prefix = parse_s3_uri(uri, field=field)
     count = 0
@@ -68,18 +99,26 @@ def download_prefix(s3: Any, uri: str, destination: Path, *, field: str) -> int:
             relative = _safe_relative(key, prefix)
         if relative is None:
             continue
-        target = destination / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, key, str(target))
+        stream_object(s3, bucket, key, destination / relative, on_bytes)
         count += 1
     return count
 
 
-def download_object(s3: Any, uri: str, destination: Path, *, field: str) -> None:
-    bucket, key = parse_s3_uri(uri, field=field)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+def prefix_size(s3: Any, uri: str, *, field: str) -> int:
+    """Total bytes under ``uri`` (0 when nothing is there)."""
+    bucket, prefix = parse_s3_uri(uri, field=field)
     try:
-        s3.download_file(bucket, key, str(destination))
+        return sum(int(item.get("Size", 0)) for item in list_prefix(s3, bucket, prefix))
+    except s3.exceptions.NoSuchBucket:
+        return 0
+
+
+def download_object(
+    s3: Any, uri: str, destination: Path, *, field: str, on_bytes: OnBytes | None = None
+) -> None:
+    bucket, key = parse_s3_uri(uri, field=field)
+    try:
+        stream_object(s3, bucket, key, destination, on_bytes)
     except Exception as exc:  # noqa: BLE001 - botocore raises several kinds; say which object
         raise S3DataError(f"{field}: could not download {uri}: {exc}") from exc
 

@@ -38,6 +38,9 @@ def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         lora_cache_dir=tmp_path_factory.mktemp("lora-cache"),
         default_model="tiny",
         pipeline_budget=2,
+        # the shared server's tests are not about deadlines: a speed timed while other tests
+        # load the CPU must not refuse their requests (test_load_and_faults uses a fake clock)
+        deadline_seconds=3600,
     )
     from inference_support import wait_ready
 

@@ -44,6 +44,19 @@ def test_an_old_driver_fails_ping_with_the_driver_found_and_needed(tiny_model_di
     assert "driver 470.256.02 found, 580 or newer needed" in caplog.text
 
 
+def test_health_reports_the_cuda_failure_as_the_failed_state_with_its_reason(tiny_model_dir,
+                                                                              tmp_path):
+    engine = _engine(tiny_model_dir, tmp_path, require_cuda=True)
+    engine.cuda_probe = lambda: cuda_host_problem(
+        driver_version="470.256.02", runtime_cuda="13.0", cuda_available=False)
+    with TestClient(create_app(engine=engine)) as client:
+        _failed_ping(client, engine)
+        health = client.get("/health")
+    assert health.status_code == 200  # readable whatever the state
+    assert health.json()["status"] == "failed"
+    assert "580 or newer needed" in health.json()["detail"]
+
+
 def test_this_cpu_host_fails_ping_when_cuda_is_required(tiny_model_dir, tmp_path):
     engine = _engine(tiny_model_dir, tmp_path, require_cuda=True)  # the real probe
     with TestClient(create_app(engine=engine)) as client:

@@ -365,3 +365,16 @@ def test_deeply_nested_json_is_400_not_500(tiny_model_dir, tmp_path) -> None:
                                headers={"Content-Type": "application/json"})
         assert response.status_code == 400
         assert "Traceback" not in response.text
+
+
+def test_no_worker_thread_outlives_the_app(tiny_model_dir, tmp_path) -> None:
+    import threading
+
+    settings = _settings(tiny_model_dir, tmp_path, warmup=False)
+    app = create_app(settings)
+    with TestClient(app):
+        workers = set(app.state.engine.executor._threads)
+        assert workers  # the model load started on the worker
+    # shut down at once, while the model may still be loading: the worker is gone with the app
+    assert not [t for t in workers if t.is_alive()]
+    assert threading.active_count() >= 1

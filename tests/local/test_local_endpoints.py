@@ -149,3 +149,14 @@ def test_a_failed_update_keeps_the_old_config_serving(clients):
     assert described["EndpointConfigName"] == name
     assert "no Stable-diffusion folder" in described["FailureReason"]
     assert invoke_echo(clients, name)["greeting"] == "old"
+
+
+def test_a_deploy_reports_download_and_load_progress(clients, caplog):
+    name = unique("progress")
+    with caplog.at_level("INFO", logger="local.sagemaker.endpoints"):
+        deploy(clients, name)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"endpoint {name}:")]
+    assert any("downloading s3://" in line and "done in" in line for line in lines), lines
+    assert any("unpacking model.tar.gz done in" in line for line in lines), lines
+    assert any("loading the model) done in" in line for line in lines), lines
+    assert lines[-1] == f"endpoint {name}: InService"

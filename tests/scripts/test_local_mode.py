@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import boto3
 import pytest
@@ -37,3 +38,19 @@ def test_admin_password_and_upload_work_against_local_mode(local_env, tmp_path, 
     body = s3.get_object(Bucket=bucket, Key="models/base/model.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
         assert tar.getnames() == ["Stable-diffusion/base.safetensors"]
+
+
+def test_an_uncompressed_upload_lands_as_a_file_in_the_local_s3(local_env, tmp_path, capsys):
+    from local.emulator.s3_state import EmulatorFiles
+
+    # over the part size (5 MiB parts): a multipart upload, the path a multi-GB checkpoint takes
+    ckpt = write_safetensors(tmp_path / "big.safetensors", sd1_keys(6 * 1024 * 1024))  # 12 MiB
+    assert upload_model.main([str(ckpt), "--uncompressed", "--quiet", "--part-size", "5",
+                              "--state-dir", str(tmp_path / "s")]) == 0
+    bucket = local_env.env["EASEL_BUCKET"]
+    assert capsys.readouterr().out.strip() == f"s3://{bucket}/models/big/"
+
+    key = "models/big/Stable-diffusion/big.safetensors"
+    where = EmulatorFiles(local_env.emulator_url).locate(bucket, key)
+    assert where is not None, "a multi-part model file should be kept as a file by the local S3"
+    assert Path(where["path"]).read_bytes() == ckpt.read_bytes()

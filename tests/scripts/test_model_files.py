@@ -111,3 +111,21 @@ def test_ckpt_that_is_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "g.ckpt").write_bytes(b"garbage" * 100)
     with pytest.raises(ModelFileError, match="not a readable PyTorch checkpoint"):
         convert_pickle_to_safetensors(tmp_path / "g.ckpt", tmp_path / "g.safetensors")
+
+
+def test_sentencepiece_pieces_are_counted_from_the_model_proto(tmp_path):
+    from scripts.model_files import sentencepiece_pieces
+
+    path = tmp_path / "spiece.model"
+    # two pieces (field 1) and a trainer_spec (field 2) that must not count
+    path.write_bytes(b"\x0a\x03\x0a\x01a" + b"\x0a\x03\x0a\x01b" + b"\x12\x02\x08\x01")
+    assert sentencepiece_pieces(path) == 2
+
+
+def test_damaged_sentencepiece_model_is_refused(tmp_path):
+    from scripts.model_files import sentencepiece_pieces
+
+    path = tmp_path / "spiece.model"
+    path.write_bytes(b"\x0a\x7f\x0a")
+    with pytest.raises(ModelFileError, match="not a SentencePiece model"):
+        sentencepiece_pieces(path)

@@ -53,3 +53,19 @@ def test_sdxl_diffusers_pipeline_folder_is_planned_as_a_pipeline(model_dirs, tmp
     assert "Stable-diffusion/xl/model_index.json" in names
     assert any(n.startswith("Stable-diffusion/xl/unet/") for n in names)
     assert any(SDXL in note for note in plan.notes)
+
+
+@pytest.mark.parametrize("family", ["sd35_large", "flux_schnell"])
+def test_flow_family_diffusers_folder_is_planned_with_its_family_in_the_manifest(
+        tmp_path, family):
+    flow_builder = pytest.importorskip("easel_inference.flow_builder")
+    from scripts.layout import build_manifest
+
+    folder = flow_builder.save_flow_diffusers(flow_builder.build_flow_pipeline(family),
+                                              tmp_path / "pipe")
+    plan = Planner(converted_dir=tmp_path / "c").plan(folder, name="flow", lora=False)
+    manifest = build_manifest(plan, layout="archive")
+    assert [(c.path, c.family.value) for c in manifest.checkpoints] == [
+        ("Stable-diffusion/flow", family)]
+    assert "t5xxl" in manifest.checkpoints[0].components
+    assert any(f.path.startswith("Stable-diffusion/flow/transformer/") for f in manifest.files)

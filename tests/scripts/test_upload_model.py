@@ -88,7 +88,7 @@ def test_bad_file_is_refused_before_anything_is_uploaded(stack, tmp_path, capsys
 def test_unknown_family_is_refused(stack, tmp_path, capsys):
     odd = write_safetensors(tmp_path / "odd.safetensors", {"model.diffusion_model.x": ([4], 0)})
     code, _, err = _run(capsys, odd, "--state-dir", tmp_path / "s")
-    assert code == 1 and "SD1.x, SD2.x or SDXL" in err
+    assert code == 1 and "no denoiser of a supported family" in err and "FLUX.1 dev" in err
 
 
 def test_ckpt_is_converted_on_upload(stack, tmp_path, capsys):
@@ -195,3 +195,109 @@ def test_interrupted_uncompressed_upload_resumes_file_by_file(stack, tmp_path, c
     body = s3.get_object(Bucket=BUCKET, Key="models/kit/Stable-diffusion/base.safetensors")
     assert body["Body"].read() == (root / "Stable-diffusion" / "base.safetensors").read_bytes()
     assert s3.head_object(Bucket=BUCKET, Key="models/kit/Lora/ink.safetensors")
+
+
+def _manifest(session, key):
+    from easel_contracts.model_manifest import parse_manifest
+
+    body = session.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return parse_manifest(body, where=key)
+
+
+def test_archive_upload_writes_a_manifest_beside_it(stack, tmp_path, capsys):
+    ckpt = write_safetensors(tmp_path / "base.safetensors", sd1_keys())
+    code, _, err = _run(capsys, ckpt, "--state-dir", tmp_path / "s")
+    assert code == 0, err
+    manifest = _manifest(stack, "models/base/easel-model.json")
+    assert manifest.layout == "archive" and manifest.written_by == "upload_model"
+    assert [(c.name, c.path, c.family.value) for c in manifest.checkpoints] == [
+        ("base", "Stable-diffusion/base.safetensors", "sd1")]
+    assert manifest.total_bytes == ckpt.stat().st_size
+
+
+def test_uncompressed_upload_writes_its_manifest_in_the_prefix(stack, tmp_path, capsys):
+    ckpt = write_safetensors(tmp_path / "base.safetensors", sd1_keys())
+    code, _, err = _run(capsys, ckpt, "--uncompressed", "--state-dir", tmp_path / "s")
+    assert code == 0, err
+    assert _manifest(stack, "models/base/easel-model.json").layout == "folder"
+
+
+FLUX_KEYS = {"double_blocks.0.img_attn.norm.key_norm.scale": ([8], 0),
+             "guidance_in.in_layer.bias": ([8], 0), "img_in.weight": ([8, 64], 0)}
+
+
+def test_flux_checkpoint_alone_is_refused_naming_the_missing_files(stack, tmp_path, capsys):
+    ckpt = write_safetensors(tmp_path / "flux.safetensors", FLUX_KEYS)
+    code, _, err = _run(capsys, ckpt, "--state-dir", tmp_path / "s")
+    assert code == 1
+    assert "FLUX.1 dev checkpoint without text_encoder/clip_l.safetensors, " \
+        "text_encoder/t5xxl.safetensors, VAE/ae.safetensors, text_encoder/spiece.model" in err
+    assert stack.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def _spiece(pieces: int) -> bytes:
+    """A SentencePiece ModelProto holding `pieces` pieces (field 1, each a piece string)."""
+    out = bytearray()
+    for index in range(pieces):
+        text = f"p{index}".encode()
+        piece = b"\x0a" + bytes([len(text)]) + text
+        out += b"\x0a" + bytes([len(piece)]) + piece
+    return bytes(out)
+
+
+def _flux_folder(root, *, t5_rows=16, pieces=8):
+    write_safetensors(root / "Stable-diffusion" / "flux.safetensors", FLUX_KEYS)
+    write_safetensors(root / "text_encoder" / "clip_l.safetensors",
+                      {"text_model.final_layer_norm.weight": ([8], 0)})
+    write_safetensors(root / "text_encoder" / "t5xxl.safetensors",
+                      {"encoder.block.0.layer.0.SelfAttention.q.weight": ([8, 8], 0),
+                       "shared.weight": ([t5_rows, 2], 0)})
+    (root / "text_encoder" / "spiece.model").write_bytes(_spiece(pieces))
+    write_safetensors(root / "VAE" / "ae.safetensors", {"decoder.conv_in.weight": ([8], 0)})
+    return root
+
+
+def test_flux_folder_with_its_parts_is_uploaded_and_its_family_recorded(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models")
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
+    assert code == 0, err
+    assert set(_members(stack, "models/flux/model.tar.gz")) == {
+        "Stable-diffusion/flux.safetensors", "text_encoder/clip_l.safetensors",
+        "text_encoder/t5xxl.safetensors", "text_encoder/spiece.model", "VAE/ae.safetensors"}
+    manifest = _manifest(stack, "models/flux/easel-model.json")
+    assert manifest.families[0].value == "flux_dev"
+
+
+def test_real_size_t5_with_a_toy_tokenizer_is_refused(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models", t5_rows=32128, pieces=8)
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
+    assert code == 1
+    assert "real-size (32128 tokens)" in err and "8 pieces, not T5's 32000" in err
+    assert stack.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_real_size_t5_with_t5s_own_tokenizer_is_accepted(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models", t5_rows=32128, pieces=32000)
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
+    assert code == 0, err
+
+
+def test_tokenizer_larger_than_the_t5_embedding_is_refused(stack, tmp_path, capsys):
+    root = _flux_folder(tmp_path / "models", t5_rows=16, pieces=20)
+    code, _, err = _run(capsys, root, "--name", "flux", "--state-dir", tmp_path / "s")
+    assert code == 1 and "do not belong together" in err
+
+
+def test_lora_upload_writes_no_manifest(stack, tmp_path, capsys):
+    lora = write_safetensors(tmp_path / "ink.safetensors", lora_keys())
+    assert _run(capsys, lora, "--lora", "--state-dir", tmp_path / "s")[0] == 0
+    keys = [o["Key"] for o in stack.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert keys == ["loras/ink.safetensors"]
+
+
+def test_flux2_file_is_refused_saying_which_family_it_is(stack, tmp_path, capsys):
+    keys = {"double_blocks.0.img_attn.norm.key_norm.scale": ([8], 0),
+            "single_stream_modulation.lin.weight": ([8, 8], 0)}
+    code, _, err = _run(capsys, write_safetensors(tmp_path / "f2.safetensors", keys),
+                        "--state-dir", tmp_path / "s")
+    assert code == 1 and "FLUX.2 is not supported" in err

@@ -185,7 +185,8 @@ class FakeRuntime(Recorder):
                 sd_model_checkpoint="tiny.safetensors", sd_checkpoints_loaded=["tiny"],
                 model_load_seconds={"tiny": 0.1}, CLIP_stop_at_last_layers=1, sd_vae="Automatic",
                 samples_format="png", device="cpu", dtype="float32",
-                max_response_bytes=6 * 1024 * 1024, pipeline_budget=2, warmed_up=None)
+                max_response_bytes=6 * 1024 * 1024, pipeline_budget=2,
+                warmed_up=inv.WarmUp(model="tiny", width=64, height=64, steps=2, seconds=0.1))
         else:
             raise client_error("ModelError", "unknown task", "InvokeEndpoint")
         return answer.model_dump(mode="json")

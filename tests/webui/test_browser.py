@@ -8,6 +8,7 @@ S3 URLs) with the recording SageMaker fakes. Marked `slow`; skipped without chro
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -183,6 +184,8 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     assert "Done" in page.text_content("#generate-form .status")
     sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
     assert sent["payload"]["prompt"] == "a watercolor fox <lora:style:0.8>"
+    # the form's size defaults to where the endpoint's model warmed up (its native size)
+    assert (sent["payload"]["width"], sent["payload"]["height"]) == (64, 64)
     _shot(page, "05-generate")
 
     # gallery with reuse
@@ -236,3 +239,68 @@ def test_user_sees_no_admin_pages_in_a_browser(served, page):
     assert page.locator("nav a:has-text('Endpoints')").count() == 0
     page.goto(f"{base}/users")
     assert "Only administrators" in page.text_content("main")
+
+
+def test_form_patterns_are_live_in_chromium(served, page):
+    """Chromium compiles `pattern` with the `v` flag and ignores one that does not compile; the
+    user-name and concept-set checks must catch a bad name before the form is sent."""
+    base, _ = served
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    for url, selector in ((f"{base}/users", "form[action='/users'] input[name=username]"),
+                          (f"{base}/models", "#concept-upload input[name=set]")):
+        page.goto(url)
+        field = page.locator(selector)
+        field.fill("Bad Name!")
+        assert field.evaluate("input => input.validity.patternMismatch"), selector
+        field.fill("good-name_1")
+        assert not field.evaluate("input => input.validity.patternMismatch"), selector
+
+
+def test_png_info_reads_an_image_and_sends_it_to_txt2img(served, page, tmp_path):
+    from PIL import Image
+
+    from easel_contracts.infotext import format_infotext
+    from easel_inference.images import encode_png
+
+    base, world = served
+    world.in_service()
+    text = format_infotext("a lighthouse at dusk, <lora:style:0.7>", "blurry, fog", {
+        "Steps": 28, "Sampler": "Euler a", "CFG scale": 6.5, "Seed": 1234567,
+        "Size": "512x768", "Model hash": "6ce0161689", "Model": "tiny"})
+    image = Image.new("RGB", (96, 144), (40, 70, 140))
+    path = tmp_path / "lighthouse.png"
+    path.write_bytes(base64.b64decode(encode_png(image, parameters=text)))
+
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.click("nav a:has-text('PNG Info')")
+    page.set_input_files("#png-info-form input[name=file]", str(path))
+    page.click("#png-info-form button")
+    page.wait_for_selector("#png-info-result")
+    assert page.text_content("pre.infotext") == text
+    shown = dict(zip(page.locator("table.parameters th").all_text_contents(),
+                     page.locator("table.parameters td").all_text_contents(), strict=True))
+    assert shown["Seed"] == "1234567" and shown["Sampler"] == "Euler a"
+    assert shown["Negative prompt"] == "blurry, fog"
+    _shot(page, "09-png-info")
+
+    page.click("button:has-text('Send to txt2img')")
+    page.wait_for_url(f"{base}/generate?*")
+    assert page.input_value("textarea[name=prompt]") == "a lighthouse at dusk, <lora:style:0.7>"
+    assert page.input_value("textarea[name=negative_prompt]") == "blurry, fog"
+    assert page.input_value("input[name=seed]") == "1234567"
+    assert page.input_value("input[name=steps]") == "28"
+    assert page.input_value("input[name=cfg_scale]") == "6.5"
+    assert (page.input_value("input[name=width]"), page.input_value("input[name=height]")) == \
+        ("512", "768")
+
+    # an empty file as the img2img input is named in the page, before anything is sent
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    page.check("#img2img")
+    page.set_input_files("#init-file", str(empty))
+    page.click("#generate-button")
+    page.wait_for_selector("#generate-form .status:has-text('is empty')")
+    assert "empty.png is empty (0 bytes); choose an image file" in \
+        page.text_content("#generate-form .status")
+    tasks = [json.loads(call["Body"])["task"] for call in world.runtime.named("invoke_endpoint")]
+    assert "img2img" not in tasks and "txt2img" not in tasks

@@ -203,6 +203,7 @@ def test_caps_endpoints_per_user_and_instances(world_factory):
 
 
 def test_bad_deploy_inputs_name_the_field_and_create_nothing(world):
+    world.put("models/tiny.tar.gz")
     admin = world.signed_in("admin")
     cases = [
         ({"instance_type": "ml.m5.large"}, "instance type"),
@@ -210,7 +211,7 @@ def test_bad_deploy_inputs_name_the_field_and_create_nothing(world):
         ({"model": f"s3://{BUCKET}/outputs/admin/x.tar.gz"}, "model"),
         ({"model": "s3://someone-elses-bucket/models/x.tar.gz"}, "data bucket"),
         ({"name": "Bad_Name"}, "name"),
-        ({"mode": "realtime", "min_instances": "0"}, "min_instances"),
+        ({"mode": "realtime", "min_instances": "0"}, "min instances"),
     ]
     for fields, word in cases:
         response = _deploy(admin, **fields)

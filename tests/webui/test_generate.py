@@ -129,7 +129,13 @@ def test_generate_options_come_from_the_endpoint_listing_tasks(world):
     assert data["samplers"][0]["name"] == "Euler a"
     assert data["controlnet-models"] == {"model_list": ["control_sd15_canny"]}
     tasks = [json.loads(c["Body"])["task"] for c in world.runtime.named("invoke_endpoint")]
-    assert tasks == ["sd-models", "loras", "samplers", "controlnet-models"]
+    assert tasks == ["sd-models", "loras", "samplers", "controlnet-models", "options"]
+
+
+def test_generate_options_give_the_endpoint_models_native_size_for_the_form(world):
+    world.in_service()
+    data = world.signed_in("admin").get("/generate/options?endpoint=easel-demo").json()
+    assert data["native_size"] == {"width": 64, "height": 64}  # where the endpoint warmed up
 
 
 def test_an_endpoint_without_the_controlnet_listing_still_gives_its_options(world):

@@ -84,7 +84,7 @@ def test_presigned_post_uploads_to_staging_and_verify_moves_files_into_the_set(w
     assert stored["ContentType"] == "image/png"
     assert world.keys("concepts/alice/.incoming/") == []
     page = alice.get("/models")
-    assert "dogs" in page.text and "1 images, 1 captions" in page.text
+    assert "dogs" in page.text and "1 image, 1 caption," in page.text
 
 
 def test_presign_fixes_the_content_type_from_the_extension(world):
@@ -191,3 +191,40 @@ def test_concept_set_thumbnails_and_delete(world):
     assert world.keys("concepts/alice/dogs/") == ["concepts/alice/dogs/2.png"]
     assert alice.post("/models/concepts/alice/dogs/delete").status_code == 303
     assert world.keys("concepts/alice/") == []
+
+
+def _manifest(name: str, family: str) -> bytes:
+    from easel_contracts.model_manifest import ManifestCheckpoint, ModelManifest
+
+    return ModelManifest(
+        name=name, layout="archive", written_by="upload_model",
+        checkpoints=(ManifestCheckpoint(name=name, path=f"Stable-diffusion/{name}.safetensors",
+                                        family=family),),
+    ).to_json().encode()
+
+
+def test_model_list_shows_the_family_from_the_manifest_beside_each_model(world):
+    world.put("models/flux/model.tar.gz", b"x" * 64)
+    world.put("models/flux/easel-model.json", _manifest("flux", "flux_schnell"))
+    world.put("models/xl/Stable-diffusion/xl.safetensors", b"y" * 64)
+    world.put("models/xl/easel-model.json", _manifest("xl", "sdxl"))
+    page = world.signed_in("admin").get("/models").text
+    row = page[page.index("<code>flux/model.tar.gz</code>"):]
+    assert "FLUX.1 schnell" in row[:row.index("</tr>")]
+    row = page[page.index("<code>xl/</code>"):]
+    assert "SDXL" in row[:row.index("</tr>")]
+
+
+def test_model_without_a_manifest_says_how_to_get_one(world):
+    world.put("models/old/model.tar.gz", b"x" * 64)
+    page = world.signed_in("admin").get("/models").text
+    row = page[page.index("<code>old/model.tar.gz</code>"):]
+    assert "no manifest" in row[:row.index("</tr>")] and "scripts/upload_model" in page
+
+
+def test_model_with_a_broken_manifest_says_what_is_wrong(world):
+    world.put("models/bad/model.tar.gz", b"x" * 64)
+    world.put("models/bad/easel-model.json", b'{"version": 1}')
+    page = world.signed_in("admin").get("/models").text
+    row = page[page.index("<code>bad/model.tar.gz</code>"):]
+    assert "not a valid model manifest" in row[:row.index("</tr>")]

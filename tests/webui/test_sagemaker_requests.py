@@ -64,6 +64,25 @@ def test_every_variant_sets_the_ami_whose_driver_runs_the_images_cuda(mode):
     assert variant["InferenceAmiVersion"] == "al2023-ami-sagemaker-inference-gpu-4-1"
 
 
+def test_a_realtime_endpoint_tells_its_container_a_deadline_under_sagemakers_60_s():
+    # "A customer's model containers must respond to requests within 60 seconds."
+    # https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html
+    environment = req.build_create_model(_spec())["PrimaryContainer"]["Environment"]
+    assert 30 <= int(environment["EASEL_DEADLINE_SECONDS"]) < 60
+
+
+def test_an_async_endpoint_tells_its_container_a_deadline_under_its_invocation_timeout():
+    # InvokeEndpointAsync's InvocationTimeoutSeconds is 1..3600; the request expires after it.
+    # https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpointAsync.html
+    default = req.build_create_model(_spec(mode="async", min_instances=0))
+    assert 60 < int(default["PrimaryContainer"]["Environment"]["EASEL_DEADLINE_SECONDS"]) < 3600
+    shorter = req.build_create_model(_spec(mode="async", min_instances=0,
+                                           async_invocation_timeout_s=900))
+    assert 60 < int(shorter["PrimaryContainer"]["Environment"]["EASEL_DEADLINE_SECONDS"]) < 900
+    with pytest.raises(ValidationError, match="3600"):
+        _spec(mode="async", min_instances=0, async_invocation_timeout_s=7200)
+
+
 def test_endpoint_and_training_job_require_cuda_on_sagemaker():
     environment = req.build_create_model(_spec())["PrimaryContainer"]["Environment"]
     assert environment["EASEL_REQUIRE_CUDA"] == "1"

@@ -24,6 +24,8 @@ from pydantic import (
     field_validator,
 )
 
+from .workcap import MeasuredSpeed
+
 # --- bounds (one set, shared by the portal and the server)
 
 MAX_SEED = 2**32 - 1
@@ -36,6 +38,10 @@ MAX_BATCH_SIZE = 8
 MAX_N_ITER = 16
 MAX_INIT_IMAGES = 8
 MAX_CLIP_SKIP = 12
+# enabled ControlNet units in one request (A1111's extension offers at most 10 slots; each unit
+# holds a ControlNet's activations in GPU memory) and entries in its args list
+MAX_CONTROLNET_UNITS = 4
+MAX_CONTROLNET_ARGS = 16
 # one input image: at most this many bytes once decoded (the server's EASEL_MAX_IMAGE_BYTES may
 # lower it, not raise it); as base64 text, with room for a "data:image/...;base64," prefix
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
@@ -187,6 +193,9 @@ def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
     args = script.get("args", []) if isinstance(script, dict) else None
     if not isinstance(args, list):
         raise ValueError("alwayson_scripts.controlnet.args must be a list")  # noqa: TRY004
+    if len(args) > MAX_CONTROLNET_ARGS:
+        raise ValueError(f"alwayson_scripts.controlnet.args: at most {MAX_CONTROLNET_ARGS} "
+                         f"entries, got {len(args)}")
     units = []
     for index, arg in enumerate(args):
         if not isinstance(arg, dict):
@@ -197,6 +206,10 @@ def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first.get("loc", ()))
             raise ValueError(f"controlnet args[{index}].{where}: {first.get('msg')}") from None
+    enabled = sum(unit.enabled for unit in units)
+    if enabled > MAX_CONTROLNET_UNITS:
+        raise ValueError(f"alwayson_scripts.controlnet.args: at most {MAX_CONTROLNET_UNITS} "
+                         f"enabled units, got {enabled}; disable or remove some")
     return units
 
 
@@ -218,7 +231,9 @@ class Img2ImgRequest(GenerationRequest):
     def _bounded_images(cls, value: list[str]) -> list[str]:
         for image in value:
             if not image:
-                raise ValueError("each image must be non-empty base64 text")
+                raise ValueError(
+                    "an image is empty; send each image as a base64-encoded PNG or JPEG"
+                )
             _image_text(image, what="each image")
         return value
 
@@ -427,6 +442,9 @@ class Options(BaseModel):
     max_response_bytes: int
     pipeline_budget: int
     warmed_up: WarmUp | None
+    # the work cap's inputs (easel_contracts.workcap): the speed timed at warm-up, the deadline
+    speed: MeasuredSpeed | None = None
+    deadline_seconds: float | None = None
 
 
 # --- the registry

@@ -48,7 +48,9 @@ _SHORT_NAME_RE = re.compile(SHORT_NAME_PATTERN)
 def check_short_name(value: str, *, field: str = "name", max_length: int = 40) -> str:
     """The part of a resource name a person chooses (an endpoint's, a training job's): lower-case
     letters, digits and single '-'. Raise ``ValueError`` naming ``field`` otherwise."""
-    if not value or len(value) > max_length or not _SHORT_NAME_RE.match(value):
+    if len(value) > max_length:
+        raise ValueError(f"{field}: at most {max_length} characters (this one has {len(value)})")
+    if not value or not _SHORT_NAME_RE.match(value):
         raise ValueError(
             f"{field}: use 1-{max_length} lower-case letters, digits and single '-' "
             "(no leading or trailing '-')"

@@ -1,7 +1,9 @@
-"""FastAPI app: SageMaker ``/ping`` and ``/invocations`` with A1111 payloads.
+"""FastAPI app: SageMaker ``/ping`` and ``/invocations`` with A1111 payloads, and ``/health``.
 
-Model loading and every generation run on one worker thread (a queue of one), so ``/ping``
-keeps answering during a generation and concurrent requests wait their turn.
+Model loading and every generation run on one worker thread; generation requests are admitted to
+its bounded queue first (``admission``), each with a deadline checked between steps. Listings run
+on a pool of their own. ``/ping`` and ``/health`` read state kept in memory on the event loop, so
+neither waits for a pool that load can fill.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,11 +40,21 @@ from easel_contracts.invocations import (
     Txt2ImgRequest,
     WarmUp,
 )
+from easel_contracts.readiness import Health, Ping, ping_status
+from easel_contracts.workcap import MeasuredSpeed, speed_from_runs
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from .errors import ApiError, BadRequest, InternalError, NotFound, ResponseTooLarge
+from .admission import Admission, Clock, Job, Readiness
+from .errors import (
+    ApiError,
+    BadRequest,
+    InternalError,
+    NotFound,
+    ResponseTooLarge,
+    Unavailable,
+)
 from .generation import StepHook, generate
 from .lora import LoraLibrary
 from .pipelines import PipelineManager, short_hash
@@ -50,6 +63,11 @@ from .settings import Settings
 
 log = logging.getLogger("easel.inference")
 Handler = Callable[[BaseModel, float], BaseModel]
+LISTING_THREADS = 4
+# the speed is timed on two single-image runs at the native size, after the first-use run
+SPEED_RUNS = (2, 6)
+SPEED_MIN_HALF_SIDE = 256  # below it the second timed size is twice the native side, not half
+DISCONNECT_POLL_S = 0.5
 
 
 @dataclass
@@ -60,41 +78,95 @@ class Engine:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-gen")
     )
-    ready: bool = False
-    startup_error: str | None = None
+    listing_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=LISTING_THREADS,
+                                                   thread_name_prefix="easel-list"))
+    readiness: Readiness = field(default_factory=Readiness)
     step_hook: StepHook | None = None
     cuda_probe: Callable[[], str | None] = field(default=lambda: this_host_problem(torch))
     """Why this host cannot run the image's CUDA build (None: it can); checked when required."""
+    clock: Clock = time.monotonic
+    """Deadlines and the speed timing read this clock (tests give a fake one)."""
 
     warmed_up: WarmUp | None = None
+    speed: MeasuredSpeed | None = None
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(limit=self.settings.max_queue,
+                                   deadline_s=self.settings.deadline_seconds)
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness.state in ("ready", "degraded")
+
+    @property
+    def startup_error(self) -> str | None:
+        return self.readiness.detail if self.readiness.state == "failed" else None
 
     def start(self) -> None:
-        """Load the default model and warm it up (runs on the worker thread)."""
+        """Load the default model, warm it up and time its speed (runs on the worker thread)."""
         if self.settings.require_cuda:
             problem = self.cuda_probe()
             if problem:
                 # /ping stays 503 with this detail: SageMaker fails the endpoint, never a CPU run
-                self.startup_error = problem
+                self.readiness.move("failed", problem)
                 log.error("startup failed: %s", problem)
                 return
         try:
             model = self.manager.get(None)
             if self.settings.warmup:
-                warm = warmup_request(model.pipe, model.name, max_pixels=self.settings.max_pixels)
-                started = time.perf_counter()
-                generate(warm, task="txt2img", manager=self.manager, library=self.library,
-                         settings=self.settings)
-                self.warmed_up = WarmUp(model=model.name, width=warm.width,
-                                        height=warm.height, steps=warm.steps,
-                                        seconds=round(time.perf_counter() - started, 3))
-            self.ready = True
+                self.readiness.move("warming", f"warming up {model.name}")
+                self.warm_up(model.name, model.pipe)
+            self.readiness.move("ready")
             log.info("ready: %s", model.name)
         except ApiError as exc:
-            self.startup_error = exc.message
+            self.readiness.move("failed", exc.message)
             log.error("startup failed: %s", exc.message)
-        except Exception as exc:  # keep the process up; /ping reports not ready
-            self.startup_error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # keep the process up; /ping reports the failure
+            self.readiness.move("failed", f"{type(exc).__name__}: {exc}")
             log.exception("startup failed")
+
+    def warm_up(self, name: str, pipe: Any) -> None:
+        """A first-use run at the model's native size, then timed runs for its speed: two at
+        that size, one at another (half the side, or twice a small one) for how the cost of a
+        step grows with the pixels."""
+        warm = warmup_request(pipe, name, max_pixels=self.settings.max_pixels)
+
+        def timed(steps: int, side: int | None = None) -> float:
+            update: dict[str, int] = {"steps": steps}
+            if side is not None:
+                update.update(width=side, height=side)
+            started = self.clock()
+            generate(warm.model_copy(update=update), task="txt2img", manager=self.manager,
+                     library=self.library, settings=self.settings, step_hook=self.step_hook)
+            return self.clock() - started
+
+        seconds = timed(warm.steps)
+        self.warmed_up = WarmUp(model=name, width=warm.width, height=warm.height,
+                                steps=warm.steps, seconds=round(seconds, 3))
+        few, many = SPEED_RUNS
+        short, long = (few, timed(few)), (many, timed(many))
+        side = warm.width // 2 if warm.width // 2 >= SPEED_MIN_HALF_SIDE else warm.width * 2
+        other = None
+        if side * side <= self.settings.max_pixels:
+            other = (side, side, many, timed(many, side))
+        self.speed = speed_from_runs(model=name, device=str(self.manager.device),
+                                     width=warm.width, height=warm.height, short=short,
+                                     long=long, other=other)
+        log.info("speed of %s on %s: %.3g s a %dx%d step", name, self.manager.device,
+                 self.speed.step_seconds(warm.width * warm.height), warm.width, warm.height)
+
+    def admit(self, request: GenerationRequest) -> Job:
+        return self.admission.admit(request, now=self.clock(), clock=self.clock,
+                                    speed=self.speed)
+
+    def health(self) -> Health:
+        return Health(status=self.readiness.state, detail=self.readiness.detail,
+                      since=self.readiness.since, model=self.manager.current,
+                      deadline_seconds=self.settings.deadline_seconds,
+                      queue=self.admission.record(self.clock(), timed=self.speed is not None),
+                      speed=self.speed)
 
     def handlers(self) -> dict[str, Handler]:
         """Each task the server serves -> what answers it, given the validated request and the
@@ -104,7 +176,7 @@ class Engine:
             "img2img": self.generation("img2img"),
             "sd-models": lambda _request, _arrived: self.sd_models(),
             "sd-vae": lambda _request, _arrived: SdVaes([
-                SdVae(model_name=name, filename=str(path))
+                SdVae(model_name=name, filename=self.relative(path))
                 for name, path in self.manager.vae_files().items()
             ]),
             "loras": lambda _request, _arrived: Loras(self.library.listing()),
@@ -129,10 +201,14 @@ class Engine:
                 model_name=name,
                 hash=digest,
                 sha256=None,
-                filename=str(path),
-                config=str(config) if config and config.is_file() else None,
+                filename=self.relative(path),
+                config=self.relative(config) if config and config.is_file() else None,
             ))
         return SdModels(models)
+
+    def relative(self, path: Path) -> str:
+        """A listed file as a path under the model folder: no server path leaves the server."""
+        return path.relative_to(self.settings.model_dir).as_posix()
 
     def options(self) -> Options:
         return Options(
@@ -147,14 +223,30 @@ class Engine:
             max_response_bytes=self.settings.max_response_bytes,
             pipeline_budget=self.settings.pipeline_budget,
             warmed_up=self.warmed_up,
+            speed=self.speed,
+            deadline_seconds=self.settings.deadline_seconds,
         )
 
     def generation(self, task: str) -> Handler:
-        def run(request: BaseModel, arrived: float) -> GenerationResponse:
+        def run(request: BaseModel, arrived: float, job: Job | None = None) -> GenerationResponse:
+            """Run ``request`` (on the worker thread); ``job``, from ``admit``, carries its
+            deadline and leaves the queue when this returns."""
             if not isinstance(request, GenerationRequest):
                 raise TypeError(f"{task} takes a GenerationRequest")
-            return generate(request, task=task, manager=self.manager, library=self.library,
-                            settings=self.settings, step_hook=self.step_hook, queued_at=arrived)
+            job = job or Job(arrived=self.clock(), deadline_s=self.settings.deadline_seconds,
+                             clock=self.clock)
+            self.admission.started(job, self.clock())
+            try:
+                answer = generate(request, task=task, manager=self.manager,
+                                  library=self.library, settings=self.settings,
+                                  step_hook=self.step_hook, stop=job.check, queued_at=arrived)
+            except Unavailable as exc:  # out of GPU memory: serving goes on, with the reason
+                self.readiness.move("degraded", exc.message)
+                raise
+            finally:
+                self.admission.done(job)
+            self.readiness.recover()
+            return answer
 
         return run
 
@@ -203,14 +295,18 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             yield
         finally:
             startup.cancel()
-            engine.executor.shutdown(wait=False, cancel_futures=True)
+            # Wait for the worker: a model load still running after the app has gone could race
+            # another load in this process (diffusers' empty-weight loading patches torch's
+            # Module class while it runs), and queued work is cancelled, not left behind.
+            engine.executor.shutdown(wait=True, cancel_futures=True)
+            engine.listing_executor.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="Easel inference", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -221,15 +317,17 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
-        if engine.ready:
-            return JSONResponse({"status": "ready"})
-        body: dict[str, Any] = {"status": "loading" if not engine.startup_error else "failed"}
-        if engine.startup_error:
-            body["detail"] = engine.startup_error
-        return JSONResponse(body, status_code=503)
+        state = engine.readiness.state
+        body = Ping(status=state, detail=engine.readiness.detail)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=ping_status(state))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse(engine.health().model_dump(mode="json"))
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
+        arrived = time.perf_counter()
         raw = await request.body()  # bounded while streaming: BodyLimit below
         try:
             data = json.loads(raw or b"null")
@@ -248,14 +346,20 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         except RecursionError as exc:
             raise BadRequest("payload is nested too deeply", field="payload") from exc
         handler = engine.handlers()[invocation.task]
+        loop = asyncio.get_running_loop()
         if invocation.task in GENERATION_TASKS:
             if not engine.ready:
-                raise NotReady(engine.startup_error or "the model is still loading; retry shortly")
-            loop = asyncio.get_running_loop()
+                raise NotReady(engine.readiness.detail
+                               or f"the server is {engine.readiness.state}; retry shortly")
+            assert isinstance(task_request, GenerationRequest)
+            job = engine.admit(task_request)  # refused here when it cannot finish in time
             try:
-                result = await loop.run_in_executor(
-                    engine.executor, handler, task_request, time.perf_counter()
-                )
+                work = loop.run_in_executor(engine.executor, handler, task_request, arrived, job)
+            except BaseException:
+                engine.admission.done(job)
+                raise
+            try:
+                result = await _answer_or_cancel(work, request, job)
             except ApiError:
                 raise
             except Exception as exc:
@@ -265,7 +369,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                     "see the endpoint logs"
                 ) from exc
         else:
-            result = handler(task_request, time.perf_counter())
+            result = await loop.run_in_executor(engine.listing_executor, handler, task_request,
+                                                arrived)
         # an answer leaves only as its task's registry response model
         expected = TASKS[invocation.task].response
         if not isinstance(result, expected):
@@ -302,8 +407,23 @@ def _too_large(limit: int) -> bytes:
     return json.dumps(error.body()).encode("utf-8")
 
 
+async def _answer_or_cancel(work: asyncio.Future[Any], request: Request, job: Job) -> Any:
+    """The worker's answer; if the client closes the connection first, the job is told to stop
+    at its next check (the worker then frees itself for the next request)."""
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return work.result()
+        if job.reason is None and await request.is_disconnected():
+            log.info("client left; stopping its generation")
+            job.cancel("the client closed the connection")
+
+
 class NotReady(ApiError):
     status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
 
 
 __all__ = ["Engine", "NotFound", "build_engine", "create_app"]

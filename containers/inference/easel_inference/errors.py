@@ -17,6 +17,10 @@ class ApiError(Exception):
             body["field"] = self.field
         return body
 
+    def headers(self) -> dict[str, str]:
+        """Response headers the error adds (e.g. ``Retry-After``)."""
+        return {}
+
 
 class BadRequest(ApiError):
     status = 400

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
+from easel_contracts.infotext import format_infotext
 from easel_contracts.invocations import (
     MAX_SEED,
     ControlNetUse,
@@ -32,6 +33,8 @@ from .samplers import make_scheduler, resolve_sampler, seed_scheduler_noise
 from .settings import Settings
 
 StepHook = Callable[[int], None]
+StopCheck = Callable[[str], None]
+"""Raises if the work must stop where the argument says it is (deadline passed, client left)."""
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
 
 
@@ -50,22 +53,30 @@ def _check_budget(request: GenerationRequest, settings: Settings) -> None:
         )
 
 
-def _infotext(request: GenerationRequest, prompt: str, negative: str, seed: int,
-              sampler: str, model: LoadedModel) -> str:
-    lines = [prompt]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(
-        f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.cfg_scale:g}, "
-        f"Seed: {seed}, Size: {request.width}x{request.height}, Model: {model.name}"
-    )
-    return "\n".join(lines)
+def _infotext(request: GenerationRequest, seed: int, sampler: str, karras: bool,
+              model: LoadedModel, vae: str | None) -> str:
+    """A1111's infotext of one image (its PNG's `parameters` chunk and `info.infotexts`); the
+    prompt keeps its `<lora:name:weight>` tags, as A1111's does."""
+    clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
+    return format_infotext(request.prompt, request.negative_prompt, {
+        "Steps": request.steps, "Sampler": sampler,
+        "Schedule type": "Karras" if karras else None,
+        "CFG scale": float(request.cfg_scale), "Seed": seed,
+        "Size": f"{request.width}x{request.height}", "Model hash": model.short_hash,
+        "Model": model.name, "VAE": vae,
+        "Denoising strength": (float(request.denoising_strength)
+                               if isinstance(request, Img2ImgRequest) else None),
+        "Clip skip": clip_skip if clip_skip and clip_skip > 1 else None,
+    })
 
 
-def _step_callback(hook: StepHook | None) -> Callable[..., dict[str, Any]]:
+def _step_callback(hook: StepHook | None, stop: StopCheck | None,
+                   where: Callable[[int], str]) -> Callable[..., dict[str, Any]]:
     def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if hook is not None:
             hook(step)
+        if stop is not None:
+            stop(where(step))
         return kwargs
 
     return on_step_end
@@ -128,12 +139,14 @@ def generate(
     library: LoraLibrary,
     settings: Settings,
     step_hook: StepHook | None = None,
+    stop: StopCheck | None = None,
     queued_at: float | None = None,
 ) -> GenerationResponse:
-    """Run one A1111 request; GPU out-of-memory (loading or generating) becomes a 503."""
+    """Run one A1111 request; GPU out-of-memory (loading or generating) becomes a 503. ``stop``
+    is asked before the work starts, before each batch and after each step."""
     try:
         return _generate(request, manager=manager, library=library, settings=settings,
-                         step_hook=step_hook, queued_at=queued_at)
+                         step_hook=step_hook, stop=stop, queued_at=queued_at)
     except OOM_ERRORS as exc:
         manager.restore_all_loras()
         manager.release_memory()
@@ -150,9 +163,12 @@ def _generate(
     library: LoraLibrary,
     settings: Settings,
     step_hook: StepHook | None,
+    stop: StopCheck | None,
     queued_at: float | None,
 ) -> GenerationResponse:
     started = time.perf_counter()
+    if stop is not None:
+        stop("before it started (it waited in the queue)")
     _check_budget(request, settings)
     sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
                                       request.scheduler)
@@ -186,11 +202,14 @@ def _generate(
     if strength is not None and int(steps * strength) < 1:
         # diffusers runs int(steps * strength) steps; run at least one, as A1111 does
         steps = math.ceil(1 / max(strength, 0.01))
+    runs = max(1, int(steps * strength)) if strength is not None else steps  # steps it runs
     seeds = _seeds(request)
     images: list[str] = []
     # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
     overlay = (extra["image"], extra["mask_image"]) if getattr(request, "mask", None) else None
     vae = manager.vae(request.override_settings.sd_vae, model)
+    vae_name = request.override_settings.sd_vae if vae is not None else None
+    infotexts = [_infotext(request, seed, sampler.name, karras, model, vae_name) for seed in seeds]
     original_vae = pipe.vae
     model.fuser.apply(loras, library)
     clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
@@ -200,6 +219,8 @@ def _generate(
         if vae is not None:
             pipe.vae = vae
         for iteration in range(request.n_iter):
+            if stop is not None and iteration:
+                stop(f"before batch {iteration + 1} of {request.n_iter}")
             batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds]
             seed_scheduler_noise(pipe.scheduler, batch_seeds)
@@ -211,10 +232,15 @@ def _generate(
                 width=request.width,
                 height=request.height,
                 generator=generators,
-                callback_on_step_end=_step_callback(step_hook),
+                callback_on_step_end=_step_callback(
+                    step_hook, stop,
+                    lambda step, batch=iteration + 1: (
+                        f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})")),
                 **extra,
             )
-            images.extend(encode_png(_overlay(image, overlay)) for image in result.images)
+            for image in result.images:
+                images.append(encode_png(_overlay(image, overlay),
+                                         parameters=infotexts[len(images)]))
     finally:
         pipe.vae = original_vae
     finished = time.perf_counter()
@@ -243,10 +269,7 @@ def _generate(
         loras=[LoraUse(name=u.name, te=u.text_weight, unet=u.unet_weight) for u in loras],
         controlnet=[ControlNetUse(module=u.module, model=u.model, weight=u.weight) for u in units],
         index_of_first_image=0,
-        infotexts=[
-            _infotext(request, request.prompt, request.negative_prompt, seed, sampler_label, model)
-            for seed in seeds
-        ],
+        infotexts=infotexts,
         job_timestamp=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
         is_using_inpainting_conditioning=kind == "inpaint",
         timings=GenerationTimings(

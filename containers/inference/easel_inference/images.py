@@ -1,4 +1,5 @@
-"""Base64 image decoding (with or without a ``data:`` prefix) and PNG encoding."""
+"""Base64 image decoding (with or without a ``data:`` prefix) and PNG encoding (with the
+image's A1111 infotext)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import base64
 import binascii
 import io
 
-from PIL import Image, UnidentifiedImageError
+from easel_contracts.infotext import PNG_TEXT_KEY
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import BadRequest
 
@@ -39,7 +41,13 @@ def decode_image(value: str, *, field: str, max_bytes: int) -> Image.Image:
     return image
 
 
-def encode_png(image: Image.Image) -> str:
+def encode_png(image: Image.Image, *, parameters: str | None = None) -> str:
+    """Base64 PNG; `parameters` (the image's infotext) goes into A1111's ``parameters`` text
+    chunk, so a saved or downloaded image still says how it was made."""
+    chunks = None
+    if parameters:
+        chunks = PngImagePlugin.PngInfo()
+        chunks.add_text(PNG_TEXT_KEY, parameters)  # iTXt (UTF-8) when it is not Latin-1
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=chunks)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

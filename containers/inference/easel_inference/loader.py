@@ -18,6 +18,13 @@ from typing import Any
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from easel_contracts.families import (
+    FamilyError,
+    ModelFamily,
+    detect_checkpoint,
+    detect_diffusers_folder,
+    facts_for,
+)
 from safetensors import safe_open
 
 from . import checkpoint_keys
@@ -89,19 +96,34 @@ class _CheckpointView:
     def shape(self, key: str) -> tuple[int, ...] | None:
         return self._shapes.get(key)
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
     def count(self, pattern: str) -> int:
         regex = re.compile(pattern)
         return len({match.group(1) for key in self.keys if (match := regex.match(key))})
 
 
+# the families this loader builds pipelines for, and the shipped config folder of each
+SERVED_ARCHES = {ModelFamily.SD1: "sd15", ModelFamily.SD2: "sd2", ModelFamily.SDXL: "sdxl"}
+
+
+def _served_arch(family: ModelFamily, name: str) -> str:
+    arch = SERVED_ARCHES.get(family)
+    if arch is None:
+        served = ", ".join(facts_for(f).label for f in SERVED_ARCHES)
+        raise ModelLoadError(f"{name} is a {facts_for(family).label} model; this server loads "
+                             f"{served} models only")
+    return arch
+
+
 def detect_arch(view: _CheckpointView) -> str:
-    if any(key.startswith("conditioner.embedders.1.model.") for key in view.keys):
-        return "sdxl"
-    if any(key.startswith(checkpoint_keys.SD2_TEXT_PREFIX) for key in view.keys):
-        return "sd2"
-    if any(key.startswith(checkpoint_keys.SD1_TEXT_PREFIX) for key in view.keys):
-        return "sd15"
-    raise ModelLoadError(f"{view.path.name} does not look like an SD1.x/SD2.x/SDXL checkpoint")
+    """The shipped config folder for a checkpoint's family (detected from its tensor names)."""
+    try:
+        detection = detect_checkpoint(view.shapes(), name=view.path.name)
+    except FamilyError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return _served_arch(detection.family, view.path.name)
 
 
 def _text_encoder_from_shapes(view: _CheckpointView, base: dict[str, Any], prefix: str,
@@ -240,12 +262,12 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
 def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
                           dtype: torch.dtype = torch.float32) -> Any:
     path = Path(path)
-    index_file = path / "model_index.json"
     try:
-        class_name = json.loads(index_file.read_text("utf-8")).get("_class_name", "")
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path.name}/model_index.json is not readable: {exc}") from exc
-    pipeline_class = StableDiffusionXLPipeline if "XL" in class_name else StableDiffusionPipeline
+        family = detect_diffusers_folder(path).family
+    except FamilyError as exc:
+        raise ModelLoadError(str(exc)) from None
+    arch = _served_arch(family, path.name)
+    pipeline_class = PIPELINE_CLASSES.get(arch, StableDiffusionPipeline)
     extra: dict[str, Any] = {}
     if pipeline_class is StableDiffusionPipeline:
         extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)

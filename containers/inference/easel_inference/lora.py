@@ -119,14 +119,15 @@ class LoraLibrary:
         return sorted(names)
 
     def listing(self) -> list[Lora]:
+        """A1111's LoRA listing; each ``path`` says where the file is without a server path:
+        ``Lora/<name>.safetensors`` in the model folder, or its key in the library bucket."""
         local = self.local_names()
         entries = [
-            Lora(name=name, alias=name, path=str(self.lora_dir / f"{name}{LORA_SUFFIX}"))
+            Lora(name=name, alias=name, path=f"{self.lora_dir.name}/{name}{LORA_SUFFIX}")
             for name in local
         ]
-        base = (self.s3_uri or "").rstrip("/")
         entries += [
-            Lora(name=name, alias=name, path=f"{base}/{name}{LORA_SUFFIX}")
+            Lora(name=name, alias=name, path=self._s3_location(name)[1])
             for name in self.library_names()
             if name not in local
         ]

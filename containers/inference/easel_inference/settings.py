@@ -10,8 +10,12 @@ from pathlib import Path
 from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required
 from easel_contracts.invocations import MAX_IMAGE_BYTES
 from easel_contracts.s3uri import S3Uri
+from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S, DEADLINE_ENV, deadline_seconds
 
 DEFAULT_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+# without EASEL_DEADLINE_SECONDS, a real-time endpoint's: the strictest SageMaker sets
+DEFAULT_DEADLINE_SECONDS = deadline_seconds("realtime")
+DEFAULT_MAX_QUEUE = 8
 
 
 class SettingsError(ValueError):
@@ -54,6 +58,8 @@ class Settings:
     pipeline_budget: int = 2
     max_pixels: int = 2048 * 2048
     max_image_bytes: int = MAX_IMAGE_BYTES
+    deadline_seconds: int = DEFAULT_DEADLINE_SECONDS  # from arrival to answer, queue included
+    max_queue: int = DEFAULT_MAX_QUEUE  # generation requests admitted at once (running+waiting)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,4 +98,7 @@ class Settings:
             max_image_bytes=_int(
                 env, "EASEL_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES, low=1024, high=MAX_IMAGE_BYTES
             ),
+            deadline_seconds=_int(env, DEADLINE_ENV, DEFAULT_DEADLINE_SECONDS, low=1,
+                                  high=ASYNC_INVOCATION_TIMEOUT_MAX_S),
+            max_queue=_int(env, "EASEL_MAX_QUEUE", DEFAULT_MAX_QUEUE, low=1, high=1024),
         )

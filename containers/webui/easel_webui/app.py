@@ -17,7 +17,16 @@ from easel_webui import __version__
 from easel_webui.access import check_routes_declared
 from easel_webui.errors import install_error_handlers
 from easel_webui.portal import Portal
-from easel_webui.routes import endpoints, generate, models, pages, sdapi, training, users
+from easel_webui.routes import (
+    endpoints,
+    generate,
+    models,
+    pages,
+    pnginfo,
+    sdapi,
+    training,
+    users,
+)
 from easel_webui.settings import Settings, load_settings
 from easel_webui.storage import MAX_LORA_BYTES
 
@@ -34,7 +43,7 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     ),
 }
-ROUTE_MODULES = (pages, users, models, endpoints, generate, training, sdapi)
+ROUTE_MODULES = (pages, users, models, endpoints, generate, pnginfo, training, sdapi)
 
 
 class LazyPortal:

@@ -38,7 +38,12 @@ class Endpoints:
         info = settings.endpoint_instance_types.get(instance_type)
         if info is None:
             raise PortalError(f"instance type: {instance_type!r} is not in the allowlist")
-        model = str(form.get("model_s3_uri") or form.get("model") or "").strip()
+        picked = str(form.get("model") or "").strip()
+        typed = str(form.get("model_s3_uri") or "").strip()
+        if picked and typed and picked != typed:
+            raise PortalError("model: choose a model from the bucket or enter an S3 URI, not both "
+                              "(clear one of the two fields)")
+        model = picked or typed
         if not model:
             raise PortalError("model: choose a model from the bucket or enter an s3:// URI")
         self._check_model_uri(model)
@@ -70,7 +75,7 @@ class Endpoints:
         try:
             return req.EndpointSpec(
                 deployment_id=settings.deployment_id,
-                name=str(form.get("name", "")).strip(),
+                name=self.short_name(str(form.get("name", ""))),
                 creator=creator,
                 image=settings.inference_image,
                 execution_role_arn=settings.execution_role_arn,
@@ -110,6 +115,21 @@ class Endpoints:
             )
         if not parsed.key.endswith(("/", ".tar.gz", ".tgz")):
             raise PortalError("model: give a model.tar.gz object or a folder ending in '/'")
+        # checked now: SageMaker would accept it and fail minutes later, in its own words
+        key = parsed.key
+        present = (bool(self.bucket.list(key, limit=1)[0]) if key.endswith("/")
+                   else self.bucket.exists(key))
+        if not present:
+            raise PortalError(
+                f"model: {uri} does not exist; upload the model there first or pick one "
+                "from the bucket"
+            )
+
+    def short_name(self, typed: str) -> str:
+        """The endpoint's own part of its name: every endpoint is named `<deployment id>-<name>`,
+        so a name typed with that prefix already keeps it once, not twice."""
+        name = typed.strip()
+        return name.removeprefix(f"{self.settings.deployment_id}-") or name
 
     def deploy(self, spec: req.EndpointSpec) -> str:
         """Create model, endpoint config, endpoint and log group; returns the name.

@@ -124,11 +124,19 @@ def _reason(status: int) -> str:
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> str:
+    """pydantic's errors as one line a person can act on: each problem after its field's name,
+    without pydantic's "Value error, " prefix and without naming a field twice (our validators'
+    messages often start with the field already)."""
     parts = []
     for error in errors:
         loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form")]
-        field = ".".join(loc) or "request"
-        parts.append(f"{field}: {error.get('msg', 'invalid')}")
+        message = str(error.get("msg", "invalid"))
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
+        field = ".".join(loc)
+        if field and not message.startswith(f"{field}:"):
+            message = f"{field}: {message}"
+        parts.append(message)
     return "; ".join(parts)
 
 

@@ -34,6 +34,7 @@ from easel_contracts.invocations import (
 )
 from easel_contracts.s3uri import S3Uri
 from easel_webui.auth import User
+from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
 from easel_webui.errors import NotFound, PortalError, UpstreamError
 from easel_webui.storage import Bucket
@@ -343,13 +344,14 @@ class Generation:
         return self._present(record)
 
     def _present(self, record: dict[str, Any]) -> dict[str, Any]:
+        params = json.loads(record.get("params") or "{}")
         return {
             "image_id": record["image_id"], "owner": record["owner"], "prompt": record["prompt"],
             "endpoint": record["endpoint"], "task": record["task"],
             "created_at": record["created_at"], "url": self.bucket.url(record["key"]),
-            "download_url": self.bucket.url(record["key"],
-                                            download_name=f"{record['image_id']}.png"),
-            "params": json.loads(record.get("params") or "{}"),
+            "download_url": self.bucket.url(record["key"], download_name=download_name(
+                prompt=record["prompt"], created_at=record["created_at"], params=params)),
+            "params": params,
         }
 
     def gallery(self, *, user: User, limit: int = 60) -> list[dict[str, Any]]:

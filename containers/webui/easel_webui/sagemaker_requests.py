@@ -26,6 +26,7 @@ from easel_contracts.naming import (
     resource_name,
 )
 from easel_contracts.s3uri import S3UriStr
+from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S, DEADLINE_ENV, deadline_seconds
 
 MODE_TAG = "easel:mode"
 VARIANT = "AllTraffic"
@@ -67,6 +68,9 @@ class EndpointSpec(BaseModel):
     idle_ttl_hours: float = Field(default=4, ge=0, le=720)
     max_response_bytes: int | None = Field(default=None, ge=1024)
     async_s3_uri: S3UriStr | None = None
+    # the InvocationTimeoutSeconds the portal's async invocations carry (SageMaker's 1..3600)
+    async_invocation_timeout_s: int = Field(default=ASYNC_INVOCATION_TIMEOUT_MAX_S, ge=1,
+                                            le=ASYNC_INVOCATION_TIMEOUT_MAX_S)
     lora_s3_uri: S3UriStr | None = None
     target_invocations_per_instance: int = Field(default=10, ge=1, le=10000)
     log_retention_days: int = Field(default=30, ge=1)
@@ -87,12 +91,14 @@ class EndpointSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> EndpointSpec:
         if self.mode == "realtime" and self.min_instances < 1:
-            raise ValueError("min_instances: a real-time endpoint needs at least 1 instance")
+            raise ValueError(
+                "min instances: a real-time endpoint needs at least 1 instance (or choose async)"
+            )
         if self.min_instances > self.max_instances:
-            raise ValueError("min_instances: cannot exceed max_instances")
+            raise ValueError("min instances: cannot exceed max instances")
         if self.volume_size_gb is not None and self.instance.instance_storage:
             raise ValueError(
-                f"volume_size_gb: {self.instance_type} has instance storage and takes no volume"
+                f"volume size: {self.instance_type} has instance storage and takes no volume"
             )
         if self.mode == "async" and not self.async_s3_uri:
             raise ValueError("async_s3_uri: required for an async endpoint")
@@ -117,6 +123,12 @@ class EndpointSpec(BaseModel):
         return f"{self.endpoint_name}-{self.suffix}"
 
     @property
+    def deadline_seconds(self) -> int:
+        """How long the server may work on one request: SageMaker tells the container nothing,
+        so the builder sets it (``easel_contracts.workcap``)."""
+        return deadline_seconds(self.mode, self.async_invocation_timeout_s)
+
+    @property
     def response_limit(self) -> int:
         if self.max_response_bytes is not None:
             return self.max_response_bytes
@@ -133,6 +145,8 @@ def build_create_model(spec: EndpointSpec) -> dict[str, Any]:
         # the server's /ping fails (503, driver found vs needed) rather than serve on the CPU
         REQUIRE_CUDA_ENV: "1",
         "EASEL_MAX_RESPONSE_BYTES": str(spec.response_limit),
+        # the server refuses up front what cannot finish by then, and stops work past it
+        DEADLINE_ENV: str(spec.deadline_seconds),
         **({"EASEL_LORA_S3_URI": spec.lora_s3_uri} if spec.lora_s3_uri else {}),
         **spec.extra_environment,
     }

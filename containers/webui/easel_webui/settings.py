@@ -57,6 +57,9 @@ class Settings(BaseModel):
     login_window_seconds: int = Field(default=900, ge=10, le=86400)
     sync_timeout_seconds: float = Field(default=50, gt=0, le=58)
     secure_cookies: bool = True
+    # `make local` (local.studio): the admin password is printed in its terminal, not read from
+    # AWS Secrets Manager; the pages say so
+    local_mode: bool = False
     password_hash_time_cost: int = Field(default=3, ge=1, le=10)
     password_hash_memory_kib: int = Field(default=65536, ge=1024, le=1024 * 1024)
     # argon2 checks running at once per portal task (each takes password_hash_memory_kib)
@@ -98,6 +101,7 @@ ENV_FIELDS: dict[str, str] = {
     "EASEL_LOGIN_WINDOW_SECONDS": "login_window_seconds",
     "EASEL_SYNC_TIMEOUT_SECONDS": "sync_timeout_seconds",
     "EASEL_SECURE_COOKIES": "secure_cookies",
+    "EASEL_LOCAL_MODE": "local_mode",
     "EASEL_PASSWORD_HASH_TIME_COST": "password_hash_time_cost",
     "EASEL_PASSWORD_HASH_MEMORY_KIB": "password_hash_memory_kib",
     "EASEL_PASSWORD_HASH_CONCURRENCY": "password_hash_concurrency",

@@ -1,6 +1,6 @@
 """The data bucket: models, the LoRA library, concept sets, generated images.
 
-Prefixes follow ARCHITECTURE.md: `models/`, `loras/`, `concepts/<user>/<set>/`, `training/<job>/`,
+Prefixes (docs/architecture.md): `models/`, `loras/`, `concepts/<user>/<set>/`, `training/<job>/`,
 `async/`, `outputs/<user>/`. Browsers upload concept images straight to S3 with pre-signed POSTs;
 they see images through short-lived pre-signed GET URLs.
 """
@@ -14,6 +14,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from easel_contracts.concept_uploads import MAX_CONCEPT_FILE_BYTES
+from easel_contracts.families import facts_for
+from easel_contracts.model_manifest import (
+    MANIFEST_MAX_BYTES,
+    ManifestError,
+    manifest_key,
+    parse_manifest,
+)
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.uploads import STAGING, check_upload, content_type_for, final_key, staging_key
 
@@ -184,10 +191,33 @@ class Bucket:
             if entry["kind"] == "folder":
                 # the whole folder's size, not only its checkpoints
                 entry["size"] = sum(o.size for o in objects if o.key.startswith(root))
+        keys = {obj.key for obj in objects}
+        for key, entry in found.items():
+            entry["manifest_key"] = manifest_key(key)
+            entry["has_manifest"] = entry["manifest_key"] in keys
         models = sorted(found.values(), key=lambda m: m["name"])
         for model in models:
             model["size_text"] = human_size(model["size"])
         return models
+
+    def attach_manifests(self, models: list[dict[str, Any]]) -> None:
+        """Each model's families from the manifest beside it (``easel-model.json``), or a note
+        that says why there are none."""
+        for model in models:
+            model["families"] = []
+            if not model["has_manifest"]:
+                model["manifest_note"] = (
+                    "no manifest, so its family is unknown: upload it with scripts/upload_model, "
+                    "which writes one")
+                continue
+            try:
+                raw = self.read(model["manifest_key"], max_bytes=MANIFEST_MAX_BYTES)
+                manifest = parse_manifest(raw, where=model["manifest_key"])
+            except (PortalError, NotFound, ManifestError) as exc:
+                model["manifest_note"] = getattr(exc, "message", None) or str(exc)
+                continue
+            model["families"] = [facts_for(family).label for family in manifest.families]
+            model["manifest_note"] = ""
 
     def loras(self) -> list[dict[str, Any]]:
         objects, _ = self.list("loras/")
@@ -212,8 +242,9 @@ class Bucket:
                 continue  # unverified uploads are never listed
             key = (parts[1], parts[2])
             entry = sets.setdefault(key, {"owner": parts[1], "name": parts[2], "images": [],
-                                          "captions": 0, "size": 0})
+                                          "captions": 0, "size": 0, "files": []})
             entry["size"] += obj.size
+            entry["files"].append("/".join(parts[3:]))
             if obj.key.lower().endswith(IMAGE_EXTENSIONS):
                 entry["images"].append(obj.key)
             elif obj.key.endswith(CAPTION_EXTENSION):

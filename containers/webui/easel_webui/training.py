@@ -38,7 +38,7 @@ from easel_webui.store import Table, iso_now, owned_records
 from easel_webui.uploads import MIN_CONCEPT_IMAGES
 
 log = logging.getLogger("easel_webui.training")
-# What the execution role may read (ARCHITECTURE.md's prefix table).
+# What the execution role may read (docs/architecture.md's prefix table).
 READABLE_PREFIXES = ("models/", "loras/", "concepts/", "training/", "async/in/")
 _OUTPUT_NAME_RE = re.compile(OUTPUT_NAME_PATTERN)
 # The form shows these first, in this order; every other hyperparameter is under "Advanced".

@@ -44,7 +44,7 @@ def endpoints_status(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
 async def deploy(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
     form = await form_dict(request)
     try:
-        spec = portal.endpoints.spec_from_form(form, creator=user.username)
+        spec = await blocking(portal.endpoints.spec_from_form, form, creator=user.username)
         name = await blocking(portal.endpoints.deploy, spec)
     except PortalError as exc:
         # the page again, with the error and every field as submitted

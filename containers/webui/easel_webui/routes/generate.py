@@ -12,6 +12,7 @@ from easel_contracts import table as keys
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.payloads import parse_request
+from easel_webui.pnginfo import sent_settings
 from easel_webui.routes.common import blocking, redirect
 from easel_webui.templating import render
 
@@ -27,6 +28,8 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
             reused = portal.generation.image(reuse, user=user)
         except NotFound:
             reused = {}
+    elif sent := sent_settings(request.query_params):
+        reused = {"params": sent}  # "Send to txt2img" from the PNG Info page
     endpoints = [e for e in portal.endpoints.listing() if e["usable"]]
     return render(request, "generate.html", endpoints=endpoints, reused=reused,
                   library_loras=portal.bucket.loras())
@@ -34,12 +37,17 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
 
 @routes.get("/generate/options", access=Access.USER)
 def generate_options(portal: PortalDep, user: CurrentUser, endpoint: str) -> dict[str, Any]:
-    """What the endpoint serves: models, LoRAs, samplers, ControlNets (its listing tasks)."""
+    """What the endpoint serves: models, LoRAs, samplers, ControlNets (its listing tasks), and
+    its model's native size (where it warmed up), the form's default width and height."""
     portal.endpoints.record(endpoint)
     answer: dict[str, Any] = {}
     for task in ("sd-models", "loras", "samplers"):
         answer[task] = portal.generation.listing(endpoint, task).model_dump(mode="json")
     answer["controlnet-models"] = portal.generation.controlnet_models(endpoint).model_dump()
+    options = portal.generation.listing(endpoint, "options")
+    warmed = getattr(options, "warmed_up", None)
+    answer["native_size"] = (
+        {"width": warmed.width, "height": warmed.height} if warmed is not None else None)
     return answer
 
 

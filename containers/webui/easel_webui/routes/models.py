@@ -42,8 +42,10 @@ def models_page(request: Request, portal: PortalDep, user: CurrentUser) -> Respo
     for entry in sets:
         entry["thumbs"] = [portal.bucket.url(key) for key in entry["images"][:8]]
         entry["count"] = len(entry["images"])
-    return render(request, "models.html", models=portal.bucket.models(),
-                  loras=portal.bucket.loras(), sets=sets, min_images=MIN_CONCEPT_IMAGES)
+    models = portal.bucket.models()
+    portal.bucket.attach_manifests(models)
+    return render(request, "models.html", models=models, loras=portal.bucket.loras(), sets=sets,
+                  min_images=MIN_CONCEPT_IMAGES)
 
 
 def _check_safetensors_header(head: bytes) -> None:

@@ -54,7 +54,7 @@ def _login_page(request: Request, portal: PortalDep, *, error: str = "", status_
     token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
     request.state.login_csrf = token
     response = render(request, "login.html", status_code=status_code, error=error,
-                      next=next_path)
+                      next=next_path, settings=portal.settings)
     response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
                         secure=portal.settings.secure_cookies, max_age=3600)
     return response
@@ -97,16 +97,17 @@ async def logout(request: Request, portal: PortalDep, user: CurrentUser) -> Resp
 
 
 @routes.get("/account", access=Access.USER)
-def account(request: Request, user: CurrentUser) -> Response:
-    return render(request, "account.html")
+def account(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    return render(request, "account.html", settings=portal.settings)
 
 
 @routes.post("/account/password", access=Access.USER)
 async def change_own_password(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
     form = await form_dict(request)
     if user.builtin:
-        raise PortalError("The built-in admin's password lives in Secrets Manager (rotated "
-                          "there); see README.md.")
+        where = ("is printed by `make local`; `make local CLEAN=1` makes a new one"
+                 if portal.settings.local_mode else "lives in Secrets Manager (rotated there)")
+        raise PortalError(f"The built-in admin's password {where}; see README.md.")
     try:
         await blocking(portal.auth.authenticate, user.username,
                        str(form.get("current_password", "")))
@@ -114,6 +115,9 @@ async def change_own_password(request: Request, portal: PortalDep, user: Current
         return redirect("/account", error="Your current password is not right.")
     if form.get("new_password") != form.get("confirm_password"):
         return redirect("/account", error="The new passwords differ.")
-    await blocking(portal.auth.set_password, username=user.username,
-                   password=str(form.get("new_password", "")))
+    try:
+        await blocking(portal.auth.set_password, username=user.username,
+                       password=str(form.get("new_password", "")))
+    except PortalError as exc:
+        return redirect("/account", error=exc.message)
     return redirect("/login", notice="Password changed; sign in again.")

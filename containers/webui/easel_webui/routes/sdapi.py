@@ -29,6 +29,12 @@ from easel_contracts.invocations import (
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.auth import User
 from easel_webui.errors import PortalError
+from easel_webui.pnginfo import (
+    PngInfoRequest,
+    PngInfoResponse,
+    decode_base64_image,
+    read_png_info,
+)
 from easel_webui.routes.common import blocking
 from easel_webui.store import iso_now
 
@@ -102,6 +108,13 @@ async def txt2img(body: Txt2ImgRequest, portal: PortalDep,
 async def img2img(body: Img2ImgRequest, portal: PortalDep,
                   user: CurrentUser) -> GenerationResponse:
     return await blocking(_run_sync, "img2img", portal, user, body)
+
+
+@routes.post("/sdapi/v1/png-info", **API)
+def png_info(body: PngInfoRequest, user: CurrentUser) -> PngInfoResponse:
+    """A1111's PNG Info: the settings a PNG carries in its `parameters` chunk (read here, in
+    the portal: no endpoint is needed)."""
+    return read_png_info(decode_base64_image(body.image))
 
 
 def _listing(portal: Any, user: User, task: str, answer: type[Listed]) -> Listed:

@@ -139,12 +139,17 @@
         fillSelect($("#checkpoint"), (data["sd-models"] || []).map((m) => m.title || m.model_name), keep && keep.checkpoint);
         fillSelect($("#sampler"), (data.samplers || []).map((s) => s.name), keep && keep.sampler);
         fillSelect($("#cn-model"), ((data["controlnet-models"] || {}).model_list || []));
+        // the endpoint model's native size: what it generates well, and fast enough on a CPU
+        const native = data.native_size;
+        if (native && !sizeChosen) { gen.elements.width.value = native.width; gen.elements.height.value = native.height; }
         const loras = (data.loras || []).map((l) => l.name);
         const pick = $("#lora-pick");
         const known = new Set($$("option", pick).map((o) => o.value));
         loras.forEach((n) => { if (!known.has(n)) { const o = document.createElement("option"); o.value = n; o.textContent = n; pick.appendChild(o); } });
       } catch (e) { $(".status", gen).textContent = "Could not read the endpoint's models: " + e.message; }
     };
+    let sizeChosen = false;
+    ["width", "height"].forEach((k) => gen.elements[k].addEventListener("input", () => { sizeChosen = true; }));
     endpoint.addEventListener("change", () => loadOptions());
     $("#lora-add").addEventListener("click", () => {
       const name = $("#lora-pick").value; if (!name) return;
@@ -155,9 +160,11 @@
     ["prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "denoising_strength"].forEach((k) => {
       if (reuse[k] !== undefined && gen.elements[k]) gen.elements[k].value = reuse[k];
     });
+    if (reuse.width !== undefined) sizeChosen = true;
     loadOptions({ checkpoint: (reuse.override_settings || {}).sd_model_checkpoint, sampler: reuse.sampler_name });
 
     const fileB64 = (file) => new Promise((resolve, reject) => {
+      if (!file.size) { reject(new Error(`${file.name} is empty (0 bytes); choose an image file`)); return; }
       const reader = new FileReader();
       reader.onload = () => resolve(String(reader.result).split(",")[1]);
       reader.onerror = reject; reader.readAsDataURL(file);
