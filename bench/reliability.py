@@ -225,7 +225,9 @@ def server_pid(state: Path) -> int | None:
     """The demo endpoint's inference server, from the local AWS's process list."""
     entries = json.loads((state / "run" / "processes.json").read_text())
     for pid, entry in entries.items():
-        if "easel_inference" in str(entry.get("command")) or " serve" in str(entry.get("command")):
+        command = str(entry.get("command"))
+        if "easel_inference" in command or any(Path(part).name == "serve"
+                                               for part in command.split()):
             return int(pid)
     return None
 
@@ -277,6 +279,8 @@ def fuzz(base: str, paths: list[str], examples: int, *, auth: Any = None,
                         seen[f"5xx {path} {answer.status_code}"] += 1
                 except httpx.TimeoutException:
                     seen["hang"] += 1
+                except httpx.HTTPError as exc:
+                    seen[f"connection {exc.__class__.__name__}"] += 1
 
             return probe
 
@@ -335,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             runner.start()
             time.sleep(5)
             killed_at = time.monotonic()
-            if pid:
-                os.kill(pid, signal.SIGKILL)
+            if pid is None:
+                raise RuntimeError("the endpoint's server process was not found")
+            os.kill(pid, signal.SIGKILL)
             recovered = None
             while time.monotonic() - killed_at < 115 and recovered is None:
                 time.sleep(0.5)
