@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import posixpath
 import shlex
@@ -47,8 +48,9 @@ def copy_sources(dockerfile: Path) -> list[str]:
 
     A COPY/ADD `--from=` another stage or image reads nothing from the context and is skipped.
     """
-    parser = DockerfileParser(path=str(dockerfile), cache_content=True)
-    parser.content = dockerfile.read_text(encoding="utf-8")
+    # parsed from memory: setting `.content` on a path-backed parser rewrites the Dockerfile,
+    # and two synths at once could leave it empty
+    parser = DockerfileParser(fileobj=io.BytesIO(dockerfile.read_bytes()))
     sources: list[str] = []
     for item in parser.structure:
         if item["instruction"] not in ("COPY", "ADD"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tomllib
@@ -51,9 +52,7 @@ class Image:
         return self.folder / "Dockerfile"
 
     def parser(self) -> DockerfileParser:
-        parser = DockerfileParser(path=str(self.dockerfile))
-        parser.content = self.dockerfile.read_text(encoding="utf-8")
-        return parser
+        return DockerfileParser(fileobj=io.BytesIO(self.dockerfile.read_bytes()))
 
     def pyproject(self) -> dict:
         path = self.folder / "pyproject.toml"

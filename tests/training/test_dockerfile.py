@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import re
 import subprocess
 import sys
@@ -18,9 +19,7 @@ HADOLINT = Path(sys.executable).with_name("hadolint")
 
 
 def _parser() -> DockerfileParser:
-    parser = DockerfileParser(path=str(FOLDER / "Dockerfile"))
-    parser.content = (FOLDER / "Dockerfile").read_text(encoding="utf-8")
-    return parser
+    return DockerfileParser(fileobj=io.BytesIO((FOLDER / "Dockerfile").read_bytes()))
 
 
 def _lock() -> dict[str, str]:
