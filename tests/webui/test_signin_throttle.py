@@ -35,10 +35,26 @@ def _counting_checks(world, monkeypatch) -> list[str]:
     return checked
 
 
+def _atomic_conditional_writes(world, monkeypatch) -> None:
+    """DynamoDB applies a conditional PutItem atomically per item; moto's in-process backend
+    checks and writes without a lock, so parallel threads can both pass the same condition.
+    Serialise the writes so the test sees DynamoDB's guarantee, not moto's race."""
+    client = world.portal.auth.table.client
+    real = client.put_item
+    lock = threading.Lock()
+
+    def put_item(**kwargs):
+        with lock:
+            return real(**kwargs)
+
+    monkeypatch.setattr(client, "put_item", put_item)
+
+
 def test_parallel_wrong_passwords_are_not_all_checked(world_factory, monkeypatch):
     world = world_factory(EASEL_LOGIN_MAX_FAILURES="3")
     world.add_user("olga")
     checked = _counting_checks(world, monkeypatch)
+    _atomic_conditional_writes(world, monkeypatch)
     outcomes: list[int] = []
     barrier = threading.Barrier(12)
 
