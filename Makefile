@@ -25,7 +25,7 @@ PACKAGES := $(wildcard containers/*/pyproject.toml)
 LOCKS := $(wildcard containers/*/requirements.lock)
 
 .PHONY: help venv node test lint synth deploy destroy diff local clean images-local bench \
-	preflight leftovers admin-password upload-model
+	preflight leftovers admin-password upload-model reliability
 
 help:
 	@echo "make local     run all of Easel on this machine (no AWS account needed)"
@@ -38,6 +38,7 @@ help:
 	@echo "make admin-password           print the portal's admin password"
 	@echo "make upload-model MODEL=path  upload a checkpoint, diffusers folder or A1111 models folder"
 	@echo "make images-local [IMAGES=..] build the images with a local Docker instead of CodeBuild"
+	@echo "make reliability [CLIENTS=50] [LOAD_SECONDS=60] local mode under load, faults and fuzzing (<= 15 min)"
 
 $(VENV)/.ready: pyproject.toml $(PACKAGES) $(LOCKS) scripts/lock_constraints.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -100,3 +101,13 @@ images-local: venv
 
 clean:
 	rm -rf cdk.out .pytest_cache
+
+# make reliability [CLIENTS=50] [LOAD_SECONDS=60] [FUZZ=150]: `make local` (CPU, tiny demo model, loopback
+# only) under N concurrent A1111 clients, a killed inference server, a SIGKILLed studio and
+# schema fuzzing; prints one table. `timeout` bounds the whole run to 15 minutes.
+CLIENTS ?= 50
+LOAD_SECONDS ?= 60
+FUZZ ?= 150
+reliability: venv
+	timeout --kill-after=30 900 $(PY) bench/reliability.py --clients $(CLIENTS) \
+		--seconds $(LOAD_SECONDS) --fuzz $(FUZZ) --out bench/results/reliability.json

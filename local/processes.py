@@ -158,6 +158,22 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def _command_line(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)[:300]
+
+
+def _is_ours(pid: int, entry: dict[str, object]) -> bool:
+    """The process still runs and is the one listed: same start time and same command line."""
+    if entry.get("start") is None or _start_ticks(pid) != entry["start"]:
+        return False
+    command = entry.get("command")
+    return command is None or _command_line(pid) == command
+
+
 class ProcessRegistry:
     """A file listing the process groups a runtime started, so a later start can end the
     ones a crash (SIGKILL, power loss of the terminal) left behind."""
@@ -182,6 +198,7 @@ class ProcessRegistry:
     def add(self, pid: int, command: Sequence[str]) -> None:
         with self._lock:
             entries = self._read()
+            # argv as given: /proc/<pid>/cmdline shows exactly this once the child has exec'd
             entries[str(pid)] = {"start": _start_ticks(pid), "command": " ".join(command)[:300]}
             self._write(entries)
 
@@ -197,7 +214,7 @@ class ProcessRegistry:
         with self._lock:
             for key, entry in self._read().items():
                 pid = int(key)
-                if entry.get("start") is not None and _start_ticks(pid) == entry["start"]:
+                if _is_ours(pid, entry):
                     for signum in (signal.SIGTERM, signal.SIGKILL):
                         try:
                             os.killpg(pid, signum)

@@ -11,6 +11,7 @@ it started. State survives a restart unless `--clean`.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from local.processes import ProcessRegistry
 
 DEFAULT_STATE_DIR = Path(".local-state")
 DEMO_MODEL_KEY = "models/demo/model.tar.gz"
@@ -206,12 +209,42 @@ def portal_environment(aws_env: dict[str, str], stage: str) -> dict[str, str]:
     }
 
 
-def start_portal(env: dict[str, str], host: str, port: int, log_path: Path) -> subprocess.Popen:
+def studio_registry(state: Path | str) -> ProcessRegistry:
+    """The studio's own children (the portal), listed so a start after a SIGKILL ends them."""
+    return ProcessRegistry(Path(state).expanduser().resolve() / "run" / "studio.json")
+
+
+def end_orphans(state: Path | str) -> list[int]:
+    """End what a killed studio left running: its portal, then the local AWS's processes.
+
+    Each listed pid is ended only while it has the recorded start time and command line.
+    """
+    root = Path(state).expanduser().resolve()
+    lock = root / ".lock"
+    if not lock.exists():
+        return studio_registry(root).end_leftovers()
+    with lock.open("a") as handle:
+        try:  # a live studio holds this lock: its processes are not orphans
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []
+        try:
+            ended = studio_registry(root).end_leftovers()
+            ended += ProcessRegistry(root / "run" / "processes.json").end_leftovers()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return ended
+
+
+def start_portal(env: dict[str, str], host: str, port: int, log_path: Path,
+                 registry: ProcessRegistry | None = None) -> subprocess.Popen:
     log = log_path.open("ab")
+    command = [sys.executable, "-m", "easel_webui", "--host", host, "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "easel_webui", "--host", host, "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    if registry is not None:
+        registry.add(process.pid, command)
     deadline = time.monotonic() + PORTAL_READY_TIMEOUT
     url = f"http://{host}:{port}/health"
     while time.monotonic() < deadline:
@@ -253,6 +286,10 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
     from local.runtime import LocalAws
 
     stop = stop or threading.Event()
+    if Path(args.state).expanduser().is_dir():
+        ended = end_orphans(args.state)
+        if ended:
+            say(f"ended {len(ended)} processes a previous run left behind (pids {ended})")
     if args.port and port_in_use(args.host, args.port):
         say(f"port {args.port} is in use: stop what runs there or use `make local PORT=...`")
         return 1
@@ -272,7 +309,9 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
         port = args.port or free_port(args.host)
         log_path = Path(args.state) / "portal.log"
         say("starting the portal...")
-        portal = start_portal(portal_environment(env, args.stage), args.host, port, log_path)
+        registry = studio_registry(args.state)
+        portal = start_portal(portal_environment(env, args.stage), args.host, port, log_path,
+                              registry)
         try:
             password = admin_password(aws.client("secretsmanager"), env["EASEL_ADMIN_SECRET"])
             print(
@@ -296,6 +335,7 @@ def run(args: argparse.Namespace, *, ready: threading.Event | None = None,
         finally:
             say("stopping...")
             stop_process(portal)
+            registry.remove(portal.pid)
     say("stopped; nothing left running.")
     return 0
 

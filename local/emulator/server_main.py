@@ -109,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     from werkzeug.serving import make_server
 
+    from local.emulator.post_policy import with_post_policy
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app: Any = DomainDispatcherApplication(create_backend_app)
     if args.blob_dir is not None:
         from local.emulator.fastpath import FastPath
 
         app = FastPath(app, args.blob_dir)
-    app = with_change_counter(app, ChangeCounter())
+    app = with_change_counter(with_post_policy(app), ChangeCounter())
     server = make_server(
         "127.0.0.1",
         port,

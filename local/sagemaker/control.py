@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -282,10 +283,18 @@ class SageMakerControlPlane:
         name = params["EndpointName"]
         self._find("endpoint", name)
         self._records.update("endpoint", name, EndpointStatus="Deleting", LastModifiedTime=now())
-        self._endpoints.stop_endpoint(name)
-        self._endpoints.remove_files(name)
-        self._records.delete("endpoint", name)
+        # Like SageMaker, answer at once and delete in the background (status Deleting): a
+        # busy server may take its whole stop grace to end, and the caller must not wait.
+        threading.Thread(target=self._finish_delete, args=(name,), name=f"delete-{name}",
+                         daemon=True).start()
         return {}
+
+    def _finish_delete(self, name: str) -> None:
+        try:
+            self._endpoints.stop_endpoint(name)
+            self._endpoints.remove_files(name)
+        finally:
+            self._records.delete("endpoint", name)
 
     def list_endpoints(self, params: dict[str, Any]) -> dict[str, Any]:
         endpoints, token = list_page(

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 FAILURE_REASON_MAX = 1024
 _LIVE_STATUSES = ("InService", "Creating", "Updating", "SystemUpdating")
+# A server process that dies more often than this within the window is not restarted again.
+_MAX_RESTARTS = 3
+_RESTART_WINDOW_S = 600.0
 
 
 class StepProgress:
@@ -128,6 +131,7 @@ class EndpointManager:
         self._lock = threading.RLock()
         self._serving: dict[str, ServingProcess] = {}
         self._deploys: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        self._restarts: dict[str, list[float]] = {}
         self._closing = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="endpoint-monitor", daemon=True)
         self._monitor.start()
@@ -424,7 +428,10 @@ class EndpointManager:
     # --- watching
 
     def _watch(self) -> None:
-        """Mark an endpoint Failed when its server process dies while serving."""
+        """Replace an endpoint's server process that died while serving, as SageMaker replaces
+        an unhealthy instance (the endpoint stays InService; calls fail until it answers again).
+        A process that keeps dying (more than `_MAX_RESTARTS` in `_RESTART_WINDOW_S`) marks
+        the endpoint Failed with its log tail instead."""
         while not self._closing.wait(1.0):
             with self._lock:
                 dead = [(n, s) for n, s in self._serving.items() if not s.is_alive()]
@@ -433,16 +440,38 @@ class EndpointManager:
             for name, serving in dead:
                 code = serving.process.poll()
                 serving.process.terminate(grace_seconds=1)
+                record = self._records.get("endpoint", name) or {}
+                deployed = record.get("_deployed")
+                recent = [t for t in self._restarts.get(name, [])
+                          if time.monotonic() - t < _RESTART_WINDOW_S]
+                if (deployed and record.get("EndpointStatus") == "InService"
+                        and len(recent) < _MAX_RESTARTS and not self._closing.is_set()):
+                    self._restarts[name] = [*recent, time.monotonic()]
+                    log.warning("endpoint %s: the inference server exited with code %s; "
+                                "starting a new one", name, code)
+                    self._records.update(
+                        "endpoint", name, LastModifiedTime=now(),
+                        FailureReason=_truncate(
+                            f"The inference server exited unexpectedly with code {code}; "
+                            "it was replaced."),
+                    )
+                    self.start_deploy(name, config=deployed["config"], model=deployed["model"])
+                    continue
                 self._records.update(
                     "endpoint",
                     name,
                     EndpointStatus="Failed",
                     FailureReason=_truncate(
-                        f"The inference server exited unexpectedly with code {code}. "
-                        f"Log tail: {log_tail(self.log_path(name), max_chars=700)}"
+                        f"The inference server exited unexpectedly with code {code}"
+                        + (f" ({len(recent)} times in {_RESTART_WINDOW_S:g} s)" if recent else "")
+                        + f". Log tail: {log_tail(self.log_path(name), max_chars=700)}"
                     ),
                     LastModifiedTime=now(),
                 )
+
+    def is_restarting(self, name: str) -> bool:
+        """True while a replacement for a dead server process is starting."""
+        return self.serving(name) is None and self.is_deploying(name)
 
 
 def _model_source(container: dict[str, Any]) -> tuple[str | None, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -81,6 +82,10 @@ class StandInHandler(BaseHTTPRequestHandler):
                 self._runtime(path)
             else:
                 self._control()
+        except (BrokenPipeError, ConnectionResetError):
+            # the client left (its own timeout, a closed page): nobody to answer
+            self.close_connection = True
+            log.info("client closed the connection before the answer to %s was sent", path)
         except AwsError as error:
             self._send_error(error, rest=path.startswith("/endpoints/"))
         except Exception:  # noqa: BLE001 - never a traceback to a client
@@ -149,6 +154,15 @@ class StandInServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (timed out, page closed) is normal: one line, no traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            log.info("client %s closed the connection before the answer was sent",
+                     client_address[0] if client_address else "?")
+            return
+        super().handle_error(request, client_address)
 
     def request_id(self) -> str:
         with self._counter_lock:

@@ -14,7 +14,7 @@ from typing import Any
 from local.sagemaker import s3io
 from local.sagemaker.arns import ArnFactory
 from local.sagemaker.endpoints import EndpointManager, ServingProcess
-from local.sagemaker.errors import ModelError, RuntimeValidationError
+from local.sagemaker.errors import AwsError, ModelError, RuntimeValidationError
 from local.sagemaker.records import RecordStore
 from local.settings import StandInSettings
 
@@ -70,6 +70,12 @@ class RuntimeService:
                 f"Endpoint {name} of account {self._arns.account_id} not found."
             )
         serving = self._endpoints.serving(name)
+        if serving is None and self._endpoints.is_restarting(name):
+            # SageMaker's InvokeEndpoint answers ServiceUnavailable (503) while no healthy
+            # instance can take the call.
+            raise AwsError(
+                f"Endpoint {name}: its inference server stopped and is being replaced; "
+                "try again in a moment.", code="ServiceUnavailable", status=503)
         if serving is None or record.get("EndpointStatus") not in ("InService", "Updating"):
             raise RuntimeValidationError(
                 f"Endpoint {name} of account {self._arns.account_id} is in status "

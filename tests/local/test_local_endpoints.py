@@ -12,6 +12,7 @@ from local_helpers import (
     process_is_running,
     unique,
     upload_model,
+    wait_for,
     wait_while,
 )
 
@@ -92,6 +93,9 @@ def test_delete_endpoint_ends_its_process_and_closes_its_port(clients):
     assert process_is_running(reply["pid"]) and port_is_open(reply["port"])
 
     clients.sagemaker.delete_endpoint(EndpointName=name)
+    wait_for(lambda: name not in {e["EndpointName"] for e in
+                                  clients.sagemaker.list_endpoints(MaxResults=100)["Endpoints"]},
+             timeout=30)
 
     assert not process_is_running(reply["pid"])
     assert not process_is_running(reply["child_pid"])  # its whole process group ended

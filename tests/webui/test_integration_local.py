@@ -112,11 +112,14 @@ def test_deploy_generate_train_publish_and_use_the_lora(portal, local_aws):
                                "role": "user"})
     alice = _signed_in(app, "alice", "alice-password-1")
     presigned = alice.post("/models/concepts/presign", json={
-        "set": "dogs", "files": [{"name": f"{i}.png", "type": "image/png"} for i in range(2)]})
+        "set": "dogs", "files": [{"name": f"{i}.png", "type": "image/png"} for i in range(5)]})
     for index, upload in enumerate(presigned.json()["uploads"]):
         answer = requests.post(upload["url"], data=upload["fields"],
                                files={"file": (f"{index}.png", _png(index))}, timeout=30)
         assert answer.status_code in (200, 204), answer.text
+    verified = alice.post(presigned.json()["verify"], json={
+        "set": "dogs", "names": [f"{i}.png" for i in range(5)]}).json()
+    assert verified["rejected"] == [], verified
     submitted = alice.post("/training", data={
         "name": "dogs-lora", "model_s3_uri": f"s3://{bucket}/models/tiny.tar.gz",
         "checkpoint": "tiny", "concept_set": "dogs", "instance_prompt": "a photo of sks dog",

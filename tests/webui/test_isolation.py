@@ -57,7 +57,7 @@ def test_uploads_always_go_to_the_callers_prefix(world):
     alice, bob = _two_users(world)
     answer = bob.post("/models/concepts/presign",
                       json={"set": "x", "files": [{"name": "1.png", "type": "image/png"}]})
-    assert answer.json()["uploads"][0]["key"] == "concepts/bob/x/1.png"
+    assert answer.json()["uploads"][0]["key"] == "concepts/bob/.incoming/x/1.png"
 
 
 def test_api_users_see_only_their_jobs(world):

@@ -14,6 +14,7 @@ import pytest
 
 from easel_contracts.hyperparameters import HyperParameters, field_schemas
 from easel_contracts.training_record import TrainingJobRecord
+from easel_webui.uploads import MIN_CONCEPT_IMAGES
 
 from .conftest import BUCKET
 
@@ -33,10 +34,12 @@ def alice_world(world):
     world.add_user("alice")
     world.add_user("bob")
     world.put("models/tiny.tar.gz")
-    world.put("concepts/alice/dogs/1.png", b"\x89PNG fake")
+    for index in range(MIN_CONCEPT_IMAGES):
+        world.put(f"concepts/alice/dogs/{index}.png", b"\x89PNG fake")
+        world.put(f"concepts/bob/cats/{index}.png", b"\x89PNG fake")
     world.put("concepts/alice/dogs/1.txt", b"a dog")
     world.put("concepts/alice/captions-only/1.txt", b"text only")
-    world.put("concepts/bob/cats/1.png", b"\x89PNG fake")
+    world.put("concepts/alice/too-few/1.png", b"\x89PNG fake")
     world.put("outputs/alice/x/1.png", b"\x89PNG fake")
     return world
 
@@ -44,7 +47,9 @@ def alice_world(world):
 @pytest.mark.parametrize(("fields", "message"), [
     ({"concept_set": "", "concepts_s3_uri": ""}, "choose an uploaded set"),
     ({"concept_set": "nothing-here"}, "is empty or does not exist"),
-    ({"concept_set": "captions-only"}, "holds no images"),
+    ({"concept_set": "captions-only"}, "holds 0 images"),
+    ({"concept_set": "too-few"}, f"holds 1 images (png, jpg, webp, bmp); training needs at "
+                                 f"least {MIN_CONCEPT_IMAGES}"),
     ({"concept_set": "", "concepts_s3_uri": "s3://other-bucket/concepts/alice/dogs/"},
      "can only read the data bucket"),
     ({"concept_set": "", "concepts_s3_uri": f"s3://{BUCKET}/outputs/alice/x/"},
@@ -93,7 +98,7 @@ def test_a_refused_form_comes_back_with_every_field_as_submitted(alice_world):
     response = alice.post("/training", data=_form(**fields))
     assert response.status_code == 400
     page = response.text
-    assert "holds no images" in html.unescape(page)
+    assert "holds 0 images" in html.unescape(page)
     for name in ("name", "checkpoint", "instance_prompt", "class_prompt", "output_name",
                  "max_train_steps", "learning_rate", "rank", "resolution"):
         assert f'name="{name}"' in page
@@ -263,7 +268,8 @@ def test_publish_of_a_corrupt_archive_is_a_clear_error(alice_world):
 
 def test_full_result_offers_deploy_to_admins(alice_world):
     admin = alice_world.signed_in("admin")
-    alice_world.put("concepts/admin/set/1.png", b"\x89PNG")
+    for index in range(MIN_CONCEPT_IMAGES):
+        alice_world.put(f"concepts/admin/set/{index}.png", b"\x89PNG")
     admin.post("/training", data=_form(mode="full", concept_set="set", name="full-one"))
     alice_world.sagemaker.jobs["easel-full-one"]["TrainingJobStatus"] = "Completed"
     page = admin.get("/training/easel-full-one")

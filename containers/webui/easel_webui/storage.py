@@ -13,6 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from easel_contracts.concept_uploads import MAX_CONCEPT_FILE_BYTES
 from easel_contracts.families import facts_for
 from easel_contracts.model_manifest import (
     MANIFEST_MAX_BYTES,
@@ -21,13 +22,13 @@ from easel_contracts.model_manifest import (
     parse_manifest,
 )
 from easel_webui.errors import NotFound, PortalError
+from easel_webui.uploads import STAGING, check_upload, content_type_for, final_key, staging_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_EXTENSION = ".txt"
 MODEL_EXTENSIONS = (".tar.gz", ".tgz")
 LORA_EXTENSIONS = (".safetensors",)
 MAX_LORA_BYTES = 2 * 1024**3
-MAX_CONCEPT_FILE_BYTES = 30 * 1024**2
 SET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,119}$")
 URL_SECONDS = 900
@@ -237,8 +238,8 @@ class Bucket:
         sets: dict[tuple[str, str], dict[str, Any]] = {}
         for obj in objects:
             parts = obj.key.split("/")
-            if len(parts) < 4:
-                continue
+            if len(parts) < 4 or parts[2] == STAGING:
+                continue  # unverified uploads are never listed
             key = (parts[1], parts[2])
             entry = sets.setdefault(key, {"owner": parts[1], "name": parts[2], "images": [],
                                           "captions": 0, "size": 0, "files": []})
@@ -254,18 +255,17 @@ class Bucket:
             entry["size_text"] = human_size(entry["size"])
         return result
 
-    def presigned_concept_upload(self, *, owner: str, set_name: str, file_name: str,
-                                 content_type: str) -> dict[str, Any]:
+    def presigned_concept_upload(self, *, owner: str, set_name: str,
+                                 file_name: str) -> dict[str, Any]:
+        """A pre-signed POST into the staging prefix; `verify_concept_upload` moves it in.
+
+        The policy fixes the key, the content type (from the extension, whatever the browser
+        says) and the size range, so S3 refuses anything else.
+        """
         set_name = check_set_name(set_name)
         file_name = check_file_name(file_name)
-        lower = file_name.lower()
-        if not lower.endswith((*IMAGE_EXTENSIONS, CAPTION_EXTENSION)):
-            raise PortalError(
-                "file name: only images (png, jpg, webp, bmp) and .txt captions can be uploaded"
-            )
-        key = f"concepts/{owner}/{set_name}/{file_name}"
-        content_type = content_type if re.fullmatch(r"[\w.+-]+/[\w.+-]+", content_type or "") \
-            else "application/octet-stream"
+        content_type = content_type_for(file_name)
+        key = staging_key(owner, set_name, file_name)
         post = self.client.generate_presigned_post(
             Bucket=self.name,
             Key=key,
@@ -276,4 +276,28 @@ class Bucket:
             ],
             ExpiresIn=URL_SECONDS,
         )
-        return {"key": key, "url": post["url"], "fields": post["fields"]}
+        return {"name": file_name, "key": key, "url": post["url"], "fields": post["fields"]}
+
+    def verify_concept_upload(self, *, owner: str, set_name: str, file_name: str) -> str:
+        """Check a staged upload and move it into its set; the final key, or `PortalError`.
+
+        The staged object is deleted either way, so a rejected file leaves nothing behind.
+        """
+        set_name = check_set_name(set_name)
+        file_name = check_file_name(file_name)
+        staged = staging_key(owner, set_name, file_name)
+        try:
+            data = self.read(staged, max_bytes=MAX_CONCEPT_FILE_BYTES)
+        except NotFound:
+            raise PortalError(f"{file_name}: nothing was uploaded under this name") from None
+        except PortalError:
+            self.client.delete_object(Bucket=self.name, Key=staged)
+            raise PortalError(
+                f"{file_name}: larger than {MAX_CONCEPT_FILE_BYTES // 1024**2} MB") from None
+        try:
+            content_type = check_upload(file_name, data)
+            key = final_key(owner, set_name, file_name)
+            self.write(key, data, content_type=content_type)
+        finally:
+            self.client.delete_object(Bucket=self.name, Key=staged)
+        return key

@@ -36,6 +36,7 @@ from easel_webui.ownership import check_model_readable, claim_library_entry
 from easel_webui.settings import Settings
 from easel_webui.storage import IMAGE_EXTENSIONS, Bucket, check_set_name
 from easel_webui.store import Table, iso_now, owned_records
+from easel_webui.uploads import MIN_CONCEPT_IMAGES
 
 log = logging.getLogger("easel_webui.training")
 # What the execution role may read (docs/architecture.md's prefix table).
@@ -181,9 +182,11 @@ class Training:
         objects, _ = self.bucket.list(key, limit=2000)
         if not objects:
             raise PortalError(f"concepts: s3://{self.bucket.name}/{key} is empty or does not exist")
-        if not any(o.key.lower().endswith(IMAGE_EXTENSIONS) for o in objects):
+        images = sum(1 for o in objects if o.key.lower().endswith(IMAGE_EXTENSIONS))
+        if images < MIN_CONCEPT_IMAGES:
             raise PortalError(
-                f"concepts: s3://{self.bucket.name}/{key} holds no images (png, jpg, webp, bmp)"
+                f"concepts: s3://{self.bucket.name}/{key} holds {images} images (png, jpg, webp, "
+                f"bmp); training needs at least {MIN_CONCEPT_IMAGES}: upload more photos"
             )
         return f"s3://{self.bucket.name}/{key}"
 

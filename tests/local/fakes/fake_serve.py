@@ -7,6 +7,7 @@ checkpoint). POST /invocations echoes what it received, or fails / sleeps on req
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,9 @@ def main():
     if os.environ.get("FAKE_SPAWN_CHILD"):
         # A worker process of our own, like real servers have: it must end with us.
         CHILD = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    if os.environ.get("FAKE_IGNORE_TERM"):
+        # A busy real server finishes its request before it ends: SIGTERM alone does not stop it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     delay = float(os.environ.get("FAKE_START_DELAY", "0"))
     time.sleep(delay)
     port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
+from easel_contracts.concept_uploads import (
+    MAX_CONCEPT_FILE_BYTES,
+    PresignedUpload,
+    PresignRequest,
+    PresignResponse,
+    Rejected,
+    VerifyRequest,
+    VerifyResponse,
+)
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.auth import User
 from easel_webui.errors import NotFound, PortalError
@@ -16,15 +26,15 @@ from easel_webui.ownership import claim_library_entry
 from easel_webui.routes.common import blocking, redirect
 from easel_webui.storage import (
     IMAGE_EXTENSIONS,
-    MAX_CONCEPT_FILE_BYTES,
     MAX_LORA_BYTES,
     check_file_name,
     check_set_name,
 )
 from easel_webui.templating import render
+from easel_webui.uploads import MIN_CONCEPT_IMAGES, STAGING, check_upload
 
 routes = Routes()
-MAX_PRESIGN_FILES = 200
+M = TypeVar("M", bound=BaseModel)
 
 
 @routes.get("/models", access=Access.USER)
@@ -35,7 +45,8 @@ def models_page(request: Request, portal: PortalDep, user: CurrentUser) -> Respo
         entry["count"] = len(entry["images"])
     models = portal.bucket.models()
     portal.bucket.attach_manifests(models)
-    return render(request, "models.html", models=models, loras=portal.bucket.loras(), sets=sets)
+    return render(request, "models.html", models=models, loras=portal.bucket.loras(), sets=sets,
+                  min_images=MIN_CONCEPT_IMAGES)
 
 
 def _check_safetensors_header(head: bytes) -> None:
@@ -75,51 +86,76 @@ async def upload_lora(request: Request, portal: PortalDep, user: CurrentUser) ->
     return redirect("/models", notice=f"LoRA {name} uploaded.")
 
 
+async def _json_body(request: Request, model: type[M], shape: str) -> M:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise PortalError(f"{where}: {first['msg']} (send JSON {shape})") from None
+
+
 @routes.post("/models/concepts/presign", access=Access.USER)
 async def presign_concepts(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
-    """Pre-signed POSTs for uploading files straight to `concepts/<user>/<set>/`."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise PortalError("body: must be JSON {set, files: [{name, type}]}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("files"), list):
-        raise PortalError("files: a list of {name, type} is required")
-    files = body["files"]
-    if not 1 <= len(files) <= MAX_PRESIGN_FILES:
-        raise PortalError(f"files: between 1 and {MAX_PRESIGN_FILES} per request")
-    uploads = []
-    for index, item in enumerate(files):
-        if not isinstance(item, dict):
-            raise PortalError(f"files[{index}]: must be an object with name and type")
-        uploads.append(await blocking(
-            portal.bucket.presigned_concept_upload,
-            owner=user.username, set_name=str(body.get("set", "")),
-            file_name=str(item.get("name", "")), content_type=str(item.get("type", "")),
-        ))
-    return JSONResponse({"uploads": uploads, "max_bytes": MAX_CONCEPT_FILE_BYTES})
+    """Pre-signed POSTs into the user's staging prefix; `/models/concepts/verify` moves them in."""
+    body = await _json_body(request, PresignRequest, "{set, files: [{name, type}]}")
+    uploads = [PresignedUpload(**await blocking(
+        portal.bucket.presigned_concept_upload,
+        owner=user.username, set_name=body.set, file_name=item.name,
+    )) for item in body.files]
+    answer = PresignResponse(uploads=uploads, max_bytes=MAX_CONCEPT_FILE_BYTES,
+                             verify="/models/concepts/verify")
+    return JSONResponse(answer.model_dump())
+
+
+@routes.post("/models/concepts/verify", access=Access.USER)
+async def verify_concepts(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
+    """Check what the browser posted to S3; only files that pass are listed and trainable."""
+    body = await _json_body(request, VerifyRequest, "{set, names: [file name, ...]}")
+    stored: list[str] = []
+    rejected: list[Rejected] = []
+    for name in body.names:
+        try:
+            await blocking(portal.bucket.verify_concept_upload, owner=user.username,
+                           set_name=body.set, file_name=name)
+        except PortalError as exc:
+            rejected.append(Rejected(name=name[:200], error=exc.message))
+        else:
+            stored.append(name)
+    return JSONResponse(VerifyResponse(stored=stored, rejected=rejected).model_dump())
 
 
 @routes.post("/models/concepts/upload", access=Access.USER)
 async def upload_concepts(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
-    """Fallback when the browser cannot reach S3 directly: files go through the portal."""
+    """Fallback when the browser cannot reach S3 directly: files go through the portal.
+
+    Each file gets the verify step's checks; a file that fails them is reported, not stored.
+    """
     form = await request.form()
     set_name = check_set_name(str(form.get("set", "")))
-    stored = 0
+    stored: list[str] = []
+    rejected: list[Rejected] = []
     for upload in form.getlist("files"):
         if not isinstance(upload, UploadFile):
             continue
-        name = check_file_name(str(upload.filename or ""))
-        if not name.lower().endswith((*IMAGE_EXTENSIONS, ".txt")):
-            raise PortalError(f"{name}: only images and .txt captions can be uploaded")
-        data = await upload.read(MAX_CONCEPT_FILE_BYTES + 1)
-        if len(data) > MAX_CONCEPT_FILE_BYTES:
-            raise PortalError(f"{name}: larger than {MAX_CONCEPT_FILE_BYTES // 1024**2} MB")
-        await blocking(portal.bucket.write, f"concepts/{user.username}/{set_name}/{name}", data,
-                       content_type=upload.content_type or "application/octet-stream")
-        stored += 1
+        name = str(upload.filename or "")
+        try:
+            name = check_file_name(name)
+            data = await upload.read(MAX_CONCEPT_FILE_BYTES + 1)
+            if len(data) > MAX_CONCEPT_FILE_BYTES:
+                raise PortalError(f"{name}: larger than {MAX_CONCEPT_FILE_BYTES // 1024**2} MB")
+            content_type = await blocking(check_upload, name, data)
+            await blocking(portal.bucket.write, f"concepts/{user.username}/{set_name}/{name}",
+                           data, content_type=content_type)
+        except PortalError as exc:
+            rejected.append(Rejected(name=name[:200], error=exc.message))
+        else:
+            stored.append(name)
     if "application/json" in request.headers.get("accept", ""):
-        return JSONResponse({"stored": stored})
-    return redirect("/models", notice=f"{stored} files uploaded to {set_name}.")
+        return JSONResponse(VerifyResponse(stored=stored, rejected=rejected).model_dump())
+    if rejected:
+        return redirect("/models", error="; ".join(r.error for r in rejected)[:500])
+    return redirect("/models", notice=f"{len(stored)} files uploaded to {set_name}.")
 
 
 def _set_owner(user: User, owner: str) -> str:
@@ -146,7 +182,9 @@ def concept_set(owner: str, set_name: str, portal: PortalDep, user: CurrentUser)
 def delete_concept_set(owner: str, set_name: str, portal: PortalDep,
                        user: CurrentUser) -> Response:
     _set_owner(user, owner)
-    count = portal.bucket.delete_prefix(f"concepts/{owner}/{check_set_name(set_name)}/")
+    set_name = check_set_name(set_name)
+    count = portal.bucket.delete_prefix(f"concepts/{owner}/{set_name}/")
+    portal.bucket.delete_prefix(f"concepts/{owner}/{STAGING}/{set_name}/")
     if not count:
         raise NotFound("No such concept set.")
     return redirect("/models", notice=f"Concept set {set_name} deleted ({count} files).")

@@ -79,13 +79,12 @@
       if (!files.length) return;
       bar.hidden = false; bar.value = 0; status.textContent = "Uploading…";
       let done = 0;
+      const rejected = [];
       try {
         let direct = true;
-        let presigned;
-        try {
-          presigned = await api(upload.dataset.presign, { method: "POST", json: {
-            set: setName, files: files.map((f) => ({ name: f.name, type: f.type || "application/octet-stream" })) } });
-        } catch (e) { throw e; }
+        const presigned = await api(upload.dataset.presign, { method: "POST", json: {
+          set: setName, files: files.map((f) => ({ name: f.name, type: f.type || "" })) } });
+        const staged = [];
         for (let i = 0; i < files.length; i++) {
           const target = presigned.uploads[i];
           const form = new FormData();
@@ -95,13 +94,27 @@
           if (direct) {
             try { ok = (await fetch(target.url, { method: "POST", body: form })).ok; } catch (e) { ok = false; }
           }
-          if (!ok) {
+          if (ok) {
+            staged.push(target.name);
+          } else {
+            // S3 unreachable or the file broke the policy: send it through the portal instead.
             direct = false;
             const fallback = new FormData();
             fallback.append("set", setName); fallback.append("files", files[i]);
-            await api(upload.dataset.fallback, { method: "POST", body: fallback });
+            const answer = await api(upload.dataset.fallback, { method: "POST", body: fallback });
+            rejected.push(...answer.rejected);
           }
           done += 1; bar.value = Math.round(100 * done / files.length);
+        }
+        // Files posted straight to S3 are listed only once the portal has checked them.
+        if (staged.length) {
+          const answer = await api(presigned.verify, { method: "POST", json: { set: setName, names: staged } });
+          rejected.push(...answer.rejected);
+        }
+        if (rejected.length) {
+          status.textContent = `${done - rejected.length} files uploaded; refused: ` +
+            rejected.map((r) => r.error).join("; ");
+          return;
         }
         status.textContent = `${done} files uploaded.`;
         window.location.reload();
