@@ -182,7 +182,7 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     page.click("#generate-button")
     page.wait_for_selector("#results .gallery figure img")
     assert "Done" in page.text_content("#generate-form .status")
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    sent = json.loads(world.runtime.generations()[-1]["Body"])
     assert sent["payload"]["prompt"] == "a watercolor fox <lora:style:0.8>"
     # the form's size defaults to where the endpoint's model warmed up (its native size)
     assert (sent["payload"]["width"], sent["payload"]["height"]) == (64, 64)
@@ -302,5 +302,5 @@ def test_png_info_reads_an_image_and_sends_it_to_txt2img(served, page, tmp_path)
     page.wait_for_selector("#generate-form .status:has-text('is empty')")
     assert "empty.png is empty (0 bytes); choose an image file" in \
         page.text_content("#generate-form .status")
-    tasks = [json.loads(call["Body"])["task"] for call in world.runtime.named("invoke_endpoint")]
+    tasks = [json.loads(call["Body"])["task"] for call in world.runtime.generations()]
     assert "img2img" not in tasks and "txt2img" not in tasks
