@@ -304,3 +304,25 @@ def test_png_info_reads_an_image_and_sends_it_to_txt2img(served, page, tmp_path)
         page.text_content("#generate-form .status")
     tasks = [json.loads(call["Body"])["task"] for call in world.runtime.generations()]
     assert "img2img" not in tasks and "txt2img" not in tasks
+
+
+def test_progress_bar_moves_and_interrupt_stops_the_generation(served, page):
+    base, world = served
+    world.in_service()
+    world.runtime.step_delay = 0.05  # 150 steps: about 7.5 s unless interrupted
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    page.fill("textarea[name=prompt]", "a slow lighthouse")
+    page.fill("input[name=steps]", "150")
+    page.click("#generate-button")
+    page.wait_for_selector("#live-preview", state="visible")
+    first = page.eval_on_selector("#generate-progress", "bar => bar.value")
+    page.wait_for_function(
+        "value => document.querySelector('#generate-progress').value > value", arg=first)
+    assert page.text_content("#generate-form .status").startswith("Step ")
+    _shot(page, "10-generate-progress")
+    page.click("#interrupt-button")
+    page.wait_for_selector("#generate-form .status:has-text('Interrupted')")
+    assert not page.locator("#generate-progress").is_visible()
+    stream = world.runtime.streams[-1]
+    assert stream.closed and stream.sent < 150

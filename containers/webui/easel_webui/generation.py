@@ -538,6 +538,7 @@ class Generation:
             "images": images, "info": record.get("info", ""),
             "progress": record.get("progress") if status == "running" else None,
             "interrupted": bool(record.get("interrupt_requested")),
+            "stopped": record.get("stopped"),
         }
 
     def running_job(self, *, user: User) -> dict[str, Any] | None:
