@@ -207,3 +207,10 @@ def test_the_eta_covers_the_batches_still_to_come():
     assert progress["fraction"] == pytest.approx(0.5 / 3, abs=1e-3)
 
 
+
+
+def test_a_preview_too_large_for_the_record_is_left_out():
+    control = JobControl(_Table(), "job", batches=1)
+    small = control.progress(StepEvent(step=1, steps=2, preview="a" * 1000), 0.0)
+    large = control.progress(StepEvent(step=1, steps=2, preview="a" * 200_000), 0.0)
+    assert small["preview"] == "a" * 1000 and large["preview"] is None

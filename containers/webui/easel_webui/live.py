@@ -20,6 +20,8 @@ from easel_contracts.streaming import StepEvent
 
 PROGRESS_WRITE_S = 0.5
 """At most two progress writes a second per job."""
+MAX_PREVIEW_CHARS = 96 * 1024
+"""A larger preview is not kept: the record must stay well inside DynamoDB's 400 KB item."""
 Stop = Literal["interrupt", "skip"]
 
 
@@ -80,7 +82,9 @@ class JobControl:
             "step": event.step, "steps": event.steps, "batch": self.batch + 1,
             "batches": self.batches,
             "fraction": round((self.batch + event.step / event.steps) / self.batches, 4),
-            "eta": eta, "preview": event.preview, "at": time.time(),
+            "eta": eta, "at": time.time(),
+            "preview": (event.preview if event.preview and len(event.preview) <= MAX_PREVIEW_CHARS
+                        else None),
         }
 
 
