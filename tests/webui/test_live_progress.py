@@ -4,14 +4,18 @@ reads the flags back, so any portal task (another Portal on the same table) answ
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Any
 
 import pytest
 
+from easel_contracts.invocations import GenerationResponse, Txt2ImgRequest
 from easel_contracts.streaming import StepEvent
+from easel_webui.generation import _merge_answers
 from easel_webui.live import JobControl, a1111_progress
 
+from .fakes import client_error
 from .helpers import poll_job
 
 
@@ -214,3 +218,48 @@ def test_a_preview_too_large_for_the_record_is_left_out():
     small = control.progress(StepEvent(step=1, steps=2, preview="a" * 1000), 0.0)
     large = control.progress(StepEvent(step=1, steps=2, preview="a" * 200_000), 0.0)
     assert small["preview"] == "a" * 1000 and large["preview"] is None
+
+
+def test_the_batches_answers_merge_into_one_with_every_images_seed():
+    request = Txt2ImgRequest(prompt="x", n_iter=2, seed=7)
+    answers = [GenerationResponse(images=[image], parameters={"n_iter": 1, "seed": seed},
+                                  info=json.dumps({"seed": seed, "all_seeds": [seed],
+                                                   "infotexts": [f"Seed: {seed}"],
+                                                   "n_iter": 1}))
+               for image, seed in (("aQ==", 7), ("ag==", 8))]
+    merged = _merge_answers(request, answers)
+    info = json.loads(merged.info)
+    assert merged.images == ["aQ==", "ag=="]
+    assert info["all_seeds"] == [7, 8] and info["seed"] == 7 and info["n_iter"] == 2
+    assert info["infotexts"] == ["Seed: 7", "Seed: 8"]
+    assert merged.parameters["n_iter"] == 2 and merged.parameters["seed"] == 7
+
+
+def test_an_endpoint_without_the_stream_route_is_invoked_the_plain_way(world, monkeypatch):
+    world.in_service()
+    world.add_user("alice")
+
+    def old_image(**kwargs):
+        raise client_error("ModelError", "no route", "InvokeEndpointWithResponseStream",
+                           OriginalStatusCode=404, OriginalMessage='{"detail": "Not Found"}')
+
+    monkeypatch.setattr(world.runtime, "invoke_endpoint_with_response_stream", old_image)
+    job_id = _start(world, steps=2)
+    state = poll_job(world.signed_in("alice"), job_id)
+    assert state["status"] == "done" and len(state["images"]) == 1
+    assert len(world.runtime.named("invoke_endpoint")) == 1
+
+
+def test_a_servers_own_not_found_is_not_taken_for_a_missing_route(world, monkeypatch):
+    world.in_service()
+    world.add_user("alice")
+
+    def refused(**kwargs):
+        raise client_error("ModelError", "x", "InvokeEndpointWithResponseStream",
+                           OriginalStatusCode=404, OriginalMessage=json.dumps(
+                               {"error": "NotFound", "detail": "checkpoint 'nope' not found"}))
+
+    monkeypatch.setattr(world.runtime, "invoke_endpoint_with_response_stream", refused)
+    state = poll_job(world.signed_in("alice"), _start(world, steps=2))
+    assert state["status"] == "failed" and "checkpoint 'nope' not found" in state["error"]
+    assert world.runtime.named("invoke_endpoint") == []

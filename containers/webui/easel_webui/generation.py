@@ -124,6 +124,19 @@ def _invoke_error(endpoint: str, exc: ClientError) -> UpstreamError:
     return UpstreamError(f"Endpoint {endpoint!r} failed: {_model_error_message(exc)}")
 
 
+def _no_stream_route(exc: ClientError) -> bool:
+    """The endpoint's server has no /invocations-response-stream (an image from before it):
+    its web framework's own 404/405, not one of the server's errors (which name an `error`)."""
+    if exc.response.get("Error", {}).get("Code") != "ModelError" or \
+            exc.response.get("OriginalStatusCode") not in (404, 405):
+        return False
+    try:
+        body = json.loads(exc.response.get("OriginalMessage") or "{}")
+    except ValueError:
+        return True
+    return not (isinstance(body, dict) and "error" in body)
+
+
 def _too_slow(endpoint: str) -> UpstreamError:
     return UpstreamError(
         f"Endpoint {endpoint!r} took longer than SageMaker's 60 s real-time limit; "
@@ -227,8 +240,7 @@ class Generation:
                 EndpointName=endpoint, ContentType="application/json",
                 Accept=STREAM_CONTENT_TYPE, Body=invocation_body(task, request))
         except ClientError as exc:
-            if (exc.response.get("Error", {}).get("Code") == "ModelError"
-                    and exc.response.get("OriginalStatusCode") in (404, 405)):
+            if _no_stream_route(exc):
                 return _generation_answer(self.invoke(endpoint, task, request))
             raise _invoke_error(endpoint, exc) from None
         except ReadTimeoutError:
