@@ -190,3 +190,16 @@ def test_closing_the_stream_stops_the_work_within_a_step(served) -> None:
     assert not engine.admission.jobs, "the generation went on after its client left"
     assert len(done_steps) <= closed_at + 2
     assert len(done_steps) < 60
+
+
+def test_a_preview_that_fails_leaves_the_step_event_without_one(monkeypatch) -> None:
+    from easel_inference import progress
+
+    def broken(latents, **kwargs):
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(progress, "latent_preview", broken)
+    sent: list[bytes] = []
+    StepReporter(sent.append)(1, 2, 1, 1, torch.randn(1, 4, 8, 8))
+    (event,) = [StepEvent.model_validate_json(line) for line in sent]
+    assert event.step == 1 and event.preview is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from easel_contracts.streaming import PREVIEW_EVERY_S, PREVIEW_MAX_SIDE, StepEvent, encode_event
 from PIL import Image
 
+log = logging.getLogger("easel.inference")
 # rows: latent channels 0..3; columns: R, G, B
 LATENT_TO_RGB = torch.tensor([
     [0.298, 0.207, 0.208],
@@ -81,7 +83,10 @@ class StepReporter:
         preview = None
         if self._previews and (self._last_preview is None
                                or now - self._last_preview >= self._preview_every):
-            preview = latent_preview(latents)
+            try:
+                preview = latent_preview(latents)
+            except Exception:  # a preview must never fail the generation it shows
+                log.warning("no preview for this step", exc_info=True)
             self._last_preview = now
         event = StepEvent(step=step, steps=steps, batch=batch, batches=batches,
                           eta_seconds=eta, preview=preview)
