@@ -263,3 +263,20 @@ def test_a_servers_own_not_found_is_not_taken_for_a_missing_route(world, monkeyp
     state = poll_job(world.signed_in("alice"), _start(world, steps=2))
     assert state["status"] == "failed" and "checkpoint 'nope' not found" in state["error"]
     assert world.runtime.named("invoke_endpoint") == []
+
+
+def test_a_waiting_txt2img_call_answers_the_images_finished_before_an_interrupt(two_tasks):
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner, other = two_tasks
+    body = {"prompt": "two slow koi", "steps": 30, "width": 64, "height": 64, "n_iter": 2,
+            "seed": 3}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(runner.client().post, "/sdapi/v1/txt2img", json=body,
+                              headers=_basic())
+        _until(lambda: _progress(other)["state"]["job_no"] == 1)
+        other.client().post("/sdapi/v1/interrupt", headers=_basic())
+        answer = waiting.result(timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["images"]) == 1
+    assert answer.json()["parameters"]["n_iter"] == 2  # the request as asked
