@@ -48,6 +48,9 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_IMAGE_B64_CHARS = MAX_IMAGE_BYTES * 4 // 3 + 4 + 64
 MAX_IMAGES = MAX_BATCH_SIZE * MAX_N_ITER
 MAX_NAME_CHARS = 256
+# "masked area only" inpainting: pixels of context kept around the mask's box (A1111's slider
+# stops at 256)
+MAX_INPAINT_PADDING = 256
 
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 _A1111_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
@@ -225,6 +228,7 @@ class Img2ImgRequest(GenerationRequest):
     inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
     inpainting_fill: int = Field(default=1, ge=0, le=3)
     inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=MAX_INPAINT_PADDING)
 
     @field_validator("init_images")
     @classmethod

@@ -1,0 +1,107 @@
+"""The studio's issue-18 pages in a real browser: the inpainting mask editor, gallery search and
+the training timeline. Reuses test_browser's fixtures (moto server + uvicorn + Debian chromium)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import pytest
+
+from .conftest import ADMIN_PASSWORD
+from .test_browser import _shot, _sign_in, page, served  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.slow
+
+
+def _init_image(tmp_path: Any) -> str:
+    from PIL import Image
+
+    path = tmp_path / "init.png"
+    Image.new("RGB", (128, 96), (200, 40, 40)).save(path, "PNG")
+    return str(path)
+
+
+def _drag(page: Any, points: list[tuple[float, float]]) -> None:
+    """A stroke over the mask canvas through `points` (fractions of its width and height)."""
+    page.locator("#mask-canvas").scroll_into_view_if_needed()
+    box = page.locator("#mask-canvas").bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for point in xy[1:]:
+        page.mouse.move(*point, steps=8)
+    page.mouse.up()
+
+
+def _submitted_img2img(page: Any, world: Any) -> dict[str, Any]:
+    page.click("#generate-button")
+    page.wait_for_function("() => /^(Done|Failed)/.test("
+                           "document.querySelector('#generate-form .status').textContent)")
+    assert page.text_content("#generate-form .status").startswith("Done")
+    calls = [json.loads(call["Body"]) for call in world.runtime.generations()]
+    return next(c["payload"] for c in calls if c["task"] == "img2img")
+
+
+def _mask(payload: dict[str, Any]) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(payload["mask"]))).convert("L")
+
+
+def _open_editor(page: Any, base: str, tmp_path: Any) -> None:
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    page.fill("textarea[name=prompt]", "a blue door")
+    page.check("#img2img")
+    page.set_input_files("#init-file", _init_image(tmp_path))
+    page.wait_for_selector("#mask-editor", state="visible")
+    page.wait_for_function("() => document.querySelector('#mask-canvas').width === 128")
+
+
+def test_painted_stroke_is_sent_as_the_inpainting_mask(served, page, tmp_path):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _open_editor(page, base, tmp_path)
+    # a horizontal stroke across the middle, from 20% to 80% of the width
+    _drag(page, [(0.2, 0.5), (0.8, 0.5)])
+    page.select_option("select[name=inpainting_fill]", "2")
+    page.check("input[name=inpaint_full_res]")
+    page.fill("input[name=inpaint_full_res_padding]", "48")
+    _shot(page, "11-inpaint-mask")
+    payload = _submitted_img2img(page, world)
+
+    mask = _mask(payload)
+    assert mask.size == (128, 96)  # the init image's own size
+    assert mask.getpixel((64, 48)) == 255  # on the stroke
+    assert mask.getpixel((40, 48)) == 255
+    assert mask.getpixel((64, 4)) == 0  # far above it
+    assert mask.getpixel((2, 48)) == 0  # left of where it started
+    assert (payload["inpainting_fill"], payload["inpaint_full_res"],
+            payload["inpaint_full_res_padding"]) == (2, True, 48)
+
+
+def test_invert_and_eraser_change_the_submitted_mask(served, page, tmp_path):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _open_editor(page, base, tmp_path)
+    _drag(page, [(0.1, 0.5), (0.9, 0.5)])
+    page.check("#mask-erase")
+    _drag(page, [(0.5, 0.2), (0.5, 0.8)])  # erase a vertical cut through the stroke
+    page.click("#mask-invert")
+    mask = _mask(_submitted_img2img(page, world))
+    assert mask.getpixel((64, 4)) == 255  # unpainted, inverted: masked
+    assert mask.getpixel((30, 48)) == 0  # painted, inverted: kept
+    assert mask.getpixel((64, 48)) == 255  # erased, inverted: masked
+
+
+def test_cleared_mask_sends_a_plain_img2img(served, page, tmp_path):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _open_editor(page, base, tmp_path)
+    _drag(page, [(0.2, 0.5), (0.8, 0.5)])
+    page.click("#mask-clear")
+    payload = _submitted_img2img(page, world)
+    assert "mask" not in payload and payload["init_images"]
