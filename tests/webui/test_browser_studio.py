@@ -24,23 +24,23 @@ def _init_image(tmp_path: Any) -> str:
     return str(path)
 
 
-def _drag(page: Any, points: list[tuple[float, float]]) -> None:
+def _drag(tab: Any, points: list[tuple[float, float]]) -> None:
     """A stroke over the mask canvas through `points` (fractions of its width and height)."""
-    page.locator("#mask-canvas").scroll_into_view_if_needed()
-    box = page.locator("#mask-canvas").bounding_box()
+    tab.locator("#mask-canvas").scroll_into_view_if_needed()
+    box = tab.locator("#mask-canvas").bounding_box()
     xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
-    page.mouse.move(*xy[0])
-    page.mouse.down()
+    tab.mouse.move(*xy[0])
+    tab.mouse.down()
     for point in xy[1:]:
-        page.mouse.move(*point, steps=8)
-    page.mouse.up()
+        tab.mouse.move(*point, steps=8)
+    tab.mouse.up()
 
 
-def _submitted_img2img(page: Any, world: Any) -> dict[str, Any]:
-    page.click("#generate-button")
-    page.wait_for_function("() => /^(Done|Failed)/.test("
+def _submitted_img2img(tab: Any, world: Any) -> dict[str, Any]:
+    tab.click("#generate-button")
+    tab.wait_for_function("() => /^(Done|Failed)/.test("
                            "document.querySelector('#generate-form .status').textContent)")
-    assert page.text_content("#generate-form .status").startswith("Done")
+    assert tab.text_content("#generate-form .status").startswith("Done")
     calls = [json.loads(call["Body"]) for call in world.runtime.generations()]
     return next(c["payload"] for c in calls if c["task"] == "img2img")
 
@@ -51,14 +51,14 @@ def _mask(payload: dict[str, Any]) -> Any:
     return Image.open(io.BytesIO(base64.b64decode(payload["mask"]))).convert("L")
 
 
-def _open_editor(page: Any, base: str, tmp_path: Any) -> None:
-    _sign_in(page, base, "admin", ADMIN_PASSWORD)
-    page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
-    page.fill("textarea[name=prompt]", "a blue door")
-    page.check("#img2img")
-    page.set_input_files("#init-file", _init_image(tmp_path))
-    page.wait_for_selector("#mask-editor", state="visible")
-    page.wait_for_function("() => document.querySelector('#mask-canvas').width === 128")
+def _open_editor(tab: Any, base: str, tmp_path: Any) -> None:
+    _sign_in(tab, base, "admin", ADMIN_PASSWORD)
+    tab.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    tab.fill("textarea[name=prompt]", "a blue door")
+    tab.check("#img2img")
+    tab.set_input_files("#init-file", _init_image(tmp_path))
+    tab.wait_for_selector("#mask-editor", state="visible")
+    tab.wait_for_function("() => document.querySelector('#mask-canvas').width === 128")
 
 
 def test_painted_stroke_is_sent_as_the_inpainting_mask(served, page, tmp_path):  # noqa: F811
