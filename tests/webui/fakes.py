@@ -234,7 +234,8 @@ class FakeRuntime(Recorder):
             answer = inv.GenerationResponse(
                 images=[png_b64() for _ in range(payload.batch_size * payload.n_iter)],
                 parameters=payload.model_dump(mode="json", exclude={"init_images", "mask"}),
-                info=json.dumps({"seed": 1234, "prompt": payload.prompt}))
+                info=json.dumps({"seed": 1234, "prompt": payload.prompt,
+                                 "sd_model_name": "tiny"}))
         elif task == "sd-models":
             answer = inv.SdModels([inv.SdModel(title="tiny.safetensors", model_name="tiny",
                                                filename="Stable-diffusion/tiny.safetensors")])
