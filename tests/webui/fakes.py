@@ -101,7 +101,11 @@ class FakeSageMaker(Recorder):
         if name in self.jobs:
             raise client_error("ResourceInUse", "exists", "CreateTrainingJob")
         self.jobs[name] = {"TrainingJobName": name, "TrainingJobStatus": "InProgress",
-                           "SecondaryStatus": "Training"}
+                           "SecondaryStatus": "Training",
+                           # DescribeTrainingJob answers what the job was created with
+                           "HyperParameters": dict(kwargs.get("HyperParameters") or {}),
+                           "EnableManagedSpotTraining":
+                               bool(kwargs.get("EnableManagedSpotTraining"))}
         return {"TrainingJobArn": f"arn:job/{name}"}
 
     def stop_training_job(self, **kwargs: Any) -> dict[str, Any]:

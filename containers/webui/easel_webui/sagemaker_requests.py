@@ -335,6 +335,8 @@ class TrainingSpec(BaseModel):
     max_runtime_seconds: int = Field(ge=600, le=5 * 24 * 3600)
     volume_size_gb: int = Field(default=100, ge=1, le=1024)
     hyperparameters: dict[str, str]
+    # a resumed job: the stopped job's checkpoint folder (else the job's own)
+    checkpoint_s3_uri: S3UriStr | None = None
 
     @field_validator("name")
     @classmethod
@@ -362,6 +364,10 @@ class TrainingSpec(BaseModel):
     @property
     def prefix(self) -> str:
         return f"s3://{self.bucket}/training/{self.job_name}"
+
+    @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_s3_uri or f"{self.prefix}/checkpoints/"
 
 
 def _channel(name: str, uri: str) -> dict[str, Any]:
@@ -401,7 +407,7 @@ def build_create_training_job(spec: TrainingSpec) -> dict[str, Any]:
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": spec.spot,
         "CheckpointConfig": {
-            "S3Uri": f"{spec.prefix}/checkpoints/",
+            "S3Uri": spec.checkpoints,
             "LocalPath": "/opt/ml/checkpoints",
         },
         "Tags": _tags(spec.deployment_id, spec.creator),
