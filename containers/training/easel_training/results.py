@@ -21,6 +21,14 @@ SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 def save_lora_result(*, model_dir: Path, hp: HyperParameters, base: BaseModel,
                      steps: int) -> Path:
     pipe = base.pipe
+    target = model_dir / "Lora" / f"{hp.effective_output_name}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if base.flow:
+        state = lora.export_diffusers(pipe.transformer, dtype=SAVE_DTYPES[hp.save_precision])
+        save_file(state, str(target), metadata=lora.flow_metadata(
+            rank=hp.rank, alpha=hp.effective_alpha, family=base.family,
+            output_name=hp.effective_output_name, steps=steps, base_model=base.name))
+        return target
     sdxl = base.arch == "sdxl"
     encoders = []
     if hp.train_text_encoder:
@@ -30,8 +38,6 @@ def save_lora_result(*, model_dir: Path, hp: HyperParameters, base: BaseModel,
     metadata = lora.kohya_metadata(rank=hp.rank, alpha=hp.effective_alpha, sdxl=sdxl, v2=v2,
                                    output_name=hp.effective_output_name, steps=steps,
                                    base_model=base.name)
-    target = model_dir / "Lora" / f"{hp.effective_output_name}.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(target), metadata=metadata)
     return target
 
