@@ -89,6 +89,13 @@ def manifest_key(model_key: str) -> str:
     raise ManifestError(f"{model_key}: not a model archive (.tar.gz) or prefix (ending in /)")
 
 
+def training_manifest_key(job: str) -> str:
+    """Where a training job's manifest is readable without its ``model.tar.gz``: the job writes it
+    into its checkpoints folder, which SageMaker syncs to ``training/<job>/checkpoints/`` (and
+    into the archive beside the result)."""
+    return f"training/{job}/checkpoints/{MANIFEST_NAME}"
+
+
 def parse_manifest(raw: bytes, *, where: str) -> ModelManifest:
     if len(raw) > MANIFEST_MAX_BYTES:
         raise ManifestError(f"{where}: larger than {MANIFEST_MAX_BYTES} bytes; not a manifest")

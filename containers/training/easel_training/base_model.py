@@ -168,26 +168,29 @@ def describe_pipeline(pipe: Any, family: ModelFamily) -> tuple[Arch, str, int]:
     return arch, prediction_type, native
 
 
-def _load_flow_folder(path: Path, family: ModelFamily) -> Any:
+def _load_flow_folder(path: Path, family: ModelFamily, dtype: torch.dtype) -> Any:
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     pipeline_class = FluxPipeline if trained_arch(family) == "flux" else StableDiffusion3Pipeline
-    return pipeline_class.from_pretrained(str(path), dtype=torch.float32,
-                                          local_files_only=True)
+    return pipeline_class.from_pretrained(str(path), dtype=dtype, local_files_only=True)
 
 
-def load_base_model(channel: Path, scratch: Path, wanted: str) -> BaseModel:
+def load_base_model(channel: Path, scratch: Path, wanted: str, *,
+                    flow_dtype: torch.dtype = torch.float32) -> BaseModel:
+    """The chosen base model on the CPU: float32, except the flow families (LoRA-only, frozen
+    base), which load in ``flow_dtype`` (the job's training precision) so a 12B FLUX
+    transformer and its T5 take half the host memory."""
     from easel_inference.loader import load_pipeline
 
     name, path = choose_checkpoint(find_base_checkpoints(channel, scratch), wanted)
     family = detect_family(path)
-    if family is not None:
-        trained_arch(family)
+    flow = family is not None and trained_arch(family) in FLOW_ARCHES
+    dtype = flow_dtype if flow else torch.float32
     try:
-        if path.is_dir() and family is not None and trained_arch(family) in FLOW_ARCHES:
-            pipe = _load_flow_folder(path, family)
+        if path.is_dir() and flow:
+            pipe = _load_flow_folder(path, family, dtype)
         else:
-            pipe = load_pipeline(path, device="cpu", dtype=torch.float32)
+            pipe = load_pipeline(path, device="cpu", dtype=dtype)
     except TrainingInputError:
         raise
     except Exception as exc:  # the loader's own errors: corrupt file, unknown architecture

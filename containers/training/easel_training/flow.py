@@ -100,8 +100,6 @@ class FlowTrainer(Trainer):
         self.denoiser.to(self.device, self.weight_dtype)
         lora.add_lora(self.denoiser, rank=hp.rank, alpha=hp.effective_alpha,
                       dropout=hp.lora_dropout, targets=lora.FLOW_TARGETS)
-        for encoder in self.text_encoders:  # only to encode the prompts once
-            encoder.requires_grad_(False).to(self.device, self.weight_dtype).eval()
         if hp.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self.denoiser.train()
@@ -122,9 +120,21 @@ class FlowTrainer(Trainer):
             max_sequence_length=tokens)
         return {"prompt_embeds": hidden.float(), "pooled_prompt_embeds": pooled.float()}
 
+    def setup(self) -> None:
+        # the prompts first: the text encoders visit the GPU alone, so the peak is the larger of
+        # (text encoders) and (transformer + training), never their sum
+        self._encode_prompts()
+        self._prepare_models()
+        self._build_optimizer()
+        self._prepare_distributed()
+        self._build_batches()
+        self._warm_latent_cache()
+
     @torch.no_grad()
     def _encode_prompts(self) -> None:
         prompts = self.data.prompts
+        for encoder in self.text_encoders:
+            encoder.requires_grad_(False).to(self.device, self.weight_dtype).eval()
         parts: list[dict[str, torch.Tensor]] = []
         with self.accelerator.autocast():
             for start in range(0, len(prompts), ENCODE_BATCH):

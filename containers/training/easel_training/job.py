@@ -122,8 +122,11 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
                                  min_side=early_min_side(hp), use_captions=hp.use_captions)
 
     from easel_training.base_model import load_base_model
+    from easel_training.trainer import DTYPES
 
-    base = load_base_model(paths.channel(MODEL_CHANNEL), paths.scratch, hp.checkpoint)
+    base = load_base_model(paths.channel(MODEL_CHANNEL), paths.scratch, hp.checkpoint,
+                           flow_dtype=DTYPES[mixed_precision])
+    hp = hp.for_family(base.family)  # rank, learning rate, previews: the family's defaults
     if base.flow:
         from easel_training.flow import check_flow_settings
 
