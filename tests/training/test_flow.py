@@ -86,6 +86,22 @@ def test_the_family_comes_from_the_model_and_labels_the_lora(trained, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_the_manifest_beside_the_result_names_the_lora_and_its_family(trained, family):
+    from easel_contracts.model_manifest import parse_manifest
+
+    layout, outcome = trained(family)
+    raw = (layout.root / "model" / "easel-model.json").read_bytes()
+    manifest = parse_manifest(raw, where="result")
+    (lora,) = manifest.loras
+    assert (lora.path, lora.family, lora.key_format, lora.rank) == (
+        "Lora/easel-lora.safetensors", family, "diffusers", 4)
+    sizes = {f.path: f.bytes for f in manifest.files}
+    assert sizes["Lora/easel-lora.safetensors"] == outcome.result.stat().st_size
+    # the same manifest where the portal reads it while the archive is packed
+    assert (layout.root / "checkpoints" / "easel-model.json").read_bytes() == raw
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_progress_and_previews_are_written(trained, family):
     layout, _ = trained(family)
     progress = json.loads((layout.root / "checkpoints" / "progress.json").read_text())

@@ -173,9 +173,11 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
 def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any, data: Any,
                  job_seconds: float, resolution: int) -> Path:
     from easel_training.results import (
+        build_manifest,
         library_versions,
         save_full_result,
         save_lora_result,
+        write_manifest,
         write_report,
     )
 
@@ -211,5 +213,7 @@ def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any
         text_embedding_cache=not hp.train_text_encoder,  # flow families: always (refused)
     )
     write_report(paths.model, report)
+    write_manifest(paths=paths, manifest=build_manifest(model_dir=paths.model, hp=hp, base=base,
+                                                        output=output))
     return output
 
