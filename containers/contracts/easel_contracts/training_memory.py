@@ -50,8 +50,10 @@ class FamilySize(BaseModel):
     checkpointed_gb: float  # the same with gradient checkpointing
 
 
-# Parameter counts from the model cards (UNet/MMDiT/transformer; CLIP-L 0.12B, OpenCLIP-H 0.35B,
-# OpenCLIP-G 0.69B, T5-XXL encoder 4.76B). Activations: estimates for bf16 with SDPA attention.
+# Parameter counts of the denoisers as released (SD3.5 and FLUX.1: counted on the architectures
+# bench/training.py builds, 2.24B, 8.06B and 11.90B), of the text encoders (CLIP-L 0.12B,
+# OpenCLIP-H 0.35B, OpenCLIP-G 0.69B, T5-XXL encoder 4.76B) and of the VAE. Activations:
+# estimates for bf16 with SDPA attention, to be replaced by the bench's measured peaks.
 SIZES: dict[ModelFamily, FamilySize] = {
     ModelFamily.SD1: FamilySize(denoiser_b=0.86, text_encoders_b=0.12, vae_b=0.08,
                                 activations_gb=12.0, checkpointed_gb=3.0),
@@ -59,7 +61,7 @@ SIZES: dict[ModelFamily, FamilySize] = {
                                 activations_gb=12.0, checkpointed_gb=3.0),
     ModelFamily.SDXL: FamilySize(denoiser_b=2.57, text_encoders_b=0.82, vae_b=0.08,
                                  activations_gb=16.0, checkpointed_gb=4.0),
-    ModelFamily.SD35_MEDIUM: FamilySize(denoiser_b=2.47, text_encoders_b=5.57, vae_b=0.08,
+    ModelFamily.SD35_MEDIUM: FamilySize(denoiser_b=2.24, text_encoders_b=5.57, vae_b=0.08,
                                         activations_gb=14.0, checkpointed_gb=3.0),
     ModelFamily.SD35_LARGE: FamilySize(denoiser_b=8.06, text_encoders_b=5.57, vae_b=0.08,
                                        activations_gb=24.0, checkpointed_gb=5.0),
