@@ -33,7 +33,7 @@ from easel_contracts.families import ModelFamily, facts_for
 
 GB = 1e9
 GIB = 1024**3
-HEADROOM = 0.9  # plan to use at most this share of a GPU's (or the host's) memory
+HEADROOM = 0.85  # plan to use at most this share of a GPU's (or the host's) memory
 OVERHEAD_GB = 2.0  # CUDA context, VAE, allocator fragmentation
 HOST_OVERHEAD_GB = 4.0  # Python, torch, the data loader, the page cache the loader uses
 
