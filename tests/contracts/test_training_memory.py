@@ -73,3 +73,16 @@ def test_the_readme_table_has_a_row_per_family():
     table = plan_table(TYPES).splitlines()
     assert len(table) == 2 + 7
     assert table[-1].startswith("| FLUX.1 schnell | no (")
+
+
+def test_the_training_readme_shows_the_plan_for_the_default_allowlist():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "config" / "default.yaml").read_text(encoding="utf-8"))
+    types = {name: InstanceFacts(**facts)
+             for name, facts in config["training"]["instance_types"].items()}
+    readme = (root / "containers" / "training" / "README.md").read_text(encoding="utf-8")
+    assert plan_table(types) in readme, "regenerate the table with plan_table()"

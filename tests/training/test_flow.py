@@ -178,3 +178,13 @@ def test_sigmas_are_shifted_as_the_family_scheduler_shifts():
     assert all(0 < a < b < 1 for a, b in draws)  # same draw, pushed toward noise
     dynamic = FlowSchedule({"use_dynamic_shifting": True, "shift": 3.0}, device=cpu)
     assert dynamic.shift_for((128, 128)) == pytest.approx(math.exp(calculate_shift(64 * 64)))
+
+
+def test_a_family_the_job_does_not_train_is_refused_naming_those_it_does():
+    from easel_contracts.families import ModelFamily
+    from easel_training.base_model import trained_arch
+    from easel_training.errors import TrainingInputError
+
+    with pytest.raises(TrainingInputError, match="the base model is SDXL refiner; training takes "
+                                                 "SD1.x, SD2.x, SDXL, SD3.5 medium"):
+        trained_arch(ModelFamily.SDXL_REFINER)
