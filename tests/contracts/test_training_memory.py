@@ -86,3 +86,12 @@ def test_the_training_readme_shows_the_plan_for_the_default_allowlist():
              for name, facts in config["training"]["instance_types"].items()}
     readme = (root / "containers" / "training" / "README.md").read_text(encoding="utf-8")
     assert plan_table(types) in readme, "regenerate the table with plan_table()"
+
+
+def test_a_toy_size_model_is_planned_by_its_size():
+    tiny = plan_training("flux_dev", "ml.g5.2xlarge", TYPES["ml.g5.2xlarge"],
+                         model_bytes=3_000_000)  # the tiny random-weight FLUX of local mode
+    assert tiny.fits and tiny.savers == ()
+    real = plan_training("flux_dev", "ml.g5.2xlarge", TYPES["ml.g5.2xlarge"],
+                         model_bytes=34_000_000_000)  # transformer, T5, CLIP and VAE in bf16
+    assert not real.fits

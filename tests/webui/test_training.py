@@ -419,3 +419,21 @@ def test_the_form_shows_each_familys_defaults(alice_world):
     page = html.unescape(alice_world.signed_in("alice").get("/training").text)
     assert "FLUX.1 schnell 4" in page  # preview steps
     assert "SD3.5 medium 4.5" in page  # preview guidance
+
+
+def test_a_tiny_model_of_a_large_family_is_planned_by_its_size(alice_world):
+    from easel_contracts.model_manifest import ManifestCheckpoint, ManifestFile, ModelManifest
+
+    alice = alice_world.signed_in("alice")
+    manifest = ModelManifest(
+        name="tiny-flux", layout="archive", written_by="upload_model",
+        checkpoints=(ManifestCheckpoint(name="tiny-flux", family="flux_dev",
+                                        path="Stable-diffusion/tiny-flux.safetensors"),),
+        files=(ManifestFile(path="Stable-diffusion/tiny-flux.safetensors", bytes=2_000_000),))
+    alice_world.put("models/tiny-flux/model.tar.gz")
+    alice_world.put("models/tiny-flux/easel-model.json", manifest.to_json().encode())
+    response = alice.post("/training", data=_form(
+        model_s3_uri=f"s3://{BUCKET}/models/tiny-flux/model.tar.gz"))
+    assert response.headers.get("location", "").startswith("/training/easel-"), \
+        html.unescape(response.text)[-2000:]
+    assert len(alice_world.sagemaker.named("create_training_job")) == 1

@@ -36,6 +36,7 @@ GIB = 1024**3
 HEADROOM = 0.85  # plan to use at most this share of a GPU's (or the host's) memory
 OVERHEAD_GB = 2.0  # CUDA context, VAE, allocator fragmentation
 HOST_OVERHEAD_GB = 4.0  # Python, torch, the data loader, the page cache the loader uses
+TOY_SHARE = 0.05  # a model under this share of its family's released size is planned by its size
 
 
 class FamilySize(BaseModel):
@@ -131,16 +132,33 @@ def _host_need(family: ModelFamily, size: FamilySize) -> float:
     return (size.denoiser_b + size.text_encoders_b + size.vae_b) * bytes_per + HOST_OVERHEAD_GB
 
 
+def released_bytes(family: ModelFamily) -> float:
+    """Bytes of a family's released weights in bf16 (denoiser, text encoders, VAE)."""
+    size = SIZES[family]
+    return (size.denoiser_b + size.text_encoders_b + size.vae_b) * 2 * GB
+
+
+def _scaled(size: FamilySize, family: ModelFamily, model_bytes: int | None) -> FamilySize:
+    """A model far smaller than its family's release (the tiny random-weight models of the tests
+    and of local mode) is planned by its own size; any other by the release's."""
+    if model_bytes is None or model_bytes >= TOY_SHARE * released_bytes(family):
+        return size
+    scale = model_bytes / released_bytes(family)
+    return FamilySize(**{name: value * scale for name, value in size.model_dump().items()})
+
+
 def plan_training(family: ModelFamily | str, instance_type: str, instance: Any, *,
                   mode: Literal["lora", "full"] = "lora", resolution: int | None = None,
                   batch_size: int = 1, gradient_checkpointing: bool = False,
-                  use_8bit_adam: bool = False) -> TrainingMemoryPlan:
+                  use_8bit_adam: bool = False, model_bytes: int | None = None,
+                  ) -> TrainingMemoryPlan:
     """The plan for ``family`` on ``instance`` (anything with ``gpu_memory_gb`` and ``gpus``,
     e.g. ``easel_contracts.instances.InstanceFacts``). Savers already requested stay on; the
-    plan adds gradient checkpointing, then (``full`` mode) 8-bit AdamW, until the job fits."""
+    plan adds gradient checkpointing, then (``full`` mode) 8-bit AdamW, until the job fits.
+    ``model_bytes`` (the manifest's total) lets a toy-size model be planned by its size."""
     facts = facts_for(family)
     family = facts.family
-    size = SIZES[family]
+    size = _scaled(SIZES[family], family, model_bytes)
     resolution = resolution or facts.resolution
     per_gpu = float(instance.gpu_memory_gb) / int(getattr(instance, "gpus", 1) or 1)
     available = per_gpu * HEADROOM

@@ -257,9 +257,11 @@ class Training:
         except ValidationError as exc:
             raise PortalError(describe_validation(list(exc.errors()))) from None
 
-    def base_family(self, model_uri: S3Uri, checkpoint: str) -> ModelFamily | None:
-        """The family of the base model the job will train, from the manifest beside it (a
-        training result's: its checkpoints folder); None when no manifest tells it."""
+    def base_family(self, model_uri: S3Uri, checkpoint: str,
+                    ) -> tuple[ModelFamily, int | None] | None:
+        """The family of the base model the job will train and the model's size in bytes, from
+        the manifest beside it (a training result's: its checkpoints folder); None when no
+        manifest tells it."""
         if model_uri.is_under("training/"):
             key = training_manifest_key(model_uri.key.split("/")[1])
         else:
@@ -276,15 +278,18 @@ class Training:
         if checkpoint:
             entries = tuple(c for c in entries if checkpoint in (c.name, c.path.rsplit("/", 1)[-1]))
         families = {c.family for c in entries}
-        return families.pop() if len(families) == 1 else None
+        if len(families) != 1:
+            return None
+        return families.pop(), manifest.total_bytes if manifest.files else None
 
     def plan_memory(self, model_uri: S3Uri, instance_type: str,
                     hyperparameters: HyperParameters) -> HyperParameters:
         """Refuse a job the chosen type cannot train, naming a type that can; turn on the memory
         savers the plan needs (``easel_contracts.training_memory``)."""
-        family = self.base_family(model_uri, hyperparameters.checkpoint)
-        if family is None:
+        found = self.base_family(model_uri, hyperparameters.checkpoint)
+        if found is None:
             return hyperparameters
+        family, model_bytes = found
         label = facts_for(family).label
         defaults = TRAINING_DEFAULTS.get(family)
         if defaults is None:
@@ -297,7 +302,8 @@ class Training:
         plan = plan_training(family, instance_type, self.config.instance_types[instance_type],
                              mode=hyperparameters.mode,
                              gradient_checkpointing=hyperparameters.gradient_checkpointing,
-                             use_8bit_adam=hyperparameters.use_8bit_adam, **settings)
+                             use_8bit_adam=hyperparameters.use_8bit_adam,
+                             model_bytes=model_bytes, **settings)
         message = refusal(plan, self.config.instance_types, **settings)
         if message:
             raise PortalError(message)
