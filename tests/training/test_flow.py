@@ -23,6 +23,8 @@ from .test_resume import RESUME_SETTINGS, StopAfter
 
 FLOW = {"rank": "4", "learning_rate": "0.05", "max_train_steps": "3"}
 FAMILIES = ["sd35_medium", "flux_dev"]
+# SD3.5 large (no second attention) and FLUX.1 schnell (no guidance embedding) take other paths
+EVERY_FAMILY = ["sd35_medium", "sd35_large", "flux_dev", "flux_schnell"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def _image(pipe, **kwargs):
                 generator=generator, output_type="np", **kwargs).images[0]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_the_lora_loads_into_the_family_pipeline_and_changes_the_image(trained, family):
     from easel_inference.flow_builder import build_flow_pipeline
 
@@ -119,13 +121,14 @@ def test_text_encoders_are_freed_before_training(trained, family):
     assert getattr(pipe, "text_encoder_3", None) is None
 
 
-def test_flux_resumed_run_equals_uninterrupted_run(make_job):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resumed_run_equals_uninterrupted_run(make_job, family):
     settings = {**RESUME_SETTINGS, "center_crop": "true"}  # tiny VAE: crops off the 8-px grid
-    straight = make_job(settings, images=3, arch="flux_dev")
+    straight = make_job(settings, images=3, arch=family)
     run_in_process(straight)
     reference = load_file(str(straight.root / "model" / "Lora" / "easel-lora.safetensors"))
 
-    interrupted = make_job(settings, images=3, arch="flux_dev")
+    interrupted = make_job(settings, images=3, arch=family)
     first = run_in_process(interrupted, stop=StopAfter(2))
     assert first.status == "stopped" and first.step == 2
     second = run_in_process(interrupted)
