@@ -277,9 +277,12 @@ class HyperParameters(BaseModel):
 
     @property
     def effective_alpha(self) -> float:
+        """``alpha``, else the rank (scale 1); a derived rank is known after ``for_family``."""
         if self.alpha is not None:
             return self.alpha
-        return float(self.rank if self.rank is not None else training_defaults(DEFAULT_FAMILY).rank)
+        if self.rank is None:
+            raise ValueError("rank is derived from the base model's family: use for_family()")
+        return float(self.rank)
 
     def for_family(self, family: ModelFamily | str) -> HyperParameters:
         """These settings with every family-derived one (rank, learning rate, preview steps and
