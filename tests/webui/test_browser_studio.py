@@ -105,3 +105,27 @@ def test_cleared_mask_sends_a_plain_img2img(served, page, tmp_path):  # noqa: F8
     page.click("#mask-clear")
     payload = _submitted_img2img(page, world)
     assert "mask" not in payload and payload["init_images"]
+
+
+def test_gallery_search_form_filters_in_the_browser(served, page):  # noqa: F811
+    from .test_gallery_search import _image
+    from .test_owner_views import _write_all
+
+    base, world = served
+    _write_all(world, [
+        *_image("fox-jan", "admin", "2026-01-10T10:00:00Z", "a red fox in snow", "tiny"),
+        *_image("owl-feb", "admin", "2026-02-10T10:00:00Z", "an owl at night", "tiny"),
+        *_image("fox-mar", "admin", "2026-03-10T10:00:00Z", "fox cub, watercolor", "dream"),
+    ])
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.click("nav a:has-text('Gallery')")
+    assert len(page.locator(".gallery figure").all()) == 3
+    page.fill("#gallery-search input[name=q]", "fox")
+    page.fill("#gallery-search input[name=since]", "2026-01-01")
+    page.fill("#gallery-search input[name=until]", "2026-02-28")
+    page.click("#gallery-search button")
+    page.wait_for_url("**/gallery?*")
+    shown = [f.get_attribute("data-image") for f in page.locator(".gallery figure").all()]
+    assert shown == ["fox-jan"]
+    assert page.input_value("#gallery-search input[name=q]") == "fox"  # the form keeps it
+    _shot(page, "12-gallery-search")
