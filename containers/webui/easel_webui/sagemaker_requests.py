@@ -16,7 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from easel_contracts import scaling as scaling_contract
-from easel_contracts.instances import REQUIRE_CUDA_ENV, InstanceFacts, family_of, inference_ami
+from easel_contracts.instances import (
+    REQUIRE_CUDA_ENV,
+    InstanceFacts,
+    family_of,
+    gpu_count,
+    inference_ami,
+)
 from easel_contracts.naming import (
     CREATOR_TAG,
     DEPLOYMENT_TAG,
@@ -129,6 +135,12 @@ class EndpointSpec(BaseModel):
         return deadline_seconds(self.mode, self.async_invocation_timeout_s)
 
     @property
+    def gpus(self) -> int:
+        """The instance type's GPUs (``easel_contracts.instances``; the allowlist entry's count
+        for a type the table lacks)."""
+        return gpu_count(self.instance_type) or self.instance.gpus
+
+    @property
     def response_limit(self) -> int:
         if self.max_response_bytes is not None:
             return self.max_response_bytes
@@ -192,7 +204,8 @@ def build_create_endpoint_config(spec: EndpointSpec) -> dict[str, Any]:
                 "S3OutputPath": f"{base}/out/{spec.endpoint_name}/",
                 "S3FailurePath": f"{base}/out/{spec.endpoint_name}/failures/",
             },
-            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
+            # the server runs one worker per GPU (EASEL_WORKERS): as many requests at once
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": spec.gpus},
         }
     return request
 
