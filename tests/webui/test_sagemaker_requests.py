@@ -203,3 +203,22 @@ def test_an_async_endpoint_on_a_one_gpu_type_takes_one_request_at_once():
     spec = _spec(mode="async", min_instances=0, instance_type="ml.g5.xlarge")
     config = req.build_create_endpoint_config(spec)
     assert config["AsyncInferenceConfig"]["ClientConfig"]["MaxConcurrentInvocationsPerInstance"] == 1
+
+
+def test_the_container_is_told_the_startup_health_check_budget():
+    """Its warm-up (every size the form offers) must end before SageMaker's health check does."""
+    from easel_contracts.readiness import STARTUP_BUDGET_ENV
+
+    spec = _spec()
+    environment = req.build_create_model(spec)["PrimaryContainer"]["Environment"]
+    variant = req.build_create_endpoint_config(spec)["ProductionVariants"][0]
+    assert int(environment[STARTUP_BUDGET_ENV]) == \
+        variant["ContainerStartupHealthCheckTimeoutInSeconds"]
+
+
+def test_the_container_is_told_where_the_compile_cache_lives():
+    from easel_contracts.compile_cache import COMPILE_CACHE_URI_ENV
+
+    spec = _spec(compile_cache_s3_uri="s3://bkt/compile-cache/")
+    environment = req.build_create_model(spec)["PrimaryContainer"]["Environment"]
+    assert environment[COMPILE_CACHE_URI_ENV] == "s3://bkt/compile-cache/"
