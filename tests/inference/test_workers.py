@@ -267,3 +267,81 @@ def test_workers_follow_the_hosts_visible_devices() -> None:
 
 def test_cpu_workers_are_not_pinned() -> None:
     assert worker_devices(2, {}, 0) == [None, None]
+
+
+# -- supervision, on a fake clock ------------------------------------------------------------
+
+class _Process:
+    def __init__(self, code=None) -> None:
+        self.pid = 42
+        self.returncode = code
+        self.killed = False
+
+    def poll(self):
+        return self.returncode
+
+    def kill(self) -> None:
+        self.killed = True
+        self.returncode = -9
+
+
+def _supervised(monkeypatch, now: list[float]) -> tuple[Pool, list[str]]:
+    spawned: list[str] = []
+
+    def spawn(command, env):
+        spawned.append(env["EASEL_WORKER_INDEX"])
+        return _Process()
+
+    pool = Pool(settings=Settings(), count=1, env={}, devices=[None], spawn=spawn,
+                clock=lambda: now[0])
+    pool.workers = [Worker(index=0, socket=Path("/nowhere/0.sock"), devices=None,
+                           process=_Process(), state="ready", started_at=0.0, answered_at=0.0)]
+
+    async def unreachable(*_args, **_kwargs):
+        raise WorkerGone("no answer", sent=False)
+
+    monkeypatch.setattr(workers_module, "exchange", unreachable)
+    return pool, spawned
+
+
+def test_a_worker_that_stops_answering_is_killed_then_restarted(monkeypatch) -> None:
+    now = [workers_module.HUNG_AFTER_S - 1]
+    pool, spawned = _supervised(monkeypatch, now)
+    worker = pool.workers[0]
+    process = worker.process
+    asyncio.run(pool._check(worker))
+    assert not process.killed  # not yet past the limit
+    now[0] = workers_module.HUNG_AFTER_S + 1
+    asyncio.run(pool._check(worker))
+    assert process.killed
+    now[0] += 100  # a long-lived worker ended: restarted at once
+    asyncio.run(pool._check(worker))
+    assert spawned == ["0"] and worker.restarts == 1 and worker.state == "loading"
+
+
+def test_a_worker_that_keeps_ending_at_start_is_restarted_with_a_back_off(monkeypatch) -> None:
+    now = [5.0]
+    pool, spawned = _supervised(monkeypatch, now)
+    worker = pool.workers[0]
+    worker.process = _Process(code=1)  # ended 5 s after its start
+    asyncio.run(pool._check(worker))
+    assert spawned == [] and worker.restart_at == 5.0 + 1.0
+    assert "exit code 1" in worker.detail
+    now[0] = 6.0
+    asyncio.run(pool._check(worker))
+    assert spawned == ["0"]
+
+
+def test_a_worker_on_a_gpu_is_started_with_only_that_gpu_visible() -> None:
+    seen: list[dict] = []
+
+    def spawn(command, env):
+        seen.append(env)
+        return _Process()
+
+    pool = Pool(settings=Settings(), count=2, env={"CUDA_VISIBLE_DEVICES": "0,1"},
+                devices=["0", "1"], spawn=spawn)
+    worker = Worker(index=1, socket=Path("/nowhere/1.sock"), devices="1")
+    pool._start(worker)
+    assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert seen[0]["EASEL_WORKERS"] == "1" and seen[0]["EASEL_WORKER_SOCKET"].endswith("1.sock")
