@@ -73,6 +73,7 @@ class Settings:
     fast_qkv: bool = True
     fast_channels_last: bool = True
     fast_graphs: bool = True
+    fast_vae: bool = True
     workers: int | None = None  # worker processes, one per GPU (None: the CUDA device count)
     warmup_sizes: str = "auto"  # every size the form offers: auto = when the fast path compiles
     startup_budget_seconds: int = DEFAULT_STARTUP_BUDGET_SECONDS  # SageMaker's health-check wait
@@ -129,6 +130,7 @@ class Settings:
             fast_qkv=_flag(env, "EASEL_FAST_QKV"),
             fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
             fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
+            fast_vae=_flag(env, "EASEL_FAST_VAE"),
             workers=_workers(env),
             warmup_sizes=_choice(env, "EASEL_WARMUP_SIZES", "auto", ("auto", "on", "off")),
             startup_budget_seconds=_int(env, STARTUP_BUDGET_ENV, DEFAULT_STARTUP_BUDGET_SECONDS,
