@@ -91,6 +91,25 @@ def test_concurrent_generations_run_on_different_workers(pool_client) -> None:
     assert {r.headers[WORKER_HEADER] for r in results} == {"0", "1"}
 
 
+def test_a_streamed_generation_passes_through_the_front(pool_client) -> None:
+    from easel_contracts.streaming import STREAM_PATH, parse_event
+
+    response = pool_client.post(STREAM_PATH, json={"task": "txt2img", "payload": small()})
+    assert response.status_code == 200, response.text
+    events = [parse_event(line) for line in response.content.splitlines() if line.strip()]
+    assert [e.event for e in events].count("step") >= 1
+    assert events[-1].event == "result" and len(events[-1].answer.images) == 1
+    pool: Pool = pool_client.app.state.pool
+    assert all(w.in_flight == 0 for w in pool.workers)
+
+
+def test_a_refused_stream_is_answered_as_the_worker_answers_it(pool_client) -> None:
+    from easel_contracts.streaming import STREAM_PATH
+
+    response = pool_client.post(STREAM_PATH, json={"task": "sd-models", "payload": {}})
+    assert response.status_code == 400 and response.json()["field"] == "task"
+
+
 def test_listings_pass_through_the_front(pool_client) -> None:
     response = invoke(pool_client, "sd-models")
     assert response.status_code == 200
@@ -345,3 +364,32 @@ def test_a_worker_on_a_gpu_is_started_with_only_that_gpu_visible() -> None:
     pool._start(worker)
     assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1"
     assert seen[0]["EASEL_WORKERS"] == "1" and seen[0]["EASEL_WORKER_SOCKET"].endswith("1.sock")
+
+
+def test_a_stream_cut_by_its_worker_ends_with_an_error_event() -> None:
+    from easel_contracts.streaming import parse_event
+    from easel_inference.workers import Stream
+
+    async def run() -> list[bytes]:
+        reader = asyncio.StreamReader()
+        # one chunk of a chunked body, then the connection ends
+        reader.feed_data(b"5\r\nhello\r\n")
+        reader.feed_eof()
+
+        class Writer:
+            def close(self) -> None:
+                pass
+
+        worker = Worker(index=1, socket=Path("/nowhere/1.sock"), devices=None, in_flight=1)
+        stream = Stream(worker=worker, reader=reader, writer=Writer(),
+                        headers={"transfer-encoding": "chunked"})
+        chunks = [chunk async for chunk in stream.chunks()]
+        stream.close()
+        assert worker.in_flight == 0
+        return chunks
+
+    chunks = asyncio.run(run())
+    assert chunks[0] == b"hello"
+    error = parse_event(chunks[1])
+    assert error.event == "error" and error.status == 503
+    assert "worker 1 stopped" in error.detail

@@ -44,6 +44,7 @@ from easel_contracts.readiness import (
     ping_status,
     pool_state,
 )
+from easel_contracts.streaming import STREAM_PATH, ErrorEvent, encode_event
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -114,63 +115,111 @@ class Answer:
     body: bytes
 
 
-async def exchange(socket: Path, method: str, path: str, body: bytes = b"",
-                   *, timeout: float) -> Answer:
-    """One HTTP/1.1 request to a worker over its Unix socket (``Connection: close``)."""
+async def _connect(socket: Path, method: str, path: str, body: bytes, *, timeout: float
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to a worker with the request sent (``Connection: close``)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket)),
                                                 timeout=min(timeout, 5.0))
     except (OSError, TimeoutError) as exc:
         raise WorkerGone(f"cannot connect ({type(exc).__name__})", sent=False) from exc
+    head = (f"{method} {path} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     try:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-        try:
-            writer.write(head.encode("ascii") + body)
-            await writer.drain()
-        except OSError as exc:
-            raise WorkerGone(f"connection lost while sending ({type(exc).__name__})",
-                             sent=False) from exc
-        try:
-            return await asyncio.wait_for(_read_answer(reader), timeout=timeout)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise WorkerGone(f"connection lost before the answer ({type(exc).__name__})",
-                             sent=True) from exc
+        writer.write(head.encode("ascii") + body)
+        await writer.drain()
+    except OSError as exc:
+        await _close(writer)
+        raise WorkerGone(f"connection lost while sending ({type(exc).__name__})",
+                         sent=False) from exc
+    return reader, writer
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, RuntimeError):
+        await writer.wait_closed()
+
+
+async def exchange(socket: Path, method: str, path: str, body: bytes = b"",
+                   *, timeout: float) -> Answer:
+    """One HTTP/1.1 request to a worker over its Unix socket, answered in full."""
+    reader, writer = await _connect(socket, method, path, body, timeout=timeout)
+    try:
+        return await asyncio.wait_for(_read_answer(reader), timeout=timeout)
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        raise WorkerGone(f"connection lost before the answer ({type(exc).__name__})",
+                         sent=True) from exc
     finally:
-        writer.close()
-        with contextlib.suppress(OSError, RuntimeError):
-            await writer.wait_closed()
+        await _close(writer)
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> Answer:
+@dataclass
+class Stream:
+    """A worker's streamed answer, open: its head read, its chunks still to come."""
+
+    worker: Worker
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    headers: dict[str, str]
+    closed: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as the worker sends it; a worker that ends mid-stream ends it with an
+        ``error`` event (``easel_contracts.streaming``)."""
+        try:
+            async for chunk in _body_chunks(self.reader, self.headers):
+                yield chunk
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.error("worker %d: stream cut (%s)", self.worker.index, type(exc).__name__)
+            yield encode_event(ErrorEvent(
+                status=503, error="WorkerStopped",
+                detail=(f"worker {self.worker.index} stopped while handling this request; it "
+                        "is being restarted: retry the request")))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.worker.in_flight -= 1
+            self.writer.close()  # the worker sees its client leave and stops the work
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     status_line = await reader.readline()
     if not status_line:
         raise asyncio.IncompleteReadError(b"", None)
-    parts = status_line.decode("latin-1").split(" ", 2)
-    status = int(parts[1])
+    status = int(status_line.decode("latin-1").split(" ", 2)[1])
     headers: dict[str, str] = {}
     while True:
         line = await reader.readline()
         if not line:
             raise asyncio.IncompleteReadError(b"", None)
         if line in (b"\r\n", b"\n"):
-            break
+            return status, headers
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
+
+
+async def _body_chunks(reader: asyncio.StreamReader,
+                       headers: dict[str, str]) -> AsyncIterator[bytes]:
     if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
+        yield await reader.readexactly(int(headers["content-length"]))
     elif headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks = []
         while True:
             size = int((await reader.readline()).split(b";")[0].strip(), 16)
             if size == 0:
                 await reader.readline()
-                break
-            chunks.append(await reader.readexactly(size))
+                return
+            yield await reader.readexactly(size)
             await reader.readexactly(2)
-        body = b"".join(chunks)
     else:
-        body = await reader.read()
+        while chunk := await reader.read(65536):
+            yield chunk
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> Answer:
+    status, headers = await _read_head(reader)
+    body = b"".join([chunk async for chunk in _body_chunks(reader, headers)])
     return Answer(status=status, headers=headers, body=body)
 
 
@@ -372,6 +421,15 @@ class Pool:
 
     async def forward(self, body: bytes) -> Answer:
         """``body`` answered by a worker; raises ``ApiError`` when none can take it."""
+        answer = await self._dispatch(body, path="/invocations", stream=False)
+        assert isinstance(answer, Answer)
+        return answer
+
+    async def open_stream(self, body: bytes) -> Answer | Stream:
+        """``body`` sent to a worker's streaming route: its open stream, or its refusal."""
+        return await self._dispatch(body, path=STREAM_PATH, stream=True)
+
+    async def _dispatch(self, body: bytes, *, path: str, stream: bool) -> Answer | Stream:
         tried: set[int] = set()
         retried = False
         busy: Answer | None = None
@@ -386,9 +444,28 @@ class Pool:
             tried.add(worker.index)
             worker.in_flight += 1
             worker.last_sent = self.clock()
+            opened: Stream | None = None
             try:
-                answer = await exchange(worker.socket, "POST", "/invocations", body,
-                                        timeout=timeout)
+                if stream:
+                    reader, writer = await _connect(worker.socket, "POST", path, body,
+                                                    timeout=timeout)
+                    try:
+                        status, headers = await asyncio.wait_for(_read_head(reader), timeout)
+                    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                        await _close(writer)
+                        raise WorkerGone(f"connection lost before the answer "
+                                         f"({type(exc).__name__})", sent=True) from exc
+                    if status == 200:
+                        opened = Stream(worker=worker, reader=reader, writer=writer,
+                                        headers=headers)
+                        return opened  # in flight until the stream closes
+                    try:
+                        answer = Answer(status=status, headers=headers, body=b"".join(
+                            [chunk async for chunk in _body_chunks(reader, headers)]))
+                    finally:
+                        await _close(writer)
+                else:
+                    answer = await exchange(worker.socket, "POST", path, body, timeout=timeout)
             except WorkerGone as exc:
                 if not exc.sent and not retried:
                     log.warning("worker %d did not take a request (%s); sending it to another",
@@ -399,12 +476,13 @@ class Pool:
                 raise PoolUnavailable(
                     f"worker {worker.index} stopped while handling this request ({exc}); it is "
                     "being restarted: retry the request") from exc
-            except TimeoutError as exc:
+            except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
                 raise PoolUnavailable(
                     f"worker {worker.index} gave no answer within {timeout:g} s; retry the "
                     "request") from exc
             finally:
-                worker.in_flight -= 1
+                if opened is None:
+                    worker.in_flight -= 1
             answer.headers[WORKER_HEADER.lower()] = str(worker.index)
             if answer.status == 503 and _is_busy(answer.body):
                 busy = answer  # its queue is full: another worker may take it
@@ -423,7 +501,7 @@ def create_pool_app(settings: Settings, pool: Pool) -> FastAPI:
     """The front: ``/ping``, ``/health`` and ``/invocations`` over the pool's workers."""
     from easel_contracts.bodylimit import BodyLimit
 
-    from .app import _too_large, request_body_limit
+    from .app import EventStream, _too_large, request_body_limit
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -465,14 +543,25 @@ def create_pool_app(settings: Settings, pool: Pool) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError, ApiError):
                     await work
                 return Response(status_code=499)
-        answer = work.result()
-        headers = {name: value for name, value in answer.headers.items()
-                   if name in PASSED_HEADERS or name == WORKER_HEADER.lower()}
-        return Response(answer.body, status_code=answer.status, headers=headers)
+        return _relayed(work.result())
+
+    @app.post(STREAM_PATH)
+    async def invocations_stream(request: Request) -> Response:
+        """The streaming route, relayed: the worker's step events as they come."""
+        opened = await pool.open_stream(await request.body())
+        if isinstance(opened, Answer):
+            return _relayed(opened)
+        return EventStream(opened.chunks(), on_close=opened.close)
 
     app.add_middleware(BodyLimit, limit_for=lambda _scope: request_body_limit(settings),
                        body=_too_large)
     return app
+
+
+def _relayed(answer: Answer) -> Response:
+    headers = {name: value for name, value in answer.headers.items()
+               if name in PASSED_HEADERS or name == WORKER_HEADER.lower()}
+    return Response(answer.body, status_code=answer.status, headers=headers)
 
 
 def build_pool(settings: Settings, count: int, *, env: Mapping[str, str] | None = None,
