@@ -6,6 +6,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from PIL import Image, ImageFilter
 
 from .controlnet import control_images, controlnet_pipeline
 from .errors import BadRequest, Unavailable
-from .images import decode_image, encode_png
+from .images import decode_image, encode_png_later
 from .lora import LoraLibrary, parse_lora_tags
 from .pipelines import LoadedModel, PipelineManager
 from .progress import StepReport
@@ -212,7 +213,7 @@ def _generate(
         steps = math.ceil(1 / max(strength, 0.01))
     runs = max(1, int(steps * strength)) if strength is not None else steps  # steps it runs
     seeds = _seeds(request)
-    images: list[str] = []
+    encoding: list[Future[str]] = []
     # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
     overlay = (extra["image"], extra["mask_image"]) if getattr(request, "mask", None) else None
     vae = manager.vae(request.override_settings.sd_vae, model)
@@ -249,9 +250,10 @@ def _generate(
                         report(step + 1, runs, batch, request.n_iter, latents))),
                 **extra,
             )
-            for image in result.images:
-                images.append(encode_png(_overlay(image, overlay),
-                                         parameters=infotexts[len(images)]))
+            for image in result.images:  # encoded while the next batch denoises
+                encoding.append(encode_png_later(_overlay(image, overlay),
+                                                 parameters=infotexts[len(encoding)]))
+        images = [pending.result() for pending in encoding]
     finally:
         pipe.vae = original_vae
     finished = time.perf_counter()

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from easel_contracts import scaling
 from easel_contracts import table as keys
+from easel_contracts.compile_cache import COMPILE_CACHE_PREFIX
 from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
@@ -91,6 +92,7 @@ class Endpoints:
                                     else settings.async_max_response_bytes),
                 async_s3_uri=f"{self.bucket.uri}/async",
                 lora_s3_uri=f"{self.bucket.uri}/loras/",
+                compile_cache_s3_uri=f"{self.bucket.uri}/{COMPILE_CACHE_PREFIX}",
                 log_retention_days=settings.log_retention_days,
                 created_at=now(),
             )
