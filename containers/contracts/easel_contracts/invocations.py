@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from .families import FAMILIES, ModelFamily
 from .workcap import MeasuredSpeed
 
 # --- bounds (one set, shared by the portal and the server)
@@ -243,6 +244,40 @@ class Img2ImgRequest(GenerationRequest):
         return _image_text(value, what="mask")
 
 
+def family_request(request: GenerationRequest, family: ModelFamily | str, *,
+                   side: int | None = None) -> tuple[GenerationRequest, list[str]]:
+    """The request as a model of ``family`` runs it, and notes on what it changed or ignored.
+
+    SD3.5 and FLUX.1 (the flow-matching families): fields the client left unset take the
+    family's defaults (``side``, the model's native side, else the family's resolution; steps;
+    guidance); FLUX.1 has no negative prompt (its guidance is distilled into the model) and
+    schnell takes no guidance at all, so those are ignored with a note. SD1.x, SD2.x and SDXL
+    keep A1111's request defaults, as A1111 does.
+    """
+    facts = FAMILIES[ModelFamily(family)]
+    if facts.prediction != "flow":
+        return request, []
+    unset = set(type(request).model_fields) - request.model_fields_set
+    update: dict[str, Any] = {}
+    notes: list[str] = []
+    if {"width", "height"} <= unset:
+        update["width"] = update["height"] = side or facts.resolution
+    if "steps" in unset:
+        update["steps"] = facts.steps
+    if facts.guidance_kind == "none":
+        if "cfg_scale" not in unset and request.cfg_scale not in (0.0, 1.0):
+            notes.append(f"{facts.label} takes no guidance; cfg_scale {request.cfg_scale:g} "
+                         "was ignored")
+        update["cfg_scale"] = 0.0
+    elif "cfg_scale" in unset:
+        update["cfg_scale"] = facts.guidance
+    if facts.guidance_kind != "cfg" and request.negative_prompt.strip():
+        notes.append(f"{facts.label} has no negative prompt (its guidance is distilled into "
+                     "the model); negative_prompt was ignored")
+        update["negative_prompt"] = ""
+    return (request.model_copy(update=update) if update else request), notes
+
+
 class ListingRequest(BaseModel):
     """A listing task takes an empty payload."""
 
@@ -313,6 +348,8 @@ class GenerationInfo(BaseModel):
     job_timestamp: str
     is_using_inpainting_conditioning: bool
     timings: GenerationTimings
+    # what the server changed or ignored for the model's family (e.g. FLUX.1's negative prompt)
+    notes: list[str] = Field(default_factory=list)
 
 
 class GenerationResponse(BaseModel):

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
+from easel_contracts.families import FAMILIES, ModelFamily
 from easel_contracts.infotext import format_infotext
 from easel_contracts.invocations import (
     MAX_SEED,
@@ -20,6 +21,7 @@ from easel_contracts.invocations import (
     GenerationTimings,
     Img2ImgRequest,
     LoraUse,
+    family_request,
 )
 from PIL import Image, ImageFilter
 
@@ -27,9 +29,14 @@ from .controlnet import control_images, controlnet_pipeline
 from .errors import BadRequest, Unavailable
 from .images import decode_image, encode_png
 from .lora import LoraLibrary, parse_lora_tags
-from .pipelines import LoadedModel, PipelineManager
+from .pipelines import LoadedModel, PipelineManager, native_side
 from .prompts import encode_prompt_pair
-from .samplers import make_scheduler, resolve_sampler, seed_scheduler_noise
+from .samplers import (
+    make_scheduler,
+    resolve_flow_sampler,
+    resolve_sampler,
+    seed_scheduler_noise,
+)
 from .settings import Settings
 
 StepHook = Callable[[int], None]
@@ -118,6 +125,37 @@ def _inpainting_model_inputs(request: GenerationRequest, extra: dict[str, Any]) 
     return inputs
 
 
+def model_request(request: GenerationRequest,
+                  model: LoadedModel) -> tuple[GenerationRequest, list[str]]:
+    """The request as ``model``'s family runs it (``family_request``) at the model's own
+    native side."""
+    return family_request(request, model.family, side=native_side(model.pipe))
+
+
+def _check_flow_size(request: GenerationRequest, model: LoadedModel) -> None:
+    """SD3.5 and FLUX.1 cut the latents into 2x2 patches: sides must be multiples of twice the
+    VAE's factor (16 for the released models)."""
+    multiple = 2 * int(getattr(model.pipe, "vae_scale_factor", 8))
+    for field in ("width", "height"):
+        if getattr(request, field) % multiple:
+            raise BadRequest(f"{field} must be a multiple of {multiple} for "
+                             f"{FAMILIES[model.family].label} models", field=field)
+
+
+def _flow_prompt_inputs(model: LoadedModel, prompt: str, negative: str,
+                        clip_skip: int | None) -> dict[str, Any]:
+    """SD3.5 / FLUX.1 prompts go to the pipeline as text: its own encoders (CLIP and T5) read
+    them; A1111's attention syntax is not applied to them."""
+    if model.family in (ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE):
+        inputs: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+        if clip_skip and clip_skip > 1:  # diffusers counts the layers skipped after the last
+            inputs["clip_skip"] = clip_skip - 1
+        return inputs
+    # schnell was distilled with 256 T5 tokens, dev with 512 (the releases' pipelines)
+    return {"prompt": prompt,
+            "max_sequence_length": 256 if model.family is ModelFamily.FLUX_SCHNELL else 512}
+
+
 def _task_pipeline(model: LoadedModel, kind: str) -> Any:
     from diffusers import (
         AutoPipelineForImage2Image,
@@ -169,9 +207,17 @@ def _generate(
     started = time.perf_counter()
     if stop is not None:
         stop("before it started (it waited in the queue)")
+    model = manager.get(request.override_settings.sd_model_checkpoint)
+    load_done = time.perf_counter()
+    request, notes = model_request(request, model)
     _check_budget(request, settings)
-    sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
-                                      request.scheduler)
+    if model.is_flow:
+        sampler, karras = resolve_flow_sampler(request.sampler_name or request.sampler_index,
+                                               request.scheduler, model.family), False
+        _check_flow_size(request, model)
+    else:
+        sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
+                                          request.scheduler)
     prompt, loras = parse_lora_tags(request.prompt)
     units = request.controlnet_units()
     extra: dict[str, Any] = {}
@@ -179,11 +225,13 @@ def _generate(
     if isinstance(request, Img2ImgRequest):
         extra = _img2img_inputs(request, settings)
         kind = "inpaint" if "mask_image" in extra else "img2img"
-    model = manager.get(request.override_settings.sd_model_checkpoint)
-    load_done = time.perf_counter()
     if model.is_inpainting and kind != "inpaint":
         extra, kind = _inpainting_model_inputs(request, extra), "inpaint"
     if units:
+        if model.is_flow:
+            raise BadRequest(f"{model.name} is a {FAMILIES[model.family].label} model; "
+                             "ControlNet is served for SD1.x, SD2.x and SDXL models only",
+                             field="alwayson_scripts")
         if kind == "inpaint":  # no ControlNet variant of the inpainting pipelines here
             if model.is_inpainting:
                 raise BadRequest(f"{model.name} is an inpainting checkpoint; ControlNet needs "
@@ -213,8 +261,11 @@ def _generate(
     original_vae = pipe.vae
     model.fuser.apply(loras, library)
     clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
-    embeds = encode_prompt_pair(pipe, prompt, request.negative_prompt,
-                                clip_skip=clip_skip, device=manager.device)
+    if model.is_flow:
+        embeds = _flow_prompt_inputs(model, prompt, request.negative_prompt, clip_skip)
+    else:
+        embeds = encode_prompt_pair(pipe, prompt, request.negative_prompt,
+                                    clip_skip=clip_skip, device=manager.device)
     try:
         if vae is not None:
             pipe.vae = vae
@@ -272,6 +323,7 @@ def _generate(
         infotexts=infotexts,
         job_timestamp=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
         is_using_inpainting_conditioning=kind == "inpaint",
+        notes=notes,
         timings=GenerationTimings(
             queue_seconds=round(started - queued_at, 4) if queued_at else 0.0,
             model_seconds=round(load_done - started, 4),

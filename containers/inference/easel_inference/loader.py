@@ -30,6 +30,7 @@ from safetensors import safe_open
 from . import checkpoint_keys
 from .archconfigs import full_components, text_encoder_names, tokenizer_pad_tokens
 from .builder import ARCH_METADATA_KEY, COMPONENTS_METADATA_KEY
+from .flow_loader import FLOW_FAMILIES, FlowLoadError, load_flow_folder, load_flow_single_file
 from .original_config import OriginalConfigError, arch_of_original, components_from_original
 from .tokenizer import build_clip_tokenizer
 
@@ -111,10 +112,19 @@ SERVED_ARCHES = {ModelFamily.SD1: "sd15", ModelFamily.SD2: "sd2", ModelFamily.SD
 def _served_arch(family: ModelFamily, name: str) -> str:
     arch = SERVED_ARCHES.get(family)
     if arch is None:
-        served = ", ".join(facts_for(f).label for f in SERVED_ARCHES)
+        served = ", ".join(facts_for(f).label for f in (*SERVED_ARCHES, *FLOW_FAMILIES))
         raise ModelLoadError(f"{name} is a {facts_for(family).label} model; this server loads "
                              f"{served} models only")
     return arch
+
+
+def _flow_family(view: _CheckpointView) -> ModelFamily | None:
+    """The flow-matching family (SD3.5, FLUX.1) of a checkpoint, or None for any other."""
+    try:
+        family = detect_checkpoint(view.shapes(), name=view.path.name).family
+    except FamilyError:
+        return None  # detect_arch says what is wrong
+    return family if family in FLOW_FAMILIES else None
 
 
 def detect_arch(view: _CheckpointView) -> str:
@@ -232,6 +242,12 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ModelLoadError(f"{path.name}: checkpoints must be .safetensors or .ckpt")
     view = _CheckpointView(path)
+    if view.path.suffix == ".safetensors" and _flow_family(view) is not None:
+        try:
+            return load_flow_single_file(path, model_dir=path.parent.parent, device=device,
+                                         dtype=dtype)
+        except FlowLoadError as exc:
+            raise ModelLoadError(str(exc)) from None
     arch, configs = resolve_components(path, view)
     pipeline_class = PIPELINE_CLASSES.get(arch, StableDiffusionPipeline)
     tokenizers = {
@@ -266,6 +282,11 @@ def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
         family = detect_diffusers_folder(path).family
     except FamilyError as exc:
         raise ModelLoadError(str(exc)) from None
+    if family in FLOW_FAMILIES:
+        try:
+            return load_flow_folder(path, family, device=device, dtype=dtype)
+        except FlowLoadError as exc:
+            raise ModelLoadError(str(exc)) from None
     arch = _served_arch(family, path.name)
     pipeline_class = PIPELINE_CLASSES.get(arch, StableDiffusionPipeline)
     extra: dict[str, Any] = {}
