@@ -51,3 +51,23 @@ def test_applying_twice_changes_nothing_more():
 def test_unet_families_keep_a1111_defaults():
     sent = Txt2ImgRequest(prompt="p", negative_prompt="blur")
     assert family_request(sent, ModelFamily.SDXL) == (sent, [])
+
+
+def test_refiner_switch_must_leave_steps_to_both_passes():
+    import pytest
+    from pydantic import ValidationError
+
+    for switch in (0.0, 1.0):
+        with pytest.raises(ValidationError, match="refiner_switch_at must be between 0 and 1"):
+            Txt2ImgRequest(refiner_checkpoint="r", refiner_switch_at=switch)
+    assert Txt2ImgRequest(refiner_checkpoint="r [0ab1]", refiner_switch_at=0.8) \
+        .refiner_checkpoint == "r"
+    assert Txt2ImgRequest(refiner_checkpoint="", refiner_switch_at=1.0).refiner_checkpoint is None
+
+
+def test_refiner_name_may_not_be_a_path():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="plain name"):
+        Txt2ImgRequest(refiner_checkpoint="../x")

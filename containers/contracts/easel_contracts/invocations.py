@@ -22,6 +22,7 @@ from pydantic import (
     RootModel,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .families import FAMILIES, ModelFamily
@@ -159,6 +160,9 @@ class GenerationRequest(BaseModel):
     eta: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     clip_skip: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP)
     enable_hr: bool = False
+    # A1111's SDXL refiner: a second model takes over for the last steps, from this fraction
+    refiner_checkpoint: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    refiner_switch_at: float = Field(default=0.8, ge=0.0, le=1.0, allow_inf_nan=False)
     override_settings: OverrideSettings = Field(default_factory=OverrideSettings)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
 
@@ -175,6 +179,21 @@ class GenerationRequest(BaseModel):
         if value:
             raise ValueError("enable_hr (hires fix) is not supported by this server")
         return value
+
+    @field_validator("refiner_checkpoint")
+    @classmethod
+    def _plain_refiner(cls, value: str | None) -> str | None:
+        if value is None or value.strip() in ("", "None"):
+            return None
+        return check_name(_A1111_HASH.sub("", value.strip()), what="refiner_checkpoint")
+
+    @model_validator(mode="after")
+    def _refiner_switch(self) -> GenerationRequest:
+        if self.refiner_checkpoint and not 0.0 < self.refiner_switch_at < 1.0:
+            raise ValueError("refiner_switch_at must be between 0 and 1 (exclusive) when "
+                             "refiner_checkpoint is set: the fraction of the steps after which "
+                             "the refiner takes over")
+        return self
 
     @field_validator("alwayson_scripts")
     @classmethod

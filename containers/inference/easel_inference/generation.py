@@ -74,6 +74,8 @@ def _infotext(request: GenerationRequest, seed: int, sampler: str, karras: bool,
         "Denoising strength": (float(request.denoising_strength)
                                if isinstance(request, Img2ImgRequest) else None),
         "Clip skip": clip_skip if clip_skip and clip_skip > 1 else None,
+        "Refiner": request.refiner_checkpoint,
+        "Refiner switch at": request.refiner_switch_at if request.refiner_checkpoint else None,
     })
 
 
@@ -130,6 +132,30 @@ def model_request(request: GenerationRequest,
     """The request as ``model``'s family runs it (``family_request``) at the model's own
     native side."""
     return family_request(request, model.family, side=native_side(model.pipe))
+
+
+def _refiner(request: GenerationRequest, model: LoadedModel, manager: PipelineManager, *,
+             kind: str, controlnet: bool) -> LoadedModel | None:
+    """The SDXL refiner a request names (A1111's ``refiner_checkpoint``), loaded beside the
+    base model, or None; refused where it cannot take over the base's latents."""
+    if not request.refiner_checkpoint:
+        return None
+    field = "refiner_checkpoint"
+    if model.family is not ModelFamily.SDXL:
+        raise BadRequest(f"refiner_checkpoint needs an SDXL base model; {model.name} is "
+                         f"{FAMILIES[model.family].label}", field=field)
+    if kind == "inpaint" or controlnet:
+        raise BadRequest("refiner_checkpoint works with txt2img and img2img without a mask or "
+                         "ControlNet", field=field)
+    if manager.settings.pipeline_budget < 2:
+        raise BadRequest("a refiner is loaded beside the base model: set "
+                         "EASEL_PIPELINE_BUDGET to 2 or more", field=field)
+    refiner = manager.get(request.refiner_checkpoint)
+    manager.current = model.name  # the base stays the server's current model
+    if refiner.family is not ModelFamily.SDXL_REFINER:
+        raise BadRequest(f"refiner_checkpoint {refiner.name!r} is "
+                         f"{FAMILIES[refiner.family].label}, not an SDXL refiner", field=field)
+    return refiner
 
 
 def _check_flow_size(request: GenerationRequest, model: LoadedModel) -> None:
@@ -209,6 +235,10 @@ def _generate(
         stop("before it started (it waited in the queue)")
     model = manager.get(request.override_settings.sd_model_checkpoint)
     load_done = time.perf_counter()
+    if model.family is ModelFamily.SDXL_REFINER:
+        raise BadRequest(f"{model.name} is an SDXL refiner, a second pass: name it in "
+                         "refiner_checkpoint with an SDXL base model",
+                         field="override_settings.sd_model_checkpoint")
     request, notes = model_request(request, model)
     _check_budget(request, settings)
     if model.is_flow:
@@ -241,8 +271,12 @@ def _generate(
         extra.update(control_images(units, request, settings, img2img=kind == "img2img"))
     else:
         pipe = _task_pipeline(model, kind)
+    refiner = _refiner(request, model, manager, kind=kind, controlnet=bool(units))
     sampler_label = sampler.name + (" Karras" if karras else "")
     pipe.scheduler = make_scheduler(model.base_scheduler_config, sampler, karras=karras)
+    if refiner is not None:
+        refiner.pipe.scheduler = make_scheduler(refiner.base_scheduler_config, sampler,
+                                                karras=karras)
     if request.eta is not None and "eta" in pipe.scheduler.step.__code__.co_varnames:
         extra["eta"] = request.eta
     steps = request.steps
@@ -275,6 +309,12 @@ def _generate(
             batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds]
             seed_scheduler_noise(pipe.scheduler, batch_seeds)
+            callback = _step_callback(
+                step_hook, stop,
+                lambda step, batch=iteration + 1: (
+                    f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})"))
+            second_pass = {} if refiner is None else {
+                "denoising_end": request.refiner_switch_at, "output_type": "latent"}
             result = pipe(
                 **embeds,
                 num_images_per_prompt=request.batch_size,
@@ -283,12 +323,18 @@ def _generate(
                 width=request.width,
                 height=request.height,
                 generator=generators,
-                callback_on_step_end=_step_callback(
-                    step_hook, stop,
-                    lambda step, batch=iteration + 1: (
-                        f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})")),
+                callback_on_step_end=callback,
                 **extra,
+                **second_pass,
             )
+            if refiner is not None:  # A1111's refiner: the last steps, from the base's latents
+                result = refiner.pipe(
+                    prompt=[prompt] * request.batch_size,
+                    negative_prompt=[request.negative_prompt] * request.batch_size,
+                    image=result.images, num_inference_steps=steps,
+                    denoising_start=request.refiner_switch_at,
+                    guidance_scale=request.cfg_scale, generator=generators,
+                    callback_on_step_end=callback)
             for image in result.images:
                 images.append(encode_png(_overlay(image, overlay),
                                          parameters=infotexts[len(images)]))

@@ -111,6 +111,10 @@ SERVED_ARCHES = {ModelFamily.SD1: "sd15", ModelFamily.SD2: "sd2", ModelFamily.SD
 
 def _served_arch(family: ModelFamily, name: str) -> str:
     arch = SERVED_ARCHES.get(family)
+    if family is ModelFamily.SDXL_REFINER:
+        raise ModelLoadError(f"{name} is an SDXL refiner single file; this server loads the "
+                             "refiner as a diffusers folder (Stable-diffusion/<name>/"
+                             "model_index.json)")
     if arch is None:
         served = ", ".join(facts_for(f).label for f in (*SERVED_ARCHES, *FLOW_FAMILIES))
         raise ModelLoadError(f"{name} is a {facts_for(family).label} model; this server loads "
@@ -287,6 +291,16 @@ def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
             return load_flow_folder(path, family, device=device, dtype=dtype)
         except FlowLoadError as exc:
             raise ModelLoadError(str(exc)) from None
+    if family is ModelFamily.SDXL_REFINER:
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        try:
+            pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                str(path), dtype=dtype, local_files_only=True, use_safetensors=None)
+        except Exception as exc:
+            raise ModelLoadError(f"{path.name} could not be loaded as an SDXL refiner: "
+                                 f"{exc}") from exc
+        return pipe.to(device)
     arch = _served_arch(family, path.name)
     pipeline_class = PIPELINE_CLASSES.get(arch, StableDiffusionPipeline)
     extra: dict[str, Any] = {}
