@@ -176,3 +176,27 @@ def test_real_size_t5_without_its_own_tokenizer_is_refused(flow_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="real-size \\(32128 tokens\\).*ship T5's own "
                                              "spiece.model"):
         load_pipeline(root / "Stable-diffusion" / "flux.safetensors")
+
+
+def test_server_warms_up_a_flux_default_model_and_serves_it_through_the_registry(
+        flow_dir, tmp_path):
+    """Readiness (loading -> warming -> ready), the measured speed of the work cap, and a
+    txt2img invocation on FLUX.1 schnell whose unset steps are the family's 4."""
+    from fastapi.testclient import TestClient
+    from inference_support import invoke, wait_ready
+
+    from easel_inference.app import create_app
+
+    settings = Settings(model_dir=flow_dir, default_model="flux", pipeline_budget=2,
+                        max_pixels=128 * 128, deadline_seconds=3600,
+                        lora_cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        options = invoke(client, "options").json()
+        assert options["warmed_up"]["model"] == "flux" and options["warmed_up"]["width"] == 128
+        assert options["speed"]["model"] == "flux"
+        answer = invoke(client, "txt2img", {"prompt": "a fox", "width": 64, "height": 64,
+                                            "seed": 1})
+        assert answer.status_code == 200, answer.text
+        info = json.loads(answer.json()["info"])
+        assert info["steps"] == 4 and info["sd_model_name"] == "flux"
