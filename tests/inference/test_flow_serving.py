@@ -200,3 +200,26 @@ def test_server_warms_up_a_flux_default_model_and_serves_it_through_the_registry
         assert answer.status_code == 200, answer.text
         info = json.loads(answer.json()["info"])
         assert info["steps"] == 4 and info["sd_model_name"] == "flux"
+
+
+def test_text_encoder_offload_moves_each_encoder_in_for_its_pass_and_out_after(flow_dir):
+    """EASEL_TEXT_ENCODER_OFFLOAD (the memory plan's choice): encoders live in host memory and
+    each goes to the device for its own forward pass only."""
+    pipe = load_pipeline(flow_dir / "Stable-diffusion" / "flux.safetensors", offload=True)
+    moves: list[str] = []
+    encoder = pipe.text_encoder_2
+    original = encoder.to
+
+    def recording(*args, **kwargs):
+        moves.append(str(args[0] if args else kwargs.get("device")))
+        return original(*args, **kwargs)
+
+    encoder.to = recording
+    pipe("a fox", num_inference_steps=1, height=SIDE, width=SIDE, max_sequence_length=32)
+    assert moves == ["cpu", "cpu"]  # to the device (the CPU here) before, back to host after
+    assert next(encoder.parameters()).device.type == "cpu"
+
+
+def test_offload_is_read_from_the_environment():
+    assert Settings.from_env({"EASEL_TEXT_ENCODER_OFFLOAD": "1"}).text_encoder_offload
+    assert not Settings.from_env({}).text_encoder_offload

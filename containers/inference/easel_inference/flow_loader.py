@@ -83,8 +83,33 @@ def check_t5(encoder: Any, tokenizer: Any, *, where: str) -> None:
         raise FlowLoadError(f"{where}: {problem}")
 
 
+def offload_text_encoders(pipe: Any, device: str) -> Any:
+    """Keep the text encoders in host memory and put each on ``device`` only for its forward
+    pass (the memory plan's text-encoder offload); the denoiser and VAE stay on ``device``."""
+    def move_in(module: torch.nn.Module, _args: Any) -> None:
+        module.to(device)
+
+    def move_out(module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        module.to("cpu")
+
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        encoder = getattr(pipe, name, None)
+        if encoder is None:
+            continue
+        encoder.to("cpu")
+        encoder.register_forward_pre_hook(move_in)  # hooks that return None change nothing
+        encoder.register_forward_hook(move_out)
+    pipe.transformer.to(device)
+    pipe.vae.to(device)
+    return pipe
+
+
+def _place(pipe: Any, device: str, offload: bool) -> Any:
+    return offload_text_encoders(pipe, device) if offload else pipe.to(device)
+
+
 def load_flow_folder(path: Path, family: ModelFamily, *, device: str,
-                     dtype: torch.dtype) -> Any:
+                     dtype: torch.dtype, offload: bool = False) -> Any:
     try:
         pipe = pipeline_class(family).from_pretrained(str(path), dtype=dtype,
                                                       local_files_only=True)
@@ -93,7 +118,7 @@ def load_flow_folder(path: Path, family: ModelFamily, *, device: str,
                             f"{exc}") from exc
     slot = encoder_slots(family)["t5xxl"]
     check_t5(getattr(pipe, slot), getattr(pipe, _tokenizer_slot(slot)), where=path.name)
-    return pipe.to(device)
+    return _place(pipe, device, offload)
 
 
 class _File:
@@ -109,8 +134,8 @@ class _File:
         except Exception as exc:
             raise FlowLoadError(f"{path.name} is not a readable safetensors file: {exc}") from exc
 
-    def tensors(self, keep: Any) -> dict[str, torch.Tensor]:
-        with safe_open(str(self.path), framework="pt", device=self.device) as handle:
+    def tensors(self, keep: Any, device: str | None = None) -> dict[str, torch.Tensor]:
+        with safe_open(str(self.path), framework="pt", device=device or self.device) as handle:
             return {key: handle.get_tensor(key) for key in self.shapes if keep(key)}
 
     def config(self, component: str) -> dict[str, Any] | None:
@@ -172,7 +197,7 @@ def _text_model(kind: str, slot: str, family: ModelFamily, config: dict[str, Any
 
 
 def load_flow_single_file(path: Path, *, model_dir: Path, device: str,
-                          dtype: torch.dtype) -> Any:
+                          dtype: torch.dtype, offload: bool = False) -> Any:
     """A pipeline from ``Stable-diffusion/<name>.safetensors`` and the parts beside it."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -228,14 +253,15 @@ def load_flow_single_file(path: Path, *, model_dir: Path, device: str,
     parts["vae"] = _diffusers_model(AutoencoderKL, vae_config, vae_state, what=f"{where} VAE",
                                     dtype=dtype)
 
+    encoder_device = "cpu" if offload else device
     for encoder, slot in encoder_slots(family).items():
         if encoder in detection.components:
             prefix = _IN_FILE[encoder]
-            enc_state = {key.removeprefix(prefix): value
-                         for key, value in main.tensors(lambda k, p=prefix: k.startswith(p)).items()}
+            enc_state = {key.removeprefix(prefix): value for key, value in main.tensors(
+                lambda k, p=prefix: k.startswith(p), encoder_device).items()}
             enc_config, where = main.config(slot) or shipped[slot], path.name
         else:
-            part = _File(model_dir / SEPARATE_PARTS[encoder], device)
+            part = _File(model_dir / SEPARATE_PARTS[encoder], encoder_device)
             enc_state = part.tensors(lambda _k: True)
             enc_config, where = part.config("own") or shipped[slot], SEPARATE_PARTS[encoder]
         parts[slot] = _text_model(encoder, slot, family, enc_config, enc_state,
@@ -256,4 +282,4 @@ def load_flow_single_file(path: Path, *, model_dir: Path, device: str,
     scheduler_config = main.config("scheduler") or shipped["scheduler"]
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_config(
         {k: v for k, v in scheduler_config.items() if not k.startswith("_")})
-    return pipeline_class(family)(**parts).to(device)
+    return _place(pipeline_class(family)(**parts), device, offload)

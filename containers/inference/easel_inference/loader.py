@@ -241,7 +241,7 @@ def _scheduler_from(configs: dict[str, dict[str, Any]]) -> Any:
 
 
 def load_single_file(path: str | Path, *, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> Any:
+                     dtype: torch.dtype = torch.float32, offload: bool = False) -> Any:
     path = Path(path)
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ModelLoadError(f"{path.name}: checkpoints must be .safetensors or .ckpt")
@@ -249,7 +249,7 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
     if view.path.suffix == ".safetensors" and _flow_family(view) is not None:
         try:
             return load_flow_single_file(path, model_dir=path.parent.parent, device=device,
-                                         dtype=dtype)
+                                         dtype=dtype, offload=offload)
         except FlowLoadError as exc:
             raise ModelLoadError(str(exc)) from None
     arch, configs = resolve_components(path, view)
@@ -280,7 +280,7 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
 
 
 def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
-                          dtype: torch.dtype = torch.float32) -> Any:
+                          dtype: torch.dtype = torch.float32, offload: bool = False) -> Any:
     path = Path(path)
     try:
         family = detect_diffusers_folder(path).family
@@ -288,7 +288,7 @@ def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
         raise ModelLoadError(str(exc)) from None
     if family in FLOW_FAMILIES:
         try:
-            return load_flow_folder(path, family, device=device, dtype=dtype)
+            return load_flow_folder(path, family, device=device, dtype=dtype, offload=offload)
         except FlowLoadError as exc:
             raise ModelLoadError(str(exc)) from None
     if family is ModelFamily.SDXL_REFINER:
@@ -378,11 +378,28 @@ def load_controlnet(path: str | Path, *, unet_config: dict[str, Any], device: st
     return model.to(device).eval()
 
 
-def load_pipeline(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
-    """A diffusers pipeline from a single-file checkpoint or a diffusers folder, offline."""
+def load_pipeline(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  offload: bool = False) -> Any:
+    """A diffusers pipeline from a single-file checkpoint or a diffusers folder, offline;
+    ``offload`` keeps SD3.5 / FLUX.1 text encoders in host memory (``offload_text_encoders``)."""
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_folder(path, device=device, dtype=dtype)
+        return load_diffusers_folder(path, device=device, dtype=dtype, offload=offload)
     if not path.is_file():
         raise ModelLoadError(f"{path.name} does not exist")
-    return load_single_file(path, device=device, dtype=dtype)
+    return load_single_file(path, device=device, dtype=dtype, offload=offload)
+
+
+def flow_family_of(path: str | Path) -> ModelFamily | None:
+    """SD3.5 / FLUX.1 family of a checkpoint file or folder (read from its header or
+    ``model_index.json``, nothing loaded), or None for any other or an unreadable one."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            family = detect_diffusers_folder(path).family
+        else:
+            family = _flow_family(_CheckpointView(path)) if path.suffix == ".safetensors" \
+                else None
+    except (FamilyError, ModelLoadError):
+        return None
+    return family if family in FLOW_FAMILIES else None

@@ -17,7 +17,13 @@ from easel_contracts.families import FAMILIES, ModelFamily
 
 from .errors import NotFound
 from .fastpath import FastPathOptions, FastPathReport, apply_fast_path
-from .loader import find_checkpoints, load_controlnet, load_pipeline, load_vae
+from .loader import (
+    find_checkpoints,
+    flow_family_of,
+    load_controlnet,
+    load_pipeline,
+    load_vae,
+)
 from .lora import LoraFuser
 from .settings import Settings
 
@@ -193,7 +199,14 @@ class PipelineManager:
             import time
 
             started = time.perf_counter()
-            pipe = self._loader(found[resolved], device=self.device, dtype=self.dtype)
+            flow = flow_family_of(found[resolved]) is not None
+            extra: dict[str, Any] = {}
+            dtype = self.dtype
+            if flow and self.settings.dtype == "auto" and self.device == "cuda":
+                dtype = torch.bfloat16  # SD3.5 and FLUX.1 overflow float16
+            if flow and self.settings.text_encoder_offload and self.device == "cuda":
+                extra["offload"] = True
+            pipe = self._loader(found[resolved], device=self.device, dtype=dtype, **extra)
             pipe.set_progress_bar_config(disable=True)
             fast_path = apply_fast_path(pipe, self.fast_options)
             loaded = LoadedModel(
@@ -279,7 +292,7 @@ class PipelineManager:
         if cache_key not in model.variants:
             model.variants[cache_key] = load_vae(
                 found[key], base_config=dict(model.pipe.vae.config), device=self.device,
-                dtype=self.dtype,
+                dtype=model.pipe.vae.dtype,  # bf16 for SD3.5 / FLUX.1 on a GPU
             )
         return model.variants[cache_key]
 

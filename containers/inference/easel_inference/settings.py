@@ -9,6 +9,7 @@ from pathlib import Path
 
 from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required
 from easel_contracts.invocations import MAX_IMAGE_BYTES
+from easel_contracts.memory_plan import OFFLOAD_ENV
 from easel_contracts.s3uri import S3Uri
 from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S, DEADLINE_ENV, deadline_seconds
 
@@ -68,6 +69,9 @@ class Settings:
     fast_qkv: bool = True
     fast_channels_last: bool = True
     fast_graphs: bool = True
+    # SD3.5 / FLUX.1 text encoders in host memory, on the GPU only while they encode a prompt
+    # (the portal's memory plan sets it where the model fits only that way)
+    text_encoder_offload: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,4 +117,5 @@ class Settings:
             fast_qkv=_flag(env, "EASEL_FAST_QKV"),
             fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
             fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
+            text_encoder_offload=_flag(env, OFFLOAD_ENV, "0"),
         )
