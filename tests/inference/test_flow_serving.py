@@ -223,3 +223,8 @@ def test_text_encoder_offload_moves_each_encoder_in_for_its_pass_and_out_after(f
 def test_offload_is_read_from_the_environment():
     assert Settings.from_env({"EASEL_TEXT_ENCODER_OFFLOAD": "1"}).text_encoder_offload
     assert not Settings.from_env({}).text_encoder_offload
+
+
+def test_the_unet_fast_path_leaves_a_flow_model_eager(flow_dir):
+    manager = PipelineManager(Settings(model_dir=flow_dir, fast_path="on"))
+    assert manager.get("sd35").fast_path.applied == []

@@ -208,7 +208,9 @@ class PipelineManager:
                 extra["offload"] = True
             pipe = self._loader(found[resolved], device=self.device, dtype=dtype, **extra)
             pipe.set_progress_bar_config(disable=True)
-            fast_path = apply_fast_path(pipe, self.fast_options)
+            # the fast path rewrites a UNet; SD3.5 / FLUX.1 transformers run eager
+            fast_path = (apply_fast_path(pipe, self.fast_options)
+                         if getattr(pipe, "unet", None) is not None else FastPathReport())
             loaded = LoadedModel(
                 name=resolved,
                 path=found[resolved],
