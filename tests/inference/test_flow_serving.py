@@ -228,3 +228,13 @@ def test_offload_is_read_from_the_environment():
 def test_the_unet_fast_path_leaves_a_flow_model_eager(flow_dir):
     manager = PipelineManager(Settings(model_dir=flow_dir, fast_path="on"))
     assert manager.get("sd35").fast_path.applied == []
+
+
+def test_a_file_without_easel_configs_is_read_with_the_released_models_configs(tmp_path):
+    """No Easel metadata: the shipped (full-size) configs apply, so a toy-size file is refused
+    saying what does not fit instead of loading something else."""
+    pipe = build_flow_pipeline(ModelFamily.FLUX_SCHNELL, seed=2)
+    path = save_flow_single_file(pipe, tmp_path, "m", embed_configs=False)
+    with pytest.raises(ModelLoadError, match="img_in.weight has 32 rows, the model built for it "
+                                             "needs 3072.*another size"):
+        load_pipeline(path)
