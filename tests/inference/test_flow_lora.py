@@ -88,3 +88,20 @@ def test_a_lora_for_another_model_is_refused(flow):
 
     with pytest.raises(BadRequest, match="another base model"):
         LoraFuser(other).apply([LoraUse("kohya", 1.0, 1.0)], library)
+
+
+def test_fused_flux_peft_lora_matches_stock_diffusers_loading_it(tmp_path):
+    """The diffusers-format file is one stock diffusers loads (FluxPipeline.load_lora_weights),
+    and Easel's fused result equals stock diffusers' unfused PEFT result at the same weight."""
+    pipe = build_flow_pipeline(ModelFamily.FLUX_DEV, seed=9)
+    save_file(random_flow_diffusers_lora(pipe), str(tmp_path / "peft.safetensors"))
+    base = _image(pipe)
+    LoraFuser(pipe).apply([LoraUse("peft", 0.7, 0.7)], LoraLibrary(tmp_path))
+    stock = build_flow_pipeline(ModelFamily.FLUX_DEV, seed=9)
+    stock.load_lora_weights(str(tmp_path), weight_name="peft.safetensors", adapter_name="peft")
+    stock.set_adapters(["peft"], adapter_weights=[0.7])
+    expected, actual = _image(stock), _image(pipe)
+    effect = (expected - base).abs().max()
+    assert effect > 1e-2  # the LoRA does something
+    # fused (W + dW) vs unfused (W x + B A x): float32 rounding only, far below the effect
+    assert (actual - expected).abs().max() < effect / 20
