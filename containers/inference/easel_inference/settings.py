@@ -69,6 +69,7 @@ class Settings:
     fast_qkv: bool = True
     fast_channels_last: bool = True
     fast_graphs: bool = True
+    fast_vae: bool = True
     # SD3.5 / FLUX.1 text encoders in host memory, on the GPU only while they encode a prompt
     # (the portal's memory plan sets it where the model fits only that way)
     text_encoder_offload: bool = False
@@ -117,5 +118,6 @@ class Settings:
             fast_qkv=_flag(env, "EASEL_FAST_QKV"),
             fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
             fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
+            fast_vae=_flag(env, "EASEL_FAST_VAE"),
             text_encoder_offload=_flag(env, OFFLOAD_ENV, "0"),
         )
