@@ -32,6 +32,11 @@ def _aws_message(exc: ClientError) -> str:
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
 
 
+def _served_families(manifest: ModelManifest | None) -> list[Any]:
+    """The families an endpoint would load: the manifest's checkpoints (its LoRAs need one)."""
+    return [] if manifest is None else [c.family for c in manifest.checkpoints]
+
+
 class Endpoints:
     def __init__(self, *, settings: Settings, clients: Any, table: Table, bucket: Bucket) -> None:
         self.settings = settings
@@ -129,8 +134,9 @@ class Endpoints:
         and ``fits``, the types it fits (the deploy form offers only those)."""
         for model in models:
             manifest = model.get("manifest")
-            model["plans"] = {} if manifest is None else {
-                name: plan(manifest.families, name, info, model_bytes=manifest.total_bytes,
+            served = _served_families(manifest)
+            model["plans"] = {} if not served else {
+                name: plan(served, name, info, model_bytes=manifest.total_bytes,
                            archive=model["kind"] == "archive")
                 for name, info in self.settings.endpoint_instance_types.items()}
             model["fits"] = [name for name, fit in model["plans"].items() if fit.fits]
@@ -138,9 +144,10 @@ class Endpoints:
     def memory_plan(self, uri: str, instance_type: str, info: InstanceFacts,
                     volume_size_gb: int | None) -> MemoryPlan | None:
         manifest = self.manifest_of(uri)
-        if manifest is None:
+        served = _served_families(manifest)
+        if not served:
             return None
-        return plan(manifest.families, instance_type, info, model_bytes=manifest.total_bytes,
+        return plan(served, instance_type, info, model_bytes=manifest.total_bytes,
                     archive=not uri.endswith("/"), volume_size_gb=volume_size_gb)
 
     def _check_model_uri(self, uri: str) -> None:
