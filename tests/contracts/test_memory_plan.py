@@ -77,3 +77,11 @@ def test_ebs_types_plan_disk_against_the_volume():
 def test_xlarge_hosts_have_16_gib_except_g6e():
     assert {host_memory_gib(f"ml.{f}.xlarge") for f in ("g4dn", "g5", "g6")} == {16}
     assert host_memory_gib("ml.g6e.xlarge") == 32
+
+
+def test_a_toy_size_model_is_planned_by_its_own_size():
+    """Local mode's tiny random-weight FLUX.1 (a few MB by its manifest) deploys on a 24 GB type;
+    the same family at its released size does not."""
+    tiny = plan(["flux_dev"], "ml.g5.xlarge", _facts(24), model_bytes=5 * 10**6)
+    assert tiny.fits and tiny.gpu_need_gib < 2
+    assert not plan(["flux_dev"], "ml.g5.xlarge", _facts(24), model_bytes=34 * GB).fits

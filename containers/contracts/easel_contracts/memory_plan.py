@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .families import FAMILIES, ModelFamily, TextEncoder
 from .instances import InstanceFacts, family_of
+from .training_memory import TOY_SHARE
 
 OFFLOAD_ENV = "EASEL_TEXT_ENCODER_OFFLOAD"
 GIB = 1024**3
@@ -90,15 +91,26 @@ class Footprint(BaseModel):
             CUDA_CONTEXT_GIB
 
 
-def footprint(family: ModelFamily, dtype: Dtype) -> Footprint:
+def footprint(family: ModelFamily, dtype: Dtype, *, model_bytes: int | None = None) -> Footprint:
+    """A family's footprint as released; a model under ``TOY_SHARE`` of that (the tiny
+    random-weight models of the tests and of local mode, by the manifest's bytes) is scaled
+    down to its own size, as the training plan does."""
     width = 2  # bytes a parameter, both 16-bit dtypes
     facts = FAMILIES[family]
-    return Footprint(
+    released = Footprint(
         denoiser_gib=_DENOISER_PARAMS[family] * width / GIB,
         vae_gib=_VAE_PARAMS * width / GIB,
         text_encoders_gib=tuple(_TEXT_PARAMS[e] * width / GIB for e in facts.text_encoders),
         working_gib=_WORKING_GIB[family],
     )
+    weights = (released.denoiser_gib + released.vae_gib + sum(released.text_encoders_gib)) * GIB
+    if model_bytes is None or model_bytes >= TOY_SHARE * weights:
+        return released
+    scale = model_bytes / weights
+    return Footprint(denoiser_gib=released.denoiser_gib * scale,
+                     vae_gib=released.vae_gib * scale,
+                     text_encoders_gib=tuple(g * scale for g in released.text_encoders_gib),
+                     working_gib=released.working_gib * scale)
 
 
 class MemoryPlan(BaseModel):
@@ -155,7 +167,7 @@ def plan(families: Iterable[ModelFamily | str], instance_type: str, facts: Insta
     dtype, fast_bf16 = _serving_dtype(instance_type)
     family = max(chosen, key=lambda f: footprint(f, dtype).full_gpu_gib)
     label = FAMILIES[family].label
-    fp = footprint(family, dtype)
+    fp = footprint(family, dtype, model_bytes=model_bytes)
     gpu_have = facts.gpu_memory_gb * 1e9 / facts.gpus / GIB
     host_have = host_memory_gib(instance_type)
     disk_need = model_bytes * (2 if archive else 1) / 1e9
