@@ -66,9 +66,9 @@ from .errors import (
     ResponseTooLarge,
     Unavailable,
 )
-from .generation import StepHook, generate
+from .generation import StepHook, generate, model_request
 from .lora import LoraLibrary
-from .pipelines import PipelineManager, short_hash
+from .pipelines import PipelineManager, native_side, short_hash
 from .progress import StepReport, StepReporter
 from .samplers import SCHEDULE_TYPES, sampler_listing
 from .settings import Settings
@@ -222,6 +222,12 @@ class Engine:
             self.warmed_sizes.append((width, height))
             log.info("warm-up: %dx%d in %.1f s", width, height, self.clock() - now)
 
+    def with_model_defaults(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its model family's defaults (SD3.5/FLUX.1 size, steps, guidance)
+        when that model is loaded, so the work cap counts what will run."""
+        model = self.manager.peek(request.override_settings.sd_model_checkpoint)
+        return request if model is None else model_request(request, model)[0]
+
     def admit(self, request: GenerationRequest) -> Job:
         return self.admission.admit(request, now=self.clock(), clock=self.clock,
                                     speed=self.speed)
@@ -331,7 +337,7 @@ def warmup_request(pipe: Any, model_name: str, *, max_pixels: int) -> Txt2ImgReq
     """A 2-step generation at the model's native size (512 for SD1.5, 768 for SD2-v, 1024 for
     SDXL), so the first real request does not pay for first-use work at that size (kernel
     selection, allocator growth); smaller when the pixel budget is smaller."""
-    side = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    side = native_side(pipe)
     while side > 64 and side * side > max_pixels:
         side //= 2
     side = max(64, side - side % 8)
@@ -431,6 +437,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 raise NotReady(engine.readiness.detail
                                or f"the server is {engine.readiness.state}; retry shortly")
             assert isinstance(task_request, GenerationRequest)
+            task_request = engine.with_model_defaults(task_request)
             job = engine.admit(task_request)  # refused here when it cannot finish in time
             try:
                 work = loop.run_in_executor(engine.executor, handler, task_request, arrived, job)

@@ -10,6 +10,7 @@ from pathlib import Path
 from easel_contracts.compile_cache import COMPILE_CACHE_ENV, COMPILE_CACHE_URI_ENV
 from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required
 from easel_contracts.invocations import MAX_IMAGE_BYTES
+from easel_contracts.memory_plan import OFFLOAD_ENV
 from easel_contracts.readiness import STARTUP_BUDGET_ENV
 from easel_contracts.s3uri import S3Uri
 from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S, DEADLINE_ENV, deadline_seconds
@@ -79,6 +80,9 @@ class Settings:
     startup_budget_seconds: int = DEFAULT_STARTUP_BUDGET_SECONDS  # SageMaker's health-check wait
     compile_cache: bool = True  # fast path: torch's compile artifacts kept in S3
     compile_cache_s3_uri: str | None = None  # s3://<data bucket>/compile-cache/ (the portal's)
+    # SD3.5 / FLUX.1 text encoders in host memory, on the GPU only while they encode a prompt
+    # (the portal's memory plan sets it where the model fits only that way)
+    text_encoder_offload: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +141,7 @@ class Settings:
                                         low=60, high=3600),
             compile_cache=_flag(env, COMPILE_CACHE_ENV),
             compile_cache_s3_uri=cache_uri,
+            text_encoder_offload=_flag(env, OFFLOAD_ENV, "0"),
         )
 
 

@@ -39,6 +39,18 @@
       volume.hidden = !opt || opt.dataset.storage === "yes";
     };
     instanceType.addEventListener("change", sync); sync();
+    // only the instance types the chosen model fits (its memory plan, from its manifest)
+    const model = $("select[name=model]");
+    const fit = () => {
+      const chosen = model.selectedOptions[0];
+      const fits = chosen && chosen.dataset.fits !== undefined ? chosen.dataset.fits.split(" ") : null;
+      [...instanceType.options].forEach((opt) => { opt.disabled = fits !== null && !fits.includes(opt.value); });
+      if (instanceType.selectedOptions[0] && instanceType.selectedOptions[0].disabled) {
+        const first = [...instanceType.options].find((opt) => !opt.disabled);
+        if (first) { instanceType.value = first.value; sync(); }
+      }
+    };
+    if (model) { model.addEventListener("change", fit); fit(); }
     const mode = $$("input[name=mode]");
     mode.forEach((m) => m.addEventListener("change", () => {
       const min = $("input[name=min_instances]");
