@@ -69,3 +69,20 @@ def test_a_step_without_bytes_reads_as_its_name_detail_and_seconds():
     step = StepProgress("ep", "warming up", say=lambda *args: None)
     step.detail = "warming up sd15"
     assert step.message() == "warming up: warming up sd15 (0 s)"
+
+
+def test_the_portal_reads_the_step_from_the_local_describe_endpoint(clients):
+    from easel_webui.endpoints import variant_progress
+
+    name = deploy(clients, unique("portal"), wait=False,
+                  environment={"FAKE_LOADING_SECONDS": "3"})
+    shown: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        described = clients.sagemaker.describe_endpoint(EndpointName=name)  # parsed by botocore
+        if described["EndpointStatus"] != "Creating":
+            break
+        shown.append(variant_progress(described))
+        time.sleep(0.1)
+    assert any(text.startswith("loading the model (") for text in shown), shown
+    assert variant_progress(clients.sagemaker.describe_endpoint(EndpointName=name)) == ""
