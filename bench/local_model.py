@@ -127,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also deploy it and time the whole path to InService "
                         "(needs a real checkpoint and the inference package)")
     parser.add_argument("--no-warmup", action="store_true",
-                        help="deploy with EASEL_WARMUP=0: on a CPU the server's warm-up "
-                        "generation (2 steps at 512x512 for SD1.5) takes minutes; on a GPU, a "
-                        "second")
+                        help="deploy with EASEL_WARMUP=0 (no warm-up generation and no measured "
+                        "speed; on a CPU the warm-up is two 1-step runs at 64x64 and 128x128)")
     parser.add_argument("--work", type=Path, default=None,
                         help="work folder (default: a temporary folder under /tmp)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -137,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from local.runtime import LocalAws
     from local.sagemaker import s3io
+    from local.studio import show_progress
+
+    show_progress()  # each endpoint step as `make local` shows it: download, load, warm-up
 
     work = Path(tempfile.mkdtemp(prefix="easel-bench-", dir=args.work))
     results: dict = {}

@@ -1,5 +1,6 @@
-"""The CPU's warm-up: cheap (two 1-step runs at the smallest sizes, never the native size) and
-still honest (the work cap admits only what the device finishes by the deadline).
+"""The CPU's warm-up: cheap (a 1-step run at the smallest size, a second at twice its side
+only when the first was quick; never the native size) and still honest (the work cap admits
+only what the device finishes by the deadline).
 
 The device is simulated on a fake clock: each denoising step advances it by what a step of a
 full-size SD1.5 cost at that size on this project's 2 loaded CPU cores (bench, 2026-12-06): the
@@ -39,9 +40,10 @@ def step_cost(pixels: int) -> float:
 
 
 class Device:
-    """A fake clock that a step advances by ``step_cost`` at the size being generated."""
+    """A fake clock that a step advances by ``scale`` x ``step_cost`` at the size generated."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
         self.now = 1000.0
         self.pixels = 64 * 64
         self.runs: list[tuple[int, int, int]] = []
@@ -52,13 +54,16 @@ class Device:
 
     def step(self, _step: int) -> None:
         self.steps += 1
-        self.now += step_cost(self.pixels)
+        self.now += self.scale * step_cost(self.pixels)
+
+    def cost(self, pixels: int) -> float:
+        return self.scale * step_cost(pixels)
 
 
-@pytest.fixture(scope="module")
-def cpu_server(tiny_model_dir, tmp_path_factory):
-    """A server on the CPU whose model's native size is 512x512 (as SD1.5), on the fake device."""
-    device = Device()
+def start_server(tiny_model_dir, tmp_path_factory, scale: float):
+    """A server on the CPU whose model's native size is 512x512 (as SD1.5), on the fake device:
+    (client, engine, device, the runs of its warm-up)."""
+    device = Device(scale)
     real_generate, real_warmup = app_module.generate, app_module.warmup_request
 
     def sized(request, **kwargs):
@@ -80,36 +85,57 @@ def cpu_server(tiny_model_dir, tmp_path_factory):
         engine.clock, engine.step_hook = device, device.step
         with TestClient(create_app(engine=engine)) as client:
             wait_ready(client)
-            warm_up_runs = list(device.runs)
-            yield client, engine, device, warm_up_runs
+            yield client, engine, device, list(device.runs)
 
 
-def test_the_cpu_warm_up_is_two_one_step_runs_at_the_smallest_sizes(cpu_server) -> None:
+@pytest.fixture(scope="module")
+def cpu_server(tiny_model_dir, tmp_path_factory):
+    """SD1.5's measured CPU costs: a slow first run."""
+    yield from start_server(tiny_model_dir, tmp_path_factory, 1.0)
+
+
+@pytest.fixture(scope="module")
+def quick_cpu_server(tiny_model_dir, tmp_path_factory):
+    """The same growth, a hundred times quicker (a small model): a second size is timed."""
+    yield from start_server(tiny_model_dir, tmp_path_factory, 0.01)
+
+
+SERVERS = ["cpu_server", "quick_cpu_server"]
+
+
+def test_a_slow_cpu_warm_up_is_one_step_at_the_smallest_size(cpu_server) -> None:
     client, _engine, _device, warm_up_runs = cpu_server
-    assert warm_up_runs == [(64, 64, 1), (128, 128, 1)]  # never 512x512, the native size
+    assert warm_up_runs == [(64, 64, 1)]  # never 512x512, the native size
     warmed = invoke(client, "options").json()["warmed_up"]
     assert (warmed["width"], warmed["height"], warmed["steps"]) == (64, 64, 1)
 
 
+def test_a_quick_cpu_warm_up_also_times_twice_the_side(quick_cpu_server) -> None:
+    _client, _engine, _device, warm_up_runs = quick_cpu_server
+    assert warm_up_runs == [(64, 64, 1), (128, 128, 1)]
+
+
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("side", [64, 128, 256, 384, 512, 768, 1024, 2048, 4096])
-def test_the_cpu_speed_over_estimates_a_step_at_every_size(cpu_server, side) -> None:
-    _client, engine, _device, _runs = cpu_server
+def test_the_cpu_speed_over_estimates_a_step_at_every_size(request, server, side) -> None:
+    _client, engine, device, _runs = request.getfixturevalue(server)
     assert engine.speed is not None
     # (at the timed size itself the two agree, up to the clock's float rounding)
-    assert engine.speed.step_seconds(side * side) >= step_cost(side * side) * (1 - 1e-9)
+    assert engine.speed.step_seconds(side * side) >= device.cost(side * side) * (1 - 1e-9)
 
 
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("deadline", [deadline_seconds("realtime"), DEADLINE])
 def test_the_work_cap_admits_only_what_the_device_finishes_by_the_deadline(
-        cpu_server, deadline) -> None:
-    _client, engine, _device, _runs = cpu_server
+        request, server, deadline) -> None:
+    _client, engine, device, _runs = request.getfixturevalue(server)
     admitted = 0
     for side in range(64, 4097, 64):
         for steps in (1, 2, 3, 5, 10, 20, 50, 150):
-            request = Txt2ImgRequest(width=side, height=side, steps=steps)
-            if check_work(request, engine.speed, deadline_s=deadline) is None:
+            generation = Txt2ImgRequest(width=side, height=side, steps=steps)
+            if check_work(generation, engine.speed, deadline_s=deadline) is None:
                 admitted += 1
-                assert steps * step_cost(side * side) <= deadline, (side, steps)
+                assert steps * device.cost(side * side) <= deadline, (side, steps)
     assert admitted > 0  # and it is not refusing everything
 
 
@@ -129,3 +155,36 @@ def test_a_request_the_cpu_speed_admits_is_served_within_its_deadline(cpu_server
     started, device.steps = device.now, 0
     assert invoke(client, "txt2img", small(width=64, height=64, steps=20)).status_code == 200
     assert device.steps == 20 and device.now - started <= DEADLINE
+
+
+def test_a_slow_small_model_whose_step_grows_with_the_square_is_still_over_estimated(
+        tiny_model_dir, tmp_path_factory) -> None:
+    """One slow run at the model's own native size (64x64: nothing else timed): the estimate
+    still grows with the square of the pixels beyond it, as attention does."""
+    clock, size = [1000.0], {"pixels": 64 * 64}
+
+    def quadratic(pixels: int) -> float:
+        return 3.0 * (pixels / (64 * 64)) ** 2  # 3 s at 64x64: a slow first run
+
+    real_generate = app_module.generate
+
+    def sized(request, **kwargs):
+        size["pixels"] = request.width * request.height
+        return real_generate(request, **kwargs)
+
+    def step(_step: int) -> None:
+        clock[0] += quadratic(size["pixels"])
+
+    settings = Settings(model_dir=tiny_model_dir, default_model="tiny", device="cpu",
+                        lora_cache_dir=tmp_path_factory.mktemp("cache"),
+                        deadline_seconds=DEADLINE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app_module, "generate", sized)
+        engine = build_engine(settings)
+        engine.clock, engine.step_hook = (lambda: clock[0]), step
+        with TestClient(create_app(engine=engine)) as client:
+            wait_ready(client)
+    assert engine.speed is not None and engine.warmed_up is not None
+    assert engine.warmed_up.seconds == pytest.approx(3.0)
+    for side in (128, 512, 1024, 4096):
+        assert engine.speed.step_seconds(side * side) >= quadratic(side * side)

@@ -68,6 +68,8 @@ LISTING_THREADS = 4
 # the speed is timed on two single-image runs at the native size, after the first-use run
 SPEED_RUNS = (2, 6)
 SPEED_MIN_HALF_SIDE = 256  # below it the second timed size is twice the native side, not half
+# on a CPU, a second size is timed only after a first run quicker than this (warm_up_cpu)
+CPU_SECOND_SIZE_MAX_S = 2.0
 DISCONNECT_POLL_S = 0.5
 
 
@@ -163,34 +165,41 @@ class Engine:
 
     def warm_up_cpu(self, name: str, native: Txt2ImgRequest) -> None:
         """On a CPU a step at the native size takes minutes (SD1.5 at 512x512 on 2 cores), and
-        so would the GPU's warm-up: here it is two 1-step runs, at the smallest size and at
-        twice its side, their whole seconds counted as step work. A step's fixed cost (reading
-        every weight) dominates at these sizes, so scaling with the pixels over-estimates larger
-        ones, a cost growing faster than the pixels (attention, in a small model) shows between
-        the two, and beyond the native size the estimate grows with their square: the work cap
-        errs towards refusing."""
-        seconds = []
-        sides = [side for side in (MIN_SIDE, 2 * MIN_SIDE)
-                 if side * side <= self.settings.max_pixels]
-        for side in sides:
+        so would the GPU's warm-up: here it is a 1-step run at the smallest size, its whole
+        seconds counted as step work, and one at twice its side when the first was quick.
+
+        Scaling with the pixels over-estimates larger sizes where a step's fixed cost (reading
+        every weight) dominates the small ones (a slow first run: a big model, for which the
+        second size would show nothing and cost as much again); a cost growing faster than the
+        pixels (attention) shows between the two sizes in a quick model, and is assumed beyond
+        the native size or the one size timed. The work cap errs towards refusing."""
+
+        def timed(side: int) -> float:
             started = self.clock()
             generate(native.model_copy(update={"steps": 1, "width": side, "height": side}),
                      task="txt2img", manager=self.manager, library=self.library,
                      settings=self.settings, step_hook=self.step_hook)
-            seconds.append(self.clock() - started)
+            return self.clock() - started
+
+        seconds = [timed(MIN_SIDE)]
         self.warmed_up = WarmUp(model=name, width=MIN_SIDE, height=MIN_SIDE, steps=1,
                                 seconds=round(seconds[0], 3))
-        other = (sides[1], sides[1], 1, seconds[1]) if len(sides) > 1 else None
+        side, other = 2 * MIN_SIDE, None
+        if seconds[0] < CPU_SECOND_SIZE_MAX_S and side * side <= self.settings.max_pixels:
+            seconds.append(timed(side))
+            other = (side, side, 1, seconds[1])
         speed = speed_from_runs(model=name, device="cpu", width=MIN_SIDE, height=MIN_SIDE,
                                 short=(1, seconds[0]), other=other)
+        timed_pixels = side * side if other else MIN_SIDE * MIN_SIDE
         native_pixels = native.width * native.height
-        if native_pixels > sides[-1] ** 2:
+        if native_pixels > timed_pixels or other is None:
             # Attention over the latent's tokens grows with the square of the pixels, which
-            # the small sizes cannot show (SD1.5 on 2 cores: a step costs 18 s at 64x64, 23 s
-            # at 256x256, 240 s at 512x512): from the native size on, the estimate grows so too.
-            speed = speed.model_copy(update={"seconds_per_squared_pixel_step":
-                                             speed.seconds_per_squared_pixel_step
-                                             + speed.seconds_per_pixel_step / native_pixels})
+            # the small sizes do not show in a big model (SD1.5 on 2 cores: a step costs 18 s
+            # at 64x64, 23 s at 256x256, 240 s at 512x512): from the native size on (or the one
+            # size timed), the estimate grows so too.
+            speed = speed.model_copy(update={
+                "seconds_per_squared_pixel_step": speed.seconds_per_squared_pixel_step
+                + speed.seconds_per_pixel_step / max(native_pixels, timed_pixels)})
         self.speed = speed
         log.info("speed of %s on the cpu: at most %.3g s a %dx%d step (%s)", name,
                  self.speed.step_seconds(native_pixels), native.width, native.height,
