@@ -8,6 +8,7 @@ import json
 import pytest
 from script_support import BUCKET, TABLE
 
+from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
 from easel_contracts.hyperparameters import HyperParameters, field_schemas
 from easel_contracts.training_record import TrainingJobRecord
 from easel_webui.store import deserialize
@@ -19,7 +20,8 @@ IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/easel-training:abc"
 @pytest.fixture
 def data(stack):
     s3 = stack.client("s3")
-    s3.put_object(Bucket=BUCKET, Key="concepts/admin/dog/1.png", Body=b"\x89PNG fake")
+    for index in range(1, MIN_CONCEPT_IMAGES + 1):
+        s3.put_object(Bucket=BUCKET, Key=f"concepts/admin/dog/{index}.png", Body=b"\x89PNG fake")
     s3.put_object(Bucket=BUCKET, Key="concepts/admin/dog/1.txt", Body=b"a photo of sks dog")
     s3.put_object(Bucket=BUCKET, Key="concepts/admin/notes/readme.txt", Body=b"no images")
     s3.put_object(Bucket=BUCKET, Key="models/base/model.tar.gz", Body=b"tar")
@@ -51,7 +53,7 @@ def _run(capsys, argv):
 @pytest.mark.parametrize(("concepts", "reason"), [
     ("s3://other-bucket/concepts/admin/dog/", "can only read the data bucket"),
     (f"s3://{BUCKET}/concepts/admin/cat/", "is empty or does not exist"),
-    (f"s3://{BUCKET}/concepts/admin/notes/", "holds no images"),
+    (f"s3://{BUCKET}/concepts/admin/notes/", "holds 0 images"),
     (f"s3://{BUCKET}/outputs/admin/", "inside a prefix the training job can read"),
     ("not-a-uri", "is not an s3://bucket/key URI"),
 ])

@@ -86,6 +86,19 @@ class Recorder:
             self.principal = None
             botocore.session.Session.create_client = original  # type: ignore[method-assign]
 
+    def presigned_posts(self, principal: str, bucket: str, keys: list[str]) -> None:
+        """A pre-signed POST is not an API call: botocore builds it from a placeholder
+        CreateBucket model (only `Bucket` in its params), and S3 checks the signer's
+        s3:PutObject on the key when the browser posts the form. Replace each placeholder with
+        the PutObject call S3 checks, so the audit holds the template to it."""
+        placeholders = [c for c in self.calls if c.principal == principal and c.service == "s3"
+                        and c.operation == "CreateBucket" and c.params == {"Bucket": bucket}]
+        assert len(placeholders) == len(keys), (len(placeholders), keys)
+        for call in placeholders:
+            self.calls.remove(call)
+        self.calls.extend(Call(principal, "s3", "PutObject", {"Bucket": bucket, "Key": key})
+                          for key in keys)
+
     def add_fake_calls(self, principal: str, service: str,
                        calls: list[tuple[str, dict[str, Any]]]) -> None:
         """Calls a test fake recorded as (boto3 method name, kwargs) in place of a client."""

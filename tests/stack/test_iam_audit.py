@@ -4,6 +4,7 @@ every call it makes must be allowed by that principal's policies in the synthesi
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from moto import mock_aws
 
 from easel_contracts import scaling
 from easel_contracts import table as table_keys
+from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
 from stacks.cleanup_handler import index as cleanup
 from stacks.reaper_handler import index as reaper
 from stacks.rotation_handler import index as rotation
@@ -378,14 +380,15 @@ def planned_target_tags(dynamodb, endpoint: str) -> dict[str, dict[str, str]]:
 
 def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
     from tests.webui.conftest import BUCKET, create_resources, make_world
+    from tests.webui.fakes import png_b64
     from tests.webui.helpers import poll_job
 
     create_resources()
     s3 = boto3.client("s3")
-    for key, body in (("models/tiny.tar.gz", b"x"), ("concepts/alice/dogs/1.png", b"\x89PNG"),
-                      ("concepts/alice/dogs/1.txt", b"a dog")):
-        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    s3.put_object(Bucket=BUCKET, Key="models/tiny.tar.gz", Body=b"x")
+    photos = [f"{index}.png" for index in range(MIN_CONCEPT_IMAGES)]
     sagemaker_s3 = boto3.client("s3")  # the async endpoint's own writes are not the portal's
+    browser_s3 = boto3.client("s3")  # the browser's pre-signed POSTs are not the portal's calls
     dynamodb = boto3.client("dynamodb")  # the test's own reads
     recorder = Recorder()
     with recorder.recording("portal"):
@@ -393,6 +396,18 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
         world.runtime.s3 = sagemaker_s3
         world.add_user("alice")
         admin = world.signed_in("admin")
+        alice = world.signed_in("alice")
+        # concept photos: presign, the browser's POSTs into staging, then the portal's verify
+        presigned = alice.post("/models/concepts/presign", json={
+            "set": "dogs", "files": [{"name": name} for name in photos]})
+        assert presigned.status_code == 200, presigned.text
+        recorder.presigned_posts("portal", BUCKET,
+                                 [upload["key"] for upload in presigned.json()["uploads"]])
+        for upload in presigned.json()["uploads"]:
+            browser_s3.put_object(Bucket=BUCKET, Key=upload["key"],
+                                  Body=base64.b64decode(png_b64()))
+        verified = alice.post(presigned.json()["verify"], json={"set": "dogs", "names": photos})
+        assert verified.json()["stored"] == photos, verified.text
         deployed = admin.post("/endpoints", data={
             "name": "demo", "model": f"s3://{BUCKET}/models/tiny.tar.gz",
             "instance_type": "ml.g5.xlarge", "mode": "realtime", "min_instances": "1",
@@ -400,7 +415,6 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
         assert deployed.status_code == 303 and "error" not in deployed.headers["location"]
         target_tags = planned_target_tags(dynamodb, "easel-demo")  # before in_service rewrites it
         world.in_service("easel-demo")
-        alice = world.signed_in("alice")
         job = alice.post("/generate", json={"endpoint": "easel-demo", "task": "txt2img",
                                             "payload": {"prompt": "a red square", "steps": 2,
                                                         "width": 64, "height": 64}})

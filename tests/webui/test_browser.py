@@ -32,6 +32,8 @@ if not Path(CHROMIUM).exists():
 import uvicorn  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
+from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES  # noqa: E402
+
 from .conftest import ADMIN_PASSWORD, BUCKET, create_resources, make_world  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "webui"
@@ -138,9 +140,11 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     assert page.locator("tr[data-user=alice]").count() == 1
     _shot(page, "02-users")
 
-    # concept set: upload two photos from the browser
+    # concept set: upload the fewest photos training accepts, from the browser
     files = []
-    for index, color in enumerate([(200, 40, 40), (40, 200, 40)]):
+    colors = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200)]
+    assert len(colors) == MIN_CONCEPT_IMAGES
+    for index, color in enumerate(colors):
         path = tmp_path / f"dog{index}.png"
         path.write_bytes(_png(color))
         files.append(str(path))
@@ -149,8 +153,8 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     page.set_input_files("#concept-upload input[name=files]", files)
     page.click("#concept-upload button")
     page.wait_for_selector("article[data-set='admin/dogs'] img")
-    assert sorted(world.keys("concepts/admin/dogs/")) == ["concepts/admin/dogs/dog0.png",
-                                                          "concepts/admin/dogs/dog1.png"]
+    assert sorted(world.keys("concepts/admin/dogs/")) == [
+        f"concepts/admin/dogs/dog{index}.png" for index in range(MIN_CONCEPT_IMAGES)]
     _shot(page, "03-models-concepts")
 
     # endpoints: deploy through the form

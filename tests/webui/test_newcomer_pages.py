@@ -7,6 +7,8 @@ import html
 import json
 import re
 
+from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
+
 from .conftest import BUCKET
 
 
@@ -39,7 +41,8 @@ def test_concept_counts_are_singular_for_one(world):
 
 def _job(world, *, status: str, secondary: str, progress: dict | None = None) -> str:
     world.put("models/tiny.tar.gz")
-    world.put("concepts/admin/dogs/1.png", b"\x89PNG")
+    for index in range(MIN_CONCEPT_IMAGES):
+        world.put(f"concepts/admin/dogs/{index}.png", b"\x89PNG")
     admin = world.signed_in("admin")
     response = admin.post("/training", data={
         "name": "dog-v1", "model_s3_uri": f"s3://{BUCKET}/models/tiny.tar.gz",

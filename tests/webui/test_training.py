@@ -12,9 +12,9 @@ import urllib.parse
 
 import pytest
 
+from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
 from easel_contracts.hyperparameters import HyperParameters, field_schemas
 from easel_contracts.training_record import TrainingJobRecord
-from easel_webui.uploads import MIN_CONCEPT_IMAGES
 
 from .conftest import BUCKET
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_FILES_PER_REQUEST = 200
+# The fewest photos a concept set may be trained on: the form says it, the portal and
+# `scripts/train` refuse a set with fewer before any job is started.
+MIN_CONCEPT_IMAGES = 5
 MAX_CONCEPT_FILE_BYTES = 30 * 1024**2
 
 

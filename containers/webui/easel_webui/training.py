@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from easel_contracts import table as keys
+from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
 from easel_contracts.hyperparameters import (
     OUTPUT_NAME_PATTERN,
     HyperParameterError,
@@ -36,7 +37,6 @@ from easel_webui.ownership import check_model_readable, claim_library_entry
 from easel_webui.settings import Settings
 from easel_webui.storage import IMAGE_EXTENSIONS, Bucket, check_set_name
 from easel_webui.store import Table, iso_now, owned_records
-from easel_webui.uploads import MIN_CONCEPT_IMAGES
 
 log = logging.getLogger("easel_webui.training")
 # What the execution role may read (docs/architecture.md's prefix table).

@@ -28,7 +28,6 @@ IMAGE_TYPES: dict[str, tuple[str, str, tuple[bytes, ...]]] = {
 CAPTION_TYPE = "text/plain; charset=utf-8"
 MAX_CAPTION_BYTES = 64 * 1024
 MAX_IMAGE_PIXELS = 8192 * 8192
-MIN_CONCEPT_IMAGES = 5
 STAGING = ".incoming"
 
 

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from easel_contracts.concept_uploads import (
     MAX_CONCEPT_FILE_BYTES,
+    MIN_CONCEPT_IMAGES,
     PresignedUpload,
     PresignRequest,
     PresignResponse,
@@ -31,7 +32,7 @@ from easel_webui.storage import (
     check_set_name,
 )
 from easel_webui.templating import render
-from easel_webui.uploads import MIN_CONCEPT_IMAGES, STAGING, check_upload
+from easel_webui.uploads import STAGING, check_upload
 
 routes = Routes()
 M = TypeVar("M", bound=BaseModel)
