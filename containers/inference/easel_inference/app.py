@@ -68,8 +68,8 @@ LISTING_THREADS = 4
 # the speed is timed on two single-image runs at the native size, after the first-use run
 SPEED_RUNS = (2, 6)
 SPEED_MIN_HALF_SIDE = 256  # below it the second timed size is twice the native side, not half
-# on a CPU, a second size is timed only after a first run quicker than this (warm_up_cpu)
-CPU_SECOND_SIZE_MAX_S = 2.0
+# on a CPU, a UNet this big is timed once, at the smallest size (warm_up_cpu); SD1.5's: 860 M
+CPU_BIG_UNET_PARAMETERS = 100_000_000
 DISCONNECT_POLL_S = 0.5
 
 
@@ -136,7 +136,7 @@ class Engine:
         step grows with the pixels."""
         warm = warmup_request(pipe, name, max_pixels=self.settings.max_pixels)
         if self.manager.device == "cpu":
-            self.warm_up_cpu(name, warm)
+            self.warm_up_cpu(name, pipe, warm)
             return
 
         def timed(steps: int, side: int | None = None) -> float:
@@ -163,16 +163,18 @@ class Engine:
         log.info("speed of %s on %s: %.3g s a %dx%d step", name, self.manager.device,
                  self.speed.step_seconds(warm.width * warm.height), warm.width, warm.height)
 
-    def warm_up_cpu(self, name: str, native: Txt2ImgRequest) -> None:
+    def warm_up_cpu(self, name: str, pipe: Any, native: Txt2ImgRequest) -> None:
         """On a CPU a step at the native size takes minutes (SD1.5 at 512x512 on 2 cores), and
-        so would the GPU's warm-up: here it is a 1-step run at the smallest size, its whole
-        seconds counted as step work, and one at twice its side when the first was quick.
+        so would the GPU's warm-up: here the runs are of 1 step at the smallest size, their
+        whole seconds counted as step work.
 
-        Scaling with the pixels over-estimates larger sizes where a step's fixed cost (reading
-        every weight) dominates the small ones (a slow first run: a big model, for which the
-        second size would show nothing and cost as much again); a cost growing faster than the
-        pixels (attention) shows between the two sizes in a quick model, and is assumed beyond
-        the native size or the one size timed. The work cap errs towards refusing."""
+        A big model (SD1.5 and up) runs once: its step's fixed cost (reading every weight)
+        dominates the small sizes, so scaling with the pixels over-estimates larger ones, and
+        another size would show nothing and cost as much again. A small model runs once for its
+        first use, then is timed at that size and at twice its side, where a cost growing
+        faster than the pixels (attention) shows. Beyond the native size (or the one size
+        timed) the estimate grows with the square of the pixels too: the work cap errs towards
+        refusing."""
 
         def timed(side: int) -> float:
             started = self.clock()
@@ -181,12 +183,13 @@ class Engine:
                      settings=self.settings, step_hook=self.step_hook)
             return self.clock() - started
 
-        seconds = [timed(MIN_SIDE)]
+        first = timed(MIN_SIDE)
         self.warmed_up = WarmUp(model=name, width=MIN_SIDE, height=MIN_SIDE, steps=1,
-                                seconds=round(seconds[0], 3))
-        side, other = 2 * MIN_SIDE, None
-        if seconds[0] < CPU_SECOND_SIZE_MAX_S and side * side <= self.settings.max_pixels:
-            seconds.append(timed(side))
+                                seconds=round(first, 3))
+        seconds, side, other = [first], 2 * MIN_SIDE, None
+        big = sum(p.numel() for p in pipe.unet.parameters()) >= CPU_BIG_UNET_PARAMETERS
+        if not big and side * side <= self.settings.max_pixels:
+            seconds = [timed(MIN_SIDE), timed(side)]
             other = (side, side, 1, seconds[1])
         speed = speed_from_runs(model=name, device="cpu", width=MIN_SIDE, height=MIN_SIDE,
                                 short=(1, seconds[0]), other=other)
