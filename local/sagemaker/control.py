@@ -257,6 +257,22 @@ class SageMakerControlPlane:
                 _variant_summary(v, model=deployed.get("model") or {}, live=serving is not None)
                 for v in config["ProductionVariants"]
             ]
+        progress = self._endpoints.progress(record["EndpointName"])
+        pending = (record.get("_pending") or {}).get("config") or config
+        if progress is not None and record.get("EndpointStatus") in ("Creating", "Updating") \
+                and pending:
+            # The deploy's current step (download MB/s, unpack, load, warm-up) in SageMaker's
+            # own field for it: ProductionVariantSummary.VariantStatus, whose StatusMessage
+            # "describes the status of the production variant".
+            # https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProductionVariantStatus.html
+            message, started = progress
+            variants = {v["VariantName"]: v for v in record.get("ProductionVariants") or []}
+            name = pending["ProductionVariants"][0]["VariantName"]
+            variant = variants.setdefault(name, {"VariantName": name})
+            variant["VariantStatus"] = [{
+                "Status": "Creating" if record["EndpointStatus"] == "Creating" else "Updating",
+                "StatusMessage": message, "StartTime": round(started, 3)}]
+            record["ProductionVariants"] = list(variants.values())
         if config.get("AsyncInferenceConfig"):
             record["AsyncInferenceConfig"] = config["AsyncInferenceConfig"]
         return record

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from easel_contracts.readiness import Ping
 from local.processes import ManagedProcess, ProcessRegistry, free_port, log_tail
 from local.sagemaker import s3io
 from local.sagemaker.arns import ArnFactory
@@ -22,6 +23,8 @@ from local.settings import StandInSettings
 log = logging.getLogger(__name__)
 
 FAILURE_REASON_MAX = 1024
+# how the inference server's readiness states read as deploy steps
+_SERVER_STEPS = {"loading": "loading the model", "warming": "warming up"}
 _LIVE_STATUSES = ("InService", "Creating", "Updating", "SystemUpdating")
 # A server process that dies more often than this within the window is not restarted again.
 _MAX_RESTARTS = 3
@@ -29,7 +32,8 @@ _RESTART_WINDOW_S = 600.0
 
 
 class StepProgress:
-    """Reports a long deploy step (download, unpack, load) to the terminal as it goes."""
+    """Reports a long deploy step (download, unpack, load, warm-up) as it goes: to the terminal
+    every few seconds, and as the endpoint's status message (``message``) whenever asked."""
 
     def __init__(self, endpoint: str, step: str, total: int = 0, *, interval: float = 2.0,
                  say: Any = None) -> None:
@@ -37,11 +41,24 @@ class StepProgress:
         self.step = step
         self.total = total
         self.done = 0
+        self.detail = ""
         self._interval = interval
         self._say = say or log.info
         self._started = self._last = time.monotonic()
+        self.started_at = time.time()
         self._say("endpoint %s: %s%s...", endpoint, step,
                   f" ({total / 1e6:,.0f} MB)" if total else "")
+
+    def message(self) -> str:
+        """What the step has done so far, e.g. ``downloading ...: 812 of 2,133 MB (38 %) at
+        402 MB/s`` or ``loading the model (12 s)``."""
+        elapsed = time.monotonic() - self._started
+        if self.total or self.done:
+            rate = self.done / max(elapsed, 1e-6) / 1e6
+            of = f" of {self.total / 1e6:,.0f} MB ({100 * self.done / self.total:.0f} %)" \
+                if self.total else " MB"
+            return f"{self.step}: {self.done / 1e6:,.0f}{of} at {rate:,.0f} MB/s"
+        return f"{self.step}{f': {self.detail}' if self.detail else ''} ({elapsed:.0f} s)"
 
     def __call__(self, count: int) -> None:
         self.done += count
@@ -91,16 +108,25 @@ def _truncate(text: str, limit: int = FAILURE_REASON_MAX) -> str:
 
 def ping(port: int, *, timeout: float = 2.0) -> int | None:
     """The status of ``GET /ping`` on the loopback port, or None if nothing answers."""
+    return probe(port, timeout=timeout)[0]
+
+
+def probe(port: int, *, timeout: float = 2.0) -> tuple[int | None, Ping | None]:
+    """``GET /ping``: its status and the server's readiness (``easel_contracts.readiness``)
+    when the body is one (another server's body is not: then None)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request("GET", "/ping")
         response = connection.getresponse()
-        response.read()
-        return response.status
+        body = response.read(64 * 1024)
     except OSError:
-        return None
+        return None, None
     finally:
         connection.close()
+    try:
+        return response.status, Ping.model_validate_json(body)
+    except ValueError:
+        return response.status, None
 
 
 class EndpointManager:
@@ -132,6 +158,8 @@ class EndpointManager:
         self._serving: dict[str, ServingProcess] = {}
         self._deploys: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._restarts: dict[str, list[float]] = {}
+        # the step each deploy is in now: its status message while the endpoint is Creating
+        self._steps: dict[str, StepProgress] = {}
         self._closing = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="endpoint-monitor", daemon=True)
         self._monitor.start()
@@ -153,6 +181,21 @@ class EndpointManager:
         with self._lock:
             self._deploys[name] = (thread, cancel)
         thread.start()
+
+    def progress(self, name: str) -> tuple[str, float] | None:
+        """(status message, epoch seconds the step began) of a deploy in progress, else None."""
+        with self._lock:
+            step = self._steps.get(name)
+        if step is None:
+            return None
+        return step.message(), step.started_at
+
+    def _step(self, name: str, step: str, total: int = 0) -> StepProgress:
+        """A new deploy step of endpoint ``name``, reported as it goes."""
+        progress = StepProgress(name, step, total)
+        with self._lock:
+            self._steps[name] = progress
+        return progress
 
     def serving(self, name: str) -> ServingProcess | None:
         with self._lock:
@@ -215,6 +258,19 @@ class EndpointManager:
     # --- deploy
 
     def _deploy(
+        self,
+        name: str,
+        config: dict[str, Any],
+        model: dict[str, Any],
+        cancel: threading.Event,
+    ) -> None:
+        try:
+            self._deploy_steps(name, config, model, cancel)
+        finally:
+            with self._lock:
+                self._steps.pop(name, None)
+
+    def _deploy_steps(
         self,
         name: str,
         config: dict[str, Any],
@@ -309,11 +365,11 @@ class EndpointManager:
             if kind == "archive":
                 archive = endpoint_dir / f".download-{fingerprint}.tar.gz"
                 _require_single_object(self._s3, source_uri)
-                progress = StepProgress(name, f"downloading {source_uri}", total)
+                progress = self._step(name, f"downloading {source_uri}", total)
                 s3io.download_object(self._s3, source_uri, archive, field="ModelDataUrl",
                                      on_bytes=progress)
                 progress.finish()
-                unpack = StepProgress(name, "unpacking model.tar.gz")
+                unpack = self._step(name, "unpacking model.tar.gz")
                 try:
                     s3io.extract_tar(archive, model_dir)
                 finally:
@@ -322,12 +378,12 @@ class EndpointManager:
             elif kind == "object":
                 _require_single_object(self._s3, source_uri)
                 target = model_dir / source_uri.rstrip("/").rsplit("/", 1)[-1]
-                progress = StepProgress(name, f"downloading {source_uri}", total)
+                progress = self._step(name, f"downloading {source_uri}", total)
                 s3io.download_object(self._s3, source_uri, target, field="ModelDataSource",
                                      on_bytes=progress)
                 progress.finish()
             else:
-                progress = StepProgress(name, f"downloading {source_uri}", total)
+                progress = self._step(name, f"downloading {source_uri}", total)
                 count = s3io.download_prefix(self._s3, source_uri, model_dir, field="S3Uri",
                                              on_bytes=progress)
                 if count == 0:
@@ -380,7 +436,8 @@ class EndpointManager:
             or self._settings.endpoint_startup_timeout_s
         )
         deadline = time.monotonic() + timeout
-        loading = StepProgress(name, "starting the inference server (loading the model)")
+        loading = self._step(name, "starting the inference server")
+        state = None
         while True:
             if cancel.is_set():
                 process.terminate(grace_seconds=self._settings.stop_grace_s)
@@ -393,9 +450,24 @@ class EndpointManager:
                     f"exited with code {code} before it passed the ping health check. "
                     f"Log tail: {log_tail(self.log_path(name), max_chars=700)}"
                 )
-            if ping(port) == 200:
+            status, readiness = probe(port)
+            if status == 200:
                 loading.finish()
                 return serving
+            if readiness is not None and readiness.status != state:
+                # the server's own steps (loading the model, warming up) as it reports them
+                state = readiness.status
+                loading.finish()
+                loading = self._step(name, _SERVER_STEPS.get(state, state))
+            if readiness is not None and readiness.status == "failed":
+                # final (easel_contracts.readiness): SageMaker would wait out the health check
+                process.terminate(grace_seconds=self._settings.stop_grace_s)
+                raise DeployError(
+                    f"The primary container for production variant {variant['VariantName']} "
+                    f"could not start: {readiness.detail or 'see the endpoint log'}"
+                )
+            if readiness is not None:
+                loading.detail = readiness.detail or ""
             if time.monotonic() > deadline:
                 process.terminate(grace_seconds=self._settings.stop_grace_s)
                 raise DeployError(

@@ -120,6 +120,17 @@ def test_a_second_size_no_slower_a_pixel_keeps_the_cost_linear() -> None:
     assert speed.step_seconds(512 * 512) == pytest.approx(2.0)
 
 
+def test_a_single_run_counts_all_its_seconds_as_step_work() -> None:
+    # the CPU's warm-up: one 1-step run of 3 s (say 2 s of step, 1 s paid once an image)
+    speed = speed_from_runs(model="m", device="cpu", width=64, height=64, short=(1, 3.0))
+    assert speed.seconds_per_pixel_step * 64 * 64 == pytest.approx(3.0)
+    assert speed.seconds_per_pixel_image == 0.0
+    # so every request is estimated at least at its true 2 s a step + 1 s an image
+    work = Work(pixels=64 * 64, steps=10, images=1, controlnet_units=0)
+    assert speed.seconds_for(work) == pytest.approx(30.0)
+    assert speed.seconds_for(work) >= 10 * 2.0 + 1.0
+
+
 def test_a_noisy_timing_errs_towards_a_slower_speed() -> None:
     speed = speed_from_runs(model="m", device="cpu", width=64, height=64,
                             short=(2, 3.0), long=(6, 2.0))

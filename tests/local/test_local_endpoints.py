@@ -158,5 +158,5 @@ def test_a_deploy_reports_download_and_load_progress(clients, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"endpoint {name}:")]
     assert any("downloading s3://" in line and "done in" in line for line in lines), lines
     assert any("unpacking model.tar.gz done in" in line for line in lines), lines
-    assert any("loading the model) done in" in line for line in lines), lines
+    assert any("starting the inference server done in" in line for line in lines), lines
     assert lines[-1] == f"endpoint {name}: InService"

@@ -301,3 +301,50 @@ def test_flux2_file_is_refused_saying_which_family_it_is(stack, tmp_path, capsys
     code, _, err = _run(capsys, write_safetensors(tmp_path / "f2.safetensors", keys),
                         "--state-dir", tmp_path / "s")
     assert code == 1 and "FLUX.2 is not supported" in err
+
+
+@pytest.mark.parametrize(("url", "local"), [
+    ("http://127.0.0.1:4566", True), ("http://localhost:9000", True), ("http://[::1]:80", True),
+    ("https://s3.us-east-1.amazonaws.com", False), ("http://10.0.0.5:9000", False),
+])
+def test_only_an_s3_on_this_machine_counts_as_loopback(url, local) -> None:
+    assert upload_model.is_loopback(url) is local
+
+
+def _uploaded_part_headers(monkeypatch, endpoint: str | None) -> dict[str, str]:
+    """The headers of one UploadPart from the script's S3 client (stopped before it is sent)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    if endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    else:
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    _, s3 = upload_model._resolve_bucket(
+        upload_model.build_parser().parse_args(["model.safetensors", "--bucket", BUCKET]))
+    seen: dict[str, str] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(request, **_kwargs):
+        seen.update({k.lower(): str(v) for k, v in request.headers.items()})
+        raise Stop
+
+    s3.meta.events.register("before-send.s3.UploadPart", capture)
+    with pytest.raises(Stop):
+        s3.upload_part(Bucket=BUCKET, Key="k", UploadId="u", PartNumber=1, Body=b"x" * 64)
+    return seen
+
+
+def test_parts_sent_to_the_local_s3_carry_no_crc32_pass(monkeypatch) -> None:
+    headers = _uploaded_part_headers(monkeypatch, "http://127.0.0.1:4566")
+    assert not [name for name in headers if name.startswith("x-amz-checksum-")]
+    assert "x-amz-trailer" not in headers
+
+
+def test_parts_sent_to_aws_keep_their_crc32(monkeypatch) -> None:
+    headers = _uploaded_part_headers(monkeypatch, None)
+    # over https boto3 sends it as a trailer of the aws-chunked body
+    assert "x-amz-checksum-crc32" in headers or "crc32" in headers.get("x-amz-trailer", "")

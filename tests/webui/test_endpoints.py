@@ -193,6 +193,44 @@ def test_endpoint_list_shows_status_failure_and_cost(world):
     assert "CannotStartContainerError" in page.text
 
 
+def _describe_with_variant_status(world, status: str, message: str) -> None:
+    world.sagemaker.endpoints["easel-demo"] = {
+        "EndpointName": "easel-demo", "EndpointStatus": status,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "VariantStatus": [
+            {"Status": "Creating", "StatusMessage": message}]}],
+    }
+
+
+def test_a_creating_endpoint_shows_the_step_its_variant_status_names(world):
+    world.put("models/tiny.tar.gz")
+    admin = world.signed_in("admin")
+    _deploy(admin)
+    step = "downloading s3://b/models/m/: 500 of 2,000 MB (25 %) at 410 MB/s"
+    _describe_with_variant_status(world, "Creating", step)
+    data = admin.get("/endpoints/status").json()["endpoints"][0]
+    assert (data["status"], data["progress"]) == ("Creating", step)
+    page = admin.get("/endpoints")
+    assert f'<small class="hint progress">{html.escape(step)}</small>' in page.text
+
+
+def test_an_endpoint_in_service_shows_no_step(world):
+    world.put("models/tiny.tar.gz")
+    admin = world.signed_in("admin")
+    _deploy(admin)
+    _describe_with_variant_status(world, "InService", "warming up (3 s)")
+    assert admin.get("/endpoints/status").json()["endpoints"][0]["progress"] == ""
+    assert "warming up (3 s)" not in admin.get("/endpoints").text
+
+
+def test_a_creating_endpoint_without_a_status_message_shows_just_its_status(world):
+    # SageMaker on AWS may say nothing while it creates: no empty progress line appears
+    world.put("models/tiny.tar.gz")
+    admin = world.signed_in("admin")
+    _deploy(admin)
+    assert admin.get("/endpoints/status").json()["endpoints"][0]["progress"] == ""
+    assert 'class="hint progress"' not in admin.get("/endpoints").text
+
+
 def test_caps_endpoints_per_user_and_instances(world_factory):
     world = world_factory(EASEL_MAX_ENDPOINTS_PER_USER="1", EASEL_MAX_INSTANCES_PER_ENDPOINT="2")
     world.put("models/tiny.tar.gz")

@@ -116,17 +116,21 @@ class MeasuredSpeed(BaseModel):
 
 
 def speed_from_runs(*, model: str, device: str, width: int, height: int,
-                    short: tuple[int, float], long: tuple[int, float],
+                    short: tuple[int, float], long: tuple[int, float] | None = None,
                     other: tuple[int, int, int, float] | None = None) -> MeasuredSpeed:
     """The speed from timed single-image runs: ``(steps, seconds)`` with fewer and with more
     steps at ``width`` x ``height``, and optionally ``(width, height, steps, seconds)`` at another
     size. The step difference gives the cost of a step, the rest the cost paid once an image;
-    the other size tells how the step cost grows with the pixels.
+    the other size tells how the step cost grows with the pixels. Without a long run (the CPU's
+    warm-up, where every run costs seconds) all of a run's seconds count as step work: the work
+    paid once an image is then charged at every step, an over-estimate.
 
     Timings are noisy: a pair where the longer run is no slower counts every second as step
     work, and a growth slower than the pixels counts as linear at the slower rate; both
     over-estimate, erring towards refusing."""
-    (few, few_s), (many, many_s) = short, long
+    few, few_s = short
+    # no long run: as a long run no slower than the short one (the fallback below)
+    many, many_s = long if long is not None else (few + 1, few_s)
     if not 0 < few < many:
         raise ValueError("the long run needs more steps than the short one")
     pixels = width * height

@@ -26,6 +26,7 @@ from easel_contracts.form_sizes import Size, offered_sizes
 from easel_contracts.instances import this_host_problem
 from easel_contracts.invocations import (
     GENERATION_TASKS,
+    MIN_SIDE,
     TASKS,
     ControlNetModels,
     GenerationRequest,
@@ -82,6 +83,8 @@ SPEED_MIN_HALF_SIDE = 256  # below it the second timed size is twice the native 
 # a compiled size is captured on its second UNet call and replayed from its third
 SIZE_WARMUP_STEPS = 3
 STARTUP_MARGIN_S = 60.0  # of the start-up budget, kept back for the last /ping to land
+# on a CPU, a UNet this big is timed once, at the smallest size (warm_up_cpu); SD1.5's: 860 M
+CPU_BIG_UNET_PARAMETERS = 100_000_000
 DISCONNECT_POLL_S = 0.5
 
 
@@ -161,6 +164,9 @@ class Engine:
         that size, one at another (half the side, or twice a small one) for how the cost of a
         step grows with the pixels."""
         warm = warmup_request(pipe, name, max_pixels=self.settings.max_pixels)
+        if self.manager.device == "cpu":
+            self.warm_up_cpu(name, pipe, warm)
+            return
 
         def timed(steps: int, side: int | None = None) -> float:
             update: dict[str, int] = {"steps": steps}
@@ -227,6 +233,52 @@ class Engine:
         when that model is loaded, so the work cap counts what will run."""
         model = self.manager.peek(request.override_settings.sd_model_checkpoint)
         return request if model is None else model_request(request, model)[0]
+
+    def warm_up_cpu(self, name: str, pipe: Any, native: Txt2ImgRequest) -> None:
+        """On a CPU a step at the native size takes minutes (SD1.5 at 512x512 on 2 cores), and
+        so would the GPU's warm-up: here the runs are of 1 step at the smallest size, their
+        whole seconds counted as step work.
+
+        A big model (SD1.5 and up) runs once: its step's fixed cost (reading every weight)
+        dominates the small sizes, so scaling with the pixels over-estimates larger ones, and
+        another size would show nothing and cost as much again. A small model runs once for its
+        first use, then is timed at that size and at twice its side, where a cost growing
+        faster than the pixels (attention) shows. Beyond the native size (or the one size
+        timed) the estimate grows with the square of the pixels too: the work cap errs towards
+        refusing."""
+
+        def timed(side: int) -> float:
+            started = self.clock()
+            generate(native.model_copy(update={"steps": 1, "width": side, "height": side}),
+                     task="txt2img", manager=self.manager, library=self.library,
+                     settings=self.settings, step_hook=self.step_hook)
+            return self.clock() - started
+
+        first = timed(MIN_SIDE)
+        self.warmed_up = WarmUp(model=name, width=MIN_SIDE, height=MIN_SIDE, steps=1,
+                                seconds=round(first, 3))
+        seconds, side, other = [first], 2 * MIN_SIDE, None
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer  # SD3.5/FLUX.1: a transformer
+        big = sum(p.numel() for p in denoiser.parameters()) >= CPU_BIG_UNET_PARAMETERS
+        if not big and side * side <= self.settings.max_pixels:
+            seconds = [timed(MIN_SIDE), timed(side)]
+            other = (side, side, 1, seconds[1])
+        speed = speed_from_runs(model=name, device="cpu", width=MIN_SIDE, height=MIN_SIDE,
+                                short=(1, seconds[0]), other=other)
+        timed_pixels = side * side if other else MIN_SIDE * MIN_SIDE
+        native_pixels = native.width * native.height
+        if native_pixels > timed_pixels or other is None:
+            # Attention over the latent's tokens grows with the square of the pixels, which
+            # the small sizes do not show in a big model (SD1.5 on 2 cores: a step costs 18 s
+            # at 64x64, 23 s at 256x256, 240 s at 512x512): from the native size on (or the one
+            # size timed), the estimate grows so too.
+            speed = speed.model_copy(update={
+                "seconds_per_squared_pixel_step": speed.seconds_per_squared_pixel_step
+                + speed.seconds_per_pixel_step / max(native_pixels, timed_pixels)})
+        self.speed = speed
+        log.info("speed of %s on the cpu: at most %.3g s a %dx%d step (%s)", name,
+                 self.speed.step_seconds(native_pixels), native.width, native.height,
+                 ", ".join(f"{run:.1f} s" for run in seconds))
 
     def admit(self, request: GenerationRequest) -> Job:
         return self.admission.admit(request, now=self.clock(), clock=self.clock,

@@ -27,6 +27,24 @@ from easel_webui.settings import Settings
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now
 
+# While an endpoint is in one of these, SageMaker's variant status says what it is doing.
+_CHANGING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+
+
+def variant_progress(described: dict[str, Any]) -> str:
+    """What a changing endpoint is doing, from its variants' status (``VariantStatus``:
+    SageMaker's ``Status`` with its ``StatusMessage``; the local SageMaker puts the deploy step
+    there: download MB/s, unpack, loading the model, warming up), or ""."""
+    if described.get("EndpointStatus") not in _CHANGING:
+        return ""
+    parts = []
+    for variant in described.get("ProductionVariants") or []:
+        for status in variant.get("VariantStatus") or []:
+            message = str(status.get("StatusMessage") or "").strip()
+            if message:
+                parts.append(message)
+    return "; ".join(parts)
+
 
 def _aws_message(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
@@ -276,6 +294,7 @@ class Endpoints:
                 **record,
                 "status": status,
                 "failure": live.get("FailureReason") or record.get("failure", ""),
+                "progress": variant_progress(live),
                 "instances": instances,
                 "cost_per_hour": round(hourly, 3),
                 "usable": status in ("InService", "Updating"),

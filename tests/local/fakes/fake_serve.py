@@ -19,6 +19,25 @@ from pathlib import Path
 
 MODEL_DIR = Path(os.environ.get("EASEL_MODEL_DIR", "/opt/ml/model"))
 CHILD = None
+STARTED = time.monotonic()
+# Readiness as the real server reports it on /ping (easel_contracts.readiness): "loading" for
+# FAKE_LOADING_SECONDS, then "warming" for FAKE_WARMING_SECONDS, then ready; FAKE_FAILED_DETAIL
+# makes it "failed" with that reason once loaded.
+LOADING_S = float(os.environ.get("FAKE_LOADING_SECONDS", "0"))
+WARMING_S = float(os.environ.get("FAKE_WARMING_SECONDS", "0"))
+FAILED_DETAIL = os.environ.get("FAKE_FAILED_DETAIL")
+
+
+def readiness():
+    """(HTTP status, body) of /ping now."""
+    elapsed = time.monotonic() - STARTED
+    if elapsed < LOADING_S:
+        return 503, {"status": "loading"}
+    if FAILED_DETAIL:
+        return 503, {"status": "failed", "detail": FAILED_DETAIL}
+    if elapsed < LOADING_S + WARMING_S:
+        return 503, {"status": "warming", "detail": "warming up fake"}
+    return 200, {"status": "ready"}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,7 +56,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/ping":
-            self._reply(200, {"status": "ok"})
+            self._reply(*readiness())
         else:
             self._reply(404, {"error": "not found"})
 

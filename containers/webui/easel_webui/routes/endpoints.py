@@ -36,9 +36,9 @@ def endpoints_page(request: Request, portal: PortalDep, user: CurrentUser,
 @routes.get("/endpoints/status", access=Access.ADMIN)
 def endpoints_status(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
     return {"endpoints": [
-        {k: e.get(k) for k in ("endpoint", "status", "failure", "instances", "cost_per_hour",
-                               "creator", "mode", "instance_type", "scaling_status",
-                               "scaling_error")}
+        {k: e.get(k) for k in ("endpoint", "status", "failure", "progress", "instances",
+                               "cost_per_hour", "creator", "mode", "instance_type",
+                               "scaling_status", "scaling_error")}
         for e in portal.endpoints.listing()
     ]}
 

@@ -59,25 +59,33 @@
     }));
   }
 
-  // Endpoint list: refresh live status.
+  // Endpoint list: refresh live status (every 2 s while one is changing, to follow its steps).
   const list = $("#endpoint-list");
   if (list) {
-    setInterval(async () => {
+    const changing = (status) => ["creating", "updating", "systemupdating", "rollingback"]
+      .includes(String(status).toLowerCase());
+    const refresh = async () => {
+      let busy = false;
       try {
         const data = await api(list.dataset.refresh);
         data.endpoints.forEach((e) => {
           const row = list.querySelector(`tr[data-endpoint="${CSS.escape(e.endpoint)}"]`);
           if (!row) return;
+          busy = busy || changing(e.status);
           const cell = row.querySelector(".status");
           cell.textContent = e.status;
           cell.className = "status s-" + String(e.status).toLowerCase();
+          if (e.progress) { cell.appendChild(document.createElement("br")); const s = document.createElement("small"); s.className = "hint progress"; s.textContent = e.progress; cell.appendChild(s); }
           if (e.failure) { const s = document.createElement("small"); s.className = "error"; s.textContent = " " + e.failure; cell.appendChild(s); }
           if (e.scaling_status === "failed") { const s = document.createElement("small"); s.className = "error scaling-error"; s.textContent = " Scaling not applied: " + e.scaling_error; cell.appendChild(s); }
           row.querySelector(".instances").textContent = e.instances;
           row.querySelector(".cost").textContent = "$" + Number(e.cost_per_hour).toFixed(3);
         });
       } catch (e) { /* keep the last known state */ }
-    }, 15000);
+      setTimeout(refresh, busy ? 2000 : 15000);
+    };
+    const starting = Array.from(list.querySelectorAll(".status")).some((c) => changing(c.textContent.trim().split(/\s/)[0]));
+    setTimeout(refresh, starting ? 2000 : 15000);
   }
 
   // Concept upload: pre-signed POSTs straight to S3, falling back to the portal.
