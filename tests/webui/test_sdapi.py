@@ -178,7 +178,7 @@ def test_the_api_accepts_the_model_servers_largest_sizes(world):
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("width", 4104), ("n_iter", 17), ("steps", 151), ("enable_hr", True),
+    ("width", 4104), ("n_iter", 17), ("steps", 151), ("hr_scale", 5),
 ])
 def test_out_of_bounds_requests_are_422_before_any_endpoint_call(world, field, value):
     client = _setup(world)
