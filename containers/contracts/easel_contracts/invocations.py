@@ -381,7 +381,8 @@ class GenerationResponse(BaseModel):
 
     model_config = _ANSWER
 
-    images: list[str] = Field(max_length=MAX_IMAGES)
+    # the images, and the portal's grid of them first (A1111's return_grid)
+    images: list[str] = Field(max_length=MAX_IMAGES + 1)
     parameters: dict[str, Any]
     info: str
 
