@@ -23,7 +23,8 @@ def test_submit_returns_a_job_then_poll_gives_images(world):
     assert response.status_code == 202
     state = poll_job(alice, response.json()["job_id"])
     assert state["status"] == "done", state
-    assert len(state["images"]) == 2
+    assert len(state["images"]) == 3  # their grid first, then the two
+    assert state["images"][0]["grid"] and not state["images"][1]["grid"]
     assert all(i["url"] and i["download_url"] for i in state["images"])
     (call,) = world.runtime.generations()
     assert call["EndpointName"] == "easel-demo"
