@@ -45,6 +45,7 @@ from easel_contracts.streaming import (
     StepEvent,
     StreamError,
 )
+from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S
 from easel_webui.auth import User
 from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
@@ -323,7 +324,8 @@ class Generation:
             answer = self.clients.runtime.invoke_endpoint_async(
                 EndpointName=endpoint, InputLocation=f"{self.bucket.uri}/{key}",
                 ContentType="application/json", Accept="application/json",
-                InvocationTimeoutSeconds=3600,
+                # the endpoint's server was given this as its deadline (workcap, EndpointSpec)
+                InvocationTimeoutSeconds=ASYNC_INVOCATION_TIMEOUT_MAX_S,
             )
         except ClientError as exc:
             raise UpstreamError(f"Endpoint {endpoint!r} failed: {_model_error_message(exc)}") \
