@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     RootModel,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -235,8 +236,9 @@ class Txt2ImgRequest(GenerationRequest):
 
     @field_validator("hr_upscaler")
     @classmethod
-    def _known_upscaler(cls, value: str) -> str:
-        if value not in HR_UPSCALERS:
+    def _known_upscaler(cls, value: str, info: ValidationInfo) -> str:
+        # checked only when used: a client may send its last upscaler with enable_hr off
+        if info.data.get("enable_hr") and value not in HR_UPSCALERS:
             raise ValueError(f"{value!r} is not an upscaler here; use one of "
                              + ", ".join(HR_UPSCALERS))
         return value
