@@ -38,7 +38,8 @@ def test_envelope_validates_the_payload_with_the_tasks_request_model():
     ("width", 4104), ("width", 65), ("height", 32), ("steps", 0), ("steps", 151),
     ("batch_size", 9), ("n_iter", 17), ("seed", -2), ("seed", 2**32), ("cfg_scale", 31),
     ("cfg_scale", float("nan")), ("eta", 1.5), ("clip_skip", 13), ("prompt", "x" * 20001),
-    ("enable_hr", True),
+    ("hr_scale", 4.5), ("hr_scale", 0.5), ("hr_resize_x", 100),
+    ("hr_second_pass_steps", 151), ("denoising_strength", 1.5),
 ])
 def test_out_of_bounds_requests_name_the_field(field, value):
     with pytest.raises(ValidationError) as caught:
@@ -139,3 +140,37 @@ def test_inpainting_settings_out_of_bounds_name_the_field(field, value):
 def test_masked_area_only_padding_defaults_to_a1111s_32():
     request = inv.Img2ImgRequest(init_images=["aGk="], inpaint_full_res=True)
     assert request.inpaint_full_res_padding == 32
+
+
+def test_enable_hr_is_accepted_with_a1111_defaults():
+    request = inv.Txt2ImgRequest(enable_hr=True, width=512, height=384)
+    assert request.hr_upscaler == "Latent" and request.hr_scale == 2.0
+    assert request.hires_size() == (1024, 768)
+    assert request.hires_steps() == request.steps
+
+
+@pytest.mark.parametrize(("resize", "size"), [
+    ({"hr_resize_x": 768}, (768, 576)), ({"hr_resize_y": 576}, (768, 576)),
+    ({"hr_resize_x": 640, "hr_resize_y": 640}, (640, 640)),
+    ({"hr_scale": 1.3}, (664, 496)),
+])
+def test_the_hires_size_follows_resize_then_scale_in_multiples_of_eight(resize, size):
+    assert inv.Txt2ImgRequest(enable_hr=True, width=512, height=384, **resize).hires_size() == size
+
+
+def test_a_hires_size_over_the_largest_side_is_refused_naming_hr_scale():
+    with pytest.raises(ValidationError, match="hr_scale"):
+        inv.Txt2ImgRequest(enable_hr=True, width=4096, height=512, hr_scale=1.5)
+    # the same settings without enable_hr are no hires request
+    inv.Txt2ImgRequest(width=4096, height=512, hr_scale=1.5)
+
+
+def test_an_unknown_hires_upscaler_is_refused_naming_the_known_ones():
+    with pytest.raises(ValidationError) as caught:
+        inv.Txt2ImgRequest(enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+    assert caught.value.errors()[0]["loc"] == ("hr_upscaler",)
+    assert "Lanczos" in str(caught.value)
+
+
+def test_an_unused_hires_upscaler_is_not_checked():
+    assert inv.Txt2ImgRequest(hr_upscaler="R-ESRGAN 4x+").hr_upscaler == "R-ESRGAN 4x+"

@@ -154,3 +154,22 @@ def test_the_options_answer_carries_the_speed_and_deadline() -> None:
                       warmed_up=None, speed=SPEED, deadline_seconds=55)
     parsed = Options.model_validate_json(options.model_dump_json())
     assert parsed.speed == SPEED
+
+
+def test_the_hires_second_pass_counts_its_steps_at_its_size() -> None:
+    plain = Txt2ImgRequest(width=512, height=512, steps=20)
+    hires = Txt2ImgRequest(width=512, height=512, steps=20, enable_hr=True, hr_scale=2,
+                           denoising_strength=0.5, hr_second_pass_steps=10)
+    work = work_of(hires)
+    assert (work.hires_pixels, work.hires_steps) == (1024 * 1024, 5)
+    extra = SPEED.seconds_for(work) - SPEED.seconds_for(work_of(plain))
+    assert extra == pytest.approx(5 * SPEED.step_seconds(1024 * 1024)
+                                  + 1024 * 1024 * SPEED.seconds_per_pixel_image)
+
+
+def test_a_hires_request_that_fits_only_without_its_second_pass_is_refused() -> None:
+    base = {"width": 512, "height": 512, "steps": 10}
+    assert check_work(Txt2ImgRequest(**base), SPEED, deadline_s=55) is None
+    hires = Txt2ImgRequest(**base, enable_hr=True, hr_scale=4)
+    refusal = check_work(hires, SPEED, deadline_s=55)
+    assert refusal is not None and refusal.error == "TooMuchWork"

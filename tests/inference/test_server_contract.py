@@ -202,7 +202,7 @@ BAD_INPUTS = [
     ({"task": "img2img", "payload": small(init_images=["not base64!!"])}, 400, "init_images[0]"),
     ({"task": "img2img", "payload": small(init_images=["aGVsbG8="])}, 400, "init_images[0]"),
     ({"task": "img2img", "payload": small(init_images=[], denoising_strength=0.5)}, 400, "init_images"),
-    ({"task": "txt2img", "payload": small(enable_hr=True)}, 400, "enable_hr"),
+    ({"task": "txt2img", "payload": small(enable_hr=True, hr_upscaler="Bogus")}, 400, "hr_upscaler"),
     ({"task": "paint", "payload": {}}, 400, "task"),
     ({"payload": {}}, 400, "task"),
     ({"task": "txt2img", "payload": small(scheduler="Sideways")}, 400, "scheduler"),

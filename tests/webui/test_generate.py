@@ -23,7 +23,8 @@ def test_submit_returns_a_job_then_poll_gives_images(world):
     assert response.status_code == 202
     state = poll_job(alice, response.json()["job_id"])
     assert state["status"] == "done", state
-    assert len(state["images"]) == 2
+    assert len(state["images"]) == 3  # their grid first, then the two
+    assert state["images"][0]["grid"] and not state["images"][1]["grid"]
     assert all(i["url"] and i["download_url"] for i in state["images"])
     (call,) = world.runtime.generations()
     assert call["EndpointName"] == "easel-demo"
@@ -262,3 +263,30 @@ def test_a_job_whose_portal_task_beats_stays_running(world, monkeypatch):
         assert admin.get(f"/generate/jobs/{job_id}").json()["status"] == "running"
     finally:
         world.runtime.release.set()
+
+
+def test_hires_fix_settings_pass_through_to_the_endpoint_and_the_history(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    hires = {"enable_hr": True, "hr_upscaler": "Lanczos", "hr_scale": 1.5,
+             "hr_second_pass_steps": 4, "denoising_strength": 0.45}
+    response = _submit(admin, **hires)
+    state = poll_job(admin, response.json()["job_id"])
+    assert state["status"] == "done", state
+    sent = json.loads(world.runtime.generations()[-1]["Body"])["payload"]
+    assert {key: sent[key] for key in hires} == hires
+    assert state["images"][0]["params"]["hr_upscaler"] == "Lanczos"
+
+
+def test_a_hires_upscaler_the_server_lacks_is_refused_with_the_field(world):
+    world.in_service()
+    refused = _submit(world.signed_in("admin"), enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+    assert refused.status_code == 422 and "hr_upscaler" in refused.json()["detail"]
+    assert world.runtime.generations() == []
+
+
+def test_the_generate_page_offers_the_hires_upscalers(world):
+    world.in_service()
+    page = world.signed_in("admin").get("/generate")
+    assert 'id="hr-on"' in page.text
+    assert "<option>Latent</option>" in page.text and "<option>Lanczos</option>" in page.text

@@ -125,7 +125,8 @@ def test_skip_drops_the_current_image_and_goes_on_with_the_next_batch(two_tasks)
     _until(lambda: _progress(other)["state"]["sampling_step"] >= 1)
     assert other.client().post("/sdapi/v1/skip", headers=_basic()).json()["stopping"] is True
     state = poll_job(runner.signed_in("alice"), job_id, timeout=20)
-    assert state["status"] == "done" and len(state["images"]) == 2
+    # the two batches made, and their grid
+    assert state["status"] == "done" and len(state["images"]) == 3
     first, *rest = runner.runtime.streams
     assert first.closed and first.sent < 30
     assert [stream.sent for stream in rest] == [30, 30]

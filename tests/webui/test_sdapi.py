@@ -174,11 +174,11 @@ def test_the_api_accepts_the_model_servers_largest_sizes(world):
     first = sent[0]["seed"]
     assert sent == [{"prompt": "x", "width": 4096, "height": 64, "n_iter": 1,
                      "seed": first + index} for index in range(16)]
-    assert len(response.json()["images"]) == 16
+    assert len(response.json()["images"]) == 17  # their grid first (A1111's return_grid)
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("width", 4104), ("n_iter", 17), ("steps", 151), ("enable_hr", True),
+    ("width", 4104), ("n_iter", 17), ("steps", 151), ("hr_scale", 5),
 ])
 def test_out_of_bounds_requests_are_422_before_any_endpoint_call(world, field, value):
     client = _setup(world)

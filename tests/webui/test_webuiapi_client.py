@@ -100,3 +100,16 @@ def test_webuiapi_skip_goes_on_with_the_next_batch(api, world):
 
 def _admin(world):
     return world.portal.auth.authenticate("admin", ADMIN_PASSWORD)
+
+
+def test_webuiapi_txt2img_sends_hires_fix_and_gets_the_grid_first(api, world):
+    import json
+
+    world.in_service()
+    result = api.txt2img(prompt="a koi", width=64, height=64, steps=2, batch_size=2,
+                         enable_hr=True, hr_upscaler=webuiapi.HiResUpscaler.Lanczos,
+                         hr_scale=1.5, denoising_strength=0.4)
+    sent = json.loads(world.runtime.generations()[-1]["Body"])["payload"]
+    assert (sent["enable_hr"], sent["hr_upscaler"], sent["hr_scale"]) == (True, "Lanczos", 1.5)
+    assert len(result.images) == 3  # the grid of the two, first
+    assert result.image.size == (16, 8) and result.images[1].size == (8, 8)

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     RootModel,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -162,7 +163,6 @@ class GenerationRequest(BaseModel):
     n_iter: int = Field(default=1, ge=1, le=MAX_N_ITER)
     eta: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     clip_skip: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP)
-    enable_hr: bool = False
     # A1111's SDXL refiner: a second model takes over for the last steps, from this fraction
     refiner_checkpoint: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     refiner_switch_at: float = Field(default=0.8, ge=0.0, le=1.0, allow_inf_nan=False)
@@ -174,13 +174,6 @@ class GenerationRequest(BaseModel):
     def _multiple_of_eight(cls, value: int) -> int:
         if value % 8:
             raise ValueError("must be a multiple of 8")
-        return value
-
-    @field_validator("enable_hr")
-    @classmethod
-    def _no_hires_fix(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("enable_hr (hires fix) is not supported by this server")
         return value
 
     @field_validator("refiner_checkpoint")
@@ -236,8 +229,76 @@ def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
     return units
 
 
+# hires fix: A1111's latent upscalers (interpolation modes of the latents) and the PIL one
+LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+IMAGE_UPSCALERS = ("Lanczos",)
+HR_UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
+MAX_HR_SCALE = 4.0
+
+
 class Txt2ImgRequest(GenerationRequest):
-    pass
+    """txt2img, with A1111's hires fix: a first pass at ``width`` x ``height``, an upscale to
+    ``hr_resize_x`` x ``hr_resize_y`` (or ``hr_scale`` times the size), then an img2img pass of
+    ``hr_second_pass_steps`` (0: ``steps``) at ``denoising_strength``."""
+
+    enable_hr: bool = False
+    hr_scale: float = Field(default=2.0, ge=1.0, le=MAX_HR_SCALE, allow_inf_nan=False)
+    hr_upscaler: str = Field(default="Latent", max_length=MAX_NAME_CHARS)
+    hr_second_pass_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
+    hr_resize_x: int = Field(default=0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(default=0, ge=0, le=MAX_SIDE)
+    denoising_strength: float = Field(default=0.7, ge=0.0, le=1.0, allow_inf_nan=False)
+
+    @field_validator("hr_upscaler")
+    @classmethod
+    def _known_upscaler(cls, value: str, info: ValidationInfo) -> str:
+        # checked only when used: a client may send its last upscaler with enable_hr off
+        if info.data.get("enable_hr") and value not in HR_UPSCALERS:
+            raise ValueError(f"{value!r} is not an upscaler here; use one of "
+                             + ", ".join(HR_UPSCALERS))
+        return value
+
+    @field_validator("hr_resize_x", "hr_resize_y")
+    @classmethod
+    def _resize_multiple_of_eight(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8 (or 0: hr_scale decides)")
+        return value
+
+    @model_validator(mode="after")
+    def _hires_target_in_bounds(self) -> Txt2ImgRequest:
+        if self.enable_hr:
+            width, height = self.hires_size()
+            if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+                raise ValueError(
+                    f"hr_scale: the hires size {width}x{height} must have sides of "
+                    f"{MIN_SIDE}..{MAX_SIDE}; lower hr_scale or hr_resize_x/hr_resize_y")
+        return self
+
+    def hires_size(self) -> tuple[int, int]:
+        """The second pass's width and height (multiples of 8), as A1111 picks them: both
+        resize sides given, they win; one given, the other keeps the aspect; none, ``hr_scale``
+        times the first pass's size."""
+        x, y = self.hr_resize_x, self.hr_resize_y
+        if x and y:
+            return x, y
+        if x:
+            return x, int(self.height * x / self.width) // 8 * 8
+        if y:
+            return int(self.width * y / self.height) // 8 * 8, y
+        return (int(self.width * self.hr_scale) // 8 * 8,
+                int(self.height * self.hr_scale) // 8 * 8)
+
+    def hires_steps(self) -> int:
+        """The steps the second pass is scheduled over (``int(steps x strength)`` of them run)."""
+        return self.hr_second_pass_steps or self.steps
 
 
 class Img2ImgRequest(GenerationRequest):
@@ -381,7 +442,8 @@ class GenerationResponse(BaseModel):
 
     model_config = _ANSWER
 
-    images: list[str] = Field(max_length=MAX_IMAGES)
+    # the images, and the portal's grid of them first (A1111's return_grid)
+    images: list[str] = Field(max_length=MAX_IMAGES + 1)
     parameters: dict[str, Any]
     info: str
 

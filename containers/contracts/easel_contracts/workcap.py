@@ -47,10 +47,9 @@ def deadline_seconds(mode: Literal["realtime", "async"],
 
 
 class Work(BaseModel):
-    """What one request asks the device to do.
-
-    Hires fix is refused by the request model and this server answers no grid image, so
-    neither adds a pass here.
+    """What one request asks the device to do: the first pass, and a hires fix's second pass
+    (``hires_pixels`` and ``hires_steps`` zero without one). The server answers no grid image
+    (the portal draws it), so no pass for it here.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,6 +58,8 @@ class Work(BaseModel):
     steps: int = Field(gt=0, description="denoising steps run for each image")
     images: int = Field(gt=0, description="batch_size x n_iter")
     controlnet_units: int = Field(ge=0)
+    hires_pixels: int = Field(default=0, ge=0, description="width x height of the second pass")
+    hires_steps: int = Field(default=0, ge=0, description="steps the second pass runs")
 
     @property
     def step_passes(self) -> float:
@@ -72,15 +73,21 @@ class Work(BaseModel):
 
 
 def work_of(request: GenerationRequest) -> Work:
-    from .invocations import Img2ImgRequest
+    from .invocations import Img2ImgRequest, Txt2ImgRequest
 
     steps = request.steps
     if isinstance(request, Img2ImgRequest):
         # diffusers runs int(steps x strength) of them; the server runs at least one
         steps = max(1, int(steps * request.denoising_strength))
+    hires_pixels = hires_steps = 0
+    if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+        width, height = request.hires_size()
+        hires_pixels = width * height
+        hires_steps = max(1, int(request.hires_steps() * request.denoising_strength))
     return Work(pixels=request.width * request.height, steps=steps,
                 images=request.batch_size * request.n_iter,
-                controlnet_units=len(request.controlnet_units()))
+                controlnet_units=len(request.controlnet_units()),
+                hires_pixels=hires_pixels, hires_steps=hires_steps)
 
 
 class MeasuredSpeed(BaseModel):
@@ -111,8 +118,12 @@ class MeasuredSpeed(BaseModel):
                 + self.seconds_per_squared_pixel_step * pixels * pixels)
 
     def seconds_for(self, work: Work) -> float:
-        return (work.step_passes * self.step_seconds(work.pixels)
-                + work.pixel_images * self.seconds_per_pixel_image)
+        seconds = (work.step_passes * self.step_seconds(work.pixels)
+                   + work.pixel_images * self.seconds_per_pixel_image)
+        if work.hires_steps:  # the second pass: its steps at its size, and a decode of it
+            seconds += (work.hires_steps * work.images * self.step_seconds(work.hires_pixels)
+                        + work.hires_pixels * work.images * self.seconds_per_pixel_image)
+        return seconds
 
 
 def speed_from_runs(*, model: str, device: str, width: int, height: int,

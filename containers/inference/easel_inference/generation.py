@@ -14,6 +14,7 @@ import torch
 from easel_contracts.families import FAMILIES, ModelFamily
 from easel_contracts.infotext import format_infotext
 from easel_contracts.invocations import (
+    LATENT_UPSCALERS,
     MAX_SEED,
     ControlNetUse,
     GenerationInfo,
@@ -22,6 +23,7 @@ from easel_contracts.invocations import (
     GenerationTimings,
     Img2ImgRequest,
     LoraUse,
+    Txt2ImgRequest,
     family_request,
 )
 from PIL import Image, ImageFilter
@@ -60,10 +62,37 @@ def _check_budget(request: GenerationRequest, settings: Settings) -> None:
             f"{settings.max_pixels} (EASEL_MAX_PIXELS)",
             field="width",
         )
+    if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+        width, height = request.hires_size()
+        pixels = width * height * request.batch_size
+        if pixels > settings.max_pixels:
+            raise BadRequest(
+                f"the hires size {width}x{height} x batch_size = {pixels} pixels exceeds the "
+                f"budget of {settings.max_pixels} (EASEL_MAX_PIXELS); lower hr_scale, "
+                "hr_resize_x/hr_resize_y or batch_size",
+                field="hr_scale",
+            )
+
+
+def _run_steps(steps: int, strength: float) -> tuple[int, int]:
+    """(steps to schedule, steps diffusers runs) of an img2img pass: it runs
+    int(steps x strength) of them; at least one, as A1111 does."""
+    if int(steps * strength) < 1:
+        steps = math.ceil(1 / max(strength, 0.01))
+    return steps, max(1, int(steps * strength))
+
+
+def _upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str, *,
+                     factor: int) -> torch.Tensor:
+    """A1111's latent upscalers: the first pass's latents interpolated to the hires size over
+    the VAE's scale ``factor`` (8 for Stable Diffusion's)."""
+    mode, antialias = LATENT_UPSCALERS[upscaler]
+    return torch.nn.functional.interpolate(latents, size=(size[1] // factor, size[0] // factor),
+                                           mode=mode, antialias=antialias)
 
 
 def _infotext(request: GenerationRequest, seed: int, sampler: str, karras: bool,
-              model: LoadedModel, vae: str | None) -> str:
+              model: LoadedModel, vae: str | None, *, hires: bool = False) -> str:
     """A1111's infotext of one image (its PNG's `parameters` chunk and `info.infotexts`); the
     prompt keeps its `<lora:name:weight>` tags, as A1111's does."""
     clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
@@ -74,11 +103,26 @@ def _infotext(request: GenerationRequest, seed: int, sampler: str, karras: bool,
         "Size": f"{request.width}x{request.height}", "Model hash": model.short_hash,
         "Model": model.name, "VAE": vae,
         "Denoising strength": (float(request.denoising_strength)
-                               if isinstance(request, Img2ImgRequest) else None),
+                               if isinstance(request, Img2ImgRequest) or hires else None),
         "Clip skip": clip_skip if clip_skip and clip_skip > 1 else None,
         "Refiner": request.refiner_checkpoint,
         "Refiner switch at": request.refiner_switch_at if request.refiner_checkpoint else None,
+        **_hires_infotext(request if hires else None),
     })
+
+
+def _hires_infotext(request: Txt2ImgRequest | None) -> dict[str, object]:
+    """The hires settings as A1111 writes them (``Hires resize`` only for an explicit size,
+    ``Hires steps`` only when set)."""
+    if request is None:
+        return {}
+    resized = request.hr_resize_x or request.hr_resize_y
+    return {
+        "Hires upscale": None if resized else float(request.hr_scale),
+        "Hires resize": "{}x{}".format(*request.hires_size()) if resized else None,
+        "Hires steps": request.hr_second_pass_steps or None,
+        "Hires upscaler": request.hr_upscaler,
+    }
 
 
 def _step_callback(hook: StepHook | None, stop: StopCheck | None,
@@ -201,6 +245,30 @@ def _task_pipeline(model: LoadedModel, kind: str) -> Any:
     return model.variant("inpaint", AutoPipelineForInpainting.from_pipe)
 
 
+def _hires_pass(pipe: Any, first: Any, request: Txt2ImgRequest, *, embeds: dict[str, Any],
+                size: tuple[int, int], steps: int, seeds: list[int],
+                callback: Callable[..., dict[str, Any]]) -> Any:
+    """A1111's hires fix second pass: the first pass's latents (a latent upscaler) or decoded
+    images (Lanczos) upscaled to ``size``, then img2img over them at ``denoising_strength``
+    with the same seeds."""
+    if request.hr_upscaler in LATENT_UPSCALERS:
+        image: Any = _upscale_latents(first, size, request.hr_upscaler,
+                                      factor=int(getattr(pipe, "vae_scale_factor", 8)))
+    else:
+        image = [picture.convert("RGB").resize(size, Image.LANCZOS) for picture in first]
+    seed_scheduler_noise(pipe.scheduler, seeds)
+    return pipe(
+        **embeds,
+        image=image,
+        strength=request.denoising_strength,
+        num_images_per_prompt=request.batch_size,
+        num_inference_steps=steps,
+        guidance_scale=request.cfg_scale,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        callback_on_step_end=callback,
+    )
+
+
 def generate(
     request: GenerationRequest,
     *,
@@ -290,18 +358,37 @@ def _generate(
         extra["eta"] = request.eta
     steps = request.steps
     strength = extra.get("strength")
-    if strength is not None and int(steps * strength) < 1:
-        # diffusers runs int(steps * strength) steps; run at least one, as A1111 does
-        steps = math.ceil(1 / max(strength, 0.01))
-    runs = max(1, int(steps * strength)) if strength is not None else steps  # steps it runs
+    runs = steps  # steps it runs
+    if strength is not None:
+        steps, runs = _run_steps(steps, strength)
+    hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
+    hires_pipe = None
+    hires_size = (request.width, request.height)
+    hires_steps = hires_runs = 0
+    if hires:
+        if kind != "txt2img" or units:
+            raise BadRequest("hires fix (enable_hr) needs a regular checkpoint without "
+                             "ControlNet; turn one of them off", field="enable_hr")
+        if refiner is not None or model.is_flow:
+            raise BadRequest("hires fix (enable_hr) is served for SD1.x, SD2.x and SDXL without "
+                             "a refiner; turn off enable_hr or refiner_checkpoint",
+                             field="enable_hr")
+        hires_pipe = _task_pipeline(model, "img2img")
+        hires_pipe.scheduler = make_scheduler(model.base_scheduler_config, sampler,
+                                              karras=karras)
+        hires_size = request.hires_size()
+        hires_steps, hires_runs = _run_steps(request.hires_steps(), request.denoising_strength)
+    total_runs = runs + hires_runs  # steps of one batch, both passes
     seeds = _seeds(request)
     encoding: list[Future[str]] = []
     # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
     overlay = (extra["image"], extra["mask_image"]) if getattr(request, "mask", None) else None
     vae = manager.vae(request.override_settings.sd_vae, model)
     vae_name = request.override_settings.sd_vae if vae is not None else None
-    infotexts = [_infotext(request, seed, sampler.name, karras, model, vae_name) for seed in seeds]
+    infotexts = [_infotext(request, seed, sampler.name, karras, model, vae_name, hires=hires)
+                 for seed in seeds]
     original_vae = pipe.vae
+    hires_vae = hires_pipe.vae if hires_pipe is not None else None
     model.fuser.apply(loras, library)
     clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
     if model.is_flow:
@@ -312,6 +399,8 @@ def _generate(
     try:
         if vae is not None:
             pipe.vae = vae
+            if hires_pipe is not None:
+                hires_pipe.vae = vae
         for iteration in range(request.n_iter):
             if stop is not None and iteration:
                 stop(f"before batch {iteration + 1} of {request.n_iter}")
@@ -321,12 +410,13 @@ def _generate(
             callback = _step_callback(
                 step_hook, stop,
                 lambda step, batch=iteration + 1: (
-                    f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})"),
+                    f"after step {step + 1} of {total_runs} (batch {batch} of {request.n_iter})"),
                 None if report is None else (
                     lambda step, latents, batch=iteration + 1:
-                    report(step + 1, runs, batch, request.n_iter, latents)))
+                    report(step + 1, total_runs, batch, request.n_iter, latents)))
             second_pass = {} if refiner is None else {
                 "denoising_end": request.refiner_switch_at, "output_type": "latent"}
+            latent_hires = hires and request.hr_upscaler in LATENT_UPSCALERS
             result = pipe(
                 **embeds,
                 num_images_per_prompt=request.batch_size,
@@ -336,6 +426,7 @@ def _generate(
                 height=request.height,
                 generator=generators,
                 callback_on_step_end=callback,
+                **({"output_type": "latent"} if latent_hires else {}),
                 **extra,
                 **second_pass,
             )
@@ -347,12 +438,27 @@ def _generate(
                     denoising_start=request.refiner_switch_at,
                     guidance_scale=request.cfg_scale, generator=generators,
                     callback_on_step_end=callback)
+            if hires_pipe is not None:
+                result = _hires_pass(
+                    hires_pipe, result.images, request, embeds=embeds, size=hires_size,
+                    steps=hires_steps, seeds=batch_seeds,
+                    callback=_step_callback(
+                        step_hook, stop,
+                        lambda step, batch=iteration + 1: (
+                            f"after step {runs + step + 1} of {total_runs} "
+                            f"(batch {batch} of {request.n_iter}, hires pass)"),
+                        None if report is None else (
+                            lambda step, latents, batch=iteration + 1:
+                            report(runs + step + 1, total_runs, batch, request.n_iter,
+                                   latents))))
             for image in result.images:  # encoded while the next batch denoises
                 encoding.append(encode_png_later(_overlay(image, overlay),
                                                  parameters=infotexts[len(encoding)]))
         images = [pending.result() for pending in encoding]
     finally:
         pipe.vae = original_vae
+        if hires_pipe is not None:
+            hires_pipe.vae = hires_vae
     finished = time.perf_counter()
     info = GenerationInfo(
         prompt=request.prompt,
@@ -374,7 +480,8 @@ def _generate(
         sd_model_name=model.name,
         sd_model_hash=model.short_hash,
         sd_vae_name=request.override_settings.sd_vae if vae is not None else None,
-        denoising_strength=getattr(request, "denoising_strength", None),
+        denoising_strength=(request.denoising_strength
+                            if isinstance(request, Img2ImgRequest) or hires else None),
         clip_skip=request.clip_skip or 1,
         loras=[LoraUse(name=u.name, te=u.text_weight, unet=u.unet_weight) for u in loras],
         controlnet=[ControlNetUse(module=u.module, model=u.model, weight=u.weight) for u in units],

@@ -50,6 +50,7 @@ from easel_webui.auth import User
 from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
 from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
+from easel_webui.grids import with_grid
 from easel_webui.live import JobControl, Stop
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now
@@ -176,6 +177,31 @@ def _merge_answers(request: GenerationRequest,
     parameters.update(n_iter=request.n_iter, seed=request.seed)
     return GenerationResponse(images=[image for answer in answers for image in answer.images],
                               parameters=parameters, info=json.dumps(info))
+
+
+def _image_details(answer: GenerationResponse) -> list[dict[str, Any]]:
+    """Per image of ``answer``: ``grid`` for a grid, else its own seed, size and steps (from
+    ``info``), for the gallery."""
+    try:
+        info = json.loads(answer.info)
+    except ValueError:
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    first = int(info.get("index_of_first_image") or 0)
+    seeds = info.get("all_seeds") or []
+    details: list[dict[str, Any]] = []
+    for index in range(len(answer.images)):
+        if index < first:
+            details.append({"grid": True})
+            continue
+        detail: dict[str, Any] = {}
+        if index - first < len(seeds):
+            detail["seed"] = int(seeds[index - first])
+        for field in ("width", "height", "steps"):
+            if isinstance(info.get(field), int):
+                detail[field] = info[field]
+        details.append(detail)
+    return details
 
 
 def _parse_answer(task: str, raw: bytes) -> BaseModel:
@@ -485,6 +511,8 @@ class Generation:
                     "status": "interrupted", "finished": now(),
                     "error": f"{what} before any image was finished; nothing was saved."})
                 return answer
+            if request.batch_size * request.n_iter > 1:
+                answer = with_grid(answer)
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
                                        request=request, answer=answer, job_id=job_id)
             self.table.update(*keys.generation_job_key(job_id), {
@@ -594,6 +622,7 @@ class Generation:
         params = _strip_large(request.model_dump(mode="json", exclude_unset=True))
         day = time.strftime("%Y-%m-%d", time.gmtime())
         model = _model_name(answer.info)
+        details = _image_details(answer)
         ids = []
         for index, encoded in enumerate(images):
             try:
@@ -618,6 +647,7 @@ class Generation:
                 "key": key, "params_key": meta_key, "endpoint": endpoint, "task": task,
                 "prompt": str(params.get("prompt", ""))[:2000], "model": model,
                 "params": json.dumps(params)[:30000], "created_at": created, "job_id": job_id,
+                **details[index],
             })
             self.table.put(keys.owner_image_item(owner, created, image_id))
             ids.append(image_id)
@@ -638,6 +668,9 @@ class Generation:
             "download_url": self.bucket.url(record["key"], download_name=download_name(
                 prompt=record["prompt"], created_at=record["created_at"], params=params)),
             "params": params,
+            "grid": bool(record.get("grid")),
+            **{field: int(record[field]) for field in ("seed", "width", "height", "steps")
+               if field in record},
         }
 
     def delete_image(self, image_id: str, *, user: User) -> None:

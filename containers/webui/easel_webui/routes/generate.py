@@ -9,6 +9,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from easel_contracts import table as keys
+from easel_contracts.invocations import HR_UPSCALERS
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.gallery import MAX_EXAMINED, parse_query, search
@@ -33,7 +34,7 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
         reused = {"params": sent}  # "Send to txt2img" from the PNG Info page
     endpoints = [e for e in portal.endpoints.listing() if e["usable"]]
     return render(request, "generate.html", endpoints=endpoints, reused=reused,
-                  library_loras=portal.bucket.loras())
+                  library_loras=portal.bucket.loras(), hr_upscalers=HR_UPSCALERS)
 
 
 @routes.get("/generate/options", access=Access.USER)

@@ -288,6 +288,11 @@
             payload.inpaint_full_res_padding = Number(el.inpaint_full_res_padding.value);
           }
         }
+        if ($("#hr-on").checked) {
+          if (task !== "txt2img") throw new Error("hires fix is for text to image: untick one of them");
+          Object.assign(payload, { enable_hr: true, hr_upscaler: $("#hr-upscaler").value, hr_scale: Number($("#hr-scale").value),
+            hr_second_pass_steps: Number($("#hr-steps").value), denoising_strength: Number($("#hr-denoising").value) });
+        }
         if ($("#cn-on").checked) {
           const file = $("#cn-file").files[0] || $("#init-file").files[0];
           if (!file) throw new Error("choose a control image for ControlNet");
