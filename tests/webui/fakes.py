@@ -125,6 +125,9 @@ class FakeRuntime(Recorder):
         super().__init__()
         self.delay = 0.0
         self.fail_with: str | None = None
+        # the model server's status and error body when fail_with is set
+        self.fail_status = 400
+        self.fail_body: dict[str, Any] = {}
         self.controlnet_listing = True  # False: an endpoint image from before that task
         self.raw_answers: dict[str, Any] = {}  # task -> an answer off the contract
         self.release = threading.Event()
@@ -149,6 +152,14 @@ class FakeRuntime(Recorder):
         return {"Body": io.BytesIO(json.dumps(answer).encode()),
                 "ContentType": "application/json"}
 
+    @staticmethod
+    def _model_error(status: int, body: dict[str, Any]) -> ClientError:
+        """SageMaker's ModelError for a container answer of `status` with `body`."""
+        kind = "client" if 400 <= status < 500 else "server"
+        return client_error("ModelError", f"Received {kind} error ({status}) from primary",
+                            "InvokeEndpoint", OriginalStatusCode=status,
+                            OriginalMessage=json.dumps(body))
+
     def _answer(self, request: dict[str, Any]) -> Any:
         """The answer a model server gives, built through the invocation contract's models
         (so a shape change there shows up here too)."""
@@ -160,9 +171,13 @@ class FakeRuntime(Recorder):
         if isinstance(payload, inv.GenerationRequest):
             self.release.wait(timeout=30)
             if self.fail_with:
-                raise client_error("ModelError", "model failed", "InvokeEndpoint",
-                                   OriginalStatusCode=400,
-                                   OriginalMessage=json.dumps({"detail": self.fail_with}))
+                raise self._model_error(self.fail_status,
+                                        {"detail": self.fail_with, **self.fail_body})
+            if payload.sampler_name not in (None, "Euler a", "k_euler_a"):
+                # the server knows its samplers (easel_inference.samplers.resolve_sampler)
+                raise self._model_error(400, {
+                    "error": "BadRequest", "field": "sampler_name",
+                    "detail": f"unknown sampler_name {payload.sampler_name!r}; valid: Euler a"})
             answer = inv.GenerationResponse(
                 images=[png_b64() for _ in range(payload.batch_size * payload.n_iter)],
                 parameters=payload.model_dump(mode="json", exclude={"init_images", "mask"}),

@@ -91,16 +91,50 @@ def _strip_large(payload: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _model_error_body(exc: ClientError) -> dict[str, Any]:
+    """The model server's error body (``{"error", "detail", "field", ...}``) that SageMaker
+    passes on as ``OriginalMessage``; ``{}`` when it is not such a JSON object."""
+    try:
+        parsed = json.loads(exc.response.get("OriginalMessage") or "")
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def _model_error_message(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     original = exc.response.get("OriginalMessage") or error.get("Message", "")
-    try:
-        parsed = json.loads(original)
-        if isinstance(parsed, dict):
-            original = parsed.get("detail") or parsed.get("error") or original
-    except (TypeError, ValueError):
-        pass
+    body = _model_error_body(exc)
+    if body:
+        original = body.get("detail") or body.get("error") or original
     return str(original)[:1000]
+
+
+def model_refusal(exc: ClientError) -> PortalError:
+    """A ``ModelError`` as the portal's answer. SageMaker wraps every non-2xx answer of the
+    container in a ModelError (HTTP 424) carrying the container's status and body
+    (``OriginalStatusCode``, ``OriginalMessage``; see the InvokeEndpoint API reference,
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html).
+    The server refusing the request (4xx) is the caller's to fix: 422 naming the field, with the
+    server's message; a busy server (503) is 503 with its ``Retry-After``; work stopped at its
+    deadline (504) or a SageMaker timeout (408) is 504. Only a failing or unreachable server is a
+    gateway error (502)."""
+    status = exc.response.get("OriginalStatusCode")
+    body = _model_error_body(exc)
+    detail = _model_error_message(exc)
+    field = body.get("field")
+    if isinstance(field, str) and field and not detail.startswith(f"{field}"):
+        detail = f"{field}: {detail}"
+    if status == 429 or status == 503:
+        after = body.get("retry_after_seconds")
+        return PortalError(f"The endpoint is busy: {detail}", status_code=status,
+                           retry_after=after if isinstance(after, int) and after > 0 else 5)
+    if status in (408, 504):
+        return PortalError(f"The endpoint stopped this request: {detail}", status_code=504)
+    if isinstance(status, int) and 400 <= status < 500:
+        return PortalError(f"The model server refused this request: {detail}",
+                           status_code=422)
+    return UpstreamError(f"The model server failed: {detail}")
 
 
 def _parse_answer(task: str, raw: bytes) -> BaseModel:
@@ -152,8 +186,7 @@ class Generation:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "ModelError":
-                raise UpstreamError(f"The model server refused: {_model_error_message(exc)}") \
-                    from None
+                raise model_refusal(exc) from None
             if code in ("ValidationError", "ValidationException"):
                 raise UpstreamError(
                     f"Endpoint {endpoint!r} is not ready: {_model_error_message(exc)}"
@@ -228,7 +261,8 @@ class Generation:
 
     def run_sync(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
                  timeout: float) -> GenerationResponse:
-        """Run a job and wait at most `timeout` seconds for the model server's answer."""
+        """Run a job and wait at most `timeout` seconds for the model server's answer; a job
+        that failed raises its `PortalError` (a refusal by the server keeps its 4xx)."""
         job_id, future = self._start(user=user, endpoint=endpoint, task=task, request=request)
         try:
             answer = future.result(timeout=timeout)
@@ -246,9 +280,9 @@ class Generation:
                     from None
             mode = self.endpoints.record(endpoint).get("mode", "realtime")
             raise SyncTimeout(job_id, timeout, mode) from None
-        if answer is None:
+        if answer is None:  # an unexpected failure, recorded with its incident id
             state = self.job(job_id, user=user)
-            raise UpstreamError(state["error"] or "The generation failed.")
+            raise PortalError(state["error"] or "The generation failed.", status_code=500)
         return answer
 
     def _start(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
@@ -372,7 +406,7 @@ class Generation:
         except PortalError as exc:
             self.table.update(*keys.generation_job_key(job_id), {
                 "status": "failed", "error": exc.message, "finished": now()})
-            return None
+            raise  # a synchronous caller answers with its status (run_sync)
         except Exception as exc:  # noqa: BLE001 - recorded for the user, logged for the operator
             incident = uuid.uuid4().hex[:12]
             log.error("generation job %s failed (incident %s)", job_id, incident, exc_info=exc)
