@@ -44,9 +44,10 @@ from easel_webui.store import Table, iso_now, now, owned_records
 log = logging.getLogger("easel_webui.generation")
 JOB_TTL_SECONDS = 7 * 24 * 3600
 ASYNC_WAIT_SECONDS = 30 * 60
-# A job records the portal task running it and a heartbeat that task renews; a running job
-# whose heartbeat is older than STALE_HEARTBEAT_SECONDS lost its worker (the task stopped or
-# restarted) and is failed when next read. Records from before heartbeats: by their start.
+# A job records the portal task running it and a heartbeat that task renews (its lease); a
+# running job whose heartbeat is older than STALE_HEARTBEAT_SECONDS lost its worker (the task
+# stopped or restarted) and is failed by the next portal start's sweep, or when next read.
+# Records from before heartbeats: by their start.
 HEARTBEAT_SECONDS = 10.0
 STALE_HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = ASYNC_WAIT_SECONDS + 5 * 60
@@ -271,7 +272,7 @@ class Generation:
                 # it never left the queue and its caller is being told to go away: nobody would
                 # collect it, so it does not run
                 self._release(job_id)
-                self.table.update(*keys.generation_job_key(job_id), {
+                self._finish(job_id, {
                     "status": "failed", "finished": now(),
                     "error": "Cancelled: it waited in the portal's queue past the call's time "
                              "limit and never ran."})
@@ -306,7 +307,7 @@ class Generation:
             **keys.generation_job_key(job_id).item(), "job_id": job_id, "owner": user.username,
             "endpoint": endpoint, "task": task, "status": "running", "created_at": iso_now(),
             "started": now(), "portal_task": self.task_id, "heartbeat": now(),
-            keys.TTL: int(now()) + JOB_TTL_SECONDS,
+            **keys.running_generation_index(job_id), keys.TTL: int(now()) + JOB_TTL_SECONDS,
         })
         with self._lock:
             if self._beating is None:
@@ -361,6 +362,28 @@ class Generation:
         if slot is not None:
             self.table.put(self._slot_item(slot, job_id, held=False), expect=("job_id", job_id))
 
+    def _finish(self, job_id: str, values: dict[str, Any]) -> None:
+        """Record how a job ended; it leaves the index of running jobs."""
+        self.table.update(*keys.generation_job_key(job_id), values,
+                          remove=(keys.GSI_PK, keys.GSI_SK))
+
+    def recover_stale_jobs(self) -> list[str]:
+        """At start-up: fail the running jobs whose portal task stopped (its lease, the heartbeat
+        that task renews, expired), with the reason; the ids failed. A job of a live task, this
+        one or another, keeps running: each write is conditional on the heartbeat and status
+        read, so a task that renews its lease or finishes meanwhile wins."""
+        failed = []
+        for listed in self.table.iter_index(keys.RUNNING_GENERATION_INDEX,
+                                            attributes=(keys.PK, keys.SK)):
+            record = self.table.get(listed[keys.PK], listed[keys.SK])
+            if record and self._stale(record) \
+                    and self._fail_if_stale(record).get("status") == "failed":
+                failed.append(str(record["job_id"]))
+        if failed:
+            log.warning("failed %d generation jobs left running by a stopped portal task",
+                        len(failed))
+        return failed
+
     def _stale(self, record: dict[str, Any]) -> bool:
         if record.get("status") != "running":
             return False
@@ -373,12 +396,14 @@ class Generation:
         conditional write: a job whose heartbeat moved meanwhile is left alone)."""
         if not self._stale(record):
             return record
-        failed = {**record, "status": "failed", "error": STALE_REASON, "finished": now()}
+        failed = {key: value for key, value in record.items()
+                  if key not in (keys.GSI_PK, keys.GSI_SK)}
+        failed.update(status="failed", error=STALE_REASON, finished=now())
+        expected: dict[str, Any] = {"status": "running"}
         if "heartbeat" in record:
-            if not self.table.put(failed, expect=("heartbeat", record["heartbeat"])):
-                return self.table.get(record[keys.PK], record[keys.SK]) or record
-        else:
-            self.table.put(failed)
+            expected["heartbeat"] = record["heartbeat"]
+        if not self.table.put(failed, expect=expected):
+            return self.table.get(record[keys.PK], record[keys.SK]) or record
         return failed
 
     def _run(self, job_id: str, owner: str, endpoint: str, task: str,
@@ -397,20 +422,20 @@ class Generation:
                 answer = _generation_answer(self.invoke(endpoint, task, request))
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
                                        request=request, answer=answer, job_id=job_id)
-            self.table.update(*keys.generation_job_key(job_id), {
+            self._finish(job_id, {
                 "status": "done", "image_ids": images, "info": answer.info[:4000],
                 "finished": now(),
             })
             self.endpoints.touch(endpoint)
             return answer
         except PortalError as exc:
-            self.table.update(*keys.generation_job_key(job_id), {
+            self._finish(job_id, {
                 "status": "failed", "error": exc.message, "finished": now()})
             raise  # a synchronous caller answers with its status (run_sync)
         except Exception as exc:  # noqa: BLE001 - recorded for the user, logged for the operator
             incident = uuid.uuid4().hex[:12]
             log.error("generation job %s failed (incident %s)", job_id, incident, exc_info=exc)
-            self.table.update(*keys.generation_job_key(job_id), {
+            self._finish(job_id, {
                 "status": "failed", "error": f"Unexpected failure (incident {incident}).",
                 "finished": now(),
             })
