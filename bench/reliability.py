@@ -11,8 +11,11 @@ through the portal's form, then:
 2. inference crash: SIGKILL of the endpoint's server process mid-load; the errors clients get
    meanwhile (they must be 4xx/5xx with a message, not hangs) and the time until a 200 again
    (the local SageMaker replaces the dead process, as SageMaker replaces an unhealthy instance);
-3. studio crash: SIGKILL of the studio process itself, then a restart on the same state folder
-   and port: it must end the orphans it left and serve again;
+3. studio crash mid-training: a LoRA training job runs on the demo concept set (local mode's
+   trainer process past its first step) when the studio process itself is SIGKILLed; it is
+   started again on the same state folder and port: it must end the orphans it left (the
+   trainer included), serve again, and the job must end with a clear outcome (failed with the
+   reason, here), not stay InProgress;
 4. fuzz: Hypothesis bodies on `/invocations` (the endpoint server) and the portal's JSON routes:
    0 answers >= 500 and 0 hangs.
 
@@ -243,6 +246,70 @@ def server_port(pid: int) -> int | None:
     return None
 
 
+TRAINING_JOB = "crash"  # easel-crash once the deployment id is added
+TRAINING_ENDED = ("Completed", "Failed", "Stopped")
+INSTANCE_RE = re.compile(r'<select name="instance_type"><option value="([^"]+)"')
+
+
+def start_training(admin: httpx.Client, csrf: str, demo_uri: str) -> str:
+    """A long LoRA job on the demo concept set (64 px, rank 4), submitted through the form."""
+    page = admin.get("/training").text
+    instance = INSTANCE_RE.search(page)
+    if instance is None:
+        raise RuntimeError("the training page offers no instance type")
+    answer = admin.post("/training", data={
+        "name": TRAINING_JOB, "instance_type": instance.group(1), "model_s3_uri": demo_uri,
+        "concept_set": "admin/demo", "instance_prompt": "a photo of sks toy",
+        "max_train_steps": "5000", "rank": "4", "resolution": "64", "csrf_token": csrf})
+    if answer.status_code >= 400:
+        raise RuntimeError(f"training refused: {answer.status_code} {answer.text[:300]}")
+    return f"easel-{TRAINING_JOB}"
+
+
+def training_status(admin: httpx.Client, job: str) -> dict[str, Any]:
+    answer = admin.get(f"/training/{job}/status")
+    return answer.json() if answer.status_code == 200 else {"status": f"HTTP {answer.status_code}"}
+
+
+def wait_training(admin: httpx.Client, job: str, until: Any, timeout: float) -> dict[str, Any]:
+    """The job's status once `until(status)` holds, or the last one seen after `timeout`."""
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = training_status(admin, job)
+        if until(state):
+            return state
+        time.sleep(2)
+    return {**state, "timed_out": True}
+
+
+def _steps_done(state: dict[str, Any]) -> int:
+    progress = state.get("progress")
+    return int(progress.get("step") or 0) if isinstance(progress, dict) else 0
+
+
+def trainer_pid(state: Path) -> int | None:
+    """The training job's process, from the local AWS's process list."""
+    try:
+        entries = json.loads((state / "run" / "processes.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for pid, entry in entries.items():
+        command = str(entry.get("command"))
+        if "easel_training" in command or any(Path(part).name == "train"
+                                              for part in command.split()):
+            return int(pid)
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def fuzz(base: str, paths: list[str], examples: int, *, auth: Any = None,
          headers: dict[str, str] | None = None) -> Counter[str]:
     """Hypothesis bodies on each path; answers by status class (5xx and timeouts counted)."""
@@ -376,13 +443,32 @@ def main(argv: list[str] | None = None) -> int:
             ]
             del api
 
-        # 3. the studio is killed with SIGKILL and started again on the same state and port
+        # 3. the studio is killed with SIGKILL mid-training, started again on the same state
+        # folder and port; the job must end with its outcome, the trainer must not live on
+        job = start_training(admin, csrf, studio.demo_uri)
+        before_kill = wait_training(admin, job, lambda s: _steps_done(s) >= 1
+                                    or s.get("status") in TRAINING_ENDED, 300.0)
+        trainer = trainer_pid(state)
+        rows.append(("studio SIGKILL: training job at the kill", (
+            f"{before_kill.get('status')} / {before_kill.get('secondary_status')}, step "
+            f"{_steps_done(before_kill)}, trainer pid {trainer or 'not found'}")))
+        port_before = studio.port
         studio.kill()
         restarted = time.monotonic()
         studio.start()
         health = httpx.get(f"{studio.url}/health", timeout=10).status_code
         rows.append(("studio SIGKILL -> restart serving", f"{time.monotonic() - restarted:.0f} s "
-                     f"(portal /health {health}; orphans ended, same port {studio.port})"))
+                     f"(portal /health {health}; same port: "
+                     f"{'yes' if studio.port == port_before else 'no'} {studio.port})"))
+        rows.append(("studio SIGKILL: trainer process after restart",
+                     "n/a" if trainer is None
+                     else "still running (orphan)" if pid_alive(trainer) else "ended"))
+        admin, csrf = sign_in(studio.url, "admin", studio.password)
+        after = wait_training(admin, job, lambda s: s.get("status") in TRAINING_ENDED, 120.0)
+        rows.append(("studio SIGKILL: training job after restart", (
+            f"{after.get('status')}" + (" (still not ended after 120 s)"
+                                        if after.get("timed_out") else "")
+            + (f": {str(after.get('failure'))[:110]}" if after.get("failure") else ""))))
     except Exception as exc:  # noqa: BLE001 - the table says where the run stopped
         rows.append(("run stopped", f"{exc.__class__.__name__}: {exc}"[:200]))
     finally:
