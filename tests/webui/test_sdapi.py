@@ -276,3 +276,59 @@ def test_a_refused_job_is_recorded_failed_with_the_servers_message(world):
     job = client.get(f"/api/v1/jobs/{job_id}", headers=_auth()).json()
     assert job["status"] == "failed"
     assert "unknown sampler_name 'bogus'" in job["error"]
+
+
+# --- the work cap, applied by the portal before any job (one rule: easel_contracts.workcap)
+
+def _measured_options(world, seconds_per_pixel_step: float = 1e-4) -> None:
+    """The endpoint's options answer with the speed its server timed at warm-up (CPU-like)."""
+    from easel_contracts import invocations as inv
+    from easel_contracts.workcap import MeasuredSpeed
+
+    options = inv.Options(
+        sd_model_checkpoint="tiny.safetensors", sd_checkpoints_loaded=["tiny"],
+        model_load_seconds={"tiny": 0.1}, CLIP_stop_at_last_layers=1, sd_vae="Automatic",
+        samples_format="png", device="cpu", dtype="float32", max_response_bytes=6 * 1024 * 1024,
+        pipeline_budget=2, warmed_up=None, deadline_seconds=55.0,
+        speed=MeasuredSpeed(model="tiny", device="cpu", width=64, height=64,
+                            seconds_per_pixel_step=seconds_per_pixel_step,
+                            seconds_per_pixel_image=0.0))
+    world.runtime.raw_answers["options"] = options.model_dump(mode="json")
+
+
+def _generations(world) -> list:
+    return [call for call in world.runtime.named("invoke_endpoint")
+            if json.loads(call["Body"])["task"] == "txt2img"]
+
+
+def test_work_that_cannot_finish_by_the_deadline_is_refused_before_any_job(world):
+    client = _setup(world)
+    _measured_options(world)
+    response = _txt2img(client, width=512, height=512, steps=20)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "more than its 55 s deadline" in detail and "lower steps to" in detail
+    assert _generations(world) == []
+    assert "last_job" not in (world.portal.table.get(*keys.user_prefs_key("alice")) or {})
+
+
+def test_work_that_fits_the_measured_speed_runs(world):
+    client = _setup(world)
+    _measured_options(world)
+    assert _txt2img(client, width=64, height=64, steps=20).status_code == 200
+    assert len(_generations(world)) == 1
+
+
+def test_the_speed_is_read_once_per_endpoint_not_per_request(world):
+    client = _setup(world)
+    _measured_options(world)
+    for _ in range(3):
+        assert _txt2img(client).status_code == 200
+    options = [call for call in world.runtime.named("invoke_endpoint")
+               if json.loads(call["Body"])["task"] == "options"]
+    assert len(options) == 1
+
+
+def test_an_endpoint_without_a_measured_speed_is_left_to_its_server(world):
+    client = _setup(world)  # the fake server's options carry no speed (an older image)
+    assert _txt2img(client, width=512, height=512, steps=20).status_code == 200

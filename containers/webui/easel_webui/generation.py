@@ -40,6 +40,7 @@ from easel_webui.endpoints import Endpoints
 from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now, owned_records
+from easel_webui.workcap import WorkCap
 
 log = logging.getLogger("easel_webui.generation")
 JOB_TTL_SECONDS = 7 * 24 * 3600
@@ -172,6 +173,7 @@ class Generation:
         self._slots: dict[str, keys.Key] = {}  # job id -> the user slot it holds
         self._lock = threading.Lock()
         self._beating: threading.Thread | None = None
+        self.workcap = WorkCap(self.listing)
 
     # --- talking to an endpoint
 
@@ -291,6 +293,8 @@ class Generation:
         if task not in GENERATION_TASKS:
             raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
+        if record.get("mode", "realtime") == "realtime":  # an async one has up to an hour
+            self.workcap.check(endpoint, request)  # refused before any job: what to lower
         job_id = uuid.uuid4().hex
         with self._lock:
             if len(self._running) >= self.queue_limit:
