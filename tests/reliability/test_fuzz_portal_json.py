@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from easel_contracts.concept_uploads import PresignRequest, VerifyRequest
 from easel_contracts.invocations import Img2ImgRequest, Txt2ImgRequest
 
+# JSON nested deeper than Python's parser recurses (the reliability run found 500s with these)
+DEEP = st.integers(min_value=50, max_value=5000).map(lambda n: "[" * n + "]" * n)
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
     | st.text(max_size=40),
@@ -86,3 +88,28 @@ def test_concept_upload_routes_never_answer_5xx(world, route, body):
                                      headers={"Content-Type": "application/json"})
     assert answer.status_code < 500, (body, answer.status_code, answer.text[:300])
     assert answer.status_code in (200, 400, 422), answer.status_code
+
+
+@FUZZ
+@given(body=(JSON | _near_valid(Txt2ImgRequest, {})).map(_body) | DEEP.map(str.encode))
+@example(body=("[" * 3000 + "]" * 3000).encode())
+def test_options_never_answer_5xx(world, body):
+    client = _a1111(world) if not hasattr(world, "_fuzz_client") else world._fuzz_client
+    world._fuzz_client = client
+    answer = client.post("/sdapi/v1/options", headers=_auth(), content=body)
+    assert answer.status_code < 500, (body[:200], answer.status_code, answer.text[:300])
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({"endpoint": st.just("easel-demo"),
+                                   "task": st.sampled_from(["txt2img", "img2img", "x"]),
+                                   "payload": JSON | _near_valid(Txt2ImgRequest, {})}).map(_body)
+       | JSON.map(_body) | DEEP.map(str.encode))
+@example(body=("[" * 3000 + "]" * 3000).encode())
+def test_the_generate_form_route_never_answers_5xx(world, body):
+    if not hasattr(world, "_fuzz_client"):
+        world.in_service()
+        world._fuzz_client = world.signed_in("admin")
+    answer = world._fuzz_client.post("/generate", content=body,
+                                     headers={"Content-Type": "application/json"})
+    assert answer.status_code < 500, (body[:200], answer.status_code, answer.text[:300])
