@@ -101,7 +101,7 @@ class Studio:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=60)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
@@ -134,6 +134,25 @@ def deploy_demo(studio: Studio, admin: httpx.Client, csrf: str, timeout: float =
     raise RuntimeError("the demo endpoint was not InService in time")
 
 
+# the portal runs at most this many generations per user at once (EASEL_GENERATION_JOBS_PER_USER)
+JOBS_PER_USER = 4
+LOAD_PASSWORD = "reliability-load-pw"  # noqa: S105 - a throwaway local account
+
+
+def load_users(admin: httpx.Client, csrf: str, clients: int) -> list[tuple[str, str]]:
+    """Enough users that `clients` A1111 clients (JOBS_PER_USER each) are not held back by the
+    per-user bound: the load measures the portal and the endpoint, not one user's cap."""
+    users = []
+    for index in range((clients + JOBS_PER_USER - 1) // JOBS_PER_USER):
+        name = f"load{index}"
+        answer = admin.post("/users", data={"username": name, "password": LOAD_PASSWORD,
+                                            "role": "user", "csrf_token": csrf})
+        if answer.status_code >= 400:
+            raise RuntimeError(f"adding user {name} refused: {answer.status_code}")
+        users.append((name, LOAD_PASSWORD))
+    return users
+
+
 def _is_png(answer: httpx.Response) -> bool:
     try:
         return base64.b64decode(answer.json()["images"][0]).startswith(b"\x89PNG")
@@ -144,7 +163,7 @@ def _is_png(answer: httpx.Response) -> bool:
 class Load:
     """N clients posting txt2img until told to stop; latencies and statuses of every answer."""
 
-    def __init__(self, base: str, auth: tuple[str, str], clients: int) -> None:
+    def __init__(self, base: str, auth: list[tuple[str, str]], clients: int) -> None:
         self.base, self.auth, self.clients = base, auth, clients
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -154,8 +173,8 @@ class Load:
         self.events: list[tuple[float, str]] = []
         self.first_error_text: dict[str, str] = {}
 
-    def _client(self) -> None:
-        with httpx.Client(base_url=self.base, auth=self.auth, timeout=REQUEST_TIMEOUT_S) as api:
+    def _client(self, auth: tuple[str, str]) -> None:
+        with httpx.Client(base_url=self.base, auth=auth, timeout=REQUEST_TIMEOUT_S) as api:
             while not self.stop.is_set():
                 started = time.monotonic()
                 try:
@@ -176,10 +195,13 @@ class Load:
                         self.first_error_text.setdefault(status, answer.text[:200])
                 if answer is not None and answer.status_code in (429, 503):
                     time.sleep(float(answer.headers.get("Retry-After", "1") or 1))
+                elif answer is None or answer.status_code >= 500:
+                    time.sleep(1)  # as a client would: no hot loop against a failing server
 
     def run(self, seconds: float) -> float:
-        threads = [threading.Thread(target=self._client, daemon=True)
-                   for _ in range(self.clients)]
+        threads = [threading.Thread(target=self._client, daemon=True,
+                                    args=(self.auth[index % len(self.auth)],))
+                   for index in range(self.clients)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -349,7 +371,7 @@ def fuzz(base: str, paths: list[str], examples: int, *, auth: Any = None,
                 except httpx.TimeoutException:
                     seen["hang"] += 1
                 except httpx.HTTPError as exc:
-                    seen[f"connection {exc.__class__.__name__}"] += 1
+                    seen[f"connection {exc.__class__.__name__} {path}"] += 1
 
             return probe
 
@@ -366,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     rows: list[tuple[str, str]] = []
+    phases: list[tuple[str, float]] = []
+
+    def stopped(_signum: int, _frame: object) -> None:
+        raise TimeoutError("stopped from outside (make reliability's 15-minute bound)")
+
+    signal.signal(signal.SIGTERM, stopped)
     state = Path(tempfile.mkdtemp(prefix="easel-reliability-"))
     studio = Studio(state)
     started = time.monotonic()
@@ -374,18 +402,21 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("studio start", f"{time.monotonic() - started:.0f} s"))
         admin, csrf = sign_in(studio.url, "admin", studio.password)
         rows.append(("demo endpoint InService", f"{deploy_demo(studio, admin, csrf):.0f} s"))
+        phases.append(("start + deploy", time.monotonic() - started))
+        mark = time.monotonic()
         auth = ("admin", studio.password)
+        users = load_users(admin, csrf, args.clients)
         with httpx.Client(base_url=studio.url, auth=auth, timeout=REQUEST_TIMEOUT_S) as api:
             before = stored_images(state, studio.demo_uri)
 
             # 1. load
-            load = Load(studio.url, auth, args.clients)
+            load = Load(studio.url, users, args.clients)
             wall = load.run(args.seconds)
             ok = load.statuses.get("200", 0)
             after = stored_images(state, studio.demo_uri)
             rows += [
-                (f"load: {args.clients} clients x {args.seconds:.0f} s", f"{len(load.latencies)} "
-                 f"requests, {len(load.latencies) / wall:.2f} req/s"),
+                (f"load: {args.clients} clients ({len(users)} users) x {args.seconds:.0f} s",
+                 f"{len(load.latencies)} requests, {len(load.latencies) / wall:.2f} req/s"),
                 ("load: latency p50 / p95",
                  f"{percentile(load.latencies, .5):.2f} s / "
                  f"{percentile(load.latencies, .95):.2f} s"),
@@ -400,10 +431,12 @@ def main(argv: list[str] | None = None) -> int:
             drained = wait_for_200(api, 240.0)
             rows.append(("after load: next single request answers 200 after",
                          f"{drained:.0f} s" if drained is not None else "not within 240 s"))
+            phases.append(("load + drain", time.monotonic() - mark))
+            mark = time.monotonic()
 
             # 2. the inference server is killed mid-load (a light load: 2 clients)
             pid = server_pid(state)
-            crash = Load(studio.url, auth, 2)
+            crash = Load(studio.url, [auth], 2)
             runner = threading.Thread(target=crash.run, args=(RECOVERY_S + 5,), daemon=True)
             runner.start()
             time.sleep(5)
@@ -433,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                  else f"not within {RECOVERY_S:.0f} s"),
             ]
 
+            phases.append(("inference kill", time.monotonic() - mark))
+            mark = time.monotonic()
+
             # 4. fuzz (before the studio restart), once the replaced server answers again: a
             # server still loading answers 503 and the portal 502, which is no finding
             if recovered is None:
@@ -444,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             inv = fuzz(f"http://127.0.0.1:{port}", ["/invocations"], args.fuzz) if port else {}
             portal = fuzz(studio.url, ["/sdapi/v1/txt2img", "/sdapi/v1/img2img",
                                        "/sdapi/v1/options"], args.fuzz, auth=auth)
+            phases.append(("fuzz", time.monotonic() - mark))
+            mark = time.monotonic()
             rows += [
                 ("fuzz /invocations", ", ".join(f"{k}: {v}" for k, v in sorted(inv.items()))),
                 ("fuzz portal JSON routes", ", ".join(f"{k}: {v}"
@@ -477,10 +515,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{after.get('status')}" + (" (still not ended after 120 s)"
                                         if after.get("timed_out") else "")
             + (f": {str(after.get('failure'))[:110]}" if after.get("failure") else ""))))
+        phases.append(("studio kill mid-training", time.monotonic() - mark))
     except Exception as exc:  # noqa: BLE001 - the table says where the run stopped
         rows.append(("run stopped", f"{exc.__class__.__name__}: {exc}"[:200]))
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the studio's stop is not interrupted
         studio.stop()
+    rows.append(("phases", ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases)))
     rows.append(("total run time", f"{time.monotonic() - started:.0f} s"))
     width = max(len(name) for name, _ in rows)
     print("\n| check".ljust(width + 3) + " | result |")
