@@ -28,7 +28,7 @@ JSON = st.recursive(
 )
 SCALARS = (st.none() | st.booleans() | st.integers(min_value=-2**63, max_value=2**64)
            | st.floats() | st.text(max_size=60) | st.lists(st.integers(), max_size=3))
-FUZZ = settings(max_examples=40, deadline=None,
+FUZZ = settings(max_examples=30, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
