@@ -11,7 +11,8 @@ DPM++ 2M Karras by default), each the median of --repeat calls after --warmup ca
 - Easel eager (EASEL_FAST_PATH=off, the fallback) and Easel fast path (EASEL_FAST_PATH=on): the
   weights saved as a single-file checkpoint and loaded by Easel's loader (as an endpoint does),
   then the txt2img handler of `Engine.handlers()`, the code behind `/invocations` without HTTP:
-  payload validation, prompt weighting, LoRAs fused, generation, PNG + base64 encoding. The
+  payload validation, prompt weighting, LoRAs fused, generation, PNG + base64 encoding (and once
+  more with the PNG encoding patched out: payload -> PIL image, the anchor's end point). The
   fast path is also timed with two LoRAs, with LoRA sets alternating every request, at 50 steps,
   and through HTTP `/invocations` (uvicorn on 127.0.0.1, JSON in, base64 PNG out).
 - psnr_fast_vs_eager_db: the fast path's image against Easel eager's, same seed and sampler.
@@ -243,6 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     sync(device)
     RESULTS["easel_fast_first_call_seconds"] = round(time.perf_counter() - started, 2)
     RESULTS["easel_fast_seconds"] = timed_call(engine, base)
+    # the "in process": validated payload -> PIL image, as the anchor (PNG encoding
+    # patched out for this row only)
+    from easel_inference import generation as generation_module
+
+    real_encode = generation_module.encode_png
+    generation_module.encode_png = lambda image, parameters=None: ""
+    try:
+        RESULTS["easel_fast_pil_seconds"] = timed_call(engine, base)
+    finally:
+        generation_module.encode_png = real_encode
     RESULTS["psnr_fast_vs_eager_db"] = psnr_db(call(engine, base), reference)
     RESULTS["easel_fast_applied"] = list(report.applied)
     RESULTS["easel_fast_fallbacks"] = dict(report.fallbacks)
@@ -297,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "fast_over_easel_eager": ("easel_fast_seconds", "easel_eager_seconds"),
         "fast_over_stock_eager": ("easel_fast_seconds", "stock_eager_seconds"),
         "fast_over_stock_anchor": ("easel_fast_seconds", "stock_anchor_seconds"),
+        "fast_pil_over_stock_anchor": ("easel_fast_pil_seconds", "stock_anchor_seconds"),
         "easel_eager_over_stock_eager": ("easel_eager_seconds", "stock_eager_seconds"),
         "fast_two_loras_over_none": ("easel_fast_two_loras_seconds", "easel_fast_seconds"),
         "fast_long_over_easel_eager_long": ("easel_fast_long_seconds", "easel_eager_long_seconds"),

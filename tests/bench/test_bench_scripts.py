@@ -39,10 +39,10 @@ def test_serve_smoke_runs_serve_and_reports_the_lora_facts(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_inference_bench_times_stock_and_easel_in_one_run(tmp_path) -> None:
-    # on the CPU: the fast path without CUDA graphs (fused QKV, channels-last), no HTTP row
+    # on the CPU: the fast path without compiling (fused QKV, channels-last), no HTTP row
     _run("inference.py", "--size", "tiny", "--steps", "2", "--long-steps", "3", "--width", "64",
          "--height", "64", "--warmup", "1", "--repeat", "1", "--no-http", out=tmp_path,
-         EASEL_FAST_GRAPHS="0")
+         EASEL_FAST_GRAPHS="0", EASEL_FAST_VAE="0")
     report = json.loads((tmp_path / "inference_bench.json").read_text())
     for key in ("stock_eager_seconds", "easel_eager_seconds", "easel_fast_seconds",
                 "easel_fast_two_loras_seconds", "fast_over_easel_eager",

@@ -24,7 +24,8 @@ from easel_inference.lora_builder import random_kohya_lora
 from easel_inference.pipelines import PipelineManager
 from easel_inference.settings import Settings, SettingsError
 
-NO_GRAPHS = FastPathOptions(enabled=True, cuda_graphs=False)
+NO_GRAPHS = FastPathOptions(enabled=True, cuda_graphs=False, compile_vae=False)
+UNET_ONLY = FastPathOptions(enabled=True, compile_vae=False)
 
 
 def _generate(pipe) -> np.ndarray:
@@ -104,7 +105,7 @@ def test_compiled_forward_is_used_and_its_output_is_copied_out(pipe) -> None:
         return compiled
 
     eager = _generate(pipe)
-    report = apply_fast_path(pipe, FastPathOptions(enabled=True), compile_fn=fake_compile)
+    report = apply_fast_path(pipe, UNET_ONLY, compile_fn=fake_compile)
     assert "cuda_graphs" in report.applied
     np.testing.assert_allclose(_generate(pipe), eager, atol=1e-4)
     assert len(calls) == 3  # one compiled UNet call a step: the step loop stays in Python
@@ -128,7 +129,7 @@ def test_a_failing_compiled_forward_falls_back_to_eager_and_logs_why(pipe, caplo
         return compiled
 
     eager = _generate(pipe)
-    report = apply_fast_path(pipe, FastPathOptions(enabled=True), compile_fn=broken_compile)
+    report = apply_fast_path(pipe, UNET_ONLY, compile_fn=broken_compile)
     with caplog.at_level(logging.WARNING, logger="easel.inference"):
         image = _generate(pipe)
     np.testing.assert_allclose(image, eager, atol=1e-4)
@@ -143,7 +144,7 @@ def test_out_of_memory_in_the_compiled_forward_is_not_swallowed(pipe) -> None:
             raise torch.OutOfMemoryError("CUDA out of memory")
         return compiled
 
-    report = apply_fast_path(pipe, FastPathOptions(enabled=True), compile_fn=oom_compile)
+    report = apply_fast_path(pipe, UNET_ONLY, compile_fn=oom_compile)
     with pytest.raises(torch.OutOfMemoryError):
         _generate(pipe)
     assert "cuda_graphs" not in report.fallbacks
@@ -167,15 +168,66 @@ def test_real_torch_compile_traces_the_unet_in_one_graph(pipe) -> None:
     """Dynamo (eager backend: no C compiler or GPU needed) captures the whole UNet forward."""
     eager = _generate(pipe)
     report = apply_fast_path(
-        pipe, FastPathOptions(enabled=True),
+        pipe, UNET_ONLY,
         compile_fn=lambda f: torch.compile(f, backend="eager", fullgraph=True, dynamic=False))
     np.testing.assert_allclose(_generate(pipe), eager, atol=1e-4)
     assert report.fallbacks == {}
 
 
+VAE_ONLY = FastPathOptions(enabled=True, fuse_qkv=False, channels_last=False, cuda_graphs=False)
+
+
+def test_compiled_vae_decode_is_used_and_keeps_the_picture(pipe) -> None:
+    calls = []
+
+    def fake_compile(decode):
+        def compiled(latents):
+            calls.append(tuple(latents.shape))
+            return decode(latents)
+        return compiled
+
+    eager = _generate(pipe)
+    report = apply_fast_path(pipe, VAE_ONLY, vae_compile_fn=fake_compile)
+    assert report.applied == ["compile_vae"]
+    np.testing.assert_allclose(_generate(pipe), eager, atol=1e-5)
+    side = 64 // pipe.vae_scale_factor
+    assert calls == [(1, 4, side, side)]  # one decode, of the latents only
+    # diffusers' own call shapes still work: a DecoderOutput, or a tuple
+    latents = torch.zeros(1, 4, side, side)
+    assert pipe.vae.decode(latents).sample.shape == (1, 3, 64, 64)
+    assert pipe.vae.decode(latents, return_dict=False, generator=None)[0].shape == (1, 3, 64, 64)
+
+
+def test_a_failing_vae_compile_falls_back_to_eager_with_its_reason(pipe, caplog) -> None:
+    def broken_compile(decode):
+        def compiled(latents):
+            raise RuntimeError("inductor: no C++ compiler")
+        return compiled
+
+    eager = _generate(pipe)
+    report = apply_fast_path(pipe, VAE_ONLY, vae_compile_fn=broken_compile)
+    with caplog.at_level(logging.WARNING, logger="easel.inference"):
+        image = _generate(pipe)
+    np.testing.assert_allclose(image, eager, atol=1e-5)
+    assert "no C++ compiler" in report.fallbacks["compile_vae"]
+    assert "compile_vae" not in report.applied
+    assert "no C++ compiler" in caplog.text
+
+
+def test_real_torch_compile_traces_the_vae_decode_in_one_graph(pipe) -> None:
+    eager = _generate(pipe)
+    report = apply_fast_path(
+        pipe, VAE_ONLY,
+        vae_compile_fn=lambda f: torch.compile(f, backend="eager", fullgraph=True, dynamic=False))
+    np.testing.assert_allclose(_generate(pipe), eager, atol=1e-5)
+    assert report.fallbacks == {} and report.applied == ["compile_vae"]
+
+
 def test_settings_read_the_fast_path_options() -> None:
-    settings = Settings.from_env({"EASEL_FAST_PATH": "on", "EASEL_FAST_GRAPHS": "0"})
+    settings = Settings.from_env({"EASEL_FAST_PATH": "on", "EASEL_FAST_GRAPHS": "0",
+                                  "EASEL_FAST_VAE": "0"})
     assert (settings.fast_path, settings.fast_graphs, settings.fast_qkv) == ("on", False, True)
+    assert not settings.fast_vae and Settings.from_env({}).fast_vae
     with pytest.raises(SettingsError, match="EASEL_FAST_PATH"):
         Settings.from_env({"EASEL_FAST_PATH": "fast"})
 

@@ -47,7 +47,7 @@ def test_img2img_requires_init_images(world):
     ok = client.post("/sdapi/v1/img2img", headers=_auth(),
                      json={"prompt": "x", "init_images": [image], "denoising_strength": 0.4})
     assert ok.status_code == 200
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    sent = json.loads(world.runtime.generations()[-1]["Body"])
     assert sent["task"] == "img2img" and sent["payload"]["init_images"] == [image]
 
 
@@ -73,7 +73,7 @@ def test_options_post_selects_the_checkpoint_for_later_generations(world):
                      json={"sd_model_checkpoint": "tiny.safetensors"})
     assert ok.status_code == 200 and ok.json() is None
     client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    sent = json.loads(world.runtime.generations()[-1]["Body"])
     assert sent["payload"]["override_settings"]["sd_model_checkpoint"] == "tiny.safetensors"
 
 
@@ -83,12 +83,12 @@ def test_options_post_chooses_the_users_endpoint(world):
     assert client.post("/sdapi/v1/options", headers=_auth(),
                        json={"easel_endpoint": "easel-second"}).status_code == 200
     client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
-    assert world.runtime.named("invoke_endpoint")[-1]["EndpointName"] == "easel-second"
+    assert world.runtime.generations()[-1]["EndpointName"] == "easel-second"
     # another user's choice is their own
     world.portal.auth.create_user(username="bob", password="user-password-123", role="user",
                                   by="t")
     client.post("/sdapi/v1/txt2img", headers=_auth("bob"), json={"prompt": "x"})
-    assert world.runtime.named("invoke_endpoint")[-1]["EndpointName"] == "easel-demo"
+    assert world.runtime.generations()[-1]["EndpointName"] == "easel-demo"
 
 
 def test_progress_has_the_a1111_shape(world):
@@ -104,7 +104,7 @@ def test_wrong_basic_credentials_are_401_with_challenge(world):
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Basic")
     assert client.get("/sdapi/v1/sd-models").status_code == 401
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 def test_session_cookie_does_not_authenticate_the_api(world):
@@ -171,8 +171,12 @@ def test_the_api_accepts_the_model_servers_largest_sizes(world):
     response = client.post("/sdapi/v1/txt2img", headers=_auth(),
                            json={"prompt": "x", "width": 4096, "height": 64, "n_iter": 16})
     assert response.status_code == 200, response.text
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])["payload"]
-    assert sent == {"prompt": "x", "width": 4096, "height": 64, "n_iter": 16}
+    sent = [json.loads(call["Body"])["payload"] for call in world.runtime.generations()]
+    assert len(sent) == 16  # one invocation a batch, so each can be skipped
+    first = sent[0]["seed"]
+    assert sent == [{"prompt": "x", "width": 4096, "height": 64, "n_iter": 1,
+                     "seed": first + index} for index in range(16)]
+    assert len(response.json()["images"]) == 16
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -183,7 +187,7 @@ def test_out_of_bounds_requests_are_422_before_any_endpoint_call(world, field, v
     response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={field: value})
     assert response.status_code == 422
     assert field in response.json()["detail"]
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 def test_a_listing_answer_off_the_contract_is_a_clear_502(world):
@@ -211,7 +215,7 @@ def test_a_saved_checkpoint_that_is_not_a_plain_name_is_a_422_not_a_crash(world)
     response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
     assert response.status_code == 422
     assert "choose another" in response.json()["detail"]
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 # --- the model server's refusals keep their meaning (issue 15: fuzzing found 4xx passed on as 502)
@@ -296,11 +300,6 @@ def _measured_options(world, seconds_per_pixel_step: float = 1e-4) -> None:
     world.runtime.raw_answers["options"] = options.model_dump(mode="json")
 
 
-def _generations(world) -> list:
-    return [call for call in world.runtime.named("invoke_endpoint")
-            if json.loads(call["Body"])["task"] == "txt2img"]
-
-
 def test_work_that_cannot_finish_by_the_deadline_is_refused_before_any_job(world):
     client = _setup(world)
     _measured_options(world)
@@ -308,7 +307,7 @@ def test_work_that_cannot_finish_by_the_deadline_is_refused_before_any_job(world
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "more than its 55 s deadline" in detail and "lower steps to" in detail
-    assert _generations(world) == []
+    assert world.runtime.generations() == []
     assert "last_job" not in (world.portal.table.get(*keys.user_prefs_key("alice")) or {})
 
 
@@ -316,7 +315,7 @@ def test_work_that_fits_the_measured_speed_runs(world):
     client = _setup(world)
     _measured_options(world)
     assert _txt2img(client, width=64, height=64, steps=20).status_code == 200
-    assert len(_generations(world)) == 1
+    assert len(world.runtime.generations()) == 1
 
 
 def test_the_speed_is_read_once_per_endpoint_not_per_request(world):

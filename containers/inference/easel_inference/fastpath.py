@@ -13,6 +13,10 @@ Options (environment variables, read by ``Settings``):
   Only the UNet call is compiled, not the sampling loop, so the per-step callback (the deadline
   and cancellation check) still runs between steps. The step's output is copied out of the graph's
   static buffer, so any sampler may keep it across steps.
+- ``EASEL_FAST_VAE`` (``1``): the VAE decode through ``torch.compile`` (default mode: Inductor
+  fuses the decoder's group norms, activations and residual adds; no CUDA graphs, so no graph
+  memory pool is kept per image size). Recompiles per latent shape; the decode of a per-request
+  VAE (``sd_vae``) stays eager.
 
 Each option that fails (while being applied or, for the compiled forward, at any call) is logged
 with its reason and the model keeps serving without it; a failed compiled forward is retried
@@ -40,6 +44,7 @@ class FastPathOptions:
     fuse_qkv: bool = True
     channels_last: bool = True
     cuda_graphs: bool = True
+    compile_vae: bool = True
 
 
 @dataclass
@@ -125,20 +130,24 @@ def steady_timestep(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tupl
 
 
 class GuardedForward:
-    """The compiled UNet forward; on any failure but out-of-memory, eager from then on."""
+    """A compiled forward (the UNet's by default); on any failure but out-of-memory, eager from
+    then on, with the reason recorded under ``option``."""
 
     def __init__(self, compiled: Callable[..., Any], eager: Callable[..., Any],
-                 report: FastPathReport) -> None:
+                 report: FastPathReport, *, option: str = "cuda_graphs",
+                 graphs: bool = True) -> None:
         self.compiled = compiled
         self.eager = eager
         self.report = report
+        self.option = option
+        self.graphs = graphs
         self.failure: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failure is None:
             try:
                 mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
-                if mark_step is not None:
+                if self.graphs and mark_step is not None:
                     mark_step()
                 steady_args, steady_kwargs = steady_timestep(args, kwargs)
                 return _clone_output(self.compiled(*steady_args, **steady_kwargs))
@@ -146,18 +155,48 @@ class GuardedForward:
                 raise
             except Exception as exc:  # noqa: BLE001 - any compile/capture failure: serve eagerly
                 self.failure = _reason(exc)
-                self.report.fell_back("cuda_graphs", exc)
-                if "cuda_graphs" in self.report.applied:
-                    self.report.applied.remove("cuda_graphs")
+                self.report.fell_back(self.option, exc)
+                if self.option in self.report.applied:
+                    self.report.applied.remove(self.option)
         return self.eager(*args, **kwargs)
+
+
+class CompiledDecode:
+    """``vae.decode`` with the decoder's tensor work compiled. The call keeps diffusers'
+    signature (``return_dict``, ``generator``, which AutoencoderKL ignores), so pipelines call it
+    as before; only the latents reach the compiled function."""
+
+    def __init__(self, vae: Any, compile_fn: CompileFn, report: FastPathReport) -> None:
+        eager_decode = vae.decode
+
+        def decode_sample(latents: torch.Tensor) -> torch.Tensor:
+            return eager_decode(latents, return_dict=False)[0]
+
+        self.eager_decode = eager_decode
+        self.guarded = GuardedForward(compile_fn(decode_sample), decode_sample, report,
+                                      option="compile_vae", graphs=False)
+
+    def __call__(self, latents: torch.Tensor, return_dict: bool = True,
+                 generator: Any = None) -> Any:
+        sample = self.guarded(latents)
+        if return_dict:
+            from diffusers.models.autoencoders.vae import DecoderOutput
+
+            return DecoderOutput(sample=sample)
+        return (sample,)
 
 
 def _default_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
     return torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
 
+def _default_vae_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
 def apply_fast_path(pipe: Any, options: FastPathOptions, *,
-                    compile_fn: CompileFn = _default_compile) -> FastPathReport:
+                    compile_fn: CompileFn = _default_compile,
+                    vae_compile_fn: CompileFn = _default_vae_compile) -> FastPathReport:
     """Apply the enabled options to ``pipe`` (before any LoRA is fused into it)."""
     report = FastPathReport()
     if not options.enabled:
@@ -187,4 +226,11 @@ def apply_fast_path(pipe: Any, options: FastPathOptions, *,
             report.applied.append("cuda_graphs")
         except Exception as exc:  # noqa: BLE001 - a failed option is skipped, with its reason
             report.fell_back("cuda_graphs", exc)
+    vae = getattr(pipe, "vae", None)
+    if options.compile_vae and vae is not None:
+        try:
+            vae.decode = CompiledDecode(vae, vae_compile_fn, report)
+            report.applied.append("compile_vae")
+        except Exception as exc:  # noqa: BLE001 - a failed option is skipped, with its reason
+            report.fell_back("compile_vae", exc)
     return report

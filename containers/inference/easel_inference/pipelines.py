@@ -84,7 +84,7 @@ class PipelineManager:
             enabled=settings.fast_path == "on" or (settings.fast_path == "auto"
                                                   and self.device == "cuda"),
             fuse_qkv=settings.fast_qkv, channels_last=settings.fast_channels_last,
-            cuda_graphs=settings.fast_graphs)
+            cuda_graphs=settings.fast_graphs, compile_vae=settings.fast_vae)
         self._loader = loader
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._controlnets: OrderedDict[tuple[str, str], Any] = OrderedDict()

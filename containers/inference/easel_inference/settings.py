@@ -68,6 +68,7 @@ class Settings:
     fast_qkv: bool = True
     fast_channels_last: bool = True
     fast_graphs: bool = True
+    fast_vae: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,4 +114,5 @@ class Settings:
             fast_qkv=_flag(env, "EASEL_FAST_QKV"),
             fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
             fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
+            fast_vae=_flag(env, "EASEL_FAST_VAE"),
         )
