@@ -115,3 +115,20 @@ def test_a_job_finished_after_the_sweep_read_it_stays_done(world):
     other = _another_task(world).generation
     assert other._fail_if_stale(seen)["status"] == "done"
     assert _record(world, job_id)["status"] == "done"
+
+
+def test_an_interrupted_job_leaves_the_running_index(world):
+    world.add_user("alice")
+    world.in_service()
+    world.runtime.step_delay = 0.05
+    alice = world.portal.auth.lookup("alice")
+    job_id = world.portal.generation.submit(
+        user=alice, endpoint="easel-demo", task="txt2img",
+        request=Txt2ImgRequest(prompt="x", steps=150, width=64, height=64))
+    for _ in range(100):
+        if world.runtime.streams and world.runtime.streams[0].sent >= 1:
+            break
+        time.sleep(0.05)
+    world.portal.generation.request_stop(job_id, user=alice, action="interrupt")
+    assert _ended(world, job_id)["status"] == "interrupted"
+    assert world.portal.table.query_index(keys.RUNNING_GENERATION_INDEX) == []

@@ -540,7 +540,7 @@ class Generation:
                 answer, stopped = self._run_streamed(job_id, endpoint, task, request)
             if not answer.images and stopped:
                 what = "Interrupted" if stopped == "interrupt" else "Skipped"
-                self.table.update(*keys.generation_job_key(job_id), {
+                self._finish(job_id, {
                     "status": "interrupted", "finished": now(),
                     "error": f"{what} before any image was finished; nothing was saved."})
                 return answer
