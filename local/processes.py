@@ -167,11 +167,17 @@ def _command_line(pid: int) -> str | None:
 
 
 def _is_ours(pid: int, entry: dict[str, object]) -> bool:
-    """The process still runs and is the one listed: same start time and same command line."""
+    """The process still runs and is the one listed: same start time and same command line.
+
+    A script run by its ``#!`` line (the ``serve`` and ``train`` console scripts) shows its
+    interpreter first: ``/venv/bin/python /venv/bin/train`` for a listed ``/venv/bin/train``."""
     if entry.get("start") is None or _start_ticks(pid) != entry["start"]:
         return False
     command = entry.get("command")
-    return command is None or _command_line(pid) == command
+    if command is None:
+        return True
+    actual = _command_line(pid)
+    return actual is not None and (actual == command or actual.endswith(f" {command}"))
 
 
 class ProcessRegistry:

@@ -19,6 +19,17 @@ from local.settings import StandInSettings
 
 log = logging.getLogger(__name__)
 
+def interrupted_reason(job: dict[str, Any]) -> str:
+    """Why a job running when the local runtime stopped (a crash, a SIGKILL of the studio) ended
+    failed at the next start, and what is left of it."""
+    reason = ("InternalServerError: the local runtime stopped (killed or crashed) while this job "
+              "was running; its training process was ended at the next start.")
+    checkpoints = (job.get("CheckpointConfig") or {}).get("S3Uri")
+    if checkpoints:
+        reason += f" Checkpoints synced before then are kept in {checkpoints}."
+    return reason + " Submit the job again to train."
+
+
 class JobError(Exception):
     """The job failed before or around the training process (user-facing reason)."""
 
@@ -80,16 +91,12 @@ class TrainingManager:
             run.stop_requested.set()
 
     def resume(self) -> None:
-        """After a restart, jobs that were running have lost their process: mark them."""
+        """After a restart, jobs that were running have lost their process (ended with the
+        other orphans before this start): fail them with the reason, so none stays InProgress."""
         for record in self._records.all("training-job"):
             if record.get("TrainingJobStatus") in ("InProgress", "Stopping"):
                 name = record["TrainingJobName"]
-                self._finish(
-                    name,
-                    "Failed",
-                    "Failed",
-                    failure="The local runtime stopped while this training job was running.",
-                )
+                self._finish(name, "Failed", "Failed", failure=interrupted_reason(record))
 
     def shutdown(self) -> None:
         """Stop every running job and wait for their uploads."""

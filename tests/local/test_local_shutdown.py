@@ -89,3 +89,30 @@ def test_a_state_folder_serves_one_local_aws_at_a_time(tmp_path):
         pytest.raises(StateFolderError, match="in use"),
     ):
         LocalAws(tmp_path, settings=fake_settings()).start()
+
+
+def test_a_job_training_when_the_runtime_is_killed_fails_with_the_reason_at_the_next_start(
+        tmp_path, monkeypatch):
+    crashed = subprocess.Popen(
+        [sys.executable, str(FAKES / "run_until_killed.py"), str(tmp_path), "--train"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(FAKES.parent)},
+    )
+    try:
+        printed = json.loads(crashed.stdout.readline())
+    finally:
+        crashed.kill()  # SIGKILL mid-training
+        crashed.wait()
+    trainer = printed["trainer_pid"]
+    assert process_is_running(trainer)  # an orphan now, still training
+
+    with LocalAws(tmp_path, settings=fake_settings()) as aws:
+        assert not process_is_running(trainer)
+        clients = clients_for(aws, monkeypatch)
+        job = clients.sagemaker.describe_training_job(TrainingJobName=printed["job"])
+        assert job["TrainingJobStatus"] == "Failed"
+        assert "the local runtime stopped (killed or crashed)" in job["FailureReason"]
+        assert f"training/{printed['job']}/checkpoints/" in job["FailureReason"]
+        listed = clients.sagemaker.list_training_jobs(StatusEquals="InProgress")
+        assert listed["TrainingJobSummaries"] == []

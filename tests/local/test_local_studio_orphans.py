@@ -68,3 +68,24 @@ def test_processes_of_a_running_studio_are_not_orphans(tmp_path):
     finally:
         orphan.kill()
         orphan.wait()
+
+
+def test_an_orphan_started_by_its_shebang_line_is_ended(tmp_path):
+    """The `train` and `serve` console scripts run through their #! line, so the kernel shows
+    `python .../train` where `.../train` was listed: such an orphan is still ended (the
+    reliability run found a trainer outliving a SIGKILLed studio)."""
+    script = tmp_path / "train"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
+    script.chmod(0o755)
+    command = [str(script)]
+    orphan = subprocess.Popen(command, start_new_session=True)
+    try:
+        registry = ProcessRegistry(tmp_path / "run" / "processes.json")
+        registry.add(orphan.pid, command)
+        time.sleep(0.3)  # past its exec
+        assert registry.end_leftovers() == [orphan.pid]
+        orphan.wait(timeout=10)
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()

@@ -134,10 +134,14 @@ class FakeStream:
         self.closed = False
 
     def __iter__(self) -> Any:
-        from easel_contracts.streaming import ResultEvent, StepEvent, encode_event
+        from easel_contracts.streaming import ErrorEvent, ResultEvent, StepEvent, encode_event
 
         payload = self.request.request()
         assert isinstance(payload, inv.GenerationRequest)
+        refusal = self.runtime.refusal(payload)
+        if refusal is not None:  # found by the worker once the stream has begun
+            yield {"PayloadPart": {"Bytes": encode_event(ErrorEvent(status=400, **refusal))}}
+            return
         for step in range(1, payload.steps + 1):
             if self.closed:
                 return
@@ -174,6 +178,9 @@ class FakeRuntime(Recorder):
         self.streams: list[FakeStream] = []
         self.delay = 0.0
         self.fail_with: str | None = None
+        # the model server's status and error body when fail_with is set
+        self.fail_status = 400
+        self.fail_body: dict[str, Any] = {}
         self.controlnet_listing = True  # False: an endpoint image from before that task
         self.raw_answers: dict[str, Any] = {}  # task -> an answer off the contract
         self.release = threading.Event()
@@ -199,10 +206,8 @@ class FakeRuntime(Recorder):
             raise client_error("ModelError", "does not stream", "InvokeEndpointWithResponseStream",
                                OriginalStatusCode=400, OriginalMessage='{"detail": "no"}')
         self.release.wait(timeout=30)
-        if self.fail_with:  # a refusal before the stream starts
-            raise client_error("ModelError", "model failed", "InvokeEndpointWithResponseStream",
-                               OriginalStatusCode=400,
-                               OriginalMessage=json.dumps({"detail": self.fail_with}))
+        if self.fail_with:  # a refusal before the stream starts (admission)
+            raise self._model_error(self.fail_status, {"detail": self.fail_with, **self.fail_body})
         stream = FakeStream(self, invocation)
         with self.lock:
             self.streams.append(stream)
@@ -221,6 +226,23 @@ class FakeRuntime(Recorder):
         return {"Body": io.BytesIO(json.dumps(answer).encode()),
                 "ContentType": "application/json"}
 
+    @staticmethod
+    def refusal(payload: inv.GenerationRequest) -> dict[str, Any] | None:
+        """The error body of what the server refuses only once it works on the request: it
+        knows its samplers (easel_inference.samplers.resolve_sampler)."""
+        if payload.sampler_name in (None, "Euler a", "k_euler_a"):
+            return None
+        return {"error": "BadRequest", "field": "sampler_name",
+                "detail": f"unknown sampler_name {payload.sampler_name!r}; valid: Euler a"}
+
+    @staticmethod
+    def _model_error(status: int, body: dict[str, Any]) -> ClientError:
+        """SageMaker's ModelError for a container answer of `status` with `body`."""
+        kind = "client" if 400 <= status < 500 else "server"
+        return client_error("ModelError", f"Received {kind} error ({status}) from primary",
+                            "InvokeEndpoint", OriginalStatusCode=status,
+                            OriginalMessage=json.dumps(body))
+
     def _answer(self, request: dict[str, Any]) -> Any:
         """The answer a model server gives, built through the invocation contract's models
         (so a shape change there shows up here too)."""
@@ -232,9 +254,11 @@ class FakeRuntime(Recorder):
         if isinstance(payload, inv.GenerationRequest):
             self.release.wait(timeout=30)
             if self.fail_with:
-                raise client_error("ModelError", "model failed", "InvokeEndpoint",
-                                   OriginalStatusCode=400,
-                                   OriginalMessage=json.dumps({"detail": self.fail_with}))
+                raise self._model_error(self.fail_status,
+                                        {"detail": self.fail_with, **self.fail_body})
+            refusal = self.refusal(payload)
+            if refusal is not None:
+                raise self._model_error(400, refusal)
             answer = inv.GenerationResponse(
                 images=[png_b64() for _ in range(payload.batch_size * payload.n_iter)],
                 parameters=payload.model_dump(mode="json", exclude={"init_images", "mask"}),

@@ -76,3 +76,46 @@ def test_sign_in_at_the_bound_answers_503_with_retry_after(world_factory):
     finally:
         slots.release()
     assert login(world.client(), "ivan", "user-password-123").status_code == 303
+
+
+def test_basic_clients_sharing_an_expired_credential_check_it_once(world, monkeypatch):
+    """Thirty A1111 clients of one user, re-checking together once the one-minute cache expired,
+    cost one argon2 check, not thirty (issue 15: 1.4 GB after the cache expiry)."""
+    import easel_webui.auth as auth_module
+
+    world.add_user("ivan")
+    auth = world.portal.auth
+    assert auth.authenticate_basic("ivan", "user-password-123").username == "ivan"
+    later = auth_module.now() + auth_module.BASIC_CACHE_SECONDS + 1
+    monkeypatch.setattr(auth_module, "now", lambda: later)
+    inner = auth._hasher._hasher
+    checks = []
+
+    class Counting:
+        def verify(self, hashed: str, password: str) -> bool:
+            checks.append(password)
+            time.sleep(0.2)  # the others arrive while this check runs
+            return inner.verify(hashed, password)
+
+        def hash(self, password: str) -> str:
+            return inner.hash(password)
+
+    auth._hasher._hasher = Counting()
+    users = []
+    threads = [threading.Thread(target=lambda: users.append(
+        auth.authenticate_basic("ivan", "user-password-123"))) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [user.username for user in users] == ["ivan"] * 30
+    assert len(checks) == 1
+
+
+def test_a_wrong_password_is_not_served_from_a_right_ones_cache_entry(world):
+    world.add_user("ivan")
+    auth = world.portal.auth
+    auth.authenticate_basic("ivan", "user-password-123")
+    with pytest.raises(Exception) as raised:
+        auth.authenticate_basic("ivan", "wrong-password-456")
+    assert getattr(raised.value, "status_code", None) in (401, 429)

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from easel_contracts import table as keys
+
 from .conftest import ADMIN_PASSWORD
 
 
@@ -214,3 +216,118 @@ def test_a_saved_checkpoint_that_is_not_a_plain_name_is_a_422_not_a_crash(world)
     assert response.status_code == 422
     assert "choose another" in response.json()["detail"]
     assert world.runtime.generations() == []
+
+
+# --- the model server's refusals keep their meaning (issue 15: fuzzing found 4xx passed on as 502)
+
+def _txt2img(client, **fields):
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64, **fields}
+    return client.post("/sdapi/v1/txt2img", headers=_auth(), json=body)
+
+
+def test_a_request_the_server_refuses_is_a_422_with_its_message_not_a_502(world):
+    client = _setup(world)
+    response = _txt2img(client, sampler_name="No such sampler")
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("The model server refused this request: sampler_name: ")
+    assert "unknown sampler_name 'No such sampler'" in detail
+
+
+def test_too_much_work_for_the_deadline_is_a_422_saying_what_to_lower(world):
+    client = _setup(world)
+    world.runtime.fail_with = "this request needs about 90 s; lower steps to 10"
+    world.runtime.fail_body = {"error": "TooMuchWork", "field": "steps"}
+    response = _txt2img(client)
+    assert response.status_code == 422
+    assert "steps: this request needs about 90 s; lower steps to 10" in response.json()["detail"]
+
+
+def test_a_busy_server_is_a_503_with_its_retry_after(world):
+    client = _setup(world)
+    world.runtime.fail_with = "the endpoint is busy; retry in 7 s"
+    world.runtime.fail_status = 503
+    world.runtime.fail_body = {"error": "Busy", "retry_after_seconds": 7}
+    response = _txt2img(client)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "7"
+    assert "retry in 7 s" in response.json()["detail"]
+
+
+def test_work_the_server_stopped_at_its_deadline_is_a_504(world):
+    client = _setup(world)
+    world.runtime.fail_with = "stopped after step 3: its deadline of 55 s passed"
+    world.runtime.fail_status = 504
+    response = _txt2img(client)
+    assert response.status_code == 504
+    assert "deadline of 55 s passed" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("status", [500, 502])
+def test_a_failing_model_server_is_still_a_502(world, status):
+    client = _setup(world)
+    world.runtime.fail_with = "internal error during txt2img"
+    world.runtime.fail_status = status
+    response = _txt2img(client)
+    assert response.status_code == 502
+    assert response.json()["detail"] == "The model server failed: internal error during txt2img"
+
+
+def test_a_refused_job_is_recorded_failed_with_the_servers_message(world):
+    client = _setup(world)
+    assert _txt2img(client, sampler_name="bogus").status_code == 422
+    job_id = world.portal.table.get(*keys.user_prefs_key("alice"))["last_job"]
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=_auth()).json()
+    assert job["status"] == "failed"
+    assert "unknown sampler_name 'bogus'" in job["error"]
+
+
+# --- the work cap, applied by the portal before any job (one rule: easel_contracts.workcap)
+
+def _measured_options(world, seconds_per_pixel_step: float = 1e-4) -> None:
+    """The endpoint's options answer with the speed its server timed at warm-up (CPU-like)."""
+    from easel_contracts import invocations as inv
+    from easel_contracts.workcap import MeasuredSpeed
+
+    options = inv.Options(
+        sd_model_checkpoint="tiny.safetensors", sd_checkpoints_loaded=["tiny"],
+        model_load_seconds={"tiny": 0.1}, CLIP_stop_at_last_layers=1, sd_vae="Automatic",
+        samples_format="png", device="cpu", dtype="float32", max_response_bytes=6 * 1024 * 1024,
+        pipeline_budget=2, warmed_up=None, deadline_seconds=55.0,
+        speed=MeasuredSpeed(model="tiny", device="cpu", width=64, height=64,
+                            seconds_per_pixel_step=seconds_per_pixel_step,
+                            seconds_per_pixel_image=0.0))
+    world.runtime.raw_answers["options"] = options.model_dump(mode="json")
+
+
+def test_work_that_cannot_finish_by_the_deadline_is_refused_before_any_job(world):
+    client = _setup(world)
+    _measured_options(world)
+    response = _txt2img(client, width=512, height=512, steps=20)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "more than its 55 s deadline" in detail and "lower steps to" in detail
+    assert world.runtime.generations() == []
+    assert "last_job" not in (world.portal.table.get(*keys.user_prefs_key("alice")) or {})
+
+
+def test_work_that_fits_the_measured_speed_runs(world):
+    client = _setup(world)
+    _measured_options(world)
+    assert _txt2img(client, width=64, height=64, steps=20).status_code == 200
+    assert len(world.runtime.generations()) == 1
+
+
+def test_the_speed_is_read_once_per_endpoint_not_per_request(world):
+    client = _setup(world)
+    _measured_options(world)
+    for _ in range(3):
+        assert _txt2img(client).status_code == 200
+    options = [call for call in world.runtime.named("invoke_endpoint")
+               if json.loads(call["Body"])["task"] == "options"]
+    assert len(options) == 1
+
+
+def test_an_endpoint_without_a_measured_speed_is_left_to_its_server(world):
+    client = _setup(world)  # the fake server's options carry no speed (an older image)
+    assert _txt2img(client, width=512, height=512, steps=20).status_code == 200

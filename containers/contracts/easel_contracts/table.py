@@ -12,7 +12,7 @@ one GSI per update). Items with a ``ttl`` attribute (epoch seconds) expire.
 | deleted user name (never reused) | `user#<name>` | `tombstone` | - |
 | revoked session | `revoked#<nonce>` | `session` | - (expires by `ttl`) |
 | generated image | `image#<id>` | `meta` | `images` / `<created>#<id>` |
-| generation job | `gen#<id>` | `meta` | - (expires by `ttl`) |
+| generation job | `gen#<id>` | `meta` | `genrunning` / id while it runs (expires by `ttl`) |
 | a user's generation slot (lease) | `user#<name>` | `genslot#<n>` | - |
 | endpoint | `endpoint#<name>` | `meta` | `endpoints` / name |
 | training job | `training#<name>` | `meta` | `training` / `<created>#<name>` |
@@ -43,6 +43,9 @@ USERS_INDEX = "users"
 IMAGES_INDEX = "images"
 ENDPOINTS_INDEX = "endpoints"
 TRAINING_INDEX = "training"
+# generation jobs while they run (a sparse index: a job leaves it when it ends), for the sweep
+# that fails the jobs of a stopped portal task
+RUNNING_GENERATION_INDEX = "genrunning"
 
 REF_PK = "ref_pk"
 REF_SK = "ref_sk"
@@ -104,6 +107,10 @@ def image_index(created: str, image_id: str) -> dict[str, str]:
 
 def generation_job_key(job_id: str) -> Key:
     return Key(f"gen#{job_id}", META)
+
+
+def running_generation_index(job_id: str) -> dict[str, str]:
+    return _index(RUNNING_GENERATION_INDEX, job_id)
 
 
 def generation_slot_key(username: str, slot: int) -> Key:

@@ -22,6 +22,7 @@ import hmac
 import math
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,6 +100,10 @@ class Auth:
         # HTTP Basic clients send the password on every call: remember a verified one briefly
         # (keyed by an HMAC, never the password) instead of paying argon2 each time.
         self._basic_ok: dict[str, tuple[float, str]] = {}
+        # one check per credential at a time: clients sharing one re-check it once when its
+        # entry expires, the others wait for that answer (not 30 argon2 checks at once)
+        self._basic_checks: dict[str, threading.Lock] = {}
+        self._basic_checks_lock = threading.Lock()
     # --- keys
 
     def _session_key(self) -> str:
@@ -261,17 +266,38 @@ class Auth:
         name = (username or "").strip().lower()[:64]
         key = hmac.new(self._session_key().encode(), f"{name}\0{password}".encode(),
                        hashlib.sha256).hexdigest()
+        user = self._basic_cached(key, name)
+        if user is not None:
+            return user
+        with self._basic_checks_lock:
+            check = self._basic_checks.setdefault(key, threading.Lock())
+        try:
+            with check:
+                user = self._basic_cached(key, name)  # checked while this caller waited
+                if user is not None:
+                    return user
+                user = self.authenticate(name, password, client)
+                if len(self._basic_ok) > 10000:
+                    self._basic_ok.clear()
+                self._basic_ok[key] = (now() + BASIC_CACHE_SECONDS, user.generation)
+                return user
+        finally:
+            with self._basic_checks_lock:
+                if not check.locked():
+                    self._basic_checks.pop(key, None)
+
+    def _basic_cached(self, key: str, name: str) -> User | None:
+        """The user of a credential verified less than a minute ago, while its generation
+        (revocation) still matches; an expired or revoked entry is dropped."""
         cached = self._basic_ok.get(key)
-        if cached and cached[0] > now():
+        if not cached:
+            return None
+        if cached[0] > now():
             user = self.lookup(name)
             if user is not None and hmac.compare_digest(user.generation, cached[1]):
                 return user
-            self._basic_ok.pop(key, None)
-        user = self.authenticate(name, password, client)
-        if len(self._basic_ok) > 10000:
-            self._basic_ok.clear()
-        self._basic_ok[key] = (now() + BASIC_CACHE_SECONDS, user.generation)
-        return user
+        self._basic_ok.pop(key, None)
+        return None
 
     def _verify(self, name: str, password: str) -> User | None:
         if name == ADMIN_USERNAME:

@@ -54,13 +54,15 @@ from easel_webui.grids import with_grid
 from easel_webui.live import JobControl, Stop
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now
+from easel_webui.workcap import WorkCap
 
 log = logging.getLogger("easel_webui.generation")
 JOB_TTL_SECONDS = 7 * 24 * 3600
 ASYNC_WAIT_SECONDS = 30 * 60
-# A job records the portal task running it and a heartbeat that task renews; a running job
-# whose heartbeat is older than STALE_HEARTBEAT_SECONDS lost its worker (the task stopped or
-# restarted) and is failed when next read. Records from before heartbeats: by their start.
+# A job records the portal task running it and a heartbeat that task renews (its lease); a
+# running job whose heartbeat is older than STALE_HEARTBEAT_SECONDS lost its worker (the task
+# stopped or restarted) and is failed by the next portal start's sweep, or when next read.
+# Records from before heartbeats: by their start.
 HEARTBEAT_SECONDS = 10.0
 STALE_HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = ASYNC_WAIT_SECONDS + 5 * 60
@@ -105,22 +107,61 @@ def _strip_large(payload: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _model_error_body(exc: ClientError) -> dict[str, Any]:
+    """The model server's error body (``{"error", "detail", "field", ...}``) that SageMaker
+    passes on as ``OriginalMessage``; ``{}`` when it is not such a JSON object."""
+    try:
+        parsed = json.loads(exc.response.get("OriginalMessage") or "")
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def _model_error_message(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     original = exc.response.get("OriginalMessage") or error.get("Message", "")
-    try:
-        parsed = json.loads(original)
-        if isinstance(parsed, dict):
-            original = parsed.get("detail") or parsed.get("error") or original
-    except (TypeError, ValueError):
-        pass
+    body = _model_error_body(exc)
+    if body:
+        original = body.get("detail") or body.get("error") or original
     return str(original)[:1000]
 
 
-def _invoke_error(endpoint: str, exc: ClientError) -> UpstreamError:
+def server_error(status: object, detail: str, *, field: object = None,
+                 retry_after: object = None) -> PortalError:
+    """The model server's error answer (its HTTP status and body, before or within a response
+    stream) as the portal's answer. The server refusing the request (4xx) is the caller's to
+    fix: 422 naming the field, with the server's message; a busy server (503) is 503 with its
+    ``Retry-After``; work stopped at its deadline (504) or a SageMaker timeout (408) is 504. Only
+    a failing or unreachable server is a gateway error (502)."""
+    if isinstance(field, str) and field and not detail.startswith(field):
+        detail = f"{field}: {detail}"
+    if status in (429, 503):
+        return PortalError(f"The endpoint is busy: {detail}",
+                           status_code=503 if status == 503 else 429,
+                           retry_after=retry_after if isinstance(retry_after, int)
+                           and retry_after > 0 else 5)
+    if status in (408, 504):
+        return PortalError(f"The endpoint stopped this request: {detail}", status_code=504)
+    if isinstance(status, int) and 400 <= status < 500:
+        return PortalError(f"The model server refused this request: {detail}",
+                           status_code=422)
+    return UpstreamError(f"The model server failed: {detail}")
+
+
+def model_refusal(exc: ClientError) -> PortalError:
+    """A ``ModelError`` as the portal's answer. SageMaker wraps every non-2xx answer of the
+    container in a ModelError (HTTP 424) carrying the container's status and body
+    (``OriginalStatusCode``, ``OriginalMessage``; see the InvokeEndpoint API reference,
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html)."""
+    body = _model_error_body(exc)
+    return server_error(exc.response.get("OriginalStatusCode"), _model_error_message(exc),
+                        field=body.get("field"), retry_after=body.get("retry_after_seconds"))
+
+
+def _invoke_error(endpoint: str, exc: ClientError) -> PortalError:
     code = exc.response.get("Error", {}).get("Code", "")
     if code == "ModelError":
-        return UpstreamError(f"The model server refused: {_model_error_message(exc)}")
+        return model_refusal(exc)
     if code in ("ValidationError", "ValidationException"):
         return UpstreamError(f"Endpoint {endpoint!r} is not ready: {_model_error_message(exc)}")
     return UpstreamError(f"Endpoint {endpoint!r} failed: {_model_error_message(exc)}")
@@ -248,6 +289,7 @@ class Generation:
         self._slots: dict[str, keys.Key] = {}  # job id -> the user slot it holds
         self._lock = threading.Lock()
         self._beating: threading.Thread | None = None
+        self.workcap = WorkCap(self.listing)
 
     # --- talking to an endpoint
 
@@ -292,8 +334,8 @@ class Generation:
                             return None
                     elif isinstance(event, ResultEvent):
                         return event.answer
-                    elif isinstance(event, ErrorEvent):
-                        raise UpstreamError(f"The model server stopped: {event.detail}")
+                    elif isinstance(event, ErrorEvent):  # the status /invocations would give
+                        raise server_error(event.status, event.detail, field=event.field)
             reader.close()
         except EventStreamError as exc:
             raise UpstreamError(f"Endpoint {endpoint!r}: the response stream broke "
@@ -371,7 +413,8 @@ class Generation:
 
     def run_sync(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
                  timeout: float) -> GenerationResponse:
-        """Run a job and wait at most `timeout` seconds for the model server's answer."""
+        """Run a job and wait at most `timeout` seconds for the model server's answer; a job
+        that failed raises its `PortalError` (a refusal by the server keeps its 4xx)."""
         job_id, future = self._start(user=user, endpoint=endpoint, task=task, request=request)
         try:
             answer = future.result(timeout=timeout)
@@ -380,7 +423,7 @@ class Generation:
                 # it never left the queue and its caller is being told to go away: nobody would
                 # collect it, so it does not run
                 self._release(job_id)
-                self.table.update(*keys.generation_job_key(job_id), {
+                self._finish(job_id, {
                     "status": "failed", "finished": now(),
                     "error": "Cancelled: it waited in the portal's queue past the call's time "
                              "limit and never ran."})
@@ -389,9 +432,9 @@ class Generation:
                     from None
             mode = self.endpoints.record(endpoint).get("mode", "realtime")
             raise SyncTimeout(job_id, timeout, mode) from None
-        if answer is None:
+        if answer is None:  # an unexpected failure, recorded with its incident id
             state = self.job(job_id, user=user)
-            raise UpstreamError(state["error"] or "The generation failed.")
+            raise PortalError(state["error"] or "The generation failed.", status_code=500)
         return answer
 
     def _start(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
@@ -399,6 +442,8 @@ class Generation:
         if task not in GENERATION_TASKS:
             raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
+        if record.get("mode", "realtime") == "realtime":  # an async one has up to an hour
+            self.workcap.check(endpoint, request)  # refused before any job: what to lower
         job_id = uuid.uuid4().hex
         with self._lock:
             if len(self._running) >= self.queue_limit:
@@ -415,7 +460,7 @@ class Generation:
             **keys.generation_job_key(job_id).item(), "job_id": job_id, "owner": user.username,
             "endpoint": endpoint, "task": task, "status": "running", "created_at": iso_now(),
             "started": now(), "portal_task": self.task_id, "heartbeat": now(),
-            keys.TTL: int(now()) + JOB_TTL_SECONDS,
+            **keys.running_generation_index(job_id), keys.TTL: int(now()) + JOB_TTL_SECONDS,
         })
         with self._lock:
             if self._beating is None:
@@ -470,6 +515,28 @@ class Generation:
         if slot is not None:
             self.table.put(self._slot_item(slot, job_id, held=False), expect=("job_id", job_id))
 
+    def _finish(self, job_id: str, values: dict[str, Any]) -> None:
+        """Record how a job ended; it leaves the index of running jobs."""
+        self.table.update(*keys.generation_job_key(job_id), values,
+                          remove=(keys.GSI_PK, keys.GSI_SK))
+
+    def recover_stale_jobs(self) -> list[str]:
+        """At start-up: fail the running jobs whose portal task stopped (its lease, the heartbeat
+        that task renews, expired), with the reason; the ids failed. A job of a live task, this
+        one or another, keeps running: each write is conditional on the heartbeat and status
+        read, so a task that renews its lease or finishes meanwhile wins."""
+        failed = []
+        for listed in self.table.iter_index(keys.RUNNING_GENERATION_INDEX,
+                                            attributes=(keys.PK, keys.SK)):
+            record = self.table.get(listed[keys.PK], listed[keys.SK])
+            if record and self._stale(record) \
+                    and self._fail_if_stale(record).get("status") == "failed":
+                failed.append(str(record["job_id"]))
+        if failed:
+            log.warning("failed %d generation jobs left running by a stopped portal task",
+                        len(failed))
+        return failed
+
     def _stale(self, record: dict[str, Any]) -> bool:
         if record.get("status") != "running":
             return False
@@ -482,12 +549,14 @@ class Generation:
         conditional write: a job whose heartbeat moved meanwhile is left alone)."""
         if not self._stale(record):
             return record
-        failed = {**record, "status": "failed", "error": STALE_REASON, "finished": now()}
+        failed = {key: value for key, value in record.items()
+                  if key not in (keys.GSI_PK, keys.GSI_SK)}
+        failed.update(status="failed", error=STALE_REASON, finished=now())
+        expected: dict[str, Any] = {"status": "running"}
         if "heartbeat" in record:
-            if not self.table.put(failed, expect=("heartbeat", record["heartbeat"])):
-                return self.table.get(record[keys.PK], record[keys.SK]) or record
-        else:
-            self.table.put(failed)
+            expected["heartbeat"] = record["heartbeat"]
+        if not self.table.put(failed, expect=expected):
+            return self.table.get(record[keys.PK], record[keys.SK]) or record
         return failed
 
     def _run(self, job_id: str, owner: str, endpoint: str, task: str,
@@ -507,7 +576,7 @@ class Generation:
                 answer, stopped = self._run_streamed(job_id, endpoint, task, request)
             if not answer.images and stopped:
                 what = "Interrupted" if stopped == "interrupt" else "Skipped"
-                self.table.update(*keys.generation_job_key(job_id), {
+                self._finish(job_id, {
                     "status": "interrupted", "finished": now(),
                     "error": f"{what} before any image was finished; nothing was saved."})
                 return answer
@@ -515,20 +584,20 @@ class Generation:
                 answer = with_grid(answer)
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
                                        request=request, answer=answer, job_id=job_id)
-            self.table.update(*keys.generation_job_key(job_id), {
+            self._finish(job_id, {
                 "status": "done", "image_ids": images, "info": answer.info[:4000],
                 "finished": now(), **({"stopped": stopped} if stopped else {}),
             })
             self.endpoints.touch(endpoint)
             return answer
         except PortalError as exc:
-            self.table.update(*keys.generation_job_key(job_id), {
+            self._finish(job_id, {
                 "status": "failed", "error": exc.message, "finished": now()})
-            return None
+            raise  # a synchronous caller answers with its status (run_sync)
         except Exception as exc:  # noqa: BLE001 - recorded for the user, logged for the operator
             incident = uuid.uuid4().hex[:12]
             log.error("generation job %s failed (incident %s)", job_id, incident, exc_info=exc)
-            self.table.update(*keys.generation_job_key(job_id), {
+            self._finish(job_id, {
                 "status": "failed", "error": f"Unexpected failure (incident {incident}).",
                 "finished": now(),
             })

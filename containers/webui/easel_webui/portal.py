@@ -45,6 +45,7 @@ class Portal:
         generation = Generation(clients=clients, table=table, bucket=bucket, endpoints=endpoints,
                                 queue_limit=settings.generation_queue_per_task,
                                 per_user_limit=settings.generation_jobs_per_user)
+        _recover(generation)
         training = Training(config=TrainingConfig.from_settings(settings), clients=clients,
                             table=table, bucket=bucket)
         return cls(settings, clients, table, bucket, secrets, auth, endpoints, generation,
@@ -57,3 +58,12 @@ def _migrate(table: Table) -> None:
         backfill_owner_items(table)
     except ClientError as exc:
         log.warning("owner items backfill not finished (retried on the next start): %s", exc)
+
+
+def _recover(generation: Generation) -> None:
+    """Fail the generation jobs a stopped portal task left running; a failure is logged (those
+    jobs are still failed when next read)."""
+    try:
+        generation.recover_stale_jobs()
+    except ClientError as exc:
+        log.warning("stale generation jobs not swept (they fail when read): %s", exc)

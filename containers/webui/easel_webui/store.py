@@ -84,20 +84,25 @@ class Table:
         return found
 
     def put(self, item: dict[str, Any], *, must_not_exist: bool = False,
-            expect: tuple[str, Any] | None = None,
+            expect: tuple[str, Any] | dict[str, Any] | None = None,
             unless_live: tuple[str, float] | None = None) -> bool:
         """Write an item; with `must_not_exist`, answer False when it already exists; with
-        `expect=(attribute, value)`, answer False unless the stored item has that value there
-        (optimistic concurrency: several portal tasks may write the same item); with
+        `expect=(attribute, value)` (or a dict of several), answer False unless the stored item
+        has those values (optimistic concurrency: several portal tasks may write the same item);
+        with
         `unless_live=(attribute, moment)`, answer False when the item exists and that attribute
         (an expiry, epoch s) is not before `moment` (a lease held by someone else)."""
         kwargs: dict[str, Any] = {"TableName": self.name, "Item": serialize(item)}
         if must_not_exist:
             kwargs["ConditionExpression"] = f"attribute_not_exists({PK})"
         elif expect is not None:
-            kwargs["ConditionExpression"] = "#e = :e"
-            kwargs["ExpressionAttributeNames"] = {"#e": expect[0]}
-            kwargs["ExpressionAttributeValues"] = serialize({":e": expect[1]})
+            expected = dict([expect]) if isinstance(expect, tuple) else expect
+            kwargs["ConditionExpression"] = " AND ".join(
+                f"#e{index} = :e{index}" for index in range(len(expected)))
+            kwargs["ExpressionAttributeNames"] = {
+                f"#e{index}": name for index, name in enumerate(expected)}
+            kwargs["ExpressionAttributeValues"] = serialize({
+                f":e{index}": value for index, value in enumerate(expected.values())})
         elif unless_live is not None:
             kwargs["ConditionExpression"] = f"attribute_not_exists({PK}) OR #e < :e"
             kwargs["ExpressionAttributeNames"] = {"#e": unless_live[0]}
@@ -111,8 +116,10 @@ class Table:
         return True
 
     def update(self, pk: str, sk: str, values: dict[str, Any], *, must_exist: bool = True,
-               add: dict[str, int] | None = None) -> dict[str, Any] | None:
-        """Set attributes (and add to counters); None when `must_exist` and the item is gone."""
+               add: dict[str, int] | None = None,
+               remove: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """Set attributes (add to counters, remove attributes); None when `must_exist` and the
+        item is gone."""
         names: dict[str, str] = {}
         attr_values: dict[str, Any] = {}
         sets = []
@@ -130,14 +137,19 @@ class Table:
             expression += "SET " + ", ".join(sets)
         if adds:
             expression += " ADD " + ", ".join(adds)
+        if remove:
+            for index, key in enumerate(remove):
+                names[f"#r{index}"] = key
+            expression += " REMOVE " + ", ".join(f"#r{index}" for index in range(len(remove)))
         kwargs: dict[str, Any] = {
             "TableName": self.name,
             "Key": serialize({PK: pk, SK: sk}),
             "UpdateExpression": expression.strip(),
             "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": serialize(attr_values),
             "ReturnValues": "ALL_NEW",
         }
+        if attr_values:  # DynamoDB refuses an empty map
+            kwargs["ExpressionAttributeValues"] = serialize(attr_values)
         if must_exist:
             kwargs["ConditionExpression"] = f"attribute_exists({PK})"
         try:

@@ -67,7 +67,7 @@ def _resolve_images(portal: Any, user: Any, body: dict[str, Any]) -> None:
 async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
         raise PortalError("body: must be JSON {endpoint, task, payload}") from None
     if not isinstance(body, dict):
         raise PortalError("body: must be a JSON object")

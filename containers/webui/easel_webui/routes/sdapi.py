@@ -71,7 +71,7 @@ def _endpoint_for(portal: Any, user: User) -> str:
 async def _json_body(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
         raise PortalError("body: must be a JSON object", status_code=422) from None
     if not isinstance(body, dict):
         raise PortalError("body: must be a JSON object", status_code=422)
