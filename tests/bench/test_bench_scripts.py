@@ -46,7 +46,7 @@ def test_inference_bench_times_stock_and_easel_in_one_run(tmp_path) -> None:
          EASEL_FAST_GRAPHS="0", EASEL_FAST_VAE="0")  # SD1.5 and SDXL, Easel and stock each
     report = json.loads((tmp_path / "inference_bench.json").read_text())
     for key in ("stock_eager_seconds", "easel_eager_seconds", "easel_fast_seconds",
-                "easel_fast_two_loras_seconds", "fast_over_easel_eager",
+                "easel_fast_two_loras_seconds", "fast_over_easel_eager", "easel_fast_pil_seconds",
                 "easel_eager_over_stock_eager", "easel_fast_batch_images_per_second",
                 "stock_eager_batch_images_per_second", "sdxl_easel_fast_seconds",
                 "sdxl_stock_eager_seconds"):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "local_model.py"
 
 
-def test_the_transfer_legs_report_mb_per_s_and_cpu_seconds_per_gb(tmp_path, capsys):
+def test_the_transfer_legs_report_mb_per_s_and_cpu_seconds_per_gb(tmp_path, capsys, monkeypatch):
+    # the bench exports the local AWS's endpoints as `make local` does: keep them in this test
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     spec = importlib.util.spec_from_file_location("local_model_bench", BENCH)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)

@@ -7,10 +7,12 @@ from botocore.stub import Stubber
 
 from scripts import preflight
 from scripts.preflight import BOOTSTRAP_PARAMETER
+from scripts.stack import load_stage_config
 
-ENDPOINT_TYPES = ("ml.g4dn.xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g6.xlarge",
-                  "ml.g6e.xlarge")
-TRAINING_TYPES = ("ml.g5.2xlarge", "ml.g6e.2xlarge", "ml.p4d.24xlarge")
+# the allowlists of the config preflight reads (the default stage)
+_CONFIG = load_stage_config("default")
+ENDPOINT_TYPES = tuple(_CONFIG.endpoints.instance_types)
+TRAINING_TYPES = tuple(_CONFIG.training.instance_types)
 CODEBUILD_LARGE = "Concurrently running builds for Linux/Large environment"
 
 
