@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
+from local.sagemaker import eventstream
 from local.sagemaker.control import SageMakerControlPlane
 from local.sagemaker.errors import AwsError, InternalFailure, RuntimeValidationError
-from local.sagemaker.runtime_api import RuntimeService
+from local.sagemaker.runtime_api import ModelStream, RuntimeService, StreamBroken
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,42 @@ class StandInHandler(BaseHTTPRequestHandler):
             headers={"x-amzn-ErrorType": error.code},
         )
 
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _client_left(self) -> bool:
+        """The client closed its side (a closed stream reads as end-of-file)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _send_stream(self, stream: ModelStream) -> None:
+        """The model's parts as ``PayloadPart`` events, chunked, as SageMaker sends them. A
+        client that leaves closes the model's stream too (the model stops its work); a model
+        stream that breaks ends with a ``ModelStreamError`` event."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", eventstream.CONTENT_TYPE)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("x-amzn-RequestId", self.server.request_id())
+            self.send_header("x-Amzn-Invoked-Production-Variant", stream.variant)
+            self.send_header("X-Amzn-SageMaker-Content-Type", stream.content_type)
+            self.end_headers()
+            try:
+                for part in stream.parts():
+                    if self._client_left():
+                        raise BrokenPipeError("the client closed the stream")
+                    self._chunk(eventstream.payload_part(part))
+            except StreamBroken as exc:
+                self._chunk(eventstream.stream_exception("ModelStreamError", str(exc),
+                                                         error_code="StreamBroken"))
+            self._chunk(b"")
+        finally:
+            stream.close()
+
     # --- routes
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
@@ -109,7 +148,8 @@ class StandInHandler(BaseHTTPRequestHandler):
 
     def _runtime(self, path: str) -> None:
         parts = path.strip("/").split("/")
-        if len(parts) != 3 or parts[2] not in ("invocations", "async-invocations"):
+        if len(parts) != 3 or parts[2] not in ("invocations", "async-invocations",
+                                                "invocations-response-stream"):
             raise RuntimeValidationError(f"Unknown runtime path {path!r}.", status=404)
         name = unquote(parts[1])
         headers = {key: value for key, value in self.headers.items()}
@@ -126,6 +166,13 @@ class StandInHandler(BaseHTTPRequestHandler):
             response, variant = runtime.invoke(name, body, headers)
             extra = {"x-Amzn-Invoked-Production-Variant": variant, **response.headers}
             self._send(200, response.body, content_type=response.content_type, headers=extra)
+        elif parts[2] == "invocations-response-stream":
+            body = self._read_body(limit=runtime.max_body_bytes)
+            if body is None:
+                raise RuntimeValidationError(
+                    "The request body exceeds the InvokeEndpointWithResponseStream limit of "
+                    f"{runtime.max_body_bytes} bytes.", status=413)
+            self._send_stream(runtime.invoke_stream(name, body, headers))
         else:
             self._read_body(limit=_HARD_BODY_LIMIT)
             result = runtime.invoke_async(name, headers)

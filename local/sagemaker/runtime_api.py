@@ -1,4 +1,5 @@
-"""The SageMaker-runtime operations: InvokeEndpoint and InvokeEndpointAsync."""
+"""The SageMaker-runtime operations: InvokeEndpoint, InvokeEndpointWithResponseStream and
+InvokeEndpointAsync."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,35 @@ class ModelResponse:
     body: bytes
     content_type: str
     headers: dict[str, str] = field(default_factory=dict)
+
+
+class StreamBroken(Exception):
+    """The model's stream ended before its last chunk (the server died or closed)."""
+
+
+@dataclass
+class ModelStream:
+    """An open response stream from an inference server: its parts as they arrive."""
+
+    variant: str
+    content_type: str
+    connection: http.client.HTTPConnection
+    response: http.client.HTTPResponse
+
+    def parts(self) -> Iterator[bytes]:
+        """The body's bytes as the server sends them; ``StreamBroken`` when it stops early."""
+        while True:
+            try:
+                part = self.response.read1(64 * 1024)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise StreamBroken(f"the model's stream broke: {type(exc).__name__}") from exc
+            if not part:
+                return
+            yield part
+
+    def close(self) -> None:
+        """Leave: the server sees its client close the stream."""
+        self.connection.close()
 
 
 class RuntimeService:
@@ -187,6 +218,62 @@ class RuntimeService:
                 log_stream_arn=self._arns.log_stream_arn(name),
             )
         return response, serving.variant_name
+
+    # --- InvokeEndpointWithResponseStream
+
+    def invoke_stream(
+        self, name: str, body: bytes, request_headers: dict[str, str]
+    ) -> ModelStream:
+        """Open the model's response stream (``POST /invocations-response-stream`` on the
+        container). An error status from the model before it streams is a ``ModelError``, as
+        for InvokeEndpoint; the caller reads the parts and closes the stream."""
+        if len(body) > self._settings.max_invoke_body_bytes:
+            raise RuntimeValidationError(
+                f"The request body is {len(body)} bytes; the limit for "
+                f"InvokeEndpointWithResponseStream is {self._settings.max_invoke_body_bytes} "
+                "bytes.")
+        _, serving = self._serving(name)
+        self._count_invocation(name, serving.variant_name)
+        headers = {
+            "Content-Type": request_headers.get("Content-Type") or "application/json",
+            "Accept": request_headers.get("X-Amzn-SageMaker-Accept") or "*/*",
+        }
+        for header in _FORWARDED_HEADERS:
+            if request_headers.get(header):
+                headers[header] = request_headers[header]
+        # the first byte and each later part must come within the invocation timeout
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", serving.port, timeout=self._settings.invoke_timeout_s)
+        try:
+            connection.request("POST", "/invocations-response-stream", body=body,
+                               headers=headers)
+            response = connection.getresponse()
+            if not 200 <= response.status < 300:
+                message = response.read().decode("utf-8", errors="replace")[:4000]
+                raise ModelError(original_status=response.status, original_message=message,
+                                 log_stream_arn=self._arns.log_stream_arn(name))
+        except TimeoutError as exc:
+            connection.close()
+            raise ModelError(
+                original_status=408,
+                original_message="Your invocation timed out while waiting for a response from "
+                f"container primary (limit {self._settings.invoke_timeout_s:g} seconds).",
+                log_stream_arn=self._arns.log_stream_arn(name),
+            ) from exc
+        except OSError as exc:
+            connection.close()
+            raise ModelError(
+                original_status=502,
+                original_message=f"The inference server did not answer: {exc}",
+                log_stream_arn=self._arns.log_stream_arn(name),
+            ) from exc
+        except BaseException:
+            connection.close()
+            raise
+        return ModelStream(
+            variant=serving.variant_name,
+            content_type=response.getheader("Content-Type", "application/octet-stream"),
+            connection=connection, response=response)
 
     # --- InvokeEndpointAsync
 

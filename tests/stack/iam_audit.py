@@ -204,11 +204,18 @@ def _sagemaker(call: Call) -> list[Right]:
     raise UnmappedCall(op)
 
 
+# InvokeEndpointWithResponseStream has no IAM action of its own: "your IAM permissions must
+# allow the sagemaker:InvokeEndpoint action" (SageMaker API Reference,
+# https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpointWithResponseStream.html)
+RUNTIME_ACTIONS = {"InvokeEndpoint": "sagemaker:InvokeEndpoint",
+                   "InvokeEndpointAsync": "sagemaker:InvokeEndpointAsync",
+                   "InvokeEndpointWithResponseStream": "sagemaker:InvokeEndpoint"}
+
+
 def _runtime(call: Call) -> list[Right]:
-    if call.operation in ("InvokeEndpoint", "InvokeEndpointAsync",
-                          "InvokeEndpointWithResponseStream"):
+    if call.operation in RUNTIME_ACTIONS:
         name = call.params["EndpointName"].lower()
-        return [Right(f"sagemaker:{call.operation}", _arn("sagemaker", f"endpoint/{name}"))]
+        return [Right(RUNTIME_ACTIONS[call.operation], _arn("sagemaker", f"endpoint/{name}"))]
     raise UnmappedCall(call.operation)
 
 

@@ -442,11 +442,25 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
                           (world.cloudwatch, "cloudwatch")):
         recorder.add_fake_calls("portal", service, fake.calls)
     operations = {c.operation for c in recorder.calls}
-    assert {"CreateModel", "CreateEndpoint", "InvokeEndpoint", "InvokeEndpointAsync",
+    assert {"CreateModel", "CreateEndpoint", "InvokeEndpointWithResponseStream",
+            "InvokeEndpointAsync",
             "CreateTrainingJob", "StopTrainingJob", "DeleteEndpoint", "DeregisterScalableTarget",
             "ListObjectsV2", "GetSecretValue", "Query"} <= operations, operations
     check(synth.template, recorder, {"portal": [portal_role(synth.template)]},
           names=portal_names(synth.template), tagged=target_tags)
+
+
+def test_a_streamed_invocation_needs_invoke_endpoint_which_the_portal_has(synth):
+    """AWS authorizes InvokeEndpointWithResponseStream as sagemaker:InvokeEndpoint (API
+    Reference, API_runtime_InvokeEndpointWithResponseStream); the portal's live progress uses
+    it, so the portal role's InvokeEndpoint grant must cover the portal's endpoints."""
+    call = Call("portal", "sagemaker-runtime", "InvokeEndpointWithResponseStream",
+                {"EndpointName": "easel-demo"})
+    (right,) = iam_audit.required_rights(call)
+    assert right.action == "sagemaker:InvokeEndpoint"
+    assert audit([call], {"portal": Policies.of_role(synth.template, portal_role(synth.template),
+                                                     portal_names(synth.template))},
+                 iam_audit.deployment_tags("easel")) == []
 
 
 @pytest.mark.parametrize("operation", ["RegisterScalableTarget", "PutScalingPolicy"])

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import threading
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -118,11 +119,55 @@ class FakeSageMaker(Recorder):
         return dict(self.jobs[name])
 
 
+class FakeStream:
+    """A response stream's ``Body``: PayloadPart events of the streaming contract's lines, one
+    step ``step_delay`` seconds apart; notes how many steps it sent before it was closed."""
+
+    def __init__(self, runtime: FakeRuntime, request: inv.Invocation) -> None:
+        self.runtime = runtime
+        self.request = request
+        self.sent = 0
+        self.closed = False
+
+    def __iter__(self) -> Any:
+        from easel_contracts.streaming import ResultEvent, StepEvent, encode_event
+
+        payload = self.request.request()
+        assert isinstance(payload, inv.GenerationRequest)
+        for step in range(1, payload.steps + 1):
+            if self.closed:
+                return
+            time.sleep(self.runtime.step_delay)
+            self.sent = step
+            event = StepEvent(step=step, steps=payload.steps,
+                              eta_seconds=round(self.runtime.step_delay * (payload.steps - step),
+                                                3) if step > 1 else None,
+                              preview=png_b64((step * 10 % 256, 0, 0)))
+            line = encode_event(event)
+            # parts need not end at line ends: split each line in two
+            yield {"PayloadPart": {"Bytes": line[:7]}}
+            yield {"PayloadPart": {"Bytes": line[7:]}}
+        answer = self.runtime._answer(self.request.model_dump(mode="json"))
+        if self.request.task in self.runtime.raw_answers:  # off the contract: sent as it is
+            yield {"PayloadPart": {"Bytes": json.dumps({"event": "result",
+                                                        "answer": answer}).encode() + b"\n"}}
+            return
+        result = ResultEvent(answer=inv.GenerationResponse.model_validate(answer))
+        yield {"PayloadPart": {"Bytes": encode_event(result)}}
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeRuntime(Recorder):
-    """invoke_endpoint answering A1111 shapes; `delay` slows generations."""
+    """invoke_endpoint answering A1111 shapes; generations also through
+    invoke_endpoint_with_response_stream (`step_delay` apart; the streams it opened in
+    `streams`)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.step_delay = 0.0
+        self.streams: list[FakeStream] = []
         self.delay = 0.0
         self.fail_with: str | None = None
         self.controlnet_listing = True  # False: an endpoint image from before that task
@@ -142,6 +187,29 @@ class FakeRuntime(Recorder):
         out_key = f"async/out/{kwargs['EndpointName']}/{len(self.calls)}.out"
         self.s3.put_object(Bucket=bucket, Key=out_key, Body=json.dumps(answer).encode())
         return {"OutputLocation": f"s3://{bucket}/{out_key}", "InferenceId": "fake"}
+
+    def invoke_endpoint_with_response_stream(self, **kwargs: Any) -> dict[str, Any]:
+        self.record("invoke_endpoint_with_response_stream", kwargs)
+        invocation = inv.Invocation.model_validate(json.loads(kwargs["Body"]))
+        if not isinstance(invocation.request(), inv.GenerationRequest):
+            raise client_error("ModelError", "does not stream", "InvokeEndpointWithResponseStream",
+                               OriginalStatusCode=400, OriginalMessage='{"detail": "no"}')
+        self.release.wait(timeout=30)
+        if self.fail_with:  # a refusal before the stream starts
+            raise client_error("ModelError", "model failed", "InvokeEndpointWithResponseStream",
+                               OriginalStatusCode=400,
+                               OriginalMessage=json.dumps({"detail": self.fail_with}))
+        stream = FakeStream(self, invocation)
+        with self.lock:
+            self.streams.append(stream)
+        return {"Body": stream, "ContentType": "application/jsonlines",
+                "InvokedProductionVariant": "AllTraffic"}
+
+    def generations(self) -> list[dict[str, Any]]:
+        """The generation calls, streamed or not, in order."""
+        return [kwargs for name, kwargs in self.calls
+                if name in ("invoke_endpoint", "invoke_endpoint_with_response_stream")
+                and json.loads(kwargs["Body"]).get("task") in inv.GENERATION_TASKS]
 
     def invoke_endpoint(self, **kwargs: Any) -> dict[str, Any]:
         self.record("invoke_endpoint", kwargs)

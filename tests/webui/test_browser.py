@@ -186,7 +186,7 @@ def test_admin_flow_in_a_browser(served, page, tmp_path):
     page.click("#generate-button")
     page.wait_for_selector("#results .gallery figure img")
     assert "Done" in page.text_content("#generate-form .status")
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    sent = json.loads(world.runtime.generations()[-1]["Body"])
     assert sent["payload"]["prompt"] == "a watercolor fox <lora:style:0.8>"
     # the form's size defaults to where the endpoint's model warmed up (its native size)
     assert (sent["payload"]["width"], sent["payload"]["height"]) == (64, 64)
@@ -306,5 +306,27 @@ def test_png_info_reads_an_image_and_sends_it_to_txt2img(served, page, tmp_path)
     page.wait_for_selector("#generate-form .status:has-text('is empty')")
     assert "empty.png is empty (0 bytes); choose an image file" in \
         page.text_content("#generate-form .status")
-    tasks = [json.loads(call["Body"])["task"] for call in world.runtime.named("invoke_endpoint")]
+    tasks = [json.loads(call["Body"])["task"] for call in world.runtime.generations()]
     assert "img2img" not in tasks and "txt2img" not in tasks
+
+
+def test_progress_bar_moves_and_interrupt_stops_the_generation(served, page):
+    base, world = served
+    world.in_service()
+    world.runtime.step_delay = 0.05  # 150 steps: about 7.5 s unless interrupted
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    page.fill("textarea[name=prompt]", "a slow lighthouse")
+    page.fill("input[name=steps]", "150")
+    page.click("#generate-button")
+    page.wait_for_selector("#live-preview", state="visible")
+    first = page.eval_on_selector("#generate-progress", "bar => bar.value")
+    page.wait_for_function(
+        "value => document.querySelector('#generate-progress').value > value", arg=first)
+    assert page.text_content("#generate-form .status").startswith("Step ")
+    _shot(page, "10-generate-progress")
+    page.click("#interrupt-button")
+    page.wait_for_selector("#generate-form .status:has-text('Interrupted')")
+    assert not page.locator("#generate-progress").is_visible()
+    stream = world.runtime.streams[-1]
+    assert stream.closed and stream.sent < 150

@@ -25,7 +25,7 @@ def test_submit_returns_a_job_then_poll_gives_images(world):
     assert state["status"] == "done", state
     assert len(state["images"]) == 2
     assert all(i["url"] and i["download_url"] for i in state["images"])
-    (call,) = world.runtime.named("invoke_endpoint")
+    (call,) = world.runtime.generations()
     assert call["EndpointName"] == "easel-demo"
     body = json.loads(call["Body"])
     assert body["task"] == "txt2img" and body["payload"]["prompt"] == "a red square"
@@ -83,7 +83,7 @@ def test_invalid_parameters_are_refused_with_the_field_name(world):
     assert "width" in response.json()["detail"]
     response = _submit(admin, steps=0)
     assert "steps" in response.json()["detail"]
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 def test_unknown_endpoint_is_refused(world):
@@ -100,7 +100,7 @@ def test_img2img_can_reuse_a_gallery_image(world):
     second = _submit(admin, task="img2img", init_image_id=image_id, denoising_strength=0.5)
     assert second.status_code == 202, second.text
     assert poll_job(admin, second.json()["job_id"])["status"] == "done"
-    body = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    body = json.loads(world.runtime.generations()[-1]["Body"])
     assert body["task"] == "img2img"
     assert body["payload"]["init_images"][0].startswith("iVBOR")  # base64 PNG
     meta = world.portal.table.get(f"image#{image_id}", "meta")
@@ -114,7 +114,7 @@ def test_controlnet_canny_parameters_pass_through(world):
     response = _submit(admin, alwayson_scripts={"controlnet": {"args": [unit]}})
     state = poll_job(admin, response.json()["job_id"])
     assert state["status"] == "done"
-    body = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    body = json.loads(world.runtime.generations()[-1]["Body"])
     assert body["payload"]["alwayson_scripts"]["controlnet"]["args"][0]["module"] == "canny"
     stored = state["images"][0]["params"]["alwayson_scripts"]["controlnet"]["args"][0]
     assert "image" not in stored  # control images are not copied into the history
@@ -162,7 +162,7 @@ def test_async_endpoint_input_goes_through_s3_and_the_answer_is_read_back(world)
     assert state["status"] == "done", state
     (call,) = world.runtime.named("invoke_endpoint_async")
     assert call["InputLocation"].startswith(f"s3://{BUCKET}/async/in/")
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
     assert len([k for k in world.keys("outputs/admin/") if k.endswith(".png")]) == 1
 
 
@@ -205,7 +205,7 @@ def test_an_unknown_task_is_refused_naming_the_generation_tasks(world):
     response = _submit(world.signed_in("admin"), task="sd-models")
     assert response.status_code == 400
     assert "txt2img, img2img" in response.json()["detail"]
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 def _job_record(job_id: str, **fields):

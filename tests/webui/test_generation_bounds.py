@@ -93,10 +93,10 @@ def test_a_queued_job_whose_caller_timed_out_never_runs(world_factory):
     try:
         first = api.post("/sdapi/v1/txt2img", headers=_api(), json=body)
         assert first.status_code == 504  # it runs: the endpoint is just slow
-        calls = len(world.runtime.named("invoke_endpoint"))
+        calls = len(world.runtime.generations())
         queued = api.post("/sdapi/v1/txt2img", headers=_api(), json=body)
         assert queued.status_code == 503 and "nothing ran" in queued.json()["detail"]
     finally:
         world.runtime.release.set()
     generation.pool.shutdown(wait=True)
-    assert len(world.runtime.named("invoke_endpoint")) == calls  # the queued one never ran
+    assert len(world.runtime.generations()) == calls  # the queued one never ran

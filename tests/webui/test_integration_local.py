@@ -28,6 +28,7 @@ if local_settings.console_script("serve") is None or local_settings.console_scri
     pytest.skip("the serve/train entry points are not installed", allow_module_level=True)
 builder = pytest.importorskip("easel_inference.builder")
 
+from easel_contracts import table as table_keys  # noqa: E402
 from easel_webui.app import create_app  # noqa: E402
 from easel_webui.settings import load_settings  # noqa: E402
 
@@ -142,6 +143,9 @@ def test_deploy_generate_train_publish_and_use_the_lora(portal, local_aws):
     state = _wait(lambda: (s := alice.get(job["poll"]).json())["status"] != "running" and s,
                   timeout=120, interval=0.5, what="generation")
     assert state["status"] == "done", state
+    # it went through the response stream: the server's step event reached the job's record
+    record = app.state.portal.get().table.get(*table_keys.generation_job_key(job["job_id"]))
+    assert record["progress"]["steps"] == 1 and record["progress"]["preview"]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="outputs/alice/")
             .get("Contents", [])]
     assert any(k.endswith(".png") for k in keys) and any(k.endswith(".json") for k in keys)

@@ -120,7 +120,7 @@ def test_an_empty_img2img_image_says_it_is_empty(world):
     detail = response.json()["detail"]
     assert detail.startswith("init_images: an image is empty"), detail
     assert "Value error" not in detail
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 def test_the_login_page_sends_a_local_user_to_the_terminal_for_the_password(world_factory):

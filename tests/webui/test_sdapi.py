@@ -45,7 +45,7 @@ def test_img2img_requires_init_images(world):
     ok = client.post("/sdapi/v1/img2img", headers=_auth(),
                      json={"prompt": "x", "init_images": [image], "denoising_strength": 0.4})
     assert ok.status_code == 200
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    sent = json.loads(world.runtime.generations()[-1]["Body"])
     assert sent["task"] == "img2img" and sent["payload"]["init_images"] == [image]
 
 
@@ -71,7 +71,7 @@ def test_options_post_selects_the_checkpoint_for_later_generations(world):
                      json={"sd_model_checkpoint": "tiny.safetensors"})
     assert ok.status_code == 200 and ok.json() is None
     client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])
+    sent = json.loads(world.runtime.generations()[-1]["Body"])
     assert sent["payload"]["override_settings"]["sd_model_checkpoint"] == "tiny.safetensors"
 
 
@@ -81,12 +81,12 @@ def test_options_post_chooses_the_users_endpoint(world):
     assert client.post("/sdapi/v1/options", headers=_auth(),
                        json={"easel_endpoint": "easel-second"}).status_code == 200
     client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
-    assert world.runtime.named("invoke_endpoint")[-1]["EndpointName"] == "easel-second"
+    assert world.runtime.generations()[-1]["EndpointName"] == "easel-second"
     # another user's choice is their own
     world.portal.auth.create_user(username="bob", password="user-password-123", role="user",
                                   by="t")
     client.post("/sdapi/v1/txt2img", headers=_auth("bob"), json={"prompt": "x"})
-    assert world.runtime.named("invoke_endpoint")[-1]["EndpointName"] == "easel-demo"
+    assert world.runtime.generations()[-1]["EndpointName"] == "easel-demo"
 
 
 def test_progress_has_the_a1111_shape(world):
@@ -102,7 +102,7 @@ def test_wrong_basic_credentials_are_401_with_challenge(world):
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Basic")
     assert client.get("/sdapi/v1/sd-models").status_code == 401
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 def test_session_cookie_does_not_authenticate_the_api(world):
@@ -169,8 +169,12 @@ def test_the_api_accepts_the_model_servers_largest_sizes(world):
     response = client.post("/sdapi/v1/txt2img", headers=_auth(),
                            json={"prompt": "x", "width": 4096, "height": 64, "n_iter": 16})
     assert response.status_code == 200, response.text
-    sent = json.loads(world.runtime.named("invoke_endpoint")[-1]["Body"])["payload"]
-    assert sent == {"prompt": "x", "width": 4096, "height": 64, "n_iter": 16}
+    sent = [json.loads(call["Body"])["payload"] for call in world.runtime.generations()]
+    assert len(sent) == 16  # one invocation a batch, so each can be skipped
+    first = sent[0]["seed"]
+    assert sent == [{"prompt": "x", "width": 4096, "height": 64, "n_iter": 1,
+                     "seed": first + index} for index in range(16)]
+    assert len(response.json()["images"]) == 16
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -181,7 +185,7 @@ def test_out_of_bounds_requests_are_422_before_any_endpoint_call(world, field, v
     response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={field: value})
     assert response.status_code == 422
     assert field in response.json()["detail"]
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []
 
 
 def test_a_listing_answer_off_the_contract_is_a_clear_502(world):
@@ -209,4 +213,4 @@ def test_a_saved_checkpoint_that_is_not_a_plain_name_is_a_422_not_a_crash(world)
     response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={"prompt": "x"})
     assert response.status_code == 422
     assert "choose another" in response.json()["detail"]
-    assert world.runtime.named("invoke_endpoint") == []
+    assert world.runtime.generations() == []

@@ -1,4 +1,5 @@
-"""The stock AUTOMATIC1111 API client (webuiapi 0.9.17) against the portal over HTTP: PNG Info."""
+"""The stock AUTOMATIC1111 API client (webuiapi 0.9.17) against the portal over HTTP: PNG Info,
+progress, interrupt and skip."""
 
 from __future__ import annotations
 
@@ -55,3 +56,47 @@ def test_webuiapi_png_info_reads_the_settings(api):
     assert result.parameters["Negative prompt"] == "text"
     assert result.parameters["Seed"] == "77" and result.parameters["Schedule type"] == "Karras"
     assert (result.parameters["Size-1"], result.parameters["Size-2"]) == ("640", "448")
+
+
+def _start_admin_job(world, *, steps: int, n_iter: int = 1) -> str:
+    world.in_service()
+    world.runtime.step_delay = 0.05
+    response = world.signed_in("admin").post("/generate", json={
+        "endpoint": "easel-demo", "task": "txt2img",
+        "payload": {"prompt": "a slow koi", "steps": steps, "width": 64, "height": 64,
+                    "n_iter": n_iter}})
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def _wait(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_webuiapi_get_progress_then_interrupt(api, world):
+    job_id = _start_admin_job(world, steps=150)
+    progress = _wait(lambda: (p := api.get_progress())["state"]["sampling_step"] and p)
+    assert progress["state"]["job"] == job_id and progress["state"]["sampling_steps"] == 150
+    assert 0 < progress["progress"] < 1 and progress["current_image"]
+    assert api.interrupt()["stopping"] is True
+    _wait(lambda: world.portal.generation.job(job_id, user=_admin(world))["status"]
+          != "running")
+    assert api.get_progress()["state"]["job"] == ""
+
+
+def test_webuiapi_skip_goes_on_with_the_next_batch(api, world):
+    job_id = _start_admin_job(world, steps=40, n_iter=2)
+    _wait(lambda: api.get_progress()["state"]["sampling_step"])
+    assert api.skip()["stopping"] is True
+    state = _wait(lambda: (s := world.portal.generation.job(job_id, user=_admin(world)))
+                  ["status"] != "running" and s)
+    assert state["status"] == "done" and len(state["images"]) == 1
+
+
+def _admin(world):
+    return world.portal.auth.authenticate("admin", ADMIN_PASSWORD)

@@ -41,6 +41,13 @@ from easel_contracts.invocations import (
     WarmUp,
 )
 from easel_contracts.readiness import Health, Ping, ping_status
+from easel_contracts.streaming import (
+    STREAM_CONTENT_TYPE,
+    STREAM_PATH,
+    ErrorEvent,
+    ResultEvent,
+    encode_event,
+)
 from easel_contracts.workcap import MeasuredSpeed, speed_from_runs
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -58,6 +65,7 @@ from .errors import (
 from .generation import StepHook, generate
 from .lora import LoraLibrary
 from .pipelines import PipelineManager, short_hash
+from .progress import StepReport, StepReporter
 from .samplers import SCHEDULE_TYPES, sampler_listing
 from .settings import Settings
 
@@ -228,9 +236,11 @@ class Engine:
         )
 
     def generation(self, task: str) -> Handler:
-        def run(request: BaseModel, arrived: float, job: Job | None = None) -> GenerationResponse:
+        def run(request: BaseModel, arrived: float, job: Job | None = None,
+                report: StepReport | None = None) -> GenerationResponse:
             """Run ``request`` (on the worker thread); ``job``, from ``admit``, carries its
-            deadline and leaves the queue when this returns."""
+            deadline and leaves the queue when this returns; ``report`` hears of each step (a
+            streamed request)."""
             if not isinstance(request, GenerationRequest):
                 raise TypeError(f"{task} takes a GenerationRequest")
             job = job or Job(arrived=self.clock(), deadline_s=self.settings.deadline_seconds,
@@ -239,7 +249,8 @@ class Engine:
             try:
                 answer = generate(request, task=task, manager=self.manager,
                                   library=self.library, settings=self.settings,
-                                  step_hook=self.step_hook, stop=job.check, queued_at=arrived)
+                                  step_hook=self.step_hook, stop=job.check, queued_at=arrived,
+                                  report=report)
             except Unavailable as exc:  # out of GPU memory: serving goes on, with the reason
                 self.readiness.move("degraded", exc.message)
                 raise
@@ -328,23 +339,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
         arrived = time.perf_counter()
-        raw = await request.body()  # bounded while streaming: BodyLimit below
-        try:
-            data = json.loads(raw or b"null")
-        except ValueError as exc:
-            raise BadRequest("body is not valid JSON", field="body") from exc
-        except RecursionError as exc:
-            raise BadRequest("body is nested too deeply", field="body") from exc
-        if not isinstance(data, dict):
-            raise BadRequest('body must be a JSON object {"task": ..., "payload": {...}}',
-                             field="body")
-        try:
-            invocation = Invocation.model_validate(data)
-            task_request = invocation.request()
-        except ValidationError as exc:
-            raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
-        except RecursionError as exc:
-            raise BadRequest("payload is nested too deeply", field="payload") from exc
+        invocation, task_request = await _read_invocation(request)
         handler = engine.handlers()[invocation.task]
         loop = asyncio.get_running_loop()
         if invocation.task in GENERATION_TASKS:
@@ -389,9 +384,66 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             )
         return Response(body, media_type="application/json")
 
+    @app.post(STREAM_PATH)
+    async def invocations_stream(request: Request) -> Response:
+        """SageMaker's InvokeEndpointWithResponseStream: a generation's step events, then its
+        result, as JSON lines (``easel_contracts.streaming``). Refusals before the work starts
+        are answered as ``/invocations`` answers them; closing the stream stops the work at its
+        next step."""
+        arrived = time.perf_counter()
+        invocation, task_request = await _read_invocation(request)
+        if not isinstance(task_request, GenerationRequest):
+            raise BadRequest(f"task {invocation.task!r} does not stream; only "
+                             f"{', '.join(GENERATION_TASKS)} do (call /invocations for it)",
+                             field="task")
+        if not engine.ready:
+            raise NotReady(engine.readiness.detail
+                           or f"the server is {engine.readiness.state}; retry shortly")
+        job = engine.admit(task_request)
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+        reporter = StepReporter(lambda line: loop.call_soon_threadsafe(lines.put_nowait, line))
+        try:
+            work = loop.run_in_executor(engine.executor, engine.handlers()[invocation.task],
+                                        task_request, arrived, job, reporter)
+        except BaseException:
+            engine.admission.done(job)
+            raise
+        # the work's end is queued after its last step event (both reach the loop in order)
+        work.add_done_callback(lambda _: lines.put_nowait(None))
+
+        def closed() -> None:
+            if not work.done():
+                log.info("stream closed by its client; stopping its generation")
+                job.cancel("the client closed the stream")
+
+        return EventStream(_stream_events(work, lines, invocation.task), on_close=closed)
+
     app.add_middleware(BodyLimit, limit_for=lambda _scope: request_body_limit(engine.settings),
                        body=_too_large)
     return app
+
+
+async def _read_invocation(request: Request) -> tuple[Invocation, BaseModel]:
+    """The envelope and its task's validated request; a ``BadRequest`` that names the field."""
+    raw = await request.body()  # bounded while streaming: BodyLimit
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise BadRequest("body is not valid JSON", field="body") from exc
+    except RecursionError as exc:
+        raise BadRequest("body is nested too deeply", field="body") from exc
+    if not isinstance(data, dict):
+        raise BadRequest('body must be a JSON object {"task": ..., "payload": {...}}',
+                         field="body")
+    try:
+        invocation = Invocation.model_validate(data)
+        task_request = invocation.request()
+    except ValidationError as exc:
+        raise BadRequest(_validation_message(exc), field=_validation_field(exc)) from exc
+    except RecursionError as exc:
+        raise BadRequest("payload is nested too deeply", field="payload") from exc
+    return invocation, task_request
 
 
 def request_body_limit(settings: Settings) -> int:
@@ -417,6 +469,69 @@ async def _answer_or_cancel(work: asyncio.Future[Any], request: Request, job: Jo
         if job.reason is None and await request.is_disconnected():
             log.info("client left; stopping its generation")
             job.cancel("the client closed the connection")
+
+
+async def _stream_events(work: asyncio.Future[Any], lines: asyncio.Queue[bytes | None],
+                         task: str) -> AsyncIterator[bytes]:
+    """The step lines as the worker sends them, then one ``result`` or ``error`` line."""
+    while (line := await lines.get()) is not None:
+        yield line
+    final: ResultEvent | ErrorEvent
+    try:
+        result = work.result()
+        if not isinstance(result, GenerationResponse):
+            raise InternalError(f"internal error: the {task} answer does not match the "
+                                "invocation contract; see the endpoint logs")
+        final = ResultEvent(answer=result)
+    except ApiError as exc:
+        final = ErrorEvent(status=exc.status, error=type(exc).__name__,
+                           detail=exc.message[:4000], field=exc.field)
+    except Exception as exc:  # the client gets a line, the log the traceback
+        log.exception("streamed generation failed")
+        final = ErrorEvent(status=500, error="InternalError",
+                           detail=f"internal error during {task} ({type(exc).__name__}); see "
+                                  "the endpoint logs")
+    yield encode_event(final)
+
+
+class EventStream(Response):
+    """A chunked ``200`` whose body is ``events``; ``on_close`` runs when it ends, whether the
+    events ran out or the client left (a disconnect or a failed write) first."""
+
+    def __init__(self, events: AsyncIterator[bytes], *, on_close: Callable[[], None]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(b"content-type", STREAM_CONTENT_TYPE.encode()),
+                            (b"cache-control", b"no-store")]
+        self._events = events
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def write() -> None:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            async for chunk in self._events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        writer, listener = asyncio.ensure_future(write()), asyncio.ensure_future(listen())
+        try:
+            await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._on_close()
+            for task in (writer, listener):
+                task.cancel()
+            results = await asyncio.gather(writer, listener, return_exceptions=True)
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        failure = results[0]
+        if isinstance(failure, Exception) and not isinstance(failure, OSError):
+            log.error("writing the stream failed: %s", type(failure).__name__)
 
 
 class NotReady(ApiError):

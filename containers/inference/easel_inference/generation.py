@@ -28,6 +28,7 @@ from .errors import BadRequest, Unavailable
 from .images import decode_image, encode_png
 from .lora import LoraLibrary, parse_lora_tags
 from .pipelines import LoadedModel, PipelineManager
+from .progress import StepReport
 from .prompts import encode_prompt_pair
 from .samplers import make_scheduler, resolve_sampler, seed_scheduler_noise
 from .settings import Settings
@@ -71,10 +72,14 @@ def _infotext(request: GenerationRequest, seed: int, sampler: str, karras: bool,
 
 
 def _step_callback(hook: StepHook | None, stop: StopCheck | None,
-                   where: Callable[[int], str]) -> Callable[..., dict[str, Any]]:
+                   where: Callable[[int], str],
+                   report: Callable[[int, Any], None] | None = None,
+                   ) -> Callable[..., dict[str, Any]]:
     def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if hook is not None:
             hook(step)
+        if report is not None:  # the step event (and preview) of a streamed request
+            report(step, kwargs.get("latents"))
         if stop is not None:
             stop(where(step))
         return kwargs
@@ -141,12 +146,14 @@ def generate(
     step_hook: StepHook | None = None,
     stop: StopCheck | None = None,
     queued_at: float | None = None,
+    report: StepReport | None = None,
 ) -> GenerationResponse:
     """Run one A1111 request; GPU out-of-memory (loading or generating) becomes a 503. ``stop``
-    is asked before the work starts, before each batch and after each step."""
+    is asked before the work starts, before each batch and after each step; ``report`` (a
+    streamed request) hears of each step before that check."""
     try:
         return _generate(request, manager=manager, library=library, settings=settings,
-                         step_hook=step_hook, stop=stop, queued_at=queued_at)
+                         step_hook=step_hook, stop=stop, queued_at=queued_at, report=report)
     except OOM_ERRORS as exc:
         manager.restore_all_loras()
         manager.release_memory()
@@ -165,6 +172,7 @@ def _generate(
     step_hook: StepHook | None,
     stop: StopCheck | None,
     queued_at: float | None,
+    report: StepReport | None = None,
 ) -> GenerationResponse:
     started = time.perf_counter()
     if stop is not None:
@@ -235,7 +243,10 @@ def _generate(
                 callback_on_step_end=_step_callback(
                     step_hook, stop,
                     lambda step, batch=iteration + 1: (
-                        f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})")),
+                        f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})"),
+                    None if report is None else (
+                        lambda step, latents, batch=iteration + 1:
+                        report(step + 1, runs, batch, request.n_iter, latents))),
                 **extra,
             )
             for image in result.images:

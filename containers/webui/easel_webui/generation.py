@@ -12,20 +12,23 @@ import base64
 import binascii
 import json
 import logging
+import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, EventStreamError, ReadTimeoutError
 from pydantic import BaseModel, ValidationError
 
 from easel_contracts import table as keys
 from easel_contracts.invocations import (
     GENERATION_TASKS,
     LISTING_TASKS,
+    MAX_SEED,
     ControlNetModels,
     GenerationRequest,
     GenerationResponse,
@@ -34,10 +37,20 @@ from easel_contracts.invocations import (
     parse_answer,
 )
 from easel_contracts.s3uri import S3Uri
+from easel_contracts.streaming import (
+    STREAM_CONTENT_TYPE,
+    ErrorEvent,
+    EventReader,
+    ResultEvent,
+    StepEvent,
+    StreamError,
+)
+from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S
 from easel_webui.auth import User
 from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
 from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
+from easel_webui.live import JobControl, Stop
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now, owned_records
 
@@ -103,6 +116,68 @@ def _model_error_message(exc: ClientError) -> str:
     return str(original)[:1000]
 
 
+def _invoke_error(endpoint: str, exc: ClientError) -> UpstreamError:
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code == "ModelError":
+        return UpstreamError(f"The model server refused: {_model_error_message(exc)}")
+    if code in ("ValidationError", "ValidationException"):
+        return UpstreamError(f"Endpoint {endpoint!r} is not ready: {_model_error_message(exc)}")
+    return UpstreamError(f"Endpoint {endpoint!r} failed: {_model_error_message(exc)}")
+
+
+def _no_stream_route(exc: ClientError) -> bool:
+    """The endpoint's server has no /invocations-response-stream (an image from before it):
+    its web framework's own 404/405, not one of the server's errors (which name an `error`)."""
+    if exc.response.get("Error", {}).get("Code") != "ModelError" or \
+            exc.response.get("OriginalStatusCode") not in (404, 405):
+        return False
+    try:
+        body = json.loads(exc.response.get("OriginalMessage") or "{}")
+    except ValueError:
+        return True
+    return not (isinstance(body, dict) and "error" in body)
+
+
+def _too_slow(endpoint: str) -> UpstreamError:
+    return UpstreamError(
+        f"Endpoint {endpoint!r} took longer than SageMaker's 60 s real-time limit; "
+        "use fewer steps or a smaller size, or deploy an async endpoint.")
+
+
+def _batch_requests(request: GenerationRequest) -> list[GenerationRequest]:
+    """`n_iter` batches as one request each (so one can be skipped), with the seeds one call
+    would give them: consecutive from the first (picked here when it is -1)."""
+    if request.n_iter == 1:
+        return [request]
+    first = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
+    return [request.model_copy(update={
+        "n_iter": 1, "seed": (first + index * request.batch_size) % (MAX_SEED + 1)})
+        for index in range(request.n_iter)]
+
+
+def _merge_answers(request: GenerationRequest,
+                   answers: list[GenerationResponse]) -> GenerationResponse:
+    """One answer for the batches made: images in order, the first batch's info with the
+    per-image lists of all of them."""
+    if len(answers) == 1 and request.n_iter == 1:
+        return answers[0]
+    try:
+        infos = [json.loads(answer.info) for answer in answers]
+    except ValueError:
+        infos = []
+    info: dict[str, Any] = dict(infos[0]) if infos and isinstance(infos[0], dict) else {}
+    for field in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds",
+                  "infotexts"):
+        if field in info:
+            info[field] = [value for part in infos for value in part.get(field, [])]
+    if "n_iter" in info:
+        info["n_iter"] = len(answers)
+    parameters = dict(answers[0].parameters) if answers else {}
+    parameters.update(n_iter=request.n_iter, seed=request.seed)
+    return GenerationResponse(images=[image for answer in answers for image in answer.images],
+                              parameters=parameters, info=json.dumps(info))
+
+
 def _parse_answer(task: str, raw: bytes) -> BaseModel:
     try:
         return parse_answer(task, raw)
@@ -150,22 +225,53 @@ class Generation:
                 Accept="application/json", Body=body,
             )
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code == "ModelError":
-                raise UpstreamError(f"The model server refused: {_model_error_message(exc)}") \
-                    from None
-            if code in ("ValidationError", "ValidationException"):
-                raise UpstreamError(
-                    f"Endpoint {endpoint!r} is not ready: {_model_error_message(exc)}"
-                ) from None
-            raise UpstreamError(f"Endpoint {endpoint!r} failed: {_model_error_message(exc)}") \
-                from None
+            raise _invoke_error(endpoint, exc) from None
         except ReadTimeoutError:
-            raise UpstreamError(
-                f"Endpoint {endpoint!r} took longer than SageMaker's 60 s real-time limit; "
-                "use fewer steps or a smaller size, or deploy an async endpoint."
-            ) from None
+            raise _too_slow(endpoint) from None
         return _parse_answer(task, answer["Body"].read())
+
+    def invoke_stream(self, endpoint: str, task: str, request: GenerationRequest,
+                      on_step: Callable[[StepEvent], bool]) -> GenerationResponse | None:
+        """A generation through the endpoint's response stream: `on_step` hears each step
+        event and returns False to stop it (the stream is closed: the endpoint stops at its
+        next step; None is returned). An endpoint whose image has no stream route is invoked
+        the plain way (no progress)."""
+        try:
+            answer = self.clients.runtime.invoke_endpoint_with_response_stream(
+                EndpointName=endpoint, ContentType="application/json",
+                Accept=STREAM_CONTENT_TYPE, Body=invocation_body(task, request))
+        except ClientError as exc:
+            if _no_stream_route(exc):
+                return _generation_answer(self.invoke(endpoint, task, request))
+            raise _invoke_error(endpoint, exc) from None
+        except ReadTimeoutError:
+            raise _too_slow(endpoint) from None
+        stream = answer["Body"]
+        reader = EventReader()
+        try:
+            for part in stream:
+                for event in reader.feed(part.get("PayloadPart", {}).get("Bytes", b"")):
+                    if isinstance(event, StepEvent):
+                        if not on_step(event):
+                            return None
+                    elif isinstance(event, ResultEvent):
+                        return event.answer
+                    elif isinstance(event, ErrorEvent):
+                        raise UpstreamError(f"The model server stopped: {event.detail}")
+            reader.close()
+        except EventStreamError as exc:
+            raise UpstreamError(f"Endpoint {endpoint!r}: the response stream broke "
+                                f"({_model_error_message(exc)}); retry.") from None
+        except StreamError as exc:
+            raise UpstreamError(f"The model server's stream does not match the invocation "
+                                f"contract ({exc}); is the endpoint's image current?") from None
+        except (ReadTimeoutError, BotoCoreError, OSError):
+            raise UpstreamError(f"Endpoint {endpoint!r} stopped sending progress for longer "
+                                "than the portal waits; retry with fewer steps or a smaller "
+                                "size.") from None
+        finally:
+            stream.close()
+        raise UpstreamError("The model server's stream ended without a result; retry.")
 
     def listing(self, endpoint: str, task: str) -> BaseModel:
         """A listing task's answer (its registry response model)."""
@@ -192,7 +298,8 @@ class Generation:
             answer = self.clients.runtime.invoke_endpoint_async(
                 EndpointName=endpoint, InputLocation=f"{self.bucket.uri}/{key}",
                 ContentType="application/json", Accept="application/json",
-                InvocationTimeoutSeconds=3600,
+                # the endpoint's server was given this as its deadline (workcap, EndpointSpec)
+                InvocationTimeoutSeconds=ASYNC_INVOCATION_TIMEOUT_MAX_S,
             )
         except ClientError as exc:
             raise UpstreamError(f"Endpoint {endpoint!r} failed: {_model_error_message(exc)}") \
@@ -357,15 +464,22 @@ class Generation:
     def _run_job(self, job_id: str, owner: str, endpoint: str, task: str,
                  request: GenerationRequest, mode: str) -> GenerationResponse | None:
         try:
+            stopped: Stop | None = None
             if mode == "async":
                 answer = self._invoke_async(endpoint, task, request, job_id)
             else:
-                answer = _generation_answer(self.invoke(endpoint, task, request))
+                answer, stopped = self._run_streamed(job_id, endpoint, task, request)
+            if not answer.images and stopped:
+                what = "Interrupted" if stopped == "interrupt" else "Skipped"
+                self.table.update(*keys.generation_job_key(job_id), {
+                    "status": "interrupted", "finished": now(),
+                    "error": f"{what} before any image was finished; nothing was saved."})
+                return answer
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
                                        request=request, answer=answer, job_id=job_id)
             self.table.update(*keys.generation_job_key(job_id), {
                 "status": "done", "image_ids": images, "info": answer.info[:4000],
-                "finished": now(),
+                "finished": now(), **({"stopped": stopped} if stopped else {}),
             })
             self.endpoints.touch(endpoint)
             return answer
@@ -382,6 +496,48 @@ class Generation:
             })
         return None
 
+    def _run_streamed(self, job_id: str, endpoint: str, task: str, request: GenerationRequest,
+                      ) -> tuple[GenerationResponse, Stop | None]:
+        """The job's batches, each through the response stream with live progress; the answer
+        of those finished, and whether an interrupt or a skip stopped any."""
+        control = JobControl(self.table, job_id, batches=request.n_iter)
+        answers: list[GenerationResponse] = []
+        for batch, part in enumerate(_batch_requests(request)):
+            control.next_batch(batch)
+            if not control.check():
+                if control.stop == "interrupt":
+                    break
+                continue  # a skip asked for before this batch began skips it
+            answer = self.invoke_stream(endpoint, task, part, control.on_step)
+            if answer is not None:
+                answers.append(answer)
+            elif control.stop == "interrupt":
+                break
+        stopped: Stop | None = ("interrupt" if control.interrupted
+                                else "skip" if control.skipped else None)
+        if not answers:
+            return GenerationResponse(images=[], parameters=request.model_dump(
+                mode="json", exclude={"init_images", "mask"}), info="{}"), stopped
+        return _merge_answers(request, answers), stopped
+
+    def request_stop(self, job_id: str, *, user: User, action: Stop) -> dict[str, Any]:
+        """Ask the task running the job (whichever it is) to interrupt or skip: a flag in the
+        job's record. Only its owner or an admin may; a finished job is left as it is."""
+        record = self.table.get(*keys.generation_job_key(job_id)) if len(job_id) <= 64 else None
+        if not record or (record["owner"] != user.username and not user.is_admin):
+            raise NotFound("No such generation job.")
+        if record.get("status") != "running":
+            return {"job_id": job_id, "status": record.get("status"), "stopping": False}
+        if self.endpoints.record(record["endpoint"]).get("mode") == "async":
+            raise PortalError("This job runs on an asynchronous endpoint, which cannot stop a "
+                              "request once queued; it ends on its own.", status_code=409)
+        if action == "interrupt":
+            self.table.update(*keys.generation_job_key(job_id), {"interrupt_requested": True})
+        else:
+            self.table.update(*keys.generation_job_key(job_id), {},
+                              add={"skip_requested": 1})
+        return {"job_id": job_id, "status": "running", "stopping": True}
+
     def job(self, job_id: str, *, user: User) -> dict[str, Any]:
         record = self.table.get(*keys.generation_job_key(job_id)) if len(job_id) <= 64 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
@@ -394,6 +550,9 @@ class Generation:
             "endpoint": record["endpoint"], "task": record["task"],
             "elapsed": round((record.get("finished") or now()) - record.get("started", now()), 1),
             "images": images, "info": record.get("info", ""),
+            "progress": record.get("progress") if status == "running" else None,
+            "interrupted": bool(record.get("interrupt_requested")),
+            "stopped": record.get("stopped"),
         }
 
     def running_job(self, *, user: User) -> dict[str, Any] | None:

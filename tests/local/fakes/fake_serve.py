@@ -3,6 +3,9 @@
 Honours the serving contract: SAGEMAKER_BIND_TO_PORT, EASEL_HOST, EASEL_MODEL_DIR. It refuses
 to start when the model folder has no Stable-diffusion/ folder (like a real server with no
 checkpoint). POST /invocations echoes what it received, or fails / sleeps on request.
+POST /invocations-response-stream sends ``parts`` JSON lines, chunked, ``delay`` seconds apart,
+noting in the file ``record`` each part it sent and whether its client left; ``break`` ends the
+stream without its last chunk; task ``bad-request`` is refused before streaming.
 """
 
 import json
@@ -38,11 +41,40 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"error": "not found"})
 
+    def _stream(self, request):
+        payload = request.get("payload") or {}
+        record = Path(payload["record"]) if payload.get("record") else None
+        self.send_response(200)
+        self.send_header("Content-Type", "application/jsonlines")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for index in range(int(payload.get("parts", 3))):
+                line = json.dumps({"part": index, "echo": request["task"]}).encode() + b"\n"
+                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                self.wfile.flush()
+                if record:
+                    with record.open("a") as notes:
+                        notes.write(f"sent {index}\n")
+                if payload.get("break"):
+                    self.close_connection = True
+                    return
+                time.sleep(float(payload.get("delay", 0)))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+            if record:
+                with record.open("a") as notes:
+                    notes.write("client left\n")
+
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         request = json.loads(raw or b"{}")
         task = request.get("task")
+        if self.path == "/invocations-response-stream" and task != "bad-request":
+            self._stream(request)
+            return
         if task == "fail":
             self._reply(500, {"error": "the model could not run this request"})
             return

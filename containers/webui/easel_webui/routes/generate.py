@@ -85,6 +85,21 @@ def job_status(job_id: str, portal: PortalDep, user: CurrentUser) -> dict[str, A
     return portal.generation.job(job_id, user=user)
 
 
+@routes.post("/generate/jobs/{job_id}/interrupt", access=Access.USER)
+def interrupt_job(job_id: str, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    """The page's Interrupt: stop the job (its owner or an admin), keeping finished images."""
+    answer: dict[str, Any] = portal.generation.request_stop(job_id, user=user,
+                                                            action="interrupt")
+    return answer
+
+
+@routes.post("/generate/jobs/{job_id}/skip", access=Access.USER)
+def skip_job(job_id: str, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    """The page's Skip: drop the image being made, go on with the next batch."""
+    answer: dict[str, Any] = portal.generation.request_stop(job_id, user=user, action="skip")
+    return answer
+
+
 @routes.get("/gallery", access=Access.USER)
 def gallery(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
     return render(request, "gallery.html", images=portal.generation.gallery(user=user))

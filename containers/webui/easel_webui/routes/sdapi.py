@@ -29,6 +29,7 @@ from easel_contracts.invocations import (
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.auth import User
 from easel_webui.errors import PortalError
+from easel_webui.live import Stop, a1111_progress
 from easel_webui.pnginfo import (
     PngInfoRequest,
     PngInfoResponse,
@@ -196,14 +197,33 @@ def _apply_options(portal: Any, user: User, body: dict[str, Any]) -> None:
 
 
 @routes.get("/sdapi/v1/progress", **API)
-def progress(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+def progress(portal: PortalDep, user: CurrentUser,
+             skip_current_image: bool = False) -> dict[str, Any]:
+    """A1111's progress of the caller's running job, from the job's table record (written by
+    whichever portal task runs it): fraction done, seconds left, step, preview image."""
+    return a1111_progress(portal.generation.running_job(user=user),
+                          with_image=not skip_current_image)
+
+
+def _stop_running(portal: Any, user: User, action: Stop) -> dict[str, Any]:
     running = portal.generation.running_job(user=user)
-    state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
-             "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
-    if running:
-        state.update(job=running["job_id"], job_count=1, job_timestamp=running["created_at"])
-    return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
-            "textinfo": f"running on {running['endpoint']}" if running else "idle"}
+    if running is None:
+        return {"job_id": None, "stopping": False}
+    answer: dict[str, Any] = portal.generation.request_stop(running["job_id"], user=user,
+                                                            action=action)
+    return answer
+
+
+@routes.post("/sdapi/v1/interrupt", **API)
+def interrupt(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    """Stop the caller's running job; the images finished so far are kept."""
+    return _stop_running(portal, user, "interrupt")
+
+
+@routes.post("/sdapi/v1/skip", **API)
+def skip(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
+    """Drop the image the caller's running job is making and go on with its next batch."""
+    return _stop_running(portal, user, "skip")
 
 
 @routes.get("/api/v1/jobs/{job_id}", **API)

@@ -157,7 +157,7 @@
       prompt.value = (prompt.value ? prompt.value.trim() + " " : "") + `<lora:${name}:${$("#lora-weight").value}>`;
     });
     const reuse = JSON.parse(gen.dataset.reuse || "{}");
-    ["prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "denoising_strength"].forEach((k) => {
+    ["prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "n_iter", "denoising_strength"].forEach((k) => {
       if (reuse[k] !== undefined && gen.elements[k]) gen.elements[k].value = reuse[k];
     });
     if (reuse.width !== undefined) sizeChosen = true;
@@ -180,12 +180,24 @@
         box.prepend(fig);
       });
     };
+    // Live progress: the poll carries the step and a preview; Interrupt and Skip set a flag
+    // the task running the job acts on (any portal task may answer these calls).
+    const live = $("#live"); const preview = $("#live-preview");
+    let current = null; let stopping = null;
+    const stop = async (action) => {
+      if (!current) return;
+      try { await api(`${current}/${action}`, { method: "POST" }); stopping = action; }
+      catch (e) { $(".status", gen).textContent = `Could not ${action}: ${e.message}`; }
+    };
+    $("#interrupt-button").addEventListener("click", () => stop("interrupt"));
+    $("#skip-button").addEventListener("click", () => stop("skip"));
     gen.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const el = gen.elements; const status = $(".status", gen); const bar = $("progress", gen); const button = $("#generate-button");
       const payload = { prompt: el.prompt.value, negative_prompt: el.negative_prompt.value,
         steps: Number(el.steps.value), cfg_scale: Number(el.cfg_scale.value), seed: Number(el.seed.value),
-        width: Number(el.width.value), height: Number(el.height.value), batch_size: Number(el.batch_size.value) };
+        width: Number(el.width.value), height: Number(el.height.value), batch_size: Number(el.batch_size.value),
+        n_iter: Number(el.n_iter.value) };
       if (el.sampler_name.value) payload.sampler_name = el.sampler_name.value;
       if (el.checkpoint.value) payload.override_settings = { sd_model_checkpoint: el.checkpoint.value };
       let task = "txt2img";
@@ -206,15 +218,32 @@
         button.disabled = true; bar.hidden = false; bar.removeAttribute("value"); status.textContent = "Submitting…";
         const job = await api("/generate", { method: "POST", json: { endpoint: endpoint.value, task, payload } });
         const started = Date.now();
+        live.hidden = false; stopping = null; current = job.poll; let lastBatch = 0;
         for (;;) {
-          await sleep(1500);
+          await sleep(700);
           const state = await api(job.poll);
-          status.textContent = `Running on ${state.endpoint}… ${Math.round((Date.now() - started) / 1000)} s`;
-          if (state.status === "done") { show(state.images); status.textContent = `Done in ${state.elapsed} s.`; break; }
+          const p = state.progress;
+          if (p) {
+            if (stopping === "skip" && lastBatch && p.batch !== lastBatch) stopping = null;
+            lastBatch = p.batch; bar.value = p.fraction;
+            const left = p.eta != null ? `, about ${Math.ceil(p.eta)} s left` : "";
+            const batch = p.batches > 1 ? ` (image set ${p.batch} of ${p.batches})` : "";
+            status.textContent = `Step ${p.step} of ${p.steps}${batch}${left}`;
+            if (p.preview) { preview.src = "data:image/jpeg;base64," + p.preview; preview.hidden = false; }
+          } else {
+            status.textContent = `Running on ${state.endpoint}… ${Math.round((Date.now() - started) / 1000)} s`;
+          }
+          if (stopping) status.textContent += stopping === "interrupt" ? " — interrupting…" : " — skipping…";
+          if (state.status === "done") {
+            show(state.images);
+            const note = state.stopped === "interrupt" ? " (interrupted; finished images kept)" : state.stopped === "skip" ? " (skipped images dropped)" : "";
+            status.textContent = `Done in ${state.elapsed} s${note}.`; break;
+          }
+          if (state.status === "interrupted") { status.textContent = state.error; break; }
           if (state.status === "failed") { throw new Error(state.error); }
         }
       } catch (e) { status.textContent = "Failed: " + e.message; }
-      finally { button.disabled = false; bar.hidden = true; }
+      finally { button.disabled = false; bar.hidden = true; live.hidden = true; preview.hidden = true; current = null; }
     });
   }
 
