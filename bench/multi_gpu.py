@@ -192,13 +192,15 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}; see {self.log}")
+                tail = self.log.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"serve exited with {self.process.returncode}: {tail}")
             status, body = self.ping()
             if status == 200 and (not all_workers or body.get("workers") is None
                                   or body.get("workers_ready") == body.get("workers")):
                 return body
             time.sleep(0.25)
-        raise RuntimeError(f"/ping not ready after {timeout:.0f}s; see {self.log}")
+        tail = self.log.read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"/ping not ready after {timeout:.0f}s: {tail}")
 
     def stop(self) -> None:
         self.process.terminate()
