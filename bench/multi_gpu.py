@@ -291,18 +291,24 @@ def kill_one_worker(server: Server, *, args: argparse.Namespace, payload: dict,
     killed = time.monotonic()
     answers: list[dict] = []
     last = None
-    while loader.is_alive() or time.monotonic() - killed < args.watch_seconds:
+    recovered = None
+    while loader.is_alive() or (recovered is None
+                                and time.monotonic() - killed < args.watch_seconds):
         status, body = server.ping()
         answer = {"status": status, "workers_ready": body.get("workers_ready"),
                   "state": body.get("status")}
         if answer != last:  # the changes only, with when they were seen
             answers.append({"t": round(time.monotonic() - killed, 2), **answer})
             last = answer
+        if recovered is None and len(answers) > 1 and body.get("workers") is not None \
+                and body.get("workers_ready") == body.get("workers"):
+            recovered = round(time.monotonic() - killed, 2)
         if time.monotonic() - killed > args.watch_seconds + args.request_timeout:
             break
         time.sleep(0.25)
     loader.join()
-    return {"killed_pid": victim, "ping_answers": answers, "load": outcome}
+    return {"killed_pid": victim, "ping_answers": answers, "load": outcome,
+            "all_workers_ready_again_after_s": recovered}
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -331,6 +337,8 @@ def table() -> str:
     if kill:
         rows.append(("worker killed: /ping answers", json.dumps(kill.get("ping_answers"))))
         rows.append(("worker killed: requests lost", (kill.get("load") or {}).get("lost")))
+        rows.append(("worker killed: all ready again after s",
+                     kill.get("all_workers_ready_again_after_s")))
     width = max(len(str(name)) for name, _ in rows)
     return "\n".join(f"{name!s:<{width}}  {value}" for name, value in rows)
 
@@ -352,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=float, default=None,
                         help="seconds into the load when one worker is killed")
     parser.add_argument("--watch-seconds", type=float, default=None,
-                        help="watch /ping at least this long after the kill")
+                        help="after the kill, watch /ping until every worker is ready again, "
+                             "at most this long (and while the load runs)")
     parser.add_argument("--ready-timeout", type=float, default=900)
     parser.add_argument("--request-timeout", type=float, default=600)
     parser.add_argument("--timeout", type=float, default=3600, help="per training run")
     args = parser.parse_args(argv)
     smoke = args.smoke
     defaults = {"train_steps": (2, 200), "requests": (4, 64), "serve_steps": (2, 20),
-                "kill_after": (0.5, 10.0), "watch_seconds": (5.0, 60.0)}
+                "kill_after": (0.5, 10.0), "watch_seconds": (5.0, 300.0)}
     for name, (small, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if smoke else full)
