@@ -20,6 +20,14 @@ Prints JSON (and writes $OUT/training_bench.json when OUT is set): s/step, image
 memory and the easel/stock ratios. `--quick` runs the same code on the CPU with the tiny model.
 
   PYTHONPATH=containers/inference:containers/training python bench/training.py [--compile MODE]
+
+`--family sd35|sd35_large|flux|flux_schnell` instead times the SD3.5/FLUX.1 LoRA step a job runs
+(easel_training.flow.FlowTrainer: cached text embeddings, encoders freed, rectified flow) on the
+full-size transformer and VAE with random weights, built on the GPU in bf16, at 1024² batch 1,
+rank 16: setup time, s/step and peak GPU memory; `--gpu-gb 24` emulates a 24 GB card,
+`--gradient-checkpointing` turns it on. With `--quick` it runs on the CPU with the tiny models.
+
+  PYTHONPATH=... python bench/training.py --family flux --gradient-checkpointing --gpu-gb 48
 """
 
 from __future__ import annotations
@@ -110,31 +118,37 @@ def stock_lora_step_times(pipe, *, device: str, rank: int, batches: list[int], w
 
 
 # ---- Easel's loop ------------------------------------------------------------------------------
-def make_trainer(pipe, *, root: Path, hyperparameters: dict[str, str], device: str):
+def make_trainer(pipe, *, root: Path, hyperparameters: dict[str, str], device: str,
+                 family: str = "sd1"):
+    """The trainer a job would build for ``pipe`` (the family's trainer and defaults)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from easel_contracts.families import ModelFamily
     from easel_contracts.hyperparameters import HyperParameters
     from easel_training.base_model import BaseModel, describe_pipeline
     from easel_training.dataset import build_concept_data
+    from easel_training.flow import make_trainer as family_trainer
     from easel_training.images import load_image_records
     from easel_training.paths import JobPaths
     from easel_training.stopping import StopRequest
-    from easel_training.trainer import Trainer, resolve_mixed_precision
+    from easel_training.trainer import resolve_mixed_precision
 
-    hp = HyperParameters.from_strings(hyperparameters)
+    family = ModelFamily(family)
+    hp = HyperParameters.from_strings(hyperparameters).for_family(family)
     paths = JobPaths(root)
-    arch, prediction_type, native = describe_pipeline(pipe)
-    base = BaseModel(name="bench-sd15", path=root / "bench-sd15.safetensors", pipe=pipe,
-                     arch=arch, prediction_type=prediction_type, native_resolution=native)
+    arch, prediction_type, native = describe_pipeline(pipe, family)
+    base = BaseModel(name=f"bench-{family.value}", path=root / "bench.safetensors", pipe=pipe,
+                     arch=arch, prediction_type=prediction_type, native_resolution=native,
+                     family=family)
     records = load_image_records(paths.channel("concepts"), channel="concepts")
     data = build_concept_data(hp=hp, records=records, class_records=[],
                               resolution=hp.resolution or native)
     mixed = resolve_mixed_precision(hp.mixed_precision, cuda=device == "cuda")
     AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed)
-    return Trainer(hp=hp, paths=paths, base=base, data=data, accelerator=accelerator,
-                   mixed_precision=mixed, stop=StopRequest())
+    return family_trainer(hp=hp, paths=paths, base=base, data=data, accelerator=accelerator,
+                          mixed_precision=mixed, stop=StopRequest())
 
 
 def easel_step_times(trainer, *, device: str, batches: list[int], warmup: int, repeat: int,
@@ -185,6 +199,141 @@ def easel_timed_run(trainer, *, device: str, steps: int) -> dict[str, float]:
             "run_save_s": done - trained, "run_final_loss": result.loss_curve[-1]}
 
 
+# ---- SD3.5 / FLUX.1 LoRA training at full size (--family) --------------------------------------
+FAMILY_ALIASES = {"sd35": "sd35_medium", "flux": "flux_dev"}
+# the released architectures (diffusers configs of stabilityai/stable-diffusion-3.5-* and
+# black-forest-labs/FLUX.1-*), built with random weights
+FULL_TRANSFORMERS = {
+    "sd35_medium": dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
+                        num_layers=24, attention_head_dim=64, num_attention_heads=24,
+                        joint_attention_dim=4096, caption_projection_dim=1536,
+                        pooled_projection_dim=2048, pos_embed_max_size=384,
+                        dual_attention_layers=tuple(range(13)), qk_norm="rms_norm"),
+    "sd35_large": dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
+                       num_layers=38, attention_head_dim=64, num_attention_heads=38,
+                       joint_attention_dim=4096, caption_projection_dim=2432,
+                       pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm"),
+    "flux_dev": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                     attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                     pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+}
+FULL_TRANSFORMERS["flux_schnell"] = {**FULL_TRANSFORMERS["flux_dev"], "guidance_embeds": False}
+
+
+def full_flow_pipeline(family: str, device: str):
+    """A full-size SD3.5/FLUX.1 pipeline with random weights, built on the GPU in bf16: the
+    transformer and VAE as released; text encoders of the released widths but one layer deep
+    (the job encodes prompts once and frees the encoders before the first step, so their depth
+    changes neither the step nor its peak; their own peak is the memory plan's estimate)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    from easel_inference.flow_builder import build_t5_tokenizer
+    from easel_inference.tokenizer import build_clip_tokenizer
+
+    flux = family.startswith("flux")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            transformer_class = FluxTransformer2DModel if flux else SD3Transformer2DModel
+            transformer = transformer_class(**FULL_TRANSFORMERS[family])
+            vae = AutoencoderKL(
+                in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
+                use_quant_conv=False, use_post_quant_conv=False,
+                scaling_factor=0.3611 if flux else 1.5305,
+                shift_factor=0.1159 if flux else 0.0609)
+
+            def clip(width: int, projection: bool):
+                config = CLIPTextConfig(hidden_size=width, intermediate_size=4 * width,
+                                        num_hidden_layers=1, num_attention_heads=width // 64,
+                                        projection_dim=width, max_position_embeddings=77)
+                return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+            t5_tokenizer = build_t5_tokenizer()
+            t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=4096, d_kv=64,
+                                         d_ff=10240, num_layers=1, num_heads=64,
+                                         pad_token_id=t5_tokenizer.pad_token_id,
+                                         eos_token_id=t5_tokenizer.eos_token_id))
+    finally:
+        torch.set_default_dtype(previous)
+    if flux:
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=family == "flux_dev", base_shift=0.5,
+            max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+        return FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae,
+                            text_encoder=clip(768, False), tokenizer=build_clip_tokenizer(),
+                            text_encoder_2=t5, tokenizer_2=t5_tokenizer)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip(768, True), tokenizer=build_clip_tokenizer(),
+        text_encoder_2=clip(1280, True), tokenizer_2=build_clip_tokenizer(pad_token="!"),
+        text_encoder_3=t5, tokenizer_3=t5_tokenizer)
+
+
+def run_family(args: argparse.Namespace) -> None:
+    """LoRA step time and peak GPU memory of Easel's SD3.5/FLUX.1 trainer, one family a run."""
+    from easel_inference.flow_builder import build_flow_pipeline
+
+    family = FAMILY_ALIASES.get(args.family, args.family)
+    device = "cpu" if args.quick else "cuda"
+    resolution = 32 if args.quick else args.resolution
+    warmup, repeat = (1, 2) if args.quick else (3, 10)
+    RESULTS.update(family=family, resolution=resolution, rank=args.rank, images=8,
+                   gradient_checkpointing=args.gradient_checkpointing,
+                   device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                   torch=torch.__version__)
+    if device == "cuda" and args.gpu_gb:
+        total = torch.cuda.get_device_properties(0).total_memory / 1e9
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_gb / total))
+        RESULTS["emulated_gpu_gb"] = args.gpu_gb
+    started = time.perf_counter()
+    pipe = build_flow_pipeline(family) if args.quick else full_flow_pipeline(family, device)
+    sync(device)
+    RESULTS["build_s"] = time.perf_counter() - started
+    RESULTS["transformer_params_b"] = sum(
+        p.numel() for p in pipe.transformer.parameters()) / 1e9
+    with tempfile.TemporaryDirectory(prefix="easel-train-bench-") as tmp:
+        root = Path(tmp)
+        write_concepts(root / "input" / "data" / "concepts", 8, resolution)
+        settings = {"instance_prompt": "a photo of sks toy", "rank": str(args.rank),
+                    "resolution": str(resolution), "max_train_steps": "1000",
+                    "validation_steps": "0", "checkpointing_steps": "0",
+                    "gradient_checkpointing": str(args.gradient_checkpointing).lower(),
+                    "mixed_precision": "auto"}
+        reset_peak(device)
+        trainer = make_trainer(pipe, root=root, hyperparameters=settings, device=device,
+                               family=family)
+        started = time.perf_counter()
+        try:
+            trainer.setup()
+            sync(device)
+            RESULTS["setup_s"] = time.perf_counter() - started
+            RESULTS["setup_peak_gb"] = peak_gb(device)
+            RESULTS.update(easel_step_times(trainer, device=device, batches=[1],
+                                            warmup=warmup, repeat=repeat, label="easel"))
+        except torch.OutOfMemoryError as exc:
+            RESULTS["out_of_memory"] = str(exc).split("\n")[0][:300]
+    dump()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU smoke run on the tiny model")
@@ -198,7 +347,19 @@ def main() -> None:
     parser.add_argument("--skip-stock", action="store_true")
     parser.add_argument("--contiguous-too", action="store_true",
                         help="also time the eager step without channels-last")
+    parser.add_argument("--family", choices=[*FAMILY_ALIASES, *FULL_TRANSFORMERS],
+                        help="time Easel's SD3.5/FLUX.1 LoRA step instead (full-size "
+                             "architecture, random weights, bf16 on the GPU)")
+    parser.add_argument("--resolution", type=int, default=1024, help="with --family")
+    parser.add_argument("--rank", type=int, default=16, help="with --family")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="with --family")
+    parser.add_argument("--gpu-gb", type=float, default=0.0,
+                        help="with --family: emulate a card of this many GB "
+                             "(torch.cuda.set_per_process_memory_fraction)")
     args = parser.parse_args()
+    if args.family:
+        run_family(args)
+        return
 
     from easel_inference.builder import build_pipeline
 
@@ -255,11 +416,11 @@ def main() -> None:
             RESULTS.update(easel_step_times(trainer, device=device, batches=batches,
                                             warmup=warmup, repeat=repeat, label=label))
             if mode == "none" and device == "cuda" and args.contiguous_too:  # after the rest
-                trainer.unet.to(memory_format=torch.contiguous_format)
+                trainer.denoiser.to(memory_format=torch.contiguous_format)
                 RESULTS.update(easel_step_times(trainer, device=device, batches=batches,
                                                 warmup=warmup, repeat=repeat,
                                                 label="easel_contiguous"))
-                trainer.unet.to(memory_format=torch.channels_last)
+                trainer.denoiser.to(memory_format=torch.channels_last)
             for batch in batches:
                 stock = RESULTS.get(f"stock_s_per_step_bs{batch}")
                 if stock:

@@ -37,8 +37,9 @@ def test_strings_become_typed_values():
 
 def test_defaults_and_derived_values():
     hp = HyperParameters.from_strings(BASE)
-    assert hp.mode == "lora" and hp.rank == 16 and hp.max_train_steps == 1000
-    assert hp.effective_alpha == 16.0
+    assert hp.mode == "lora" and hp.rank is None and hp.max_train_steps == 1000
+    hp = hp.for_family("sd1")  # rank: the family's, decided once the model is known
+    assert hp.rank == 16 and hp.effective_alpha == 16.0
     assert hp.effective_learning_rate == pytest.approx(1e-4)
     assert hp.effective_text_encoder_learning_rate == pytest.approx(1e-4)
     assert hp.effective_output_name == "easel-lora"
@@ -202,3 +203,22 @@ def test_interface_hyperparameters_exist():
               "bucketing", "random_flip", "checkpointing_steps", "validation_steps",
               "validation_prompt"}
     assert agreed <= set(HyperParameters.model_fields)
+
+
+def test_family_defaults_fill_only_what_was_left_derived():
+    hp = HyperParameters.from_strings({**BASE, "rank": "8"})
+    schnell = hp.for_family("flux_schnell")
+    assert schnell.rank == 8  # given: kept
+    assert schnell.validation_inference_steps == 4 and schnell.validation_guidance_scale == 0.0
+    assert hp.for_family("sd35_medium").validation_guidance_scale == 4.5
+    assert hp.for_family("sdxl").validation_inference_steps == 25
+
+
+def test_every_trained_family_has_one_row_of_defaults():
+    from easel_contracts.families import ModelFamily
+    from easel_contracts.hyperparameters import TRAINING_DEFAULTS, training_defaults
+
+    assert set(TRAINING_DEFAULTS) == set(ModelFamily) - {ModelFamily.SDXL_REFINER}
+    assert TRAINING_DEFAULTS[ModelFamily.FLUX_DEV].full_learning_rate is None
+    with pytest.raises(ValueError, match="SDXL refiner is not trained"):
+        training_defaults("sdxl_refiner")

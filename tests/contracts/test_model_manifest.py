@@ -69,3 +69,14 @@ def test_manifest_without_checkpoints_is_refused():
 def test_oversized_manifest_is_refused_before_parsing():
     with pytest.raises(ManifestError, match="larger than"):
         parse_manifest(b" " * (MANIFEST_MAX_BYTES + 1), where="m")
+
+
+def test_a_training_manifest_may_list_only_a_lora():
+    from easel_contracts.model_manifest import ManifestLora, training_manifest_key
+
+    lora = ManifestLora(name="dog", path="Lora/dog.safetensors", family="flux_dev",
+                        key_format="diffusers", rank=16, base_model="flux1-dev")
+    manifest = ModelManifest(name="dog", layout="archive", written_by="training", loras=(lora,))
+    assert parse_manifest(manifest.to_json().encode(), where="m") == manifest
+    assert manifest.families == ("flux_dev",)
+    assert training_manifest_key("easel-dog") == "training/easel-dog/checkpoints/easel-model.json"

@@ -199,3 +199,19 @@ def test_bad_hyperparameters_are_refused_naming_each_flag(data, capsys):
     assert code == 1
     assert "--rank: must be at least 1" in err and "--resolution: must be a multiple of 8" in err
     assert _jobs(data) == []
+
+
+def test_a_family_the_instance_type_cannot_train_is_refused_before_any_job_exists(data, capsys):
+    from easel_contracts.model_manifest import ManifestCheckpoint, ModelManifest
+
+    manifest = ModelManifest(name="base", layout="archive", written_by="upload_model",
+                             checkpoints=(ManifestCheckpoint(
+                                 name="flux", path="Stable-diffusion/flux.safetensors",
+                                 family="flux_dev"),))
+    data.client("s3").put_object(Bucket=BUCKET, Key="models/base/easel-model.json",
+                                 Body=manifest.to_json().encode())
+    code, _, err = _run(capsys, _args(f"s3://{BUCKET}/concepts/admin/dog/",
+                                      "--instance-type", "ml.g5.2xlarge"))
+    assert code == 1 and "not submitted" in err
+    assert "FLUX.1 dev lora training" in err and "choose ml.g6e.2xlarge, which fits" in err
+    assert _jobs(data) == []

@@ -87,13 +87,19 @@ def _one_thread(monkeypatch):
 def model_channels(tmp_path_factory) -> Callable[[str], Path]:
     """A tiny base model per architecture, built once per test process."""
     from easel_inference.builder import build_model_dir
+    from easel_inference.flow_builder import FLOW_FAMILIES, build_flow_pipeline, save_flow_diffusers
 
     built: dict[str, Path] = {}
 
     def get(arch: str = "sd15") -> Path:
         if arch not in built:
             root = tmp_path_factory.mktemp(f"model-{arch}")
-            built[arch] = build_model_dir(root, arch=arch, size="tiny", name="tiny", seed=0)
+            if arch in FLOW_FAMILIES:  # SD3.5 / FLUX.1: a diffusers folder in the model layout
+                save_flow_diffusers(build_flow_pipeline(arch, seed=0),
+                                    root / "Stable-diffusion" / "tiny")
+                built[arch] = root
+            else:
+                built[arch] = build_model_dir(root, arch=arch, size="tiny", name="tiny", seed=0)
         return built[arch]
 
     return get

@@ -129,6 +129,15 @@ def test_full_run_writes_a_deployable_single_file(make_job):
     assert changed, "full fine-tuning changed no UNet weight"
     report = json.loads((model_dir / "training_report.json").read_text())
     assert report["mode"] == "full" and report["result"] == "Stable-diffusion/sks-full.safetensors"
+    # deployable includes the manifest the portal reads to plan the endpoint (family, files)
+    from easel_contracts.model_manifest import parse_manifest
+
+    manifest = parse_manifest((model_dir / "easel-model.json").read_bytes(), where="result")
+    (entry,) = manifest.checkpoints
+    assert (entry.path, entry.family, entry.prediction) == (
+        "Stable-diffusion/sks-full.safetensors", "sd1", "epsilon")
+    assert {f.path for f in manifest.files} >= {"Stable-diffusion/sks-full.safetensors",
+                                                "training_report.json"}
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "sd2"])

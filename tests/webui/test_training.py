@@ -370,3 +370,70 @@ def test_prior_preservation_without_a_class_prompt_is_refused(alice_world):
     response = alice.post("/training", data=_form(with_prior_preservation="true"))
     assert response.status_code == 400
     assert "class prompt: required when with_prior_preservation" in html.unescape(response.text)
+
+
+# ---- the memory plan: a family the chosen type cannot train is refused before any job exists
+
+def _put_model_with_manifest(world, name: str, family: str) -> str:
+    from easel_contracts.model_manifest import ManifestCheckpoint, ModelManifest
+
+    manifest = ModelManifest(name=name, layout="archive", written_by="upload_model",
+                             checkpoints=(ManifestCheckpoint(
+                                 name=name, path=f"Stable-diffusion/{name}.safetensors",
+                                 family=family),))
+    world.put(f"models/{name}/model.tar.gz")
+    world.put(f"models/{name}/easel-model.json", manifest.to_json().encode())
+    return f"s3://{BUCKET}/models/{name}/model.tar.gz"
+
+
+def test_a_family_the_type_cannot_train_is_refused_naming_a_type_that_fits(alice_world):
+    alice = alice_world.signed_in("alice")
+    model = _put_model_with_manifest(alice_world, "flux", "flux_dev")
+    response = alice.post("/training", data=_form(model_s3_uri=model))
+    assert response.status_code == 400
+    page = html.unescape(response.text)
+    assert "FLUX.1 dev lora training at 1024px needs about" in page
+    assert "ml.g5.2xlarge has 24 GB per GPU" in page and "choose ml.g6e.2xlarge" in page
+    assert alice_world.sagemaker.named("create_training_job") == []
+
+
+def test_a_type_that_fits_with_gradient_checkpointing_gets_it_turned_on(alice_world):
+    alice = alice_world.signed_in("alice")
+    model = _put_model_with_manifest(alice_world, "flux", "flux_dev")
+    alice.post("/training", data=_form(model_s3_uri=model, instance_type="ml.g6e.2xlarge"))
+    (job,) = alice_world.sagemaker.named("create_training_job")
+    assert job["HyperParameters"]["gradient_checkpointing"] == "true"
+
+
+def test_full_fine_tuning_of_a_lora_only_family_is_refused(alice_world):
+    alice = alice_world.signed_in("alice")
+    model = _put_model_with_manifest(alice_world, "sd35", "sd35_medium")
+    response = alice.post("/training", data=_form(model_s3_uri=model, mode="full",
+                                                  instance_type="ml.g6e.2xlarge"))
+    assert response.status_code == 400
+    assert "mode: SD3.5 medium trains LoRAs only" in html.unescape(response.text)
+    assert alice_world.sagemaker.named("create_training_job") == []
+
+
+def test_the_form_shows_each_familys_defaults(alice_world):
+    page = html.unescape(alice_world.signed_in("alice").get("/training").text)
+    assert "FLUX.1 schnell 4" in page  # preview steps
+    assert "SD3.5 medium 4.5" in page  # preview guidance
+
+
+def test_a_tiny_model_of_a_large_family_is_planned_by_its_size(alice_world):
+    from easel_contracts.model_manifest import ManifestCheckpoint, ManifestFile, ModelManifest
+
+    alice = alice_world.signed_in("alice")
+    manifest = ModelManifest(
+        name="tiny-flux", layout="archive", written_by="upload_model",
+        checkpoints=(ManifestCheckpoint(name="tiny-flux", family="flux_dev",
+                                        path="Stable-diffusion/tiny-flux.safetensors"),),
+        files=(ManifestFile(path="Stable-diffusion/tiny-flux.safetensors", bytes=2_000_000),))
+    alice_world.put("models/tiny-flux/model.tar.gz")
+    alice_world.put("models/tiny-flux/easel-model.json", manifest.to_json().encode())
+    response = alice.post("/training", data=_form(
+        model_s3_uri=f"s3://{BUCKET}/models/tiny-flux/model.tar.gz"))
+    assert response.headers.get("location", "").startswith("/training/easel-"), \
+        html.unescape(response.text)[-2000:]
+    assert len(alice_world.sagemaker.named("create_training_job")) == 1

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from easel_contracts.families import FamilyError, ModelFamily, facts_for
+
 Mode = Literal["lora", "full"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 SavePrecision = Literal["fp16", "bf16", "fp32"]
@@ -36,9 +38,73 @@ _PATTERN_RULES = {
 }
 
 
-def default_learning_rate(mode: str) -> float:
-    """The learning rate when none is given: 1e-4 for ``lora``, 2e-6 for ``full``."""
-    return 1e-4 if mode == "lora" else 2e-6
+class FamilyDefaults(BaseModel):
+    """The settings a job takes for its base model's family when the hyperparameters leave them
+    derived. Starting points as the model makers and the common LoRA trainers use them: the
+    family's native resolution; rank 16 and learning rate 1e-4 for LoRAs of every family (no
+    family's makers publish other values); previews with the family's own sampling guidance and a
+    step count that suits its sampler (FLUX.1 schnell is distilled to 4 steps)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolution: int
+    rank: int
+    learning_rate: float  # lora
+    full_learning_rate: float | None  # None: the family trains LoRAs only
+    validation_guidance_scale: float
+    validation_inference_steps: int
+
+
+def _defaults(family: ModelFamily, *, full: bool = True, steps: int = 25) -> FamilyDefaults:
+    facts = facts_for(family)
+    return FamilyDefaults(resolution=facts.resolution, rank=16, learning_rate=1e-4,
+                          full_learning_rate=2e-6 if full else None,
+                          validation_guidance_scale=facts.guidance,
+                          validation_inference_steps=steps)
+
+
+# One table: the trainer fills derived settings from it, the portal's form and scripts/train.py
+# show it. The SDXL refiner is not trained (it is a second pass only).
+TRAINING_DEFAULTS: dict[ModelFamily, FamilyDefaults] = {
+    ModelFamily.SD1: _defaults(ModelFamily.SD1),
+    ModelFamily.SD2: _defaults(ModelFamily.SD2),
+    ModelFamily.SDXL: _defaults(ModelFamily.SDXL),
+    ModelFamily.SD35_MEDIUM: _defaults(ModelFamily.SD35_MEDIUM, full=False, steps=28),
+    ModelFamily.SD35_LARGE: _defaults(ModelFamily.SD35_LARGE, full=False, steps=28),
+    ModelFamily.FLUX_DEV: _defaults(ModelFamily.FLUX_DEV, full=False, steps=28),
+    ModelFamily.FLUX_SCHNELL: _defaults(ModelFamily.FLUX_SCHNELL, full=False, steps=4),
+}
+DEFAULT_FAMILY = ModelFamily.SD1  # what a job with no known family shows (SD1.x's values)
+
+
+def training_defaults(family: ModelFamily | str) -> FamilyDefaults:
+    """The family's defaults; a family that is not trained raises ``FamilyError``."""
+    facts = facts_for(family)
+    found = TRAINING_DEFAULTS.get(facts.family)
+    if found is None:
+        trained = ", ".join(facts_for(f).label for f in TRAINING_DEFAULTS)
+        raise FamilyError(f"{facts.label} is not trained; training takes {trained}")
+    return found
+
+
+def defaults_text(field: str) -> str:
+    """One derived field's default per trained family, families of one value together:
+    ``SD1.x, SD2.x, SDXL 7; SD3.5 medium 4.5; ...`` (``16 for every family`` when all agree)."""
+    groups: dict[float, list[str]] = {}
+    for family, defaults in TRAINING_DEFAULTS.items():
+        groups.setdefault(getattr(defaults, field), []).append(facts_for(family).label)
+    if len(groups) == 1:
+        return f"{next(iter(groups)):g} for every family"
+    return "; ".join(f"{', '.join(labels)} {value:g}" for value, labels in groups.items())
+
+
+def default_learning_rate(mode: str, family: ModelFamily | str = DEFAULT_FAMILY) -> float:
+    """The learning rate when none is given: the family's LoRA rate for ``lora`` (1e-4), its
+    full fine-tuning rate for ``full`` (2e-6)."""
+    defaults = training_defaults(family)
+    if mode == "lora" or defaults.full_learning_rate is None:
+        return defaults.learning_rate
+    return defaults.full_learning_rate
 
 
 def _one_line(value: str) -> str:
@@ -78,7 +144,8 @@ class HyperParameters(BaseModel):
     max_train_steps: int = Field(1000, ge=1, le=100_000, description="Optimizer steps to train.")
     learning_rate: float | None = Field(
         None, gt=0.0, le=1.0,
-        description="Learning rate. Default 1e-4 for `lora`, 2e-6 for `full`.")
+        description="Learning rate. Default: the base model family's (`lora`: "
+        + defaults_text("learning_rate") + "; `full`: 2e-6).")
     text_encoder_learning_rate: float | None = Field(
         None, gt=0.0, le=1.0,
         description="Learning rate of the text encoder(s) when `train_text_encoder` is true. "
@@ -88,7 +155,10 @@ class HyperParameters(BaseModel):
         0, ge=0, le=100_000,
         description="Linear warm-up steps (for the `*warmup*`, `linear` and `cosine` "
         "schedules).")
-    rank: int = Field(16, ge=1, le=256, description="LoRA rank (`lora` mode).")
+    rank: int | None = Field(
+        None, ge=1, le=256,
+        description="LoRA rank (`lora` mode). Default: the base model family's ("
+        + defaults_text("rank") + ").")
     alpha: float | None = Field(
         None, gt=0.0, le=1024.0,
         description="LoRA alpha; the update is scaled by alpha/rank. Default: `rank` (scale 1).")
@@ -97,7 +167,7 @@ class HyperParameters(BaseModel):
         None, ge=32, le=2048, multiple_of=8,
         description="Training resolution in pixels (square side, or the area of the buckets "
         "when `bucketing` is on). Default: the base model's native size (512 SD1.x, 768 SD2-v, "
-        "1024 SDXL). Multiple of 8.")
+        "1024 SDXL, SD3.5 and FLUX.1). Multiple of 8 (16 for SD3.5 and FLUX.1).")
     min_image_side: int | None = Field(
         None, ge=1, le=8192,
         description="Images whose shorter side is below this are rejected as too small. "
@@ -172,10 +242,12 @@ class HyperParameters(BaseModel):
         None, max_length=MAX_PROMPT_CHARS,
         description="Prompt of the previews. Default: `instance_prompt` (without "
         "`[filewords]`).")
-    validation_inference_steps: int = Field(
-        25, ge=1, le=200, description="Sampling steps per preview.")
-    validation_guidance_scale: float = Field(
-        7.0, ge=0.0, le=50.0, description="Guidance scale of the previews.")
+    validation_inference_steps: int | None = Field(
+        None, ge=1, le=200, description="Sampling steps per preview. Default: the base model "
+        "family's (" + defaults_text("validation_inference_steps") + ").")
+    validation_guidance_scale: float | None = Field(
+        None, ge=0.0, le=50.0, description="Guidance scale of the previews. Default: the base "
+        "model family's (" + defaults_text("validation_guidance_scale") + ").")
 
     @model_validator(mode="after")
     def _related_fields(self) -> HyperParameters:
@@ -205,7 +277,24 @@ class HyperParameters(BaseModel):
 
     @property
     def effective_alpha(self) -> float:
-        return float(self.rank) if self.alpha is None else self.alpha
+        """``alpha``, else the rank (scale 1); a derived rank is known after ``for_family``."""
+        if self.alpha is not None:
+            return self.alpha
+        if self.rank is None:
+            raise ValueError("rank is derived from the base model's family: use for_family()")
+        return float(self.rank)
+
+    def for_family(self, family: ModelFamily | str) -> HyperParameters:
+        """These settings with every family-derived one (rank, learning rate, preview steps and
+        guidance) filled from the family's defaults; resolution stays derived (the job takes the
+        model's own native size)."""
+        defaults = training_defaults(family)
+        filled = {"rank": defaults.rank,
+                  "learning_rate": default_learning_rate(self.mode, family),
+                  "validation_inference_steps": defaults.validation_inference_steps,
+                  "validation_guidance_scale": defaults.validation_guidance_scale}
+        return self.model_copy(update={name: value for name, value in filled.items()
+                                       if getattr(self, name) is None})
 
     @property
     def effective_output_name(self) -> str:

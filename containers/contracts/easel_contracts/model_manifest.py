@@ -3,7 +3,9 @@
 The portal cannot range-read inside a ``model.tar.gz`` (gzip streams have no index), so whoever
 writes a model writes what it holds beside it: ``scripts/upload_model`` for uploads, the training
 job for its results. The portal reads it to show each model's family and size; a model without one
-gets a clear message instead of a guess.
+gets a clear message instead of a guess. A training job's manifest lists its LoRA (``loras``) or
+its fine-tuned checkpoint; the job also writes it where the portal reads it while the job's
+archive is still packed (``training_manifest_key``).
 
 Where it lives (``manifest_key``): ``models/<name>/model.tar.gz`` and the uncompressed prefix
 ``models/<name>/`` -> ``models/<name>/easel-model.json`` (the server ignores it: it lists only
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from easel_contracts.families import Component, ModelFamily, Prediction, facts_for
 
@@ -51,6 +53,19 @@ class ManifestFile(BaseModel):
     bytes: int = Field(ge=0)
 
 
+class ManifestLora(BaseModel):
+    """One entry of ``Lora/`` that a training job wrote: the LoRA and the family it adapts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    path: str = Field(min_length=1, max_length=1024, description="path inside the model layout")
+    family: ModelFamily = Field(description="the family of the base model it was trained on")
+    key_format: Literal["kohya", "diffusers"]
+    rank: int = Field(ge=1)
+    base_model: str = Field(max_length=200, description="the base model's name")
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,8 +73,15 @@ class ModelManifest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     layout: Literal["archive", "folder"]
     written_by: Literal["upload_model", "training"]
-    checkpoints: tuple[ManifestCheckpoint, ...] = Field(min_length=1)
+    checkpoints: tuple[ManifestCheckpoint, ...] = ()
+    loras: tuple[ManifestLora, ...] = ()
     files: tuple[ManifestFile, ...] = ()
+
+    @model_validator(mode="after")
+    def _holds_a_model(self) -> ModelManifest:
+        if not self.checkpoints and not self.loras:
+            raise ValueError("checkpoints: a manifest lists at least one checkpoint or LoRA")
+        return self
 
     @property
     def total_bytes(self) -> int:
@@ -67,8 +89,9 @@ class ModelManifest(BaseModel):
 
     @property
     def families(self) -> tuple[ModelFamily, ...]:
-        """Families of the checkpoints, first-seen order, each once."""
-        return tuple(dict.fromkeys(c.family for c in self.checkpoints))
+        """Families of the checkpoints (then of the LoRAs), first-seen order, each once."""
+        return tuple(dict.fromkeys([*(c.family for c in self.checkpoints),
+                                    *(lora.family for lora in self.loras)]))
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -87,6 +110,13 @@ def manifest_key(model_key: str) -> str:
         if base.endswith(suffix):
             return f"{folder}{slash}{base[: -len(suffix)]}.{MANIFEST_NAME}"
     raise ManifestError(f"{model_key}: not a model archive (.tar.gz) or prefix (ending in /)")
+
+
+def training_manifest_key(job: str) -> str:
+    """Where a training job's manifest is readable without its ``model.tar.gz``: the job writes it
+    into its checkpoints folder, which SageMaker syncs to ``training/<job>/checkpoints/`` (and
+    into the archive beside the result)."""
+    return f"training/{job}/checkpoints/{MANIFEST_NAME}"
 
 
 def parse_manifest(raw: bytes, *, where: str) -> ModelManifest:

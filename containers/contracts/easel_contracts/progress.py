@@ -99,6 +99,7 @@ class ReportBaseModel(BaseModel):
     file: str
     arch: str
     prediction_type: str
+    family: str | None = None  # easel_contracts.families.ModelFamily value (absent before 17)
 
 
 class RankShare(BaseModel):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from easel_training.flow_schedule import FlowSchedule
 from easel_training.geometry import LATENT_STRIDE, Placement
 from easel_training.latents import LatentStore
 from easel_training.plan import SampleSlot, mix_seed
@@ -54,6 +55,13 @@ class NoiseSchedule:
         self.sqrt_one_minus_alpha = (1.0 - alphas).sqrt()
         self.num_timesteps = alphas.shape[0]
         self.prediction_type = prediction_type
+        self.device = device
+
+    def draw(self, generator: torch.Generator, latent_hw: torch.Size) -> torch.Tensor:
+        """One sample's timestep (uniform over the DDPM steps), shape [1]."""
+        del latent_hw
+        return torch.randint(0, self.num_timesteps, (1,), generator=generator,
+                             device=self.device)
 
     def noisy_and_target(self, latents: torch.Tensor, noise: torch.Tensor,
                          timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +74,7 @@ class NoiseSchedule:
 
 class BatchBuilder:
     def __init__(self, *, images: list[TrainingImage], class_images: list[TrainingImage],
-                 store: LatentStore, schedule: NoiseSchedule, device: torch.device,
+                 store: LatentStore, schedule: NoiseSchedule | FlowSchedule, device: torch.device,
                  random_flip: bool, noise_offset: float, sdxl: bool) -> None:
         self.images = images
         self.class_images = class_images
@@ -103,8 +111,7 @@ class BatchBuilder:
             h, w = target_hw[0] // LATENT_STRIDE, target_hw[1] // LATENT_STRIDE
             latents = latents[:, top:top + h, left:left + w]
             crop_top, crop_left = top * LATENT_STRIDE, left * LATENT_STRIDE
-        timestep = torch.randint(0, self.schedule.num_timesteps, (1,), generator=self.generator,
-                                 device=self.device)
+        timestep = self.schedule.draw(self.generator, latents.shape[-2:])
         noise = torch.randn(latents.shape, generator=self.generator, device=self.device)
         if self.noise_offset:
             offset = torch.randn((latents.shape[0], 1, 1), generator=self.generator,

@@ -122,8 +122,15 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
                                  min_side=early_min_side(hp), use_captions=hp.use_captions)
 
     from easel_training.base_model import load_base_model
+    from easel_training.trainer import DTYPES
 
-    base = load_base_model(paths.channel(MODEL_CHANNEL), paths.scratch, hp.checkpoint)
+    base = load_base_model(paths.channel(MODEL_CHANNEL), paths.scratch, hp.checkpoint,
+                           flow_dtype=DTYPES[mixed_precision])
+    hp = hp.for_family(base.family)  # rank, learning rate, previews: the family's defaults
+    if base.flow:
+        from easel_training.flow import check_flow_settings
+
+        check_flow_settings(hp, base)
     resolution = hp.resolution or base.native_resolution
     min_side = hp.min_image_side or resolution // 2
     reject_small_images(records, folder=concepts_dir, channel=CONCEPTS_CHANNEL,
@@ -141,12 +148,12 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
             return JobOutcome(status="stopped", step=0, result=None)
 
     from easel_training.dataset import build_concept_data
-    from easel_training.trainer import Trainer
+    from easel_training.flow import make_trainer
 
     data = build_concept_data(hp=hp, records=records, class_records=class_records,
                               resolution=resolution)
-    trainer = Trainer(hp=hp, paths=paths, base=base, data=data, accelerator=accelerator,
-                      mixed_precision=mixed_precision, stop=stop)
+    trainer = make_trainer(hp=hp, paths=paths, base=base, data=data, accelerator=accelerator,
+                           mixed_precision=mixed_precision, stop=stop)
     trainer.setup()
     result = trainer.run(progress)
     if result.status == "stopped":
@@ -166,9 +173,11 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
 def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any, data: Any,
                  job_seconds: float, resolution: int) -> Path:
     from easel_training.results import (
+        build_manifest,
         library_versions,
         save_full_result,
         save_lora_result,
+        write_manifest,
         write_report,
     )
 
@@ -185,7 +194,7 @@ def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any
         mode=hp.mode,
         result=output.relative_to(paths.model).as_posix(),
         base_model={"name": base.name, "file": base.path.name, "arch": base.arch,
-                    "prediction_type": base.prediction_type},
+                    "prediction_type": base.prediction_type, "family": base.family.value},
         steps=result.step,
         resumed_from_step=result.start_step or None,
         loss_curve=[round(x, 6) for x in result.loss_curve],
@@ -203,8 +212,10 @@ def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any
         settings=settings,
         versions=library_versions(),
         latent_cache=hp.cache_latents,
-        text_embedding_cache=not hp.train_text_encoder,
+        text_embedding_cache=not hp.train_text_encoder,  # flow families: always (refused)
     )
     write_report(paths.model, report)
+    write_manifest(paths=paths, manifest=build_manifest(model_dir=paths.model, hp=hp, base=base,
+                                                        output=output))
     return output
 

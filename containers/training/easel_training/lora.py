@@ -4,6 +4,10 @@ Export names: ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.w
 ``.alpha``. SD1.x/2.x UNet paths use the diffusers module names (as kohya's sd-scripts do for
 those models); SDXL UNet paths use the original sgm block names (``input_blocks_4_1_...``), as
 kohya's SDXL LoRAs do. Text encoders: ``lora_te_`` (SD), ``lora_te1_``/``lora_te2_`` (SDXL).
+
+SD3.5 and FLUX.1 LoRAs are exported in the diffusers (peft) format that their pipelines'
+``load_lora_weights`` read: ``transformer.<module path>.lora_A.weight`` / ``.lora_B.weight``, with
+the alpha/rank scale folded into ``lora_B`` (that format carries no alpha).
 """
 
 from __future__ import annotations
@@ -12,9 +16,15 @@ import re
 from typing import Any
 
 import torch
+from easel_contracts.families import ModelFamily
 from peft import LoraConfig
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# the transformer's attention projections: image stream (to_*) and text stream (add_*, to_add_out)
+# of the joint blocks; SD3.5 medium's second image attention (attn2) and FLUX's single blocks
+# match the same names
+FLOW_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                "to_add_out"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 ADAPTER = "default"
 
@@ -91,6 +101,18 @@ def export_kohya(unet: torch.nn.Module, text_encoders: list[torch.nn.Module], *,
     return state
 
 
+def export_diffusers(transformer: torch.nn.Module, *,
+                     dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The trained transformer adapters as a diffusers-format LoRA state dict."""
+    state: dict[str, torch.Tensor] = {}
+    for path, module in lora_layers(transformer).items():
+        down = module.lora_A[ADAPTER].weight.detach().float()
+        up = module.lora_B[ADAPTER].weight.detach().float() * float(module.scaling[ADAPTER])
+        state[f"transformer.{path}.lora_A.weight"] = down.to("cpu", dtype).contiguous()
+        state[f"transformer.{path}.lora_B.weight"] = up.to("cpu", dtype).contiguous()
+    return state
+
+
 def kohya_metadata(*, rank: int, alpha: float, sdxl: bool, v2: bool, output_name: str,
                    steps: int, base_model: str) -> dict[str, str]:
     """The ``ss_*`` metadata A1111 and kohya tools display for a LoRA."""
@@ -104,6 +126,23 @@ def kohya_metadata(*, rank: int, alpha: float, sdxl: bool, v2: bool, output_name
         "ss_max_train_steps": str(steps),
         "ss_sd_model_name": base_model,
         "ss_training_comment": "trained with Easel",
+    }
+
+
+def flow_metadata(*, rank: int, alpha: float, family: ModelFamily, output_name: str,
+                  steps: int, base_model: str) -> dict[str, str]:
+    """The ``ss_*`` metadata of an SD3.5/FLUX.1 LoRA (kohya's base-model names ``sd3`` and
+    ``flux1``), and the family in Easel's own key."""
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_base_model_version": "flux1" if family.value.startswith("flux") else "sd3",
+        "ss_output_name": output_name,
+        "ss_max_train_steps": str(steps),
+        "ss_sd_model_name": base_model,
+        "ss_training_comment": "trained with Easel",
+        "easel_family": family.value,
     }
 
 

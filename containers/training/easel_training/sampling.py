@@ -44,13 +44,18 @@ def generate_class_images(pipe: Any, *, prompt: str, indices: list[int], folder:
 
 
 @torch.no_grad()
-def write_preview(pipe: Any, *, prompt: str, path: Path, resolution_hw: tuple[int, int],
-                  steps: int, guidance_scale: float, seed: int, device: torch.device,
+def write_preview(pipe: Any, *, prompt: str | None = None,
+                  conditioning: dict[str, torch.Tensor] | None = None, path: Path,
+                  resolution_hw: tuple[int, int], steps: int, guidance_scale: float, seed: int,
+                  device: torch.device,
                   autocast: contextlib.AbstractContextManager | None = None) -> Path:
+    """One preview image from ``prompt``, or from ``conditioning`` (the pipeline's
+    ``prompt_embeds``-style arguments, for a job that freed its text encoders)."""
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(device=device).manual_seed(seed)
+    inputs = conditioning if conditioning is not None else {"prompt": prompt}
     with autocast or contextlib.nullcontext():
-        image = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
+        image = pipe(**inputs, num_inference_steps=steps, guidance_scale=guidance_scale,
                      height=resolution_hw[0], width=resolution_hw[1], generator=generator,
                      output_type="pil").images[0]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,11 @@ def make_optimizer(groups: list[dict[str, Any]], hp: HyperParameters, *, cuda: b
 
 
 class Trainer:
+    """The SD1.x/2.x/SDXL trainer (a UNet on the DDPM objective); :class:`FlowTrainer` in
+    ``flow.py`` overrides the family-specific parts for SD3.5 and FLUX.1."""
+
+    GRAPHS = True  # the CUDA-graph step (graphed.py) fits this trainer's UNet step
+
     def __init__(self, *, hp: HyperParameters, paths: JobPaths, base: BaseModel,
                  data: ConceptData, accelerator: Any, mixed_precision: str,
                  stop: StopRequest) -> None:
@@ -97,9 +102,12 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self.steps_taken = 0  # by this process, in this run
         self.samples_seen = 0
-        pipe = base.pipe
-        self.pipe = pipe
-        self.unet = pipe.unet
+        self.pipe = base.pipe
+        self._bind_models()
+
+    def _bind_models(self) -> None:
+        pipe = self.pipe
+        self.denoiser = pipe.unet
         self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if self.sdxl else [])
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.sdxl else [])
 
@@ -109,11 +117,11 @@ class Trainer:
         torch.manual_seed(hp.seed)  # adapter initialisation is part of the seeded run
         self.pipe.vae.requires_grad_(False).to(self.device, torch.float32).eval()
         if hp.mode == "lora":
-            self.unet.to(self.device, self.weight_dtype)
-            lora.add_lora(self.unet, rank=hp.rank, alpha=hp.effective_alpha,
+            self.denoiser.to(self.device, self.weight_dtype)
+            lora.add_lora(self.denoiser, rank=hp.rank, alpha=hp.effective_alpha,
                           dropout=hp.lora_dropout, targets=lora.UNET_TARGETS)
         else:
-            self.unet.to(self.device, torch.float32).requires_grad_(True)
+            self.denoiser.to(self.device, torch.float32).requires_grad_(True)
         for encoder in self.text_encoders:
             if not hp.train_text_encoder:
                 encoder.requires_grad_(False).to(self.device, self.weight_dtype).eval()
@@ -125,18 +133,18 @@ class Trainer:
             else:
                 encoder.to(self.device, torch.float32).requires_grad_(True).train()
         if hp.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+            self.denoiser.enable_gradient_checkpointing()
             if hp.train_text_encoder:
                 for encoder in self.text_encoders:
                     encoder.gradient_checkpointing_enable()
         if self.cuda:
             # static shapes per bucket: let cuDNN pick the fastest convolutions once
             torch.backends.cudnn.benchmark = True
-            self.unet.to(memory_format=torch.channels_last)
-        self.unet.train()
+            self.denoiser.to(memory_format=torch.channels_last)
+        self.denoiser.train()
 
     def _components(self) -> dict[str, torch.nn.Module]:
-        components = {"unet": self.unet}
+        components = {"unet": self.denoiser}
         if self.hp.train_text_encoder:
             names = ["text_encoder", "text_encoder_2"]
             components.update(zip(names, self.text_encoders, strict=False))
@@ -144,13 +152,13 @@ class Trainer:
 
     def _build_optimizer(self) -> None:
         hp = self.hp
-        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad],
+        groups = [{"params": [p for p in self.denoiser.parameters() if p.requires_grad],
                    "lr": hp.effective_learning_rate}]
         if hp.train_text_encoder:
             params = [p for e in self.text_encoders for p in e.parameters() if p.requires_grad]
             groups.append({"params": params, "lr": hp.effective_text_encoder_learning_rate})
         self.trainable_params = [p for g in groups for p in g["params"]]
-        self.use_graphs = graph_eligible(hp, cuda=self.cuda, world_size=self.world_size,
+        self.use_graphs = self.GRAPHS and graph_eligible(hp, cuda=self.cuda, world_size=self.world_size,
                                          mixed_precision=self.mixed_precision)
         self.optimizer = make_optimizer(groups, hp, cuda=self.cuda, capturable=self.use_graphs)
         self.raw_optimizer = self.optimizer
@@ -171,14 +179,14 @@ class Trainer:
         self.lr_scheduler.step_with_optimizer = False
         self.accelerator.register_save_state_pre_hook(self._save_trainable_weights)
         self.accelerator.register_load_state_pre_hook(self._load_trainable_weights)
-        self.unet_forward = self.train_models[0]
+        self.denoiser_forward = self.train_models[0]
         self.text_forward = self.train_models[1:] if self.hp.train_text_encoder else []
         if self.hp.compile and self.cuda:
-            self.unet_forward = torch.compile(self.unet_forward, mode=self.hp.compile_mode)
+            self.denoiser_forward = torch.compile(self.denoiser_forward, mode=self.hp.compile_mode)
         self.graphed: GraphedStep | None = None
         if self.use_graphs:
             self.graphed = GraphedStep(
-                unet=self.unet_forward, optimizer=self.raw_optimizer,
+                unet=self.denoiser_forward, optimizer=self.raw_optimizer,
                 params=self.trainable_params, loss_fn=self._loss_from,
                 max_grad_norm=self.hp.max_grad_norm,
                 autocast_dtype=torch.bfloat16 if self.mixed_precision == "bf16" else None)
@@ -286,7 +294,7 @@ class Trainer:
     def _loss(self, batch: Batch) -> torch.Tensor:
         with self.accelerator.autocast():
             hidden, added = self._conditioning(batch)
-            prediction = self.unet_forward(batch.noisy_latents, batch.timesteps,
+            prediction = self.denoiser_forward(batch.noisy_latents, batch.timesteps,
                                            encoder_hidden_states=hidden,
                                            added_cond_kwargs=added).sample
         return self._loss_from(prediction, batch.target, batch.num_instance)
@@ -323,7 +331,7 @@ class Trainer:
             batch = self.builder.build(slots)
             last = micro == accumulation - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(
-                self.unet_forward)
+                self.denoiser_forward)
             with sync:
                 loss = self._loss(batch)
                 self.accelerator.backward(loss / accumulation)
@@ -342,7 +350,7 @@ class Trainer:
         if not self.is_main:
             return
         hp = self.hp
-        modules = [self.unet, *self.text_encoders]
+        modules = [self.denoiser, *self.text_encoders]
         modes = [m.training for m in modules]
         for module in modules:
             module.eval()

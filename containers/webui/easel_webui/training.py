@@ -14,11 +14,20 @@ from pydantic import ValidationError
 
 from easel_contracts import table as keys
 from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
+from easel_contracts.families import ModelFamily, facts_for
 from easel_contracts.hyperparameters import (
     OUTPUT_NAME_PATTERN,
+    TRAINING_DEFAULTS,
     HyperParameterError,
     HyperParameters,
     field_schemas,
+)
+from easel_contracts.model_manifest import (
+    MANIFEST_MAX_BYTES,
+    ManifestError,
+    manifest_key,
+    parse_manifest,
+    training_manifest_key,
 )
 from easel_contracts.progress import (
     PREVIEW_FOLDER,
@@ -29,6 +38,7 @@ from easel_contracts.progress import (
     parse_progress,
 )
 from easel_contracts.s3uri import S3Uri
+from easel_contracts.training_memory import plan_training, refusal
 from easel_contracts.training_record import TrainingJobRecord
 from easel_webui import sagemaker_requests as req
 from easel_webui.auth import User
@@ -228,6 +238,7 @@ class Training:
                    for prefix in ("models/", "training/")):
             raise PortalError("base model: choose a model under models/ of the data bucket")
         check_model_readable(self.table, user, model_uri, field="base model")
+        hyperparameters = self.plan_memory(model_uri, instance_type, hyperparameters)
         if hyperparameters.output_name is None:
             # a valid job name is a valid output name
             hyperparameters = hyperparameters.model_copy(update={"output_name": name})
@@ -245,6 +256,58 @@ class Training:
             )
         except ValidationError as exc:
             raise PortalError(describe_validation(list(exc.errors()))) from None
+
+    def base_family(self, model_uri: S3Uri, checkpoint: str,
+                    ) -> tuple[ModelFamily, int | None] | None:
+        """The family of the base model the job will train and the model's size in bytes, from
+        the manifest beside it (a training result's: its checkpoints folder); None when no
+        manifest tells it."""
+        if model_uri.is_under("training/"):
+            key = training_manifest_key(model_uri.key.split("/")[1])
+        else:
+            try:
+                key = manifest_key(model_uri.key)
+            except ManifestError:
+                return None
+        try:
+            manifest = parse_manifest(self.bucket.read(key, max_bytes=MANIFEST_MAX_BYTES),
+                                      where=key)
+        except (NotFound, ManifestError, PortalError):
+            return None  # the job detects the family itself
+        entries = manifest.checkpoints
+        if checkpoint:
+            entries = tuple(c for c in entries if checkpoint in (c.name, c.path.rsplit("/", 1)[-1]))
+        families = {c.family for c in entries}
+        if len(families) != 1:
+            return None
+        return families.pop(), manifest.total_bytes if manifest.files else None
+
+    def plan_memory(self, model_uri: S3Uri, instance_type: str,
+                    hyperparameters: HyperParameters) -> HyperParameters:
+        """Refuse a job the chosen type cannot train, naming a type that can; turn on the memory
+        savers the plan needs (``easel_contracts.training_memory``)."""
+        found = self.base_family(model_uri, hyperparameters.checkpoint)
+        if found is None:
+            return hyperparameters
+        family, model_bytes = found
+        label = facts_for(family).label
+        defaults = TRAINING_DEFAULTS.get(family)
+        if defaults is None:
+            raise PortalError(f"base model: {label} is not trained (it is a second pass only); "
+                              "choose a base model")
+        if hyperparameters.mode == "full" and defaults.full_learning_rate is None:
+            raise PortalError(f"mode: {label} trains LoRAs only; choose lora")
+        settings = {"resolution": hyperparameters.resolution,
+                    "batch_size": hyperparameters.train_batch_size}
+        plan = plan_training(family, instance_type, self.config.instance_types[instance_type],
+                             mode=hyperparameters.mode,
+                             gradient_checkpointing=hyperparameters.gradient_checkpointing,
+                             use_8bit_adam=hyperparameters.use_8bit_adam,
+                             model_bytes=model_bytes, **settings)
+        message = refusal(plan, self.config.instance_types, **settings)
+        if message:
+            raise PortalError(message)
+        return hyperparameters.model_copy(update=plan.settings)
 
     def submit(self, spec: req.TrainingSpec) -> str:
         request = req.build_create_training_job(spec)

@@ -1,0 +1,247 @@
+"""Training memory plan: can an instance type train a family, and with which memory savers.
+
+Three parties read it: the portal's training form and ``scripts/train.py`` (they refuse, before a
+job starts, a family that no setting fits on the chosen type, naming a type that fits, and turn on
+the savers the plan needs), and the README's table (``plan_table``).
+
+The plan is an estimate from parameter counts (the releases' model cards) and activation sizes
+per family, not a measurement: ``bench/training.py --family`` measures step time and peak memory
+at full size on a GPU. What it models, per GPU (data parallelism copies the model on each):
+
+- the frozen denoiser in bf16 (2 bytes a parameter; a ``full`` fine-tune keeps fp32 weights,
+  gradients and AdamW's two moments: 16 bytes, 10 with 8-bit AdamW);
+- activations for one image at the family's resolution, with or without gradient checkpointing,
+  scaled by the batch and by the pixel count;
+- the text encoders in bf16, on the GPU alone before training (embeddings are cached and the
+  encoders freed, so their peak does not add to the training peak);
+- a fixed overhead for the CUDA context, the VAE and the allocator;
+- host memory: the whole pipeline is loaded on the CPU in bf16 before it moves to the GPU
+  (fp32 for SD1.x/2.x/SDXL, which also train in ``full`` mode).
+
+A quantized (8-bit or 4-bit) base would halve or quarter the frozen weights; the training job
+does not implement it, so the plan never relies on it and says so when only it would fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from easel_contracts.families import ModelFamily, facts_for
+
+GB = 1e9
+GIB = 1024**3
+HEADROOM = 0.85  # plan to use at most this share of a GPU's (or the host's) memory
+OVERHEAD_GB = 2.0  # CUDA context, VAE, allocator fragmentation
+HOST_OVERHEAD_GB = 4.0  # Python, torch, the data loader, the page cache the loader uses
+TOY_SHARE = 0.05  # a model under this share of its family's released size is planned by its size
+
+
+class FamilySize(BaseModel):
+    """What a family weighs: parameters in billions, activations in GB per 1024² image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    denoiser_b: float
+    text_encoders_b: float
+    vae_b: float
+    activations_gb: float  # bf16, batch 1, 1024², no gradient checkpointing
+    checkpointed_gb: float  # the same with gradient checkpointing
+
+
+# Parameter counts of the denoisers as released (SD3.5 and FLUX.1: counted on the architectures
+# bench/training.py builds, 2.24B, 8.06B and 11.90B), of the text encoders (CLIP-L 0.12B,
+# OpenCLIP-H 0.35B, OpenCLIP-G 0.69B, T5-XXL encoder 4.76B) and of the VAE. Activations:
+# estimates for bf16 with SDPA attention, to be replaced by the bench's measured peaks.
+SIZES: dict[ModelFamily, FamilySize] = {
+    ModelFamily.SD1: FamilySize(denoiser_b=0.86, text_encoders_b=0.12, vae_b=0.08,
+                                activations_gb=12.0, checkpointed_gb=3.0),
+    ModelFamily.SD2: FamilySize(denoiser_b=0.87, text_encoders_b=0.35, vae_b=0.08,
+                                activations_gb=12.0, checkpointed_gb=3.0),
+    ModelFamily.SDXL: FamilySize(denoiser_b=2.57, text_encoders_b=0.82, vae_b=0.08,
+                                 activations_gb=16.0, checkpointed_gb=4.0),
+    ModelFamily.SD35_MEDIUM: FamilySize(denoiser_b=2.24, text_encoders_b=5.57, vae_b=0.08,
+                                        activations_gb=14.0, checkpointed_gb=3.0),
+    ModelFamily.SD35_LARGE: FamilySize(denoiser_b=8.06, text_encoders_b=5.57, vae_b=0.08,
+                                       activations_gb=24.0, checkpointed_gb=5.0),
+    ModelFamily.FLUX_DEV: FamilySize(denoiser_b=11.9, text_encoders_b=4.88, vae_b=0.08,
+                                     activations_gb=36.0, checkpointed_gb=7.0),
+    ModelFamily.FLUX_SCHNELL: FamilySize(denoiser_b=11.9, text_encoders_b=4.88, vae_b=0.08,
+                                         activations_gb=36.0, checkpointed_gb=7.0),
+}
+FLOW_FAMILIES = frozenset({ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE,
+                           ModelFamily.FLUX_DEV, ModelFamily.FLUX_SCHNELL})
+
+# Host memory (GiB) of the SageMaker training types, from the EC2 instance type pages
+# (https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html); a type not listed is planned
+# on its GPU memory alone.
+HOST_MEMORY_GIB: dict[str, int] = {
+    "ml.g4dn.xlarge": 16, "ml.g4dn.2xlarge": 32, "ml.g4dn.4xlarge": 64, "ml.g4dn.12xlarge": 192,
+    "ml.g5.xlarge": 16, "ml.g5.2xlarge": 32, "ml.g5.4xlarge": 64, "ml.g5.8xlarge": 128,
+    "ml.g5.12xlarge": 192, "ml.g5.48xlarge": 768,
+    "ml.g6.xlarge": 16, "ml.g6.2xlarge": 32, "ml.g6.4xlarge": 64, "ml.g6.12xlarge": 192,
+    "ml.g6e.xlarge": 32, "ml.g6e.2xlarge": 64, "ml.g6e.4xlarge": 128, "ml.g6e.12xlarge": 384,
+    "ml.p3.2xlarge": 61, "ml.p4d.24xlarge": 1152, "ml.p5.48xlarge": 2048,
+}
+
+Saver = Literal["gradient_checkpointing", "use_8bit_adam"]
+
+
+class TrainingMemoryPlan(BaseModel):
+    """The plan for one family on one instance type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: ModelFamily
+    instance_type: str
+    mode: Literal["lora", "full"]
+    fits: bool
+    savers: tuple[Saver, ...] = Field(
+        default=(), description="memory savers the job needs on this type (turned on)")
+    gpu_gb: float = Field(description="estimated peak GPU memory per GPU, GB")
+    gpu_available_gb: float
+    host_gb: float = Field(description="estimated peak host memory while loading, GB")
+    host_available_gb: float | None
+    reason: str = Field("", description="why it does not fit (empty when it does)")
+
+    @property
+    def settings(self) -> dict[str, bool]:
+        """The hyperparameters the plan turns on."""
+        return {saver: True for saver in self.savers}
+
+
+def _gpu_need(size: FamilySize, *, mode: str, resolution: int, batch: int,
+              checkpointing: bool, eight_bit: bool) -> tuple[float, float]:
+    """(training peak, text-encoding peak) in GB per GPU."""
+    pixels = (resolution / 1024) ** 2
+    per_image = size.checkpointed_gb if checkpointing else size.activations_gb
+    activations = per_image * pixels * batch
+    if mode == "full":
+        weights = size.denoiser_b * (10 if eight_bit else 16)
+    else:  # frozen bf16 base + LoRA adapters, their gradients and moments (well under 1 GB)
+        weights = size.denoiser_b * 2 + 0.5
+    training = weights + activations + OVERHEAD_GB
+    encoding = size.text_encoders_b * 2 + OVERHEAD_GB
+    return training, encoding
+
+
+def _host_need(family: ModelFamily, size: FamilySize) -> float:
+    bytes_per = 2 if family in FLOW_FAMILIES else 4
+    return (size.denoiser_b + size.text_encoders_b + size.vae_b) * bytes_per + HOST_OVERHEAD_GB
+
+
+def released_bytes(family: ModelFamily) -> float:
+    """Bytes of a family's released weights in bf16 (denoiser, text encoders, VAE)."""
+    size = SIZES[family]
+    return (size.denoiser_b + size.text_encoders_b + size.vae_b) * 2 * GB
+
+
+def _scaled(size: FamilySize, family: ModelFamily, model_bytes: int | None) -> FamilySize:
+    """A model far smaller than its family's release (the tiny random-weight models of the tests
+    and of local mode) is planned by its own size; any other by the release's."""
+    if model_bytes is None or model_bytes >= TOY_SHARE * released_bytes(family):
+        return size
+    scale = model_bytes / released_bytes(family)
+    return FamilySize(**{name: value * scale for name, value in size.model_dump().items()})
+
+
+def plan_training(family: ModelFamily | str, instance_type: str, instance: Any, *,
+                  mode: Literal["lora", "full"] = "lora", resolution: int | None = None,
+                  batch_size: int = 1, gradient_checkpointing: bool = False,
+                  use_8bit_adam: bool = False, model_bytes: int | None = None,
+                  ) -> TrainingMemoryPlan:
+    """The plan for ``family`` on ``instance`` (anything with ``gpu_memory_gb`` and ``gpus``,
+    e.g. ``easel_contracts.instances.InstanceFacts``). Savers already requested stay on; the
+    plan adds gradient checkpointing, then (``full`` mode) 8-bit AdamW, until the job fits.
+    ``model_bytes`` (the manifest's total) lets a toy-size model be planned by its size."""
+    facts = facts_for(family)
+    family = facts.family
+    size = _scaled(SIZES[family], family, model_bytes)
+    resolution = resolution or facts.resolution
+    per_gpu = float(instance.gpu_memory_gb) / int(getattr(instance, "gpus", 1) or 1)
+    available = per_gpu * HEADROOM
+    host_gib = HOST_MEMORY_GIB.get(instance_type)
+    host_available = host_gib * GIB / GB * HEADROOM if host_gib else None
+    host = _host_need(family, size)
+    options = [(gradient_checkpointing, use_8bit_adam)]
+    if not gradient_checkpointing:
+        options.append((True, use_8bit_adam))
+    if mode == "full" and not use_8bit_adam:
+        options.append((True, True))
+    training = encoding = 0.0
+    chosen = None
+    for checkpointing, eight_bit in options:
+        training, encoding = _gpu_need(size, mode=mode, resolution=resolution, batch=batch_size,
+                                       checkpointing=checkpointing, eight_bit=eight_bit)
+        if max(training, encoding) <= available:
+            chosen = (checkpointing, eight_bit)
+            break
+    peak = max(training, encoding)
+    reasons = []
+    if chosen is None:
+        reasons.append(
+            f"{facts.label} {mode} training at {resolution}px needs about {peak:.1f} GB of GPU "
+            f"memory even with gradient checkpointing{' and 8-bit AdamW' if mode == 'full' else ''}"
+            f"; {instance_type} has {per_gpu:.0f} GB per GPU, of which the plan uses "
+            f"{HEADROOM:.0%}"
+            + (" (a quantized base model would be needed, which the job does not offer)"
+               if mode == "lora" and family in FLOW_FAMILIES else ""))
+    if host_available is not None and host > host_available:
+        reasons.append(f"loading {facts.label} takes about {host * GB / GIB:.0f} GiB of host "
+                       f"memory; {instance_type} has {host_gib} GiB")
+    savers: list[Saver] = []
+    if chosen is not None:
+        if chosen[0]:
+            savers.append("gradient_checkpointing")
+        if chosen[1]:
+            savers.append("use_8bit_adam")
+    return TrainingMemoryPlan(
+        family=family, instance_type=instance_type, mode=mode, fits=not reasons,
+        savers=tuple(savers), gpu_gb=round(peak, 1), gpu_available_gb=round(per_gpu, 1),
+        host_gb=round(host, 1),
+        host_available_gb=None if host_gib is None else round(host_gib * GIB / GB, 1),
+        reason="; ".join(reasons))
+
+
+def fitting_types(family: ModelFamily | str, instance_types: Mapping[str, Any],
+                  **settings: Any) -> list[str]:
+    """The allowlisted types that can train ``family``, cheapest first."""
+    fits = [name for name, facts in instance_types.items()
+            if plan_training(family, name, facts, **settings).fits]
+    return sorted(fits, key=lambda name: float(getattr(instance_types[name], "hourly_usd", 0)))
+
+
+def refusal(plan: TrainingMemoryPlan, instance_types: Mapping[str, Any], *,
+            resolution: int | None = None, batch_size: int = 1) -> str | None:
+    """The message refusing a plan that does not fit, naming the cheapest allowlisted type that
+    does (or saying none does); None when it fits."""
+    if plan.fits:
+        return None
+    others = [name for name in fitting_types(plan.family, instance_types, mode=plan.mode,
+                                             resolution=resolution, batch_size=batch_size)
+              if name != plan.instance_type]
+    advice = (f"choose {others[0]}, which fits" if others else
+              "no allowlisted training type fits it: add one with more GPU memory to the "
+              "config's training instance_types")
+    return f"instance type: {plan.reason}; {advice}"
+
+
+def plan_table(instance_types: Mapping[str, Any]) -> str:
+    """The README table: each trained family (LoRA) on each type, with the savers it needs."""
+    names = list(instance_types)
+    rows = ["| family | " + " | ".join(f"`{n}`" for n in names) + " |",
+            "| --- |" + " --- |" * len(names)]
+    for family in SIZES:
+        cells = []
+        for name in names:
+            plan = plan_training(family, name, instance_types[name])
+            if plan.fits:
+                cells.append(f"fits ~{plan.gpu_gb:.0f} GB" + (
+                    " (" + ", ".join(s.replace("_", " ") for s in plan.savers) + ")"
+                    if plan.savers else ""))
+            else:
+                cells.append(f"no (~{plan.gpu_gb:.0f} GB GPU, ~{plan.host_gb:.0f} GB host)")
+        rows.append(f"| {facts_for(family).label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

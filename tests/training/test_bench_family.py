@@ -1,0 +1,38 @@
+"""bench/training.py --family: the SD3.5/FLUX.1 LoRA step bench runs its CPU smoke mode and reports
+step time and losses (the GPU run is the same code on the full-size architectures)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # the bench imports its sibling timing.py
+    spec = importlib.util.spec_from_file_location("bench_training", BENCH / "training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.RESULTS.clear()
+    yield module
+    sys.modules.pop("timing", None)
+
+
+def test_the_flux_family_smoke_run_reports_step_time(bench, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    args = argparse.Namespace(family="flux", quick=True, resolution=1024, rank=4,
+                              gradient_checkpointing=True, gpu_gb=0.0)
+    bench.run_family(args)
+    results = json.loads((tmp_path / "training_bench.json").read_text())
+    assert results["family"] == "flux_dev" and results["gradient_checkpointing"] is True
+    assert results["easel_s_per_step_bs1"] > 0
+    assert all(math.isfinite(x) for x in results["easel_first_losses_bs1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == results
