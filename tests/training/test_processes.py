@@ -169,7 +169,7 @@ def test_both_ranks_train_their_share_and_the_result_loads_in_the_inference_serv
                             RankShare(rank=1, steps=3, samples=3)]
     # the single-GPU layout: one LoRA file and the report, nothing per rank
     assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()) \
-        == ["Lora/easel-lora.safetensors", "training_report.json"]
+        == ["Lora/easel-lora.safetensors", "easel-model.json", "training_report.json"]
     base = model.parent / "input" / "data" / "model" / "Stable-diffusion" / "tiny.safetensors"
 
     def image(pipe):
