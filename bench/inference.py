@@ -16,6 +16,9 @@ DPM++ 2M Karras by default), each the median of --repeat calls after --warmup ca
   fast path is also timed with two LoRAs, with LoRA sets alternating every request, at 50 steps,
   and through HTTP `/invocations` (uvicorn on 127.0.0.1, JSON in, base64 PNG out).
 - psnr_fast_vs_eager_db: the fast path's image against Easel eager's, same seed and sampler.
+- batch 4: stock eager and the Easel fast path at batch_size 4 (images a second beside them).
+- SDXL (--sdxl-side, 1024 by default; --no-sdxl skips it): a full-size SDXL architecture
+  (random weights) at --sdxl-steps (30), stock eager and the Easel fast path, in process.
 
 Prints JSON with the ratios (and writes $OUT/inference_bench.json when OUT is set). With
 --profile, one Easel fast-path generation is profiled and the top CUDA kernels are written to
@@ -84,6 +87,12 @@ def time_stock(pipe, *, args: argparse.Namespace, device: str, dtype: torch.dtyp
 
     RESULTS["stock_eager_seconds"] = median_seconds(stock_call, device=device,
                                                     warmup=args.warmup, repeat=args.repeat)
+    RESULTS["stock_eager_batch_seconds"] = median_seconds(
+        lambda: stock(PROMPT, negative_prompt=NEGATIVE, num_images_per_prompt=args.batch,
+                      generator=torch.Generator(device).manual_seed(1234), **settings),
+        device=device, warmup=1, repeat=args.repeat)
+    RESULTS["stock_eager_batch_images_per_second"] = round(
+        args.batch / RESULTS["stock_eager_batch_seconds"], 2)
     dump()
     if device != "cuda":
         RESULTS["stock_anchor_skipped"] = "needs CUDA (reduce-overhead = CUDA graphs)"
@@ -157,6 +166,41 @@ def time_http(engine, payload: dict, *, args: argparse.Namespace) -> None:
         server.should_exit = True
 
 
+def time_sdxl(*, args: argparse.Namespace, work: Path, device: str, dtype: torch.dtype) -> None:
+    """SDXL at --sdxl-side: the Easel fast path (in process), then stock diffusers eager."""
+    from easel_contracts.invocations import Txt2ImgRequest
+    from easel_inference.builder import build_pipeline, save_single_file
+
+    model_dir = work / "sdxl-model"
+    (model_dir / "Stable-diffusion").mkdir(parents=True, exist_ok=True)
+    pipe = build_pipeline(arch="sdxl", size=args.size, seed=0)
+    save_single_file(pipe, model_dir / "Stable-diffusion" / "sdxl-random.safetensors",
+                     embed_configs=args.size == "tiny", write_yaml=args.size == "tiny")
+    side = args.sdxl_side
+    RESULTS.update(sdxl_side=side, sdxl_steps=args.sdxl_steps)
+    payload = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": side, "height": side,
+               "steps": args.sdxl_steps, "cfg_scale": 7, "seed": 1234,
+               "sampler_name": args.sampler}
+    engine, RESULTS["sdxl_easel_fast_load_and_warmup_seconds"] = easel_engine(
+        model_dir, work, device, fast=True)
+    request = Txt2ImgRequest.model_validate(payload)
+    RESULTS["sdxl_easel_fast_seconds"] = median_seconds(
+        lambda fast=engine: fast.handlers()["txt2img"](request, time.perf_counter()),
+        device=device, warmup=args.warmup, repeat=args.repeat)
+    dump()
+    del engine
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    stock = pipe.to(device, dtype)
+    stock.set_progress_bar_config(disable=True)
+    stock.scheduler = stock_scheduler(stock, args.sampler)
+    RESULTS["sdxl_stock_eager_seconds"] = median_seconds(
+        lambda: stock(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.sdxl_steps,
+                      guidance_scale=7.0, width=side, height=side,
+                      generator=torch.Generator(device).manual_seed(1234)),
+        device=device, warmup=1, repeat=args.repeat)
+
+
 def easel_engine(model_dir: Path, work: Path, device: str, *, fast: bool):
     from easel_inference.app import build_engine
     from easel_inference.settings import Settings
@@ -183,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--long-steps", type=int, default=50, help="steps of the long rows")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP row")
+    parser.add_argument("--batch", type=int, default=4, help="batch_size of the batch rows")
+    parser.add_argument("--no-sdxl", action="store_true", help="skip the SDXL rows")
+    parser.add_argument("--sdxl-side", type=int, default=1024)
+    parser.add_argument("--sdxl-steps", type=int, default=30)
     args = parser.parse_args(argv)
 
     from easel_contracts.invocations import Txt2ImgRequest
@@ -265,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         lambda fast=engine: call(fast, next(toggled)), device=device, warmup=args.warmup,
         repeat=args.repeat)
     RESULTS["easel_fast_long_seconds"] = timed_call(engine, dict(base, steps=args.long_steps))
+    RESULTS["batch"] = args.batch
+    RESULTS["easel_fast_batch_seconds"] = timed_call(engine, dict(base, batch_size=args.batch))
+    RESULTS["easel_fast_batch_images_per_second"] = round(
+        args.batch / RESULTS["easel_fast_batch_seconds"], 2)
     RESULTS["easel_fast_fallbacks"] = dict(report.fallbacks)
     png = call(engine, base)
     from PIL import Image
@@ -304,6 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     # --- stock diffusers: eager, then the compile anchor -----------------------------------
     time_stock(pipe, args=args, device=device, dtype=dtype)
     del pipe
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    if not args.no_sdxl:
+        try:
+            time_sdxl(args=args, work=work, device=device, dtype=dtype)
+        except Exception as exc:  # noqa: BLE001 - recorded beside the other rows
+            RESULTS["sdxl_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        dump()
     ratios = {
         "fast_over_easel_eager": ("easel_fast_seconds", "easel_eager_seconds"),
         "fast_over_stock_eager": ("easel_fast_seconds", "stock_eager_seconds"),
@@ -313,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         "fast_two_loras_over_none": ("easel_fast_two_loras_seconds", "easel_fast_seconds"),
         "fast_long_over_easel_eager_long": ("easel_fast_long_seconds", "easel_eager_long_seconds"),
         "fast_http_over_stock_anchor": ("easel_fast_http_seconds", "stock_anchor_seconds"),
+        "fast_batch_over_stock_eager_batch": ("easel_fast_batch_seconds",
+                                              "stock_eager_batch_seconds"),
+        "sdxl_fast_over_stock_eager": ("sdxl_easel_fast_seconds", "sdxl_stock_eager_seconds"),
     }
     for name, (top, bottom) in ratios.items():
         if top in RESULTS and bottom in RESULTS:

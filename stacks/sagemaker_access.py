@@ -8,6 +8,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from easel_contracts.compile_cache import COMPILE_CACHE_PREFIX
 from stacks.nag import acknowledge, bucket_arn, log_group_finding, owned_sagemaker_findings
 from stacks.naming import (
     TRAINING_LOG_GROUP,
@@ -16,9 +17,11 @@ from stacks.naming import (
     owned_sagemaker_arns,
 )
 
-# Data-bucket prefixes, per ARCHITECTURE.md's table.
-READ_PREFIXES = ("models/*", "loras/*", "concepts/*", "training/*", "async/in/*")
-WRITE_PREFIXES = ("training/*", "async/out/*")
+# Data-bucket prefixes, per ARCHITECTURE.md's table; compile-cache/ holds the endpoints' torch
+# compile artifacts (easel_contracts.compile_cache: the first instance writes, later ones read).
+READ_PREFIXES = ("models/*", "loras/*", "concepts/*", "training/*", "async/in/*",
+                 f"{COMPILE_CACHE_PREFIX}*")
+WRITE_PREFIXES = ("training/*", "async/out/*", f"{COMPILE_CACHE_PREFIX}*")
 
 
 class SageMakerExecutionRole(Construct):
@@ -92,7 +95,8 @@ class SageMakerExecutionRole(Construct):
         acknowledge(
             self.role,
             "Object access is limited to the data-bucket prefixes in ARCHITECTURE.md's table "
-            "(read models/loras/concepts/training/async-in, write training/async-out); the "
+            "(read models/loras/concepts/training/async-in, write training/async-out; read and "
+            "write compile-cache, the endpoints' compile artifacts); the "
             "grant_read/grant_put action groups are CDK's read and write sets for objects.",
             *(f"IAM5[Resource::{data_arn}/{prefix}]" for prefix in prefixes),
             "IAM5[Action::s3:GetObject*]",

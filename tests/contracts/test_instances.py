@@ -170,3 +170,43 @@ def test_a_host_that_runs_the_build_has_no_problem():
 ])
 def test_cuda_is_required_only_when_asked(environ, required):
     assert instances.cuda_required(environ) is required
+
+
+# --- GPUs per instance type (one inference worker per GPU)
+
+@pytest.mark.parametrize(("instance_type", "gpus"), [
+    ("ml.g5.xlarge", 1), ("ml.g5.12xlarge", 4), ("ml.g6e.12xlarge", 4), ("ml.g4dn.12xlarge", 4),
+    ("ml.p4d.24xlarge", 8), ("ml.p5.48xlarge", 8), ("ml.g5.48xlarge", 8),
+])
+def test_gpu_count_per_instance_type_follows_the_ec2_specifications(instance_type, gpus):
+    # INSTANCE_GPUS_DOC / BATCH_GPU_JOBS_DOC: the Accelerators tables
+    assert instances.gpu_count(instance_type) == gpus
+
+
+def test_a_type_outside_the_families_has_no_gpu_count():
+    with pytest.raises(ValueError, match="not a GPU family"):
+        instances.gpu_count("ml.m5.12xlarge")
+
+
+def _allowlist(**entries):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(instances.InstanceTypes).validate_python(entries)
+
+
+def test_an_allowlist_entry_without_gpus_takes_the_types_count():
+    facts = _allowlist(**{"ml.g5.12xlarge": {"gpu_memory_gb": 96, "instance_storage": True,
+                                              "hourly_usd": 7}})
+    assert facts["ml.g5.12xlarge"].gpus == 4
+
+
+def test_an_allowlist_entry_that_contradicts_the_gpu_count_is_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ml.g5.12xlarge has 4 GPUs"):
+        _allowlist(**{"ml.g5.12xlarge": {"gpu_memory_gb": 24, "gpus": 1,
+                                          "instance_storage": True, "hourly_usd": 7}})
+
+
+def test_the_endpoint_allowlist_offers_a_multi_gpu_type():
+    assert any(facts.gpus > 1 for facts in load_config().endpoints.instance_types.values())

@@ -124,3 +124,18 @@ def test_listing_answers_are_parsed_and_dump_back_to_the_wire_shape():
         inv.parse_answer("samplers", '[{"name": "Euler"}]')
     with pytest.raises(ValidationError):
         inv.parse_answer("controlnet-models", '["c"]')
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("inpaint_full_res_padding", inv.MAX_INPAINT_PADDING + 1),
+    ("inpaint_full_res_padding", -1),
+    ("inpainting_fill", 4),
+])
+def test_inpainting_settings_out_of_bounds_name_the_field(field, value):
+    with pytest.raises(ValidationError, match=field):
+        inv.Img2ImgRequest(init_images=["aGk="], **{field: value})
+
+
+def test_masked_area_only_padding_defaults_to_a1111s_32():
+    request = inv.Img2ImgRequest(init_images=["aGk="], inpaint_full_res=True)
+    assert request.inpaint_full_res_padding == 32

@@ -37,3 +37,37 @@ def test_failed_is_final() -> None:
 def test_a_server_that_is_still_loading_cannot_be_degraded() -> None:
     with pytest.raises(BadTransition):
         check_transition("loading", "degraded")
+
+
+# --- a pool of workers (one per GPU)
+
+def test_a_pool_is_ready_when_every_worker_serves() -> None:
+    from easel_contracts.readiness import pool_state
+
+    assert pool_state(["ready", "ready"]) == "ready"
+
+
+def test_a_pool_with_one_worker_serving_is_degraded_and_still_serves() -> None:
+    from easel_contracts.readiness import pool_state
+
+    assert pool_state(["ready", "loading"]) == "degraded"
+    assert ping_status(pool_state(["ready", "failed"])) == 200
+
+
+def test_a_pool_with_no_worker_serving_is_not_ready() -> None:
+    from easel_contracts.readiness import pool_state
+
+    assert pool_state(["warming", "loading"]) == "warming"
+    assert pool_state(["loading", "loading"]) == "loading"
+    assert ping_status(pool_state(["loading", "failed"])) == 503
+
+
+def test_a_pool_fails_only_when_every_worker_failed() -> None:
+    from easel_contracts.readiness import pool_state
+
+    assert pool_state(["failed", "failed"]) == "failed"
+    assert pool_state(["failed", "loading"]) == "loading"
+
+
+def test_warming_moves_on_to_its_next_size() -> None:
+    check_transition("warming", "warming")

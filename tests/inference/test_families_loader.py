@@ -1,6 +1,6 @@
 """Family detection as the server sees it: it agrees with diffusers' own detector on the real
 families' marker keys (at real sizes), it refuses what diffusers would silently misread, and the
-loader refuses families it cannot serve with the family's name."""
+loader refuses a flow-family file without its separate parts, naming them."""
 
 from __future__ import annotations
 
@@ -93,12 +93,13 @@ def _write(path: Path, shapes: dict) -> Path:
     return path
 
 
-def test_loader_refuses_a_family_it_does_not_serve_naming_it(tmp_path):
+def test_loader_refuses_a_flux_file_without_its_parts_naming_them(tmp_path):
     _, shapes = REAL_MARKERS["flux-dev"]
     small = {key: tuple(min(d, 8) for d in shape) for key, shape in shapes.items()}
     path = _write(tmp_path / "Stable-diffusion" / "f.safetensors", small)
-    with pytest.raises(ModelLoadError, match="f.safetensors is a FLUX.1 dev model; this server "
-                                             "loads SD1.x, SD2.x, SDXL models only"):
+    with pytest.raises(ModelLoadError, match="f.safetensors is a FLUX.1 dev checkpoint without "
+                                             "text_encoder/clip_l.safetensors, text_encoder/"
+                                             "t5xxl.safetensors, VAE/ae.safetensors"):
         load_pipeline(path)
 
 

@@ -38,3 +38,32 @@ def test_png_is_compressed_at_zlibs_fastest_level() -> None:
     # "fastest" (levels 0-1) and 2 for the default level 6
     idat = _first_idat(base64.b64decode(encode_png(_picture())))
     assert idat[1] >> 6 == 0
+
+
+def test_pngs_encoded_on_the_png_threads_are_byte_identical_to_the_synchronous_ones() -> None:
+    from easel_inference.images import encode_png_later
+
+    rng = np.random.default_rng(11)
+    pictures = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+                for _ in range(6)]
+    later = [encode_png_later(p, parameters=f"seed {i}") for i, p in enumerate(pictures)]
+    assert [f.result() for f in later] == [encode_png(p, parameters=f"seed {i}")
+                                           for i, p in enumerate(pictures)]
+
+
+def test_a_generated_batch_keeps_its_order_and_bytes(client) -> None:
+    """The response's PNGs, encoded on the PNG threads, are what the synchronous encoder writes
+    for the same pixels and infotext, in the batch's order."""
+    import json
+
+    from inference_support import invoke, small
+
+    from easel_contracts.infotext import PNG_TEXT_KEY
+
+    body = invoke(client, "txt2img", small(batch_size=3, n_iter=2)).json()
+    infotexts = json.loads(body["info"])["infotexts"]
+    assert len(body["images"]) == 6
+    for b64, infotext in zip(body["images"], infotexts, strict=True):
+        image = Image.open(io.BytesIO(base64.b64decode(b64)))
+        assert image.info[PNG_TEXT_KEY] == infotext
+        assert encode_png(image.convert("RGB"), parameters=infotext) == b64

@@ -600,3 +600,57 @@ def test_image_build_state_calls_are_allowed_to_the_signaller(synth):
     check(synth.template, recorder,
           {"signaller": [role_of(synth.template, "/EaselImageBuildWaiter/SignalBuild/")]},
           names=image_build_names(synth.template))
+
+
+def execution_role(template) -> str:
+    [role] = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::IAM::Role"
+              and "/SageMakerAccess/Role/" in v.get("Metadata", {}).get("aws:cdk:path", "")]
+    return role
+
+
+class _Artifacts:
+    """torch.compiler's cache artifacts, faked: the audit is about the S3 calls."""
+
+    def __init__(self, produced: bytes | None) -> None:
+        self.produced = produced
+
+    def save(self) -> bytes | None:
+        return self.produced
+
+    def load(self, data: bytes) -> None:
+        pass
+
+
+def test_endpoint_compile_cache_calls_are_allowed_to_the_execution_role(synth, aws):
+    """The inference server's compile cache (first instance saves, later ones load) under the
+    execution role: its reads and writes of compile-cache/ are granted."""
+    from easel_contracts.compile_cache import COMPILE_CACHE_PREFIX, CompileCacheKey
+    from easel_contracts.s3uri import S3Uri
+    from easel_inference.compile_cache import CompileCache
+    from tests.webui.conftest import BUCKET
+
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    prefix = S3Uri.parse(f"s3://{BUCKET}/{COMPILE_CACHE_PREFIX}")
+    key = CompileCacheKey(gpu="NVIDIA A10G", torch="2.13.0", diffusers="0.42.1",
+                          model_hash="0123456789abcdef")
+    recorder = Recorder()
+    with recorder.recording("endpoint"):
+        first = CompileCache(prefix=prefix, key=key, artifacts=_Artifacts(b"kernels"))
+        assert first.load() is False
+        assert first.save() is True
+        assert CompileCache(prefix=prefix, key=key, artifacts=_Artifacts(None)).load() is True
+    assert {c.operation for c in recorder.calls} == {"GetObject", "PutObject"}
+    check(synth.template, recorder, {"endpoint": [execution_role(synth.template)]},
+          names=portal_names(synth.template))
+
+
+def test_the_execution_role_writes_no_model_or_lora(synth):
+    """The compile-cache grant adds only its own prefix: models/ and loras/ stay read-only."""
+    from tests.webui.conftest import BUCKET
+
+    role = execution_role(synth.template)
+    policies = {"endpoint": Policies.of_role(synth.template, role, portal_names(synth.template))}
+    calls = [Call("endpoint", "s3", "PutObject", {"Bucket": BUCKET, "Key": f"{prefix}x"})
+             for prefix in ("models/", "loras/", "outputs/u/")]
+    findings = audit(calls, policies, iam_audit.deployment_tags("easel", {}))
+    assert len(findings) == len(calls)

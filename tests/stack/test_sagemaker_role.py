@@ -16,14 +16,15 @@ ALLOWLIST = [
     (
         {"s3:GetObject*", "s3:GetBucket*", "s3:List*"},
         [f"{BUCKET}", *(f"{BUCKET}/{p}" for p in
-                        ("models/*", "loras/*", "concepts/*", "training/*", "async/in/*"))],
-        "read models, LoRAs, concepts, training output and async inputs",
+                        ("models/*", "loras/*", "concepts/*", "training/*", "async/in/*",
+                         "compile-cache/*"))],
+        "read models, LoRAs, concepts, training output, async inputs and compile artifacts",
     ),
     (
         {"s3:PutObject", "s3:PutObjectLegalHold", "s3:PutObjectRetention", "s3:PutObjectTagging",
          "s3:PutObjectVersionTagging", "s3:Abort*"},
-        [f"{BUCKET}/training/*", f"{BUCKET}/async/out/*"],
-        "write training output and async results",
+        [f"{BUCKET}/training/*", f"{BUCKET}/async/out/*", f"{BUCKET}/compile-cache/*"],
+        "write training output, async results and the endpoints' compile artifacts",
     ),
     (
         {"ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"},
@@ -124,10 +125,11 @@ def test_role_can_read_every_prefix_the_architecture_lists(synth):
     assert f"{BUCKET}/outputs/*" not in readable
 
 
-def test_role_writes_only_training_and_async_output(synth):
+def test_role_writes_only_training_async_output_and_compile_artifacts(synth):
     _, statements = role_statements(synth)
     writable = {r for s in statements if "s3:PutObject" in s["Action"] for r in s["Resource"]}
-    assert writable == {f"{BUCKET}/training/*", f"{BUCKET}/async/out/*"}
+    assert writable == {f"{BUCKET}/training/*", f"{BUCKET}/async/out/*",
+                        f"{BUCKET}/compile-cache/*"}
     assert not any(fnmatch.filter(s["Action"], "s3:Delete*") for s in statements)
 
 

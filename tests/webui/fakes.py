@@ -101,7 +101,11 @@ class FakeSageMaker(Recorder):
         if name in self.jobs:
             raise client_error("ResourceInUse", "exists", "CreateTrainingJob")
         self.jobs[name] = {"TrainingJobName": name, "TrainingJobStatus": "InProgress",
-                           "SecondaryStatus": "Training"}
+                           "SecondaryStatus": "Training",
+                           # DescribeTrainingJob answers what the job was created with
+                           "HyperParameters": dict(kwargs.get("HyperParameters") or {}),
+                           "EnableManagedSpotTraining":
+                               bool(kwargs.get("EnableManagedSpotTraining"))}
         return {"TrainingJobArn": f"arn:job/{name}"}
 
     def stop_training_job(self, **kwargs: Any) -> dict[str, Any]:
@@ -234,7 +238,8 @@ class FakeRuntime(Recorder):
             answer = inv.GenerationResponse(
                 images=[png_b64() for _ in range(payload.batch_size * payload.n_iter)],
                 parameters=payload.model_dump(mode="json", exclude={"init_images", "mask"}),
-                info=json.dumps({"seed": 1234, "prompt": payload.prompt}))
+                info=json.dumps({"seed": 1234, "prompt": payload.prompt,
+                                 "sd_model_name": "tiny"}))
         elif task == "sd-models":
             answer = inv.SdModels([inv.SdModel(title="tiny.safetensors", model_name="tiny",
                                                filename="Stable-diffusion/tiny.safetensors")])

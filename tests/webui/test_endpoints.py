@@ -45,6 +45,9 @@ def test_deploy_creates_model_config_endpoint_with_tags_and_timeouts(world):
     assert container["Image"] == world.settings.inference_image
     assert container["Environment"]["EASEL_MAX_RESPONSE_BYTES"] == str(6 * 1024 * 1024)
     assert container["Environment"]["EASEL_LORA_S3_URI"] == f"s3://{BUCKET}/loras/"
+    # the prefix the execution role may write (easel_contracts.compile_cache)
+    assert container["Environment"]["EASEL_COMPILE_CACHE_S3_URI"] == \
+        f"s3://{BUCKET}/compile-cache/"
     for request in (model, config, endpoint):
         tags = _tags(request)
         assert tags["easel:deployment"] == "easel"

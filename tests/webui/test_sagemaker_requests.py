@@ -179,3 +179,46 @@ def test_every_request_is_accepted_by_the_aws_api_models():
             ServiceNamespace="sagemaker")["ScalingPolicies"]) == 2
         assert cloudwatch.describe_alarms()["MetricAlarms"][0]["MetricName"] == \
             "HasBacklogWithoutCapacity"
+
+
+def test_an_async_endpoint_takes_one_request_at_once_per_gpu_through_moto():
+    """One server worker per GPU: MaxConcurrentInvocationsPerInstance is the type's GPU count."""
+    import boto3
+    from moto import mock_aws
+
+    four = req.InstanceFacts(gpu_memory_gb=64, gpus=4, instance_storage=True, hourly_usd=4.9)
+    spec = _spec(mode="async", min_instances=0, max_instances=2,
+                 instance_type="ml.g4dn.12xlarge", instance=four)
+    with mock_aws():
+        sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+        sagemaker.create_model(**req.build_create_model(spec))
+        sagemaker.create_endpoint_config(**req.build_create_endpoint_config(spec))
+        config = sagemaker.describe_endpoint_config(EndpointConfigName=spec.endpoint_config_name)
+    client = config["AsyncInferenceConfig"]["ClientConfig"]
+    assert client["MaxConcurrentInvocationsPerInstance"] == 4
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.12xlarge"
+
+
+def test_an_async_endpoint_on_a_one_gpu_type_takes_one_request_at_once():
+    spec = _spec(mode="async", min_instances=0, instance_type="ml.g5.xlarge")
+    config = req.build_create_endpoint_config(spec)
+    assert config["AsyncInferenceConfig"]["ClientConfig"]["MaxConcurrentInvocationsPerInstance"] == 1
+
+
+def test_the_container_is_told_the_startup_health_check_budget():
+    """Its warm-up (every size the form offers) must end before SageMaker's health check does."""
+    from easel_contracts.readiness import STARTUP_BUDGET_ENV
+
+    spec = _spec()
+    environment = req.build_create_model(spec)["PrimaryContainer"]["Environment"]
+    variant = req.build_create_endpoint_config(spec)["ProductionVariants"][0]
+    assert int(environment[STARTUP_BUDGET_ENV]) == \
+        variant["ContainerStartupHealthCheckTimeoutInSeconds"]
+
+
+def test_the_container_is_told_where_the_compile_cache_lives():
+    from easel_contracts.compile_cache import COMPILE_CACHE_URI_ENV
+
+    spec = _spec(compile_cache_s3_uri="s3://bkt/compile-cache/")
+    environment = req.build_create_model(spec)["PrimaryContainer"]["Environment"]
+    assert environment[COMPILE_CACHE_URI_ENV] == "s3://bkt/compile-cache/"

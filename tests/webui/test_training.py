@@ -31,6 +31,11 @@ def _form(**fields):
 
 @pytest.fixture
 def alice_world(world):
+    return seed_alice_world(world)
+
+
+def seed_alice_world(world):
+    """Users alice and bob, a base model, and concept sets (good and bad ones)."""
     world.add_user("alice")
     world.add_user("bob")
     world.put("models/tiny.tar.gz")

@@ -130,17 +130,49 @@ def family_of(instance_type: str) -> GpuFamily:
     return family
 
 
+# GPUs per instance type (the sizes Easel's families come in). Sources: the EC2 accelerated
+# computing specifications (INSTANCE_GPUS_DOC, "Accelerators" table) and AWS Batch's GPU job page
+# (BATCH_GPU_JOBS_DOC), which lists each g4dn/g5/g6/g6e/p4d/p5 size with its GPU count.
+BATCH_GPU_JOBS_DOC = "https://docs.aws.amazon.com/batch/latest/userguide/gpu-jobs.html"
+_SINGLE_GPU_SIZES = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")
+INSTANCE_GPUS: dict[str, int] = {
+    **{f"ml.{family}.{size}": 1 for family in ("g4dn", "g5", "g6", "g6e")
+       for size in _SINGLE_GPU_SIZES},
+    "ml.g4dn.12xlarge": 4,
+    "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
+    "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8,
+    "ml.g6e.12xlarge": 4, "ml.g6e.24xlarge": 4, "ml.g6e.48xlarge": 8,
+    "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8,
+    "ml.p5.48xlarge": 8, "ml.p5e.48xlarge": 8, "ml.p5en.48xlarge": 8,
+}
+
+
+def gpu_count(instance_type: str) -> int | None:
+    """The GPUs of ``instance_type`` (from ``INSTANCE_GPUS``), None where the table has no row."""
+    family_of(instance_type)
+    return INSTANCE_GPUS.get(instance_type)
+
+
 def inference_ami(instance_type: str) -> str:
     """The `InferenceAmiVersion` an endpoint on `instance_type` must set."""
     return family_of(instance_type).inference_ami
 
 
 def _check_instance_types(value: dict[str, InstanceFacts]) -> dict[str, InstanceFacts]:
+    """Every type a GPU family Easel runs on; ``gpus`` from ``INSTANCE_GPUS`` where the entry
+    leaves it out, and an entry that contradicts the table is refused."""
     if not value:
         raise ValueError("at least one instance type is required")
-    for name in value:
-        family_of(name)
-    return value
+    checked: dict[str, InstanceFacts] = {}
+    for name, facts in value.items():
+        known = gpu_count(name)
+        if known is not None and "gpus" not in facts.model_fields_set:
+            facts = facts.model_copy(update={"gpus": known})
+        elif known is not None and facts.gpus != known:
+            raise ValueError(f"{name} has {known} GPUs ({INSTANCE_GPUS_DOC}), not {facts.gpus}; "
+                             f"set gpus: {known} or leave it out")
+        checked[name] = facts
+    return checked
 
 
 InstanceTypes = Annotated[dict[str, InstanceFacts], AfterValidator(_check_instance_types)]

@@ -22,8 +22,10 @@ from pydantic import (
     RootModel,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
+from .families import FAMILIES, ModelFamily
 from .workcap import MeasuredSpeed
 
 # --- bounds (one set, shared by the portal and the server)
@@ -48,6 +50,9 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_IMAGE_B64_CHARS = MAX_IMAGE_BYTES * 4 // 3 + 4 + 64
 MAX_IMAGES = MAX_BATCH_SIZE * MAX_N_ITER
 MAX_NAME_CHARS = 256
+# "masked area only" inpainting: pixels of context kept around the mask's box (A1111's slider
+# stops at 256)
+MAX_INPAINT_PADDING = 256
 
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 _A1111_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
@@ -158,6 +163,9 @@ class GenerationRequest(BaseModel):
     eta: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     clip_skip: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP)
     enable_hr: bool = False
+    # A1111's SDXL refiner: a second model takes over for the last steps, from this fraction
+    refiner_checkpoint: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    refiner_switch_at: float = Field(default=0.8, ge=0.0, le=1.0, allow_inf_nan=False)
     override_settings: OverrideSettings = Field(default_factory=OverrideSettings)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
 
@@ -174,6 +182,21 @@ class GenerationRequest(BaseModel):
         if value:
             raise ValueError("enable_hr (hires fix) is not supported by this server")
         return value
+
+    @field_validator("refiner_checkpoint")
+    @classmethod
+    def _plain_refiner(cls, value: str | None) -> str | None:
+        if value is None or value.strip() in ("", "None"):
+            return None
+        return check_name(_A1111_HASH.sub("", value.strip()), what="refiner_checkpoint")
+
+    @model_validator(mode="after")
+    def _refiner_switch(self) -> GenerationRequest:
+        if self.refiner_checkpoint and not 0.0 < self.refiner_switch_at < 1.0:
+            raise ValueError("refiner_switch_at must be between 0 and 1 (exclusive) when "
+                             "refiner_checkpoint is set: the fraction of the steps after which "
+                             "the refiner takes over")
+        return self
 
     @field_validator("alwayson_scripts")
     @classmethod
@@ -225,6 +248,7 @@ class Img2ImgRequest(GenerationRequest):
     inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
     inpainting_fill: int = Field(default=1, ge=0, le=3)
     inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=MAX_INPAINT_PADDING)
 
     @field_validator("init_images")
     @classmethod
@@ -241,6 +265,40 @@ class Img2ImgRequest(GenerationRequest):
     @classmethod
     def _bounded_mask(cls, value: str | None) -> str | None:
         return _image_text(value, what="mask")
+
+
+def family_request(request: GenerationRequest, family: ModelFamily | str, *,
+                   side: int | None = None) -> tuple[GenerationRequest, list[str]]:
+    """The request as a model of ``family`` runs it, and notes on what it changed or ignored.
+
+    SD3.5 and FLUX.1 (the flow-matching families): fields the client left unset take the
+    family's defaults (``side``, the model's native side, else the family's resolution; steps;
+    guidance); FLUX.1 has no negative prompt (its guidance is distilled into the model) and
+    schnell takes no guidance at all, so those are ignored with a note. SD1.x, SD2.x and SDXL
+    keep A1111's request defaults, as A1111 does.
+    """
+    facts = FAMILIES[ModelFamily(family)]
+    if facts.prediction != "flow":
+        return request, []
+    unset = set(type(request).model_fields) - request.model_fields_set
+    update: dict[str, Any] = {}
+    notes: list[str] = []
+    if {"width", "height"} <= unset:
+        update["width"] = update["height"] = side or facts.resolution
+    if "steps" in unset:
+        update["steps"] = facts.steps
+    if facts.guidance_kind == "none":
+        if "cfg_scale" not in unset and request.cfg_scale not in (0.0, 1.0):
+            notes.append(f"{facts.label} takes no guidance; cfg_scale {request.cfg_scale:g} "
+                         "was ignored")
+        update["cfg_scale"] = 0.0
+    elif "cfg_scale" in unset:
+        update["cfg_scale"] = facts.guidance
+    if facts.guidance_kind != "cfg" and request.negative_prompt.strip():
+        notes.append(f"{facts.label} has no negative prompt (its guidance is distilled into "
+                     "the model); negative_prompt was ignored")
+        update["negative_prompt"] = ""
+    return (request.model_copy(update=update) if update else request), notes
 
 
 class ListingRequest(BaseModel):
@@ -313,6 +371,8 @@ class GenerationInfo(BaseModel):
     job_timestamp: str
     is_using_inpainting_conditioning: bool
     timings: GenerationTimings
+    # what the server changed or ignored for the model's family (e.g. FLUX.1's negative prompt)
+    notes: list[str] = Field(default_factory=list)
 
 
 class GenerationResponse(BaseModel):

@@ -28,3 +28,10 @@ class TrainingJobRecord(BaseModel):
     created_at: str = Field(description="ISO 8601 UTC time of submission.")
     published_lora: str | None = Field(
         None, description="Name in the LoRA library once the result was published.")
+    checkpoint_s3_uri: str | None = Field(
+        None, description="Where the job's /opt/ml/checkpoints syncs (SageMaker's "
+        "CheckpointConfig.S3Uri): its checkpoints, progress.json and preview images. A resumed "
+        "job shares the stopped job's, so it starts from that job's last checkpoint. None: "
+        "`<bucket>/training/<job>/checkpoints/` (jobs recorded before this field).")
+    resumed_from: str | None = Field(
+        None, description="The stopped job this one resumed, if any.")

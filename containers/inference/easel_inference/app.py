@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 from easel_contracts.bodylimit import BodyLimit
+from easel_contracts.families import ModelFamily
+from easel_contracts.form_sizes import Size, offered_sizes
 from easel_contracts.instances import this_host_problem
 from easel_contracts.invocations import (
     GENERATION_TASKS,
@@ -41,6 +43,7 @@ from easel_contracts.invocations import (
     WarmUp,
 )
 from easel_contracts.readiness import Health, Ping, ping_status
+from easel_contracts.s3uri import S3Uri
 from easel_contracts.streaming import (
     STREAM_CONTENT_TYPE,
     STREAM_PATH,
@@ -54,6 +57,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from .admission import Admission, Clock, Job, Readiness
+from .compile_cache import CompileCache, runtime_key
 from .errors import (
     ApiError,
     BadRequest,
@@ -62,9 +66,9 @@ from .errors import (
     ResponseTooLarge,
     Unavailable,
 )
-from .generation import StepHook, generate
+from .generation import StepHook, generate, model_request
 from .lora import LoraLibrary
-from .pipelines import PipelineManager, short_hash
+from .pipelines import PipelineManager, native_side, short_hash
 from .progress import StepReport, StepReporter
 from .samplers import SCHEDULE_TYPES, sampler_listing
 from .settings import Settings
@@ -75,6 +79,9 @@ LISTING_THREADS = 4
 # the speed is timed on two single-image runs at the native size, after the first-use run
 SPEED_RUNS = (2, 6)
 SPEED_MIN_HALF_SIDE = 256  # below it the second timed size is twice the native side, not half
+# a compiled size is captured on its second UNet call and replayed from its third
+SIZE_WARMUP_STEPS = 3
+STARTUP_MARGIN_S = 60.0  # of the start-up budget, kept back for the last /ping to land
 DISCONNECT_POLL_S = 0.5
 
 
@@ -96,13 +103,20 @@ class Engine:
     clock: Clock = time.monotonic
     """Deadlines and the speed timing read this clock (tests give a fake one)."""
 
+    compile_cache: Callable[[Any], CompileCache | None] | None = None
+    """Given the loaded default model, its compile cache in S3 (None: no cache for it)."""
+
     warmed_up: WarmUp | None = None
     speed: MeasuredSpeed | None = None
     admission: Admission = field(init=False)
 
+    warmed_sizes: list[Size] = field(default_factory=list)
+    started_at: float = field(init=False)
+
     def __post_init__(self) -> None:
         self.admission = Admission(limit=self.settings.max_queue,
                                    deadline_s=self.settings.deadline_seconds)
+        self.started_at = self.clock()
 
     @property
     def ready(self) -> bool:
@@ -123,9 +137,16 @@ class Engine:
                 return
         try:
             model = self.manager.get(None)
+            cache = self.compile_cache(model) if self.compile_cache is not None else None
+            if cache is not None:
+                cache.load()  # before the warm-up, whose compile then reads the artifacts
             if self.settings.warmup:
                 self.readiness.move("warming", f"warming up {model.name}")
                 self.warm_up(model.name, model.pipe)
+                if self.warms_sizes(model):
+                    self.warm_sizes(model.name, model.pipe)
+            if cache is not None:
+                cache.save()  # the first instance: its compile, for the next ones
             self.readiness.move("ready")
             log.info("ready: %s", model.name)
         except ApiError as exc:
@@ -164,6 +185,48 @@ class Engine:
                                      long=long, other=other)
         log.info("speed of %s on %s: %.3g s a %dx%d step", name, self.manager.device,
                  self.speed.step_seconds(warm.width * warm.height), warm.width, warm.height)
+
+    def warms_sizes(self, model: Any) -> bool:
+        """Whether the warm-up covers every size the form offers: with the fast path's CUDA
+        graphs (each size its own compile), or when EASEL_WARMUP_SIZES=on."""
+        mode = self.settings.warmup_sizes
+        return mode == "on" or (mode == "auto" and "cuda_graphs" in model.fast_path.applied)
+
+    def warm_sizes(self, name: str, pipe: Any) -> None:
+        """A short run at each size the portal's form offers for the model's family (in its
+        order), while /ping says warming; a size whose estimated time would end past the start-up
+        budget (EASEL_STARTUP_BUDGET_SECONDS, SageMaker's health-check timeout) is left for its
+        first request, so the endpoint still turns healthy in time."""
+        warm = warmup_request(pipe, name, max_pixels=self.settings.max_pixels)
+        first = self.warmed_up.seconds if self.warmed_up else 0.0
+        native = warm.width * warm.height
+        ends = self.started_at + self.settings.startup_budget_seconds - STARTUP_MARGIN_S
+        for width, height in offered_sizes(served_family(pipe)):
+            if width * height > self.settings.max_pixels or (width, height) in self.warmed_sizes:
+                continue
+            if (width, height) == (warm.width, warm.height):
+                self.warmed_sizes.append((width, height))  # the first-use run covered it
+                continue
+            estimate = first * width * height / native
+            now = self.clock()
+            if now + estimate > ends:
+                log.warning("warm-up: %dx%d skipped: about %.0f s of work would end past the "
+                            "start-up budget (%d s, EASEL_STARTUP_BUDGET_SECONDS)", width, height,
+                            estimate, self.settings.startup_budget_seconds)
+                continue
+            self.readiness.move("warming", f"warming up {name} at {width}x{height}")
+            generate(warm.model_copy(update={"width": width, "height": height,
+                                             "steps": SIZE_WARMUP_STEPS}),
+                     task="txt2img", manager=self.manager, library=self.library,
+                     settings=self.settings, step_hook=self.step_hook)
+            self.warmed_sizes.append((width, height))
+            log.info("warm-up: %dx%d in %.1f s", width, height, self.clock() - now)
+
+    def with_model_defaults(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its model family's defaults (SD3.5/FLUX.1 size, steps, guidance)
+        when that model is loaded, so the work cap counts what will run."""
+        model = self.manager.peek(request.override_settings.sd_model_checkpoint)
+        return request if model is None else model_request(request, model)[0]
 
     def admit(self, request: GenerationRequest) -> Job:
         return self.admission.admit(request, now=self.clock(), clock=self.clock,
@@ -262,11 +325,19 @@ class Engine:
         return run
 
 
+def served_family(pipe: Any) -> ModelFamily:
+    """The family of a loaded pipeline, as far as the sizes it is offered at go."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return ModelFamily.SDXL
+    side = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    return ModelFamily.SD2 if side >= 768 else ModelFamily.SD1
+
+
 def warmup_request(pipe: Any, model_name: str, *, max_pixels: int) -> Txt2ImgRequest:
     """A 2-step generation at the model's native size (512 for SD1.5, 768 for SD2-v, 1024 for
     SDXL), so the first real request does not pay for first-use work at that size (kernel
     selection, allocator growth); smaller when the pixel budget is smaller."""
-    side = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    side = native_side(pipe)
     while side > 64 and side * side > max_pixels:
         side //= 2
     side = max(64, side - side % 8)
@@ -292,7 +363,26 @@ def build_engine(settings: Settings) -> Engine:
     library = LoraLibrary(
         settings.model_dir / "Lora", s3_uri=settings.lora_s3_uri, cache_dir=settings.lora_cache_dir
     )
-    return Engine(settings=settings, manager=manager, library=library)
+    return Engine(settings=settings, manager=manager, library=library,
+                  compile_cache=compile_cache_for(settings, manager))
+
+
+def compile_cache_for(settings: Settings,
+                      manager: PipelineManager) -> Callable[[Any], CompileCache | None] | None:
+    """How the engine finds its compile cache: only where the fast path compiles (CUDA graphs
+    on) and the portal gave a prefix, unless EASEL_COMPILE_CACHE=0."""
+    options = manager.fast_options
+    if not (settings.compile_cache and settings.compile_cache_s3_uri and options.enabled
+            and options.cuda_graphs):
+        return None
+    prefix = S3Uri.parse(settings.compile_cache_s3_uri)
+
+    def cache(model: Any) -> CompileCache | None:
+        if "cuda_graphs" not in model.fast_path.applied:
+            return None
+        return CompileCache(prefix=prefix, key=runtime_key(model.path, str(manager.device)))
+
+    return cache
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -347,6 +437,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 raise NotReady(engine.readiness.detail
                                or f"the server is {engine.readiness.state}; retry shortly")
             assert isinstance(task_request, GenerationRequest)
+            task_request = engine.with_model_defaults(task_request)
             job = engine.admit(task_request)  # refused here when it cannot finish in time
             try:
                 work = loop.run_in_executor(engine.executor, handler, task_request, arrived, job)

@@ -84,6 +84,32 @@ def build_pipeline(
     )
 
 
+def build_refiner(*, seed: int = 0) -> Any:
+    """A tiny random-weight SDXL refiner: SDXL's second (OpenCLIP) text encoder only, a UNet that
+    reads it and the aesthetic score (5 time ids, not base's 6), the base's VAE shape."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    configs = components_for("sdxl", "tiny")
+    text_config = configs["text_encoder_2"]
+    unet_config = _unet_config(configs["unet"])
+    pooled = int(text_config.get("projection_dim", text_config["hidden_size"]))
+    unet_config.update(
+        cross_attention_dim=int(text_config["hidden_size"]),
+        projection_class_embeddings_input_dim=5 * int(unet_config["addition_time_embed_dim"])
+        + pooled)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(unet_config).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL.from_config(_unet_config(configs["vae"])).eval()
+    torch.manual_seed(seed + 3)
+    encoder = _text_encoder(text_config, with_projection=True)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae, unet=unet, text_encoder=None, tokenizer=None, text_encoder_2=encoder,
+        tokenizer_2=build_clip_tokenizer(pad_token=tokenizer_pad_tokens("sdxl")["tokenizer_2"]),
+        scheduler=EulerDiscreteScheduler.from_config(_unet_config(configs["scheduler"])),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+
+
 def build_controlnet(pipe: Any, *, seed: int = 0) -> ControlNetModel:
     """A random-weight ControlNet matching the pipeline's UNet (conditioning on RGB images)."""
     torch.manual_seed(seed + 10)

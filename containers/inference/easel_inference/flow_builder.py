@@ -8,6 +8,7 @@ SentencePiece install): it suits random-weight tests only, never a real-size T5.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 from easel_contracts.families import ModelFamily
+from safetensors.torch import save_file
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -30,10 +32,11 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from .flow_loader import FLOW_FAMILIES
 from .tokenizer import build_clip_tokenizer
 
-FLOW_FAMILIES = (ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE, ModelFamily.FLUX_DEV,
-                 ModelFamily.FLUX_SCHNELL)
+__all__ = ["FLOW_FAMILIES", "build_flow_pipeline", "save_flow_diffusers", "save_flow_single_file"]
+
 _T5_CORPUS = (
     "a photo of a red fox in the snow",
     "an astronaut riding a horse on the moon",
@@ -132,3 +135,73 @@ def save_flow_diffusers(pipe: Any, folder: Path) -> Path:
     """The pipeline as a diffusers folder (safetensors weights, configs, tokenizers)."""
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def write_spiece_model(tokenizer: T5TokenizerFast, path: Path) -> Path:
+    """The toy tokenizer as a SentencePiece ``spiece.model`` (its Unigram pieces and scores)."""
+    from .t5_spiece import CONTROL, NORMAL, UNKNOWN, Spiece, spiece_bytes
+
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    specials = {"<pad>": CONTROL, "</s>": CONTROL, "<unk>": UNKNOWN}
+    pieces = tuple((text, float(score), specials.get(text, NORMAL))
+                   for text, score in model["vocab"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(spiece_bytes(Spiece(pieces)))
+    return path
+
+
+def _config_json(model: Any) -> dict[str, Any]:
+    if hasattr(model.config, "to_json_string"):
+        return json.loads(model.config.to_json_string())
+    return json.loads(json.dumps(dict(model.config), default=list))
+
+
+def _save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path),
+              metadata={"format": "pt", **metadata})
+    return path
+
+
+def save_flow_single_file(pipe: Any, root: Path, name: str, *, embed_configs: bool = True,
+                          write_tokenizer: bool = True) -> Path:
+    """The pipeline in the single-file layout: ``Stable-diffusion/<name>.safetensors`` holds the
+    transformer in the original key layout (SD3.5 also its VAE, as released files do); the
+    text encoders go to ``text_encoder/`` (transformers keys) with the T5 ``spiece.model``, and
+    FLUX's VAE to ``VAE/ae.safetensors`` (ldm keys). Exact configs travel in the metadata."""
+    from easel_contracts.families import SEPARATE_PARTS, T5_TOKENIZER
+
+    from .checkpoint_keys import VAE_PREFIX, vae_to_original
+    from .flow_keys import to_original
+    from .flow_loader import (
+        COMPONENTS_METADATA_KEY,
+        CONFIG_METADATA_KEY,
+        encoder_slots,
+        is_sd3,
+    )
+    from .pipelines import pipeline_family
+
+    family = pipeline_family(pipe)
+    kind = "sd3" if is_sd3(family) else "flux"
+    state = to_original(kind, pipe.transformer.state_dict())
+    vae = vae_to_original(pipe.vae.state_dict(), pipe.vae.config)
+    configs = {"transformer": _config_json(pipe.transformer), "vae": _config_json(pipe.vae),
+               "scheduler": _config_json(pipe.scheduler)}
+    own = (lambda model: {CONFIG_METADATA_KEY: json.dumps(_config_json(model))}) \
+        if embed_configs else (lambda _model: {})
+    if kind == "sd3":
+        state.update(vae)
+    else:
+        _save({k.removeprefix(VAE_PREFIX): v for k, v in vae.items()},
+              root / SEPARATE_PARTS["vae"], own(pipe.vae))
+    target = _save(state, root / "Stable-diffusion" / f"{name}.safetensors",
+                   {COMPONENTS_METADATA_KEY: json.dumps(configs)} if embed_configs else {})
+    for encoder, slot in encoder_slots(family).items():
+        model = getattr(pipe, slot)
+        weights = model.state_dict()
+        weights.pop("encoder.embed_tokens.weight", None)  # T5 ties it to shared.weight
+        _save(weights, root / SEPARATE_PARTS[encoder], own(model))
+        if encoder == "t5xxl" and write_tokenizer:
+            write_spiece_model(getattr(pipe, slot.replace("text_encoder", "tokenizer")),
+                               root / T5_TOKENIZER)
+    return target

@@ -6,10 +6,12 @@ import math
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
 import torch
+from easel_contracts.families import FAMILIES, ModelFamily
 from easel_contracts.infotext import format_infotext
 from easel_contracts.invocations import (
     MAX_SEED,
@@ -20,17 +22,23 @@ from easel_contracts.invocations import (
     GenerationTimings,
     Img2ImgRequest,
     LoraUse,
+    family_request,
 )
 from PIL import Image, ImageFilter
 
 from .controlnet import control_images, controlnet_pipeline
 from .errors import BadRequest, Unavailable
-from .images import decode_image, encode_png
+from .images import decode_image, encode_png_later
 from .lora import LoraLibrary, parse_lora_tags
-from .pipelines import LoadedModel, PipelineManager
+from .pipelines import LoadedModel, PipelineManager, native_side
 from .progress import StepReport
 from .prompts import encode_prompt_pair
-from .samplers import make_scheduler, resolve_sampler, seed_scheduler_noise
+from .samplers import (
+    make_scheduler,
+    resolve_flow_sampler,
+    resolve_sampler,
+    seed_scheduler_noise,
+)
 from .settings import Settings
 
 StepHook = Callable[[int], None]
@@ -68,6 +76,8 @@ def _infotext(request: GenerationRequest, seed: int, sampler: str, karras: bool,
         "Denoising strength": (float(request.denoising_strength)
                                if isinstance(request, Img2ImgRequest) else None),
         "Clip skip": clip_skip if clip_skip and clip_skip > 1 else None,
+        "Refiner": request.refiner_checkpoint,
+        "Refiner switch at": request.refiner_switch_at if request.refiner_checkpoint else None,
     })
 
 
@@ -121,6 +131,61 @@ def _inpainting_model_inputs(request: GenerationRequest, extra: dict[str, Any]) 
         inputs["image"] = Image.new("RGB", size, (127, 127, 127))
         inputs["strength"] = 1.0
     return inputs
+
+
+def model_request(request: GenerationRequest,
+                  model: LoadedModel) -> tuple[GenerationRequest, list[str]]:
+    """The request as ``model``'s family runs it (``family_request``) at the model's own
+    native side."""
+    return family_request(request, model.family, side=native_side(model.pipe))
+
+
+def _refiner(request: GenerationRequest, model: LoadedModel, manager: PipelineManager, *,
+             kind: str, controlnet: bool) -> LoadedModel | None:
+    """The SDXL refiner a request names (A1111's ``refiner_checkpoint``), loaded beside the
+    base model, or None; refused where it cannot take over the base's latents."""
+    if not request.refiner_checkpoint:
+        return None
+    field = "refiner_checkpoint"
+    if model.family is not ModelFamily.SDXL:
+        raise BadRequest(f"refiner_checkpoint needs an SDXL base model; {model.name} is "
+                         f"{FAMILIES[model.family].label}", field=field)
+    if kind == "inpaint" or controlnet:
+        raise BadRequest("refiner_checkpoint works with txt2img and img2img without a mask or "
+                         "ControlNet", field=field)
+    if manager.settings.pipeline_budget < 2:
+        raise BadRequest("a refiner is loaded beside the base model: set "
+                         "EASEL_PIPELINE_BUDGET to 2 or more", field=field)
+    refiner = manager.get(request.refiner_checkpoint)
+    manager.current = model.name  # the base stays the server's current model
+    if refiner.family is not ModelFamily.SDXL_REFINER:
+        raise BadRequest(f"refiner_checkpoint {refiner.name!r} is "
+                         f"{FAMILIES[refiner.family].label}, not an SDXL refiner", field=field)
+    return refiner
+
+
+def _check_flow_size(request: GenerationRequest, model: LoadedModel) -> None:
+    """SD3.5 and FLUX.1 cut the latents into 2x2 patches: sides must be multiples of twice the
+    VAE's factor (16 for the released models)."""
+    multiple = 2 * int(getattr(model.pipe, "vae_scale_factor", 8))
+    for field in ("width", "height"):
+        if getattr(request, field) % multiple:
+            raise BadRequest(f"{field} must be a multiple of {multiple} for "
+                             f"{FAMILIES[model.family].label} models", field=field)
+
+
+def _flow_prompt_inputs(model: LoadedModel, prompt: str, negative: str,
+                        clip_skip: int | None) -> dict[str, Any]:
+    """SD3.5 / FLUX.1 prompts go to the pipeline as text: its own encoders (CLIP and T5) read
+    them; A1111's attention syntax is not applied to them."""
+    if model.family in (ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE):
+        inputs: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+        if clip_skip and clip_skip > 1:  # diffusers counts the layers skipped after the last
+            inputs["clip_skip"] = clip_skip - 1
+        return inputs
+    # schnell was distilled with 256 T5 tokens, dev with 512 (the releases' pipelines)
+    return {"prompt": prompt,
+            "max_sequence_length": 256 if model.family is ModelFamily.FLUX_SCHNELL else 512}
 
 
 def _task_pipeline(model: LoadedModel, kind: str) -> Any:
@@ -177,9 +242,21 @@ def _generate(
     started = time.perf_counter()
     if stop is not None:
         stop("before it started (it waited in the queue)")
+    model = manager.get(request.override_settings.sd_model_checkpoint)
+    load_done = time.perf_counter()
+    if model.family is ModelFamily.SDXL_REFINER:
+        raise BadRequest(f"{model.name} is an SDXL refiner, a second pass: name it in "
+                         "refiner_checkpoint with an SDXL base model",
+                         field="override_settings.sd_model_checkpoint")
+    request, notes = model_request(request, model)
     _check_budget(request, settings)
-    sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
-                                      request.scheduler)
+    if model.is_flow:
+        sampler, karras = resolve_flow_sampler(request.sampler_name or request.sampler_index,
+                                               request.scheduler, model.family), False
+        _check_flow_size(request, model)
+    else:
+        sampler, karras = resolve_sampler(request.sampler_name or request.sampler_index,
+                                          request.scheduler)
     prompt, loras = parse_lora_tags(request.prompt)
     units = request.controlnet_units()
     extra: dict[str, Any] = {}
@@ -187,11 +264,13 @@ def _generate(
     if isinstance(request, Img2ImgRequest):
         extra = _img2img_inputs(request, settings)
         kind = "inpaint" if "mask_image" in extra else "img2img"
-    model = manager.get(request.override_settings.sd_model_checkpoint)
-    load_done = time.perf_counter()
     if model.is_inpainting and kind != "inpaint":
         extra, kind = _inpainting_model_inputs(request, extra), "inpaint"
     if units:
+        if model.is_flow:
+            raise BadRequest(f"{model.name} is a {FAMILIES[model.family].label} model; "
+                             "ControlNet is served for SD1.x, SD2.x and SDXL models only",
+                             field="alwayson_scripts")
         if kind == "inpaint":  # no ControlNet variant of the inpainting pipelines here
             if model.is_inpainting:
                 raise BadRequest(f"{model.name} is an inpainting checkpoint; ControlNet needs "
@@ -201,8 +280,12 @@ def _generate(
         extra.update(control_images(units, request, settings, img2img=kind == "img2img"))
     else:
         pipe = _task_pipeline(model, kind)
+    refiner = _refiner(request, model, manager, kind=kind, controlnet=bool(units))
     sampler_label = sampler.name + (" Karras" if karras else "")
     pipe.scheduler = make_scheduler(model.base_scheduler_config, sampler, karras=karras)
+    if refiner is not None:
+        refiner.pipe.scheduler = make_scheduler(refiner.base_scheduler_config, sampler,
+                                                karras=karras)
     if request.eta is not None and "eta" in pipe.scheduler.step.__code__.co_varnames:
         extra["eta"] = request.eta
     steps = request.steps
@@ -212,7 +295,7 @@ def _generate(
         steps = math.ceil(1 / max(strength, 0.01))
     runs = max(1, int(steps * strength)) if strength is not None else steps  # steps it runs
     seeds = _seeds(request)
-    images: list[str] = []
+    encoding: list[Future[str]] = []
     # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
     overlay = (extra["image"], extra["mask_image"]) if getattr(request, "mask", None) else None
     vae = manager.vae(request.override_settings.sd_vae, model)
@@ -221,8 +304,11 @@ def _generate(
     original_vae = pipe.vae
     model.fuser.apply(loras, library)
     clip_skip = request.clip_skip or request.override_settings.CLIP_stop_at_last_layers
-    embeds = encode_prompt_pair(pipe, prompt, request.negative_prompt,
-                                clip_skip=clip_skip, device=manager.device)
+    if model.is_flow:
+        embeds = _flow_prompt_inputs(model, prompt, request.negative_prompt, clip_skip)
+    else:
+        embeds = encode_prompt_pair(pipe, prompt, request.negative_prompt,
+                                    clip_skip=clip_skip, device=manager.device)
     try:
         if vae is not None:
             pipe.vae = vae
@@ -232,6 +318,15 @@ def _generate(
             batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds]
             seed_scheduler_noise(pipe.scheduler, batch_seeds)
+            callback = _step_callback(
+                step_hook, stop,
+                lambda step, batch=iteration + 1: (
+                    f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})"),
+                None if report is None else (
+                    lambda step, latents, batch=iteration + 1:
+                    report(step + 1, runs, batch, request.n_iter, latents)))
+            second_pass = {} if refiner is None else {
+                "denoising_end": request.refiner_switch_at, "output_type": "latent"}
             result = pipe(
                 **embeds,
                 num_images_per_prompt=request.batch_size,
@@ -240,18 +335,22 @@ def _generate(
                 width=request.width,
                 height=request.height,
                 generator=generators,
-                callback_on_step_end=_step_callback(
-                    step_hook, stop,
-                    lambda step, batch=iteration + 1: (
-                        f"after step {step + 1} of {runs} (batch {batch} of {request.n_iter})"),
-                    None if report is None else (
-                        lambda step, latents, batch=iteration + 1:
-                        report(step + 1, runs, batch, request.n_iter, latents))),
+                callback_on_step_end=callback,
                 **extra,
+                **second_pass,
             )
-            for image in result.images:
-                images.append(encode_png(_overlay(image, overlay),
-                                         parameters=infotexts[len(images)]))
+            if refiner is not None:  # A1111's refiner: the last steps, from the base's latents
+                result = refiner.pipe(
+                    prompt=[prompt] * request.batch_size,
+                    negative_prompt=[request.negative_prompt] * request.batch_size,
+                    image=result.images, num_inference_steps=steps,
+                    denoising_start=request.refiner_switch_at,
+                    guidance_scale=request.cfg_scale, generator=generators,
+                    callback_on_step_end=callback)
+            for image in result.images:  # encoded while the next batch denoises
+                encoding.append(encode_png_later(_overlay(image, overlay),
+                                                 parameters=infotexts[len(encoding)]))
+        images = [pending.result() for pending in encoding]
     finally:
         pipe.vae = original_vae
     finished = time.perf_counter()
@@ -283,6 +382,7 @@ def _generate(
         infotexts=infotexts,
         job_timestamp=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
         is_using_inpainting_conditioning=kind == "inpaint",
+        notes=notes,
         timings=GenerationTimings(
             queue_seconds=round(started - queued_at, 4) if queued_at else 0.0,
             model_seconds=round(load_done - started, 4),

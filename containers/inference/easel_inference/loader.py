@@ -30,6 +30,7 @@ from safetensors import safe_open
 from . import checkpoint_keys
 from .archconfigs import full_components, text_encoder_names, tokenizer_pad_tokens
 from .builder import ARCH_METADATA_KEY, COMPONENTS_METADATA_KEY
+from .flow_loader import FLOW_FAMILIES, FlowLoadError, load_flow_folder, load_flow_single_file
 from .original_config import OriginalConfigError, arch_of_original, components_from_original
 from .tokenizer import build_clip_tokenizer
 
@@ -110,11 +111,24 @@ SERVED_ARCHES = {ModelFamily.SD1: "sd15", ModelFamily.SD2: "sd2", ModelFamily.SD
 
 def _served_arch(family: ModelFamily, name: str) -> str:
     arch = SERVED_ARCHES.get(family)
+    if family is ModelFamily.SDXL_REFINER:
+        raise ModelLoadError(f"{name} is an SDXL refiner single file; this server loads the "
+                             "refiner as a diffusers folder (Stable-diffusion/<name>/"
+                             "model_index.json)")
     if arch is None:
-        served = ", ".join(facts_for(f).label for f in SERVED_ARCHES)
+        served = ", ".join(facts_for(f).label for f in (*SERVED_ARCHES, *FLOW_FAMILIES))
         raise ModelLoadError(f"{name} is a {facts_for(family).label} model; this server loads "
                              f"{served} models only")
     return arch
+
+
+def _flow_family(view: _CheckpointView) -> ModelFamily | None:
+    """The flow-matching family (SD3.5, FLUX.1) of a checkpoint, or None for any other."""
+    try:
+        family = detect_checkpoint(view.shapes(), name=view.path.name).family
+    except FamilyError:
+        return None  # detect_arch says what is wrong
+    return family if family in FLOW_FAMILIES else None
 
 
 def detect_arch(view: _CheckpointView) -> str:
@@ -227,11 +241,17 @@ def _scheduler_from(configs: dict[str, dict[str, Any]]) -> Any:
 
 
 def load_single_file(path: str | Path, *, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> Any:
+                     dtype: torch.dtype = torch.float32, offload: bool = False) -> Any:
     path = Path(path)
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ModelLoadError(f"{path.name}: checkpoints must be .safetensors or .ckpt")
     view = _CheckpointView(path)
+    if view.path.suffix == ".safetensors" and _flow_family(view) is not None:
+        try:
+            return load_flow_single_file(path, model_dir=path.parent.parent, device=device,
+                                         dtype=dtype, offload=offload)
+        except FlowLoadError as exc:
+            raise ModelLoadError(str(exc)) from None
     arch, configs = resolve_components(path, view)
     pipeline_class = PIPELINE_CLASSES.get(arch, StableDiffusionPipeline)
     tokenizers = {
@@ -260,12 +280,27 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
 
 
 def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
-                          dtype: torch.dtype = torch.float32) -> Any:
+                          dtype: torch.dtype = torch.float32, offload: bool = False) -> Any:
     path = Path(path)
     try:
         family = detect_diffusers_folder(path).family
     except FamilyError as exc:
         raise ModelLoadError(str(exc)) from None
+    if family in FLOW_FAMILIES:
+        try:
+            return load_flow_folder(path, family, device=device, dtype=dtype, offload=offload)
+        except FlowLoadError as exc:
+            raise ModelLoadError(str(exc)) from None
+    if family is ModelFamily.SDXL_REFINER:
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        try:
+            pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                str(path), dtype=dtype, local_files_only=True, use_safetensors=None)
+        except Exception as exc:
+            raise ModelLoadError(f"{path.name} could not be loaded as an SDXL refiner: "
+                                 f"{exc}") from exc
+        return pipe.to(device)
     arch = _served_arch(family, path.name)
     pipeline_class = PIPELINE_CLASSES.get(arch, StableDiffusionPipeline)
     extra: dict[str, Any] = {}
@@ -343,11 +378,28 @@ def load_controlnet(path: str | Path, *, unet_config: dict[str, Any], device: st
     return model.to(device).eval()
 
 
-def load_pipeline(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
-    """A diffusers pipeline from a single-file checkpoint or a diffusers folder, offline."""
+def load_pipeline(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  offload: bool = False) -> Any:
+    """A diffusers pipeline from a single-file checkpoint or a diffusers folder, offline;
+    ``offload`` keeps SD3.5 / FLUX.1 text encoders in host memory (``offload_text_encoders``)."""
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_folder(path, device=device, dtype=dtype)
+        return load_diffusers_folder(path, device=device, dtype=dtype, offload=offload)
     if not path.is_file():
         raise ModelLoadError(f"{path.name} does not exist")
-    return load_single_file(path, device=device, dtype=dtype)
+    return load_single_file(path, device=device, dtype=dtype, offload=offload)
+
+
+def flow_family_of(path: str | Path) -> ModelFamily | None:
+    """SD3.5 / FLUX.1 family of a checkpoint file or folder (read from its header or
+    ``model_index.json``, nothing loaded), or None for any other or an unreadable one."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            family = detect_diffusers_folder(path).family
+        else:
+            family = _flow_family(_CheckpointView(path)) if path.suffix == ".safetensors" \
+                else None
+    except (FamilyError, ModelLoadError):
+        return None
+    return family if family in FLOW_FAMILIES else None

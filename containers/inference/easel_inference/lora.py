@@ -22,7 +22,7 @@ from easel_contracts.s3uri import S3Uri
 from safetensors import safe_open
 
 from .errors import BadRequest, NotFound
-from .lora_format import LoraFormatError, LoraPatch, ModuleIndex, parse_lora
+from .lora_format import DENOISERS, LoraFormatError, LoraPatch, ModuleIndex, parse_lora
 
 LORA_TAG = re.compile(r"<lora:([^:>]*)((?::[^:>]*){0,2})>")
 MAX_WEIGHT = 10.0
@@ -222,7 +222,8 @@ class LoraFuser:
         deltas: dict[tuple[str, str], torch.Tensor] = {}
         for use in wanted:
             for patch in self._patches(use.name, library):
-                multiplier = use.unet_weight if patch.component == "unet" else use.text_weight
+                multiplier = (use.unet_weight if patch.component in DENOISERS
+                              else use.text_weight)
                 if multiplier == 0:
                     continue
                 key = (patch.component, patch.module)

@@ -80,3 +80,50 @@ def save_random_loras(pipe: Any, lora_dir: str | Path, *, seed: int = 0) -> dict
     save_file(random_diffusers_lora(pipe, seed=seed + 1), str(peft), metadata=metadata)
     written["detail-diffusers"] = peft
     return written
+
+
+def random_flow_kohya_lora(pipe: Any, *, rank: int = 4, alpha: float = 2.0,
+                           seed: int = 3) -> dict:
+    """A kohya LoRA on an SD3.5 / FLUX.1 transformer: ``lora_unet_<original module>`` keys for
+    every linear of the original layout (fused ``qkv`` and FLUX's ``linear1`` included), plus
+    CLIP-L's attention (``lora_te1_``)."""
+    from .flow_keys import groups_for
+
+    generator = torch.Generator().manual_seed(seed)
+    transformer = pipe.transformer
+    kind = "sd3" if type(pipe).__name__.startswith("StableDiffusion3") else "flux"
+    weights = transformer.state_dict()
+    state = {}
+    for group in groups_for(kind, weights):
+        if not group.original.endswith(".weight") or weights[group.parts[0]].ndim != 2:
+            continue
+        rows = sum(weights[part].shape[0] for part in group.parts)
+        columns = weights[group.parts[0]].shape[1]
+        scale = float(torch.cat([weights[p] for p in group.parts]).float().std())
+        stem = "lora_unet_" + group.original[: -len(".weight")].replace(".", "_")
+        state[stem + ".lora_down.weight"] = torch.randn(rank, columns, generator=generator) \
+            / columns**0.5
+        state[stem + ".lora_up.weight"] = torch.randn(rows, rank, generator=generator) * scale * 2
+        state[stem + ".alpha"] = torch.tensor(float(alpha))
+    for component, name, module in _targets(pipe):
+        if component == "text_encoder":
+            stem = "lora_te1_" + ("text_model." + name if not name.startswith("text_model.")
+                                  else name).replace(".", "_")
+            down, up = _pair(module, rank, generator)
+            state[stem + ".lora_down.weight"] = down.contiguous()
+            state[stem + ".lora_up.weight"] = up.contiguous()
+            state[stem + ".alpha"] = torch.tensor(float(alpha))
+    return state
+
+
+def random_flow_diffusers_lora(pipe: Any, *, rank: int = 4, seed: int = 4) -> dict:
+    """A diffusers/PEFT LoRA on an SD3.5 / FLUX.1 transformer's attention:
+    ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` (alpha = rank)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for (component, name), module in ModuleIndex(pipe).modules.items():
+        if component == "transformer" and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+            down, up = _pair(module, rank, generator)
+            state[f"transformer.{name}.lora_A.weight"] = down.contiguous()
+            state[f"transformer.{name}.lora_B.weight"] = up.contiguous()
+    return state

@@ -16,17 +16,21 @@ import torch
 
 from .checkpoint_keys import unet_module_map
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+DENOISERS = ("unet", "transformer")
 _KOHYA_PREFIXES = {
-    "lora_unet_": "unet",
+    "lora_unet_": "unet",  # the denoiser: a UNet, or SD3.5's / FLUX.1's transformer
     "lora_te1_": "text_encoder",
     "lora_te2_": "text_encoder_2",
+    "lora_te3_": "text_encoder_3",
     "lora_te_": "text_encoder",
 }
 _DIFFUSERS_PREFIXES = {
     "unet.": "unet",
+    "transformer.": "transformer",
     "text_encoder.": "text_encoder",
     "text_encoder_2.": "text_encoder_2",
+    "text_encoder_3.": "text_encoder_3",
     "base_model.model.": "unet",
 }
 _DOWN_UP_SUFFIXES = (
@@ -72,12 +76,22 @@ class LoraPatch:
 
 
 class ModuleIndex:
-    """Every patchable module of a pipeline under all the names LoRA files use for it."""
+    """Every patchable module of a pipeline under all the names LoRA files use for it.
+
+    SD3.5 / FLUX.1 transformers are also indexed under their original single-file names
+    (kohya LoRAs use them), where one original module may be several diffusers modules
+    (``fused``: a fused ``qkv`` is ``to_q``, ``to_k``, ``to_v``; see :mod:`flow_keys`)."""
 
     def __init__(self, pipe: object) -> None:
         self.by_alias: dict[str, tuple[str, str]] = {}
         self.modules: dict[tuple[str, str], torch.nn.Module] = {}
+        self.fused: dict[str, tuple[tuple[str, ...], bool]] = {}
+        self.denoiser = "transformer" if getattr(pipe, "transformer", None) is not None \
+            else "unet"
         self._unet_map: dict[str, tuple[str, bool]] | None = None
+        transformer = getattr(pipe, "transformer", None)
+        if transformer is not None:
+            self._index_original_names(pipe, transformer)
         for component in COMPONENTS:
             model = getattr(pipe, component, None)
             if model is None:
@@ -106,8 +120,27 @@ class ModuleIndex:
             yield f"{component}:{variant}"
             yield f"{component}:{variant.replace('.', '_')}"
 
+    def _index_original_names(self, pipe: object, transformer: torch.nn.Module) -> None:
+        from .flow_keys import groups_for
+
+        kind = "sd3" if type(pipe).__name__.startswith("StableDiffusion3") else "flux"
+        for group in groups_for(kind, transformer.state_dict()):
+            if not group.original.endswith(".weight"):
+                continue
+            original = group.original[: -len(".weight")]
+            parts = tuple(part[: -len(".weight")] for part in group.parts)
+            for alias in (original, original.replace(".", "_")):
+                self.fused[f"transformer:{alias}"] = (parts, group.swap)
+
+    def _denoiser(self, component: str) -> str:
+        return self.denoiser if component in DENOISERS else component
+
     def find(self, component: str, name: str) -> tuple[str, str] | None:
-        return self.by_alias.get(f"{component}:{name}")
+        return self.by_alias.get(f"{self._denoiser(component)}:{name}")
+
+    def find_fused(self, component: str, name: str) -> tuple[tuple[str, ...], bool] | None:
+        """The diffusers modules (and whether halves swap) behind an original module name."""
+        return self.fused.get(f"{self._denoiser(component)}:{name}")
 
 
 def _original_unet_module(name: str, modules: Mapping[str, tuple[str, bool]]) -> str | None:
@@ -167,6 +200,24 @@ def _clean_diffusers_name(module: str) -> str:
     return module
 
 
+def _fused_patches(index: ModuleIndex, parts: tuple[str, ...], swap: bool,
+                   tensors: dict[str, torch.Tensor], scale: float, *, name: str,
+                   module: str) -> list[LoraPatch]:
+    """A LoRA on one original module (e.g. a fused ``qkv``) as patches of the diffusers modules
+    it is: the up matrix split by their output rows (halves swapped where the weights' are),
+    the down matrix shared."""
+    up = tensors["up"].reshape(tensors["up"].shape[0], -1)
+    if swap:
+        first, second = up.chunk(2, dim=0)
+        up = torch.cat([second, first], dim=0)
+    sizes = [index.modules[("transformer", part)].weight.shape[0] for part in parts]
+    if sum(sizes) != up.shape[0]:
+        raise LoraFormatError(f"LoRA {name!r} for {module!r} has {up.shape[0]} output rows, the "
+                              f"model's module has {sum(sizes)} (made for another base model?)")
+    return [LoraPatch("transformer", part, tensors["down"], piece, scale)
+            for part, piece in zip(parts, torch.split(up, sizes, dim=0), strict=True)]
+
+
 def parse_lora(
     state: Mapping[str, torch.Tensor], index: ModuleIndex, *, metadata: Mapping[str, str] | None = None,
     name: str = "lora",
@@ -197,13 +248,20 @@ def parse_lora(
         if set(tensors) != {"down", "up"}:
             raise LoraFormatError(f"LoRA {name!r} lacks the down or up matrix of {module!r}")
         target = index.find(component, module) or index.find(component, _clean_diffusers_name(module))
+        rank = tensors["down"].shape[0]
+        alpha = alphas.get((component, module))
+        fused = index.find_fused(component, module) if target is None else None
+        if fused is not None:
+            parts, swap = fused
+            scale = alpha / rank if alpha is not None else scales.get("transformer", 1.0)
+            patches.extend(_fused_patches(index, parts, swap, tensors, scale, name=name,
+                                          module=module))
+            continue
         if target is None:
             raise LoraFormatError(
                 f"LoRA {name!r} targets {component}.{module}, which the loaded model does not have "
                 "(is it made for another base model?)"
             )
-        rank = tensors["down"].shape[0]
-        alpha = alphas.get((component, module))
         scale = alpha / rank if alpha is not None else scales.get(target[0], 1.0)
         patches.append(LoraPatch(target[0], target[1], tensors["down"], tensors["up"], scale))
     if not patches:

@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from easel_contracts.families import FAMILIES, ModelFamily
 
 from .errors import NotFound
 from .fastpath import FastPathOptions, FastPathReport, apply_fast_path
-from .loader import find_checkpoints, load_controlnet, load_pipeline, load_vae
+from .loader import (
+    find_checkpoints,
+    flow_family_of,
+    load_controlnet,
+    load_pipeline,
+    load_vae,
+)
 from .lora import LoraFuser
 from .settings import Settings
 
@@ -46,6 +53,33 @@ def short_hash(path: Path) -> str | None:
     return digest.hexdigest()[:8]
 
 
+def pipeline_family(pipe: Any) -> ModelFamily:
+    """The family of a loaded pipeline, from its classes and its denoiser's config."""
+    name = type(pipe).__name__
+    transformer = getattr(pipe, "transformer", None)
+    if name.startswith("StableDiffusion3"):
+        return ModelFamily.SD35_MEDIUM if transformer.config.dual_attention_layers else \
+            ModelFamily.SD35_LARGE
+    if name.startswith("Flux"):
+        return ModelFamily.FLUX_DEV if transformer.config.guidance_embeds else \
+            ModelFamily.FLUX_SCHNELL
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return ModelFamily.SDXL if getattr(pipe, "text_encoder", None) is not None else \
+            ModelFamily.SDXL_REFINER
+    return ModelFamily.SD2 if pipe.text_encoder.config.hidden_act == "gelu" else ModelFamily.SD1
+
+
+def native_side(pipe: Any) -> int:
+    """The side (pixels) the model was trained at: its denoiser's sample size in latents times
+    the VAE's factor (512 SD1.5, 768 SD2-v, 1024 SDXL); SD3.5 and FLUX.1 at their family's
+    resolution scaled by the VAE's factor over 8 (1024 for the released models)."""
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    unet = getattr(pipe, "unet", None)
+    if unet is not None:
+        return int(unet.config.sample_size) * vae_factor
+    return FAMILIES[pipeline_family(pipe)].resolution * vae_factor // 8
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -59,9 +93,19 @@ class LoadedModel:
     fast_path: FastPathReport = field(default_factory=FastPathReport)
 
     @property
+    def family(self) -> ModelFamily:
+        return pipeline_family(self.pipe)
+
+    @property
+    def is_flow(self) -> bool:
+        """SD3.5 or FLUX.1: a flow-matching transformer instead of a UNet."""
+        return getattr(self.pipe, "unet", None) is None
+
+    @property
     def is_inpainting(self) -> bool:
         """A 9-channel UNet (latents + mask + masked-image latents): an inpainting checkpoint."""
-        return int(getattr(self.pipe.unet.config, "in_channels", 4)) == 9
+        unet = getattr(self.pipe, "unet", None)
+        return unet is not None and int(getattr(unet.config, "in_channels", 4)) == 9
 
     @property
     def is_xl(self) -> bool:
@@ -123,6 +167,16 @@ class PipelineManager:
     def load_seconds(self) -> dict[str, float]:
         return {name: round(model.load_seconds, 3) for name, model in self._loaded.items()}
 
+    def peek(self, name: str | None) -> LoadedModel | None:
+        """The model a request names (or the default) if it is loaded already; loads nothing."""
+        with self._lock:
+            found = self.checkpoints()
+            try:
+                resolved = self.lookup_name(name, found) if name else self.default_name()
+            except NotFound:
+                return None
+            return self._loaded.get(resolved) if resolved else None
+
     def get(self, name: str | None) -> LoadedModel:
         with self._lock:
             found = self.checkpoints()
@@ -145,9 +199,18 @@ class PipelineManager:
             import time
 
             started = time.perf_counter()
-            pipe = self._loader(found[resolved], device=self.device, dtype=self.dtype)
+            flow = flow_family_of(found[resolved]) is not None
+            extra: dict[str, Any] = {}
+            dtype = self.dtype
+            if flow and self.settings.dtype == "auto" and self.device == "cuda":
+                dtype = torch.bfloat16  # SD3.5 and FLUX.1 overflow float16
+            if flow and self.settings.text_encoder_offload and self.device == "cuda":
+                extra["offload"] = True
+            pipe = self._loader(found[resolved], device=self.device, dtype=dtype, **extra)
             pipe.set_progress_bar_config(disable=True)
-            fast_path = apply_fast_path(pipe, self.fast_options)
+            # the fast path rewrites a UNet; SD3.5 / FLUX.1 transformers run eager
+            fast_path = (apply_fast_path(pipe, self.fast_options)
+                         if getattr(pipe, "unet", None) is not None else FastPathReport())
             loaded = LoadedModel(
                 name=resolved,
                 path=found[resolved],
@@ -231,7 +294,7 @@ class PipelineManager:
         if cache_key not in model.variants:
             model.variants[cache_key] = load_vae(
                 found[key], base_config=dict(model.pipe.vae.config), device=self.device,
-                dtype=self.dtype,
+                dtype=model.pipe.vae.dtype,  # bf16 for SD3.5 / FLUX.1 on a GPU
             )
         return model.variants[cache_key]
 

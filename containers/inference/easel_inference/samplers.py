@@ -12,10 +12,13 @@ from diffusers import (
     DPMSolverSDEScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from easel_contracts.families import FAMILIES, ModelFamily
 from easel_contracts.invocations import Sampler as SamplerItem
 from easel_contracts.invocations import Samplers
 
@@ -115,6 +118,46 @@ def resolve_sampler(sampler_name: str | None, schedule: str | None) -> tuple[Sam
             f"sampler {sampler.name!r} has no Karras variant", field="scheduler"
         )
     return sampler, karras
+
+
+# SD3.5 and FLUX.1 are flow-matching models: A1111 names that have a flow-matching equivalent.
+# FLUX.1's schedule shifts with the image size (``mu``), which only the Euler scheduler takes.
+FLOW_SAMPLERS: dict[str, Sampler] = {
+    sampler.name: sampler
+    for sampler in (
+        Sampler("Euler", FlowMatchEulerDiscreteScheduler, aliases=("k_euler",), karras=False),
+        Sampler("Heun", FlowMatchHeunDiscreteScheduler, aliases=("k_heun",), karras=False),
+    )
+}
+_FLOW_SAMPLERS_OF = {
+    ModelFamily.SD35_MEDIUM: ("Euler", "Heun"),
+    ModelFamily.SD35_LARGE: ("Euler", "Heun"),
+    ModelFamily.FLUX_DEV: ("Euler",),
+    ModelFamily.FLUX_SCHNELL: ("Euler",),
+}
+
+
+def resolve_flow_sampler(sampler_name: str | None, schedule: str | None,
+                         family: ModelFamily) -> Sampler:
+    """The flow-matching sampler of an SD3.5 / FLUX.1 request; a name the family has no
+    equivalent for is refused with the ones it has."""
+    facts = FAMILIES[family]
+    names = _FLOW_SAMPLERS_OF[family]
+    name = (sampler_name or facts.sampler).strip()
+    by_alias = {alias: s.name for s in FLOW_SAMPLERS.values() for alias in s.aliases}
+    name = by_alias.get(name, name)
+    if name not in names:
+        raise BadRequest(
+            f"sampler_name {name!r} has no equivalent for {facts.label} (a flow-matching "
+            f"model); use one of: {', '.join(names)}",
+            field="sampler_name",
+        )
+    schedule_name = (schedule or "Automatic").strip().lower()
+    if schedule_name not in ("automatic", "uniform"):
+        raise BadRequest(
+            f"scheduler {schedule!r} is not available for {facts.label}; use Automatic "
+            "(the model's own flow-matching schedule)", field="scheduler")
+    return FLOW_SAMPLERS[name]
 
 
 def seed_scheduler_noise(scheduler: Any, seeds: list[int]) -> None:

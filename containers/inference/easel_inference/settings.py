@@ -7,8 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel_contracts.compile_cache import COMPILE_CACHE_ENV, COMPILE_CACHE_URI_ENV
 from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required
 from easel_contracts.invocations import MAX_IMAGE_BYTES
+from easel_contracts.memory_plan import OFFLOAD_ENV
+from easel_contracts.readiness import STARTUP_BUDGET_ENV
 from easel_contracts.s3uri import S3Uri
 from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S, DEADLINE_ENV, deadline_seconds
 
@@ -16,6 +19,9 @@ DEFAULT_MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 # without EASEL_DEADLINE_SECONDS, a real-time endpoint's: the strictest SageMaker sets
 DEFAULT_DEADLINE_SECONDS = deadline_seconds("realtime")
 DEFAULT_MAX_QUEUE = 8
+WORKERS_ENV = "EASEL_WORKERS"
+DEFAULT_STARTUP_BUDGET_SECONDS = 1200
+MAX_WORKERS = 64
 
 
 class SettingsError(ValueError):
@@ -69,6 +75,14 @@ class Settings:
     fast_channels_last: bool = True
     fast_graphs: bool = True
     fast_vae: bool = True
+    workers: int | None = None  # worker processes, one per GPU (None: the CUDA device count)
+    warmup_sizes: str = "auto"  # every size the form offers: auto = when the fast path compiles
+    startup_budget_seconds: int = DEFAULT_STARTUP_BUDGET_SECONDS  # SageMaker's health-check wait
+    compile_cache: bool = True  # fast path: torch's compile artifacts kept in S3
+    compile_cache_s3_uri: str | None = None  # s3://<data bucket>/compile-cache/ (the portal's)
+    # SD3.5 / FLUX.1 text encoders in host memory, on the GPU only while they encode a prompt
+    # (the portal's memory plan sets it where the model fits only that way)
+    text_encoder_offload: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -79,6 +93,12 @@ class Settings:
                 S3Uri.parse(lora_uri)
             except ValueError as exc:
                 raise SettingsError(f"EASEL_LORA_S3_URI: {exc}") from None
+        cache_uri = env.get(COMPILE_CACHE_URI_ENV, "").strip() or None
+        if cache_uri:
+            try:
+                S3Uri.parse(cache_uri)
+            except ValueError as exc:
+                raise SettingsError(f"{COMPILE_CACHE_URI_ENV}: {exc}") from None
         device = _choice(env, "EASEL_DEVICE", "auto", ("auto", "cpu", "cuda"))
         require_cuda = cuda_required(env)
         if require_cuda and device == "cpu":
@@ -115,4 +135,19 @@ class Settings:
             fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
             fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
             fast_vae=_flag(env, "EASEL_FAST_VAE"),
+            workers=_workers(env),
+            warmup_sizes=_choice(env, "EASEL_WARMUP_SIZES", "auto", ("auto", "on", "off")),
+            startup_budget_seconds=_int(env, STARTUP_BUDGET_ENV, DEFAULT_STARTUP_BUDGET_SECONDS,
+                                        low=60, high=3600),
+            compile_cache=_flag(env, COMPILE_CACHE_ENV),
+            compile_cache_s3_uri=cache_uri,
+            text_encoder_offload=_flag(env, OFFLOAD_ENV, "0"),
         )
+
+
+def _workers(env: Mapping[str, str]) -> int | None:
+    """``EASEL_WORKERS``: a count from 1 to 64, or ``auto``/unset (one per visible GPU)."""
+    raw = env.get(WORKERS_ENV, "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    return _int(env, WORKERS_ENV, 1, low=1, high=MAX_WORKERS)

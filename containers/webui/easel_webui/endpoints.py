@@ -10,6 +10,16 @@ from pydantic import ValidationError
 
 from easel_contracts import scaling
 from easel_contracts import table as keys
+from easel_contracts.compile_cache import COMPILE_CACHE_PREFIX
+from easel_contracts.instances import InstanceFacts
+from easel_contracts.memory_plan import OFFLOAD_ENV, MemoryPlan, plan
+from easel_contracts.model_manifest import (
+    MANIFEST_MAX_BYTES,
+    ManifestError,
+    ModelManifest,
+    manifest_key,
+    parse_manifest,
+)
 from easel_contracts.s3uri import S3Uri
 from easel_webui import sagemaker_requests as req
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
@@ -21,6 +31,11 @@ from easel_webui.store import Table, iso_now, now
 def _aws_message(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+
+
+def _served_families(manifest: ModelManifest | None) -> list[Any]:
+    """The families an endpoint would load: the manifest's checkpoints (its LoRAs need one)."""
+    return [] if manifest is None else [c.family for c in manifest.checkpoints]
 
 
 class Endpoints:
@@ -72,6 +87,10 @@ class Endpoints:
             volume = 100
         if not settings.inference_image:
             raise PortalError("The inference image is not configured (EASEL_INFERENCE_IMAGE).")
+        fit = self.memory_plan(model, instance_type, info, volume)
+        if fit is not None and not fit.fits:
+            raise PortalError(f"instance type: {fit.summary()}")
+        environment = {OFFLOAD_ENV: "1"} if fit is not None and fit.offload_text_encoders else {}
         try:
             return req.EndpointSpec(
                 deployment_id=settings.deployment_id,
@@ -91,13 +110,47 @@ class Endpoints:
                                     else settings.async_max_response_bytes),
                 async_s3_uri=f"{self.bucket.uri}/async",
                 lora_s3_uri=f"{self.bucket.uri}/loras/",
+                compile_cache_s3_uri=f"{self.bucket.uri}/{COMPILE_CACHE_PREFIX}",
                 log_retention_days=settings.log_retention_days,
                 created_at=now(),
+                extra_environment=environment,
             )
         except ValidationError as exc:
             raise PortalError(describe_validation(list(exc.errors()))) from None
         except ValueError as exc:
             raise PortalError(str(exc)) from None
+
+    def manifest_of(self, uri: str) -> ModelManifest | None:
+        """The manifest beside a model in the data bucket, or None where it has none (a model
+        uploaded before manifests, or copied in by hand: it deploys without a plan)."""
+        try:
+            key = manifest_key(S3Uri.parse(uri).key)
+            return parse_manifest(self.bucket.read(key, max_bytes=MANIFEST_MAX_BYTES), where=key)
+        except NotFound:
+            return None
+        except (ManifestError, ValueError) as exc:
+            raise PortalError(f"model: {exc}") from None
+
+    def deploy_choices(self, models: list[dict[str, Any]]) -> None:
+        """Each listed model (manifests attached) with its plan on every allowed instance type
+        and ``fits``, the types it fits (the deploy form offers only those)."""
+        for model in models:
+            manifest = model.get("manifest")
+            served = _served_families(manifest)
+            model["plans"] = {} if not served else {
+                name: plan(served, name, info, model_bytes=manifest.total_bytes,
+                           archive=model["kind"] == "archive")
+                for name, info in self.settings.endpoint_instance_types.items()}
+            model["fits"] = [name for name, fit in model["plans"].items() if fit.fits]
+
+    def memory_plan(self, uri: str, instance_type: str, info: InstanceFacts,
+                    volume_size_gb: int | None) -> MemoryPlan | None:
+        manifest = self.manifest_of(uri)
+        served = _served_families(manifest)
+        if not served:
+            return None
+        return plan(served, instance_type, info, model_bytes=manifest.total_bytes,
+                    archive=not uri.endswith("/"), volume_size_gb=volume_size_gb)
 
     def _check_model_uri(self, uri: str) -> None:
         try:

@@ -52,7 +52,7 @@ from easel_webui.endpoints import Endpoints
 from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
 from easel_webui.live import JobControl, Stop
 from easel_webui.storage import Bucket
-from easel_webui.store import Table, iso_now, now, owned_records
+from easel_webui.store import Table, iso_now, now
 
 log = logging.getLogger("easel_webui.generation")
 JOB_TTL_SECONDS = 7 * 24 * 3600
@@ -188,6 +188,16 @@ def _parse_answer(task: str, raw: bytes) -> BaseModel:
             f"The model server's {task} answer does not match the invocation contract "
             f"({where}: {first.get('msg', 'invalid')}); is the endpoint's image current?"
         ) from None
+
+
+def _model_name(info: str) -> str:
+    """The model the server says it used (`sd_model_name` of the answer's info), for the
+    gallery's model filter."""
+    try:
+        name = json.loads(info).get("sd_model_name")
+    except (ValueError, AttributeError):
+        return ""
+    return str(name)[:256] if name else ""
 
 
 def _generation_answer(answer: BaseModel) -> GenerationResponse:
@@ -583,6 +593,7 @@ class Generation:
             raise UpstreamError("The model server returned no images.")
         params = _strip_large(request.model_dump(mode="json", exclude_unset=True))
         day = time.strftime("%Y-%m-%d", time.gmtime())
+        model = _model_name(answer.info)
         ids = []
         for index, encoded in enumerate(images):
             try:
@@ -605,7 +616,7 @@ class Generation:
                 **keys.image_key(image_id).item(), **keys.image_index(created, image_id),
                 "image_id": image_id, "owner": owner,
                 "key": key, "params_key": meta_key, "endpoint": endpoint, "task": task,
-                "prompt": str(params.get("prompt", ""))[:2000],
+                "prompt": str(params.get("prompt", ""))[:2000], "model": model,
                 "params": json.dumps(params)[:30000], "created_at": created, "job_id": job_id,
             })
             self.table.put(keys.owner_image_item(owner, created, image_id))
@@ -616,9 +627,9 @@ class Generation:
         record = self.table.get(*keys.image_key(image_id)) if len(image_id) <= 64 else None
         if not record or (record["owner"] != user.username and not user.is_admin):
             raise NotFound("No such image.")
-        return self._present(record)
+        return self.present(record)
 
-    def _present(self, record: dict[str, Any]) -> dict[str, Any]:
+    def present(self, record: dict[str, Any]) -> dict[str, Any]:
         params = json.loads(record.get("params") or "{}")
         return {
             "image_id": record["image_id"], "owner": record["owner"], "prompt": record["prompt"],
@@ -628,14 +639,6 @@ class Generation:
                 prompt=record["prompt"], created_at=record["created_at"], params=params)),
             "params": params,
         }
-
-    def gallery(self, *, user: User, limit: int = 60) -> list[dict[str, Any]]:
-        """The newest images: everyone's for an admin, else the user's own."""
-        if user.is_admin:
-            records = self.table.query_index(keys.IMAGES_INDEX, newest_first=True, limit=limit)
-        else:
-            records = owned_records(self.table, user.username, keys.OWNER_IMAGE, limit=limit)
-        return [self._present(r) for r in records]
 
     def delete_image(self, image_id: str, *, user: User) -> None:
         record = self.table.get(*keys.image_key(image_id)) if len(image_id) <= 64 else None

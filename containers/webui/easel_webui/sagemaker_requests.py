@@ -16,7 +16,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from easel_contracts import scaling as scaling_contract
-from easel_contracts.instances import REQUIRE_CUDA_ENV, InstanceFacts, family_of, inference_ami
+from easel_contracts.compile_cache import COMPILE_CACHE_URI_ENV
+from easel_contracts.instances import (
+    REQUIRE_CUDA_ENV,
+    InstanceFacts,
+    family_of,
+    gpu_count,
+    inference_ami,
+)
 from easel_contracts.naming import (
     CREATOR_TAG,
     DEPLOYMENT_TAG,
@@ -25,6 +32,7 @@ from easel_contracts.naming import (
     deployment_tags,
     resource_name,
 )
+from easel_contracts.readiness import STARTUP_BUDGET_ENV
 from easel_contracts.s3uri import S3UriStr
 from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S, DEADLINE_ENV, deadline_seconds
 
@@ -72,6 +80,8 @@ class EndpointSpec(BaseModel):
     async_invocation_timeout_s: int = Field(default=ASYNC_INVOCATION_TIMEOUT_MAX_S, ge=1,
                                             le=ASYNC_INVOCATION_TIMEOUT_MAX_S)
     lora_s3_uri: S3UriStr | None = None
+    # where the server keeps torch's compile artifacts (easel_contracts.compile_cache)
+    compile_cache_s3_uri: S3UriStr | None = None
     target_invocations_per_instance: int = Field(default=10, ge=1, le=10000)
     log_retention_days: int = Field(default=30, ge=1)
     created_at: float | None = None
@@ -129,6 +139,12 @@ class EndpointSpec(BaseModel):
         return deadline_seconds(self.mode, self.async_invocation_timeout_s)
 
     @property
+    def gpus(self) -> int:
+        """The instance type's GPUs (``easel_contracts.instances``; the allowlist entry's count
+        for a type the table lacks)."""
+        return gpu_count(self.instance_type) or self.instance.gpus
+
+    @property
     def response_limit(self) -> int:
         if self.max_response_bytes is not None:
             return self.max_response_bytes
@@ -147,7 +163,11 @@ def build_create_model(spec: EndpointSpec) -> dict[str, Any]:
         "EASEL_MAX_RESPONSE_BYTES": str(spec.response_limit),
         # the server refuses up front what cannot finish by then, and stops work past it
         DEADLINE_ENV: str(spec.deadline_seconds),
+        # its warm-up (every size the form offers) fits SageMaker's start-up health check
+        STARTUP_BUDGET_ENV: str(STARTUP_HEALTH_TIMEOUT_S),
         **({"EASEL_LORA_S3_URI": spec.lora_s3_uri} if spec.lora_s3_uri else {}),
+        **({COMPILE_CACHE_URI_ENV: spec.compile_cache_s3_uri} if spec.compile_cache_s3_uri
+           else {}),
         **spec.extra_environment,
     }
     container: dict[str, Any] = {"Image": spec.image, "Environment": environment}
@@ -192,7 +212,8 @@ def build_create_endpoint_config(spec: EndpointSpec) -> dict[str, Any]:
                 "S3OutputPath": f"{base}/out/{spec.endpoint_name}/",
                 "S3FailurePath": f"{base}/out/{spec.endpoint_name}/failures/",
             },
-            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
+            # the server runs one worker per GPU (EASEL_WORKERS): as many requests at once
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": spec.gpus},
         }
     return request
 
@@ -335,6 +356,8 @@ class TrainingSpec(BaseModel):
     max_runtime_seconds: int = Field(ge=600, le=5 * 24 * 3600)
     volume_size_gb: int = Field(default=100, ge=1, le=1024)
     hyperparameters: dict[str, str]
+    # a resumed job: the stopped job's checkpoint folder (else the job's own)
+    checkpoint_s3_uri: S3UriStr | None = None
 
     @field_validator("name")
     @classmethod
@@ -362,6 +385,10 @@ class TrainingSpec(BaseModel):
     @property
     def prefix(self) -> str:
         return f"s3://{self.bucket}/training/{self.job_name}"
+
+    @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_s3_uri or f"{self.prefix}/checkpoints/"
 
 
 def _channel(name: str, uri: str) -> dict[str, Any]:
@@ -401,7 +428,7 @@ def build_create_training_job(spec: TrainingSpec) -> dict[str, Any]:
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": spec.spot,
         "CheckpointConfig": {
-            "S3Uri": f"{spec.prefix}/checkpoints/",
+            "S3Uri": spec.checkpoints,
             "LocalPath": "/opt/ml/checkpoints",
         },
         "Tags": _tags(spec.deployment_id, spec.creator),

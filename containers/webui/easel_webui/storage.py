@@ -217,6 +217,7 @@ class Bucket:
                 model["manifest_note"] = getattr(exc, "message", None) or str(exc)
                 continue
             model["families"] = [facts_for(family).label for family in manifest.families]
+            model["manifest"] = manifest
             model["manifest_note"] = ""
 
     def loras(self) -> list[dict[str, Any]]:

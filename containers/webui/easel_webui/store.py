@@ -13,7 +13,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from easel_contracts import table as keys
-from easel_contracts.table import GSI, GSI_PK, PK, SK, Key
+from easel_contracts.table import GSI, GSI_PK, GSI_SK, PK, SK, Key
 
 log = logging.getLogger("easel_webui.store")
 # BatchGetItem takes at most 100 keys per call.
@@ -174,6 +174,32 @@ class Table:
             "ScanIndexForward": not newest_first,
             "ConsistentRead": True,
         }, limit)
+
+    def query_range(self, partition: str, *, index: bool, low: str, high: str,
+                    start: dict[str, str] | None, limit: int,
+                    ) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+        """One page (at most `limit` items), newest first, of a partition (of the table, or of
+        the GSI when `index`) whose sort keys lie in [`low`, `high`], from `start` (an item's
+        key attributes, as `last_key` gives them). Answers the items and the key to go on
+        from (None at the end)."""
+        names = {"#p": GSI_PK if index else PK, "#s": GSI_SK if index else SK}
+        request: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "#p = :p AND #s BETWEEN :lo AND :hi",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": serialize({":p": partition, ":lo": low, ":hi": high}),
+            "ScanIndexForward": False, "Limit": limit,
+        }
+        if index:
+            request["IndexName"] = GSI
+        else:
+            request["ConsistentRead"] = True
+        if start:
+            request["ExclusiveStartKey"] = serialize(start)
+        answer = self.client.query(**request)
+        items = [deserialize(item) for item in answer.get("Items", [])]
+        more = answer.get("LastEvaluatedKey")
+        return items, (deserialize(more) if more else None)
 
     def iter_index(self, gsi1pk: str, *, attributes: tuple[str, ...]) -> Iterator[dict[str, Any]]:
         """Every item of one GSI partition, page by page, with only `attributes`."""

@@ -309,7 +309,7 @@ class Training:
             raise PortalError(message)
         return hyperparameters.model_copy(update=plan.settings)
 
-    def submit(self, spec: req.TrainingSpec) -> str:
+    def submit(self, spec: req.TrainingSpec, *, resumed_from: str | None = None) -> str:
         request = req.build_create_training_job(spec)
         try:
             self.clients.sagemaker.create_training_job(**request)
@@ -320,17 +320,18 @@ class Training:
             raise UpstreamError(
                 f"SageMaker refused the job: {error.get('Code')}: {error.get('Message', '')}"
             ) from None
-        self.record_job(spec, spec.job_name)
+        self.record_job(spec, spec.job_name, resumed_from=resumed_from)
         return spec.job_name
 
-    def record_job(self, spec: req.TrainingSpec, job_name: str) -> TrainingJobRecord:
+    def record_job(self, spec: req.TrainingSpec, job_name: str, *,
+                   resumed_from: str | None = None) -> TrainingJobRecord:
         """Keep the job in the table so its Training page lists it; `job_name` is the name
         SageMaker knows it by (the SageMaker SDK adds a time stamp to the spec's)."""
         record = TrainingJobRecord(
             job=job_name, owner=spec.creator, mode=spec.hyperparameters["mode"],
             output_name=spec.hyperparameters["output_name"], model_s3_uri=spec.model_s3_uri,
             concepts_s3_uri=spec.concepts_s3_uri, instance_type=spec.instance_type,
-            created_at=iso_now(),
+            created_at=iso_now(), checkpoint_s3_uri=spec.checkpoints, resumed_from=resumed_from,
         )
         self.table.put({
             **keys.training_job_key(job_name).item(),
@@ -357,6 +358,38 @@ class Training:
             items = owned_records(self.table, user.username, keys.OWNER_TRAINING, limit=limit)
         return [self._status(TrainingJobRecord.model_validate(item)) for item in items]
 
+    def resume(self, job: str, *, user: User, name: str) -> str:
+        """A new job, `name`, that goes on from stopped job `job`'s last checkpoint: the same
+        base model, concepts, instance type and hyperparameters (a checkpoint resumes only with
+        the settings it was made with), and the same checkpoint folder, which SageMaker copies
+        into the new job's /opt/ml/checkpoints before it starts."""
+        record = self._record(job, user=user)
+        try:
+            live = self.clients.sagemaker.describe_training_job(TrainingJobName=job)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise PortalError(f"SageMaker: {error.get('Message') or error.get('Code')}") from None
+        status = live.get("TrainingJobStatus", "Unknown")
+        if status != "Stopped":
+            raise PortalError(f"The job is {status}; only a stopped job can be resumed.")
+        checkpoints = _checkpoints(record)
+        objects, _ = self.bucket.list(checkpoints, limit=2000)
+        if not any(_CHECKPOINT_STATE.search(o.key) for o in objects):
+            raise PortalError("The job stopped before it saved a checkpoint; start a new job "
+                              "instead (Training page).")
+        try:
+            hyperparameters = HyperParameters.from_strings(live.get("HyperParameters") or {})
+        except HyperParameterError as exc:
+            raise PortalError(f"The stopped job's settings cannot be reused: {exc}") from None
+        spec = self.build_spec(
+            user=user, name=name, instance_type=record.instance_type,
+            model_s3_uri=record.model_s3_uri, concept_set="",
+            concepts_s3_uri=record.concepts_s3_uri,
+            spot=bool(live.get("EnableManagedSpotTraining")), hyperparameters=hyperparameters)
+        spec = spec.model_copy(update={
+            "checkpoint_s3_uri": f"s3://{self.bucket.name}/{checkpoints}"})
+        return self.submit(spec, resumed_from=job)
+
     def job(self, job: str, *, user: User) -> dict[str, Any]:
         return self._status(self._record(job, user=user), previews=True)
 
@@ -367,7 +400,7 @@ class Training:
         except ClientError:
             live = {}
         status = live.get("TrainingJobStatus", "Unknown")
-        progress, problem = self._progress(job)
+        progress, problem = self._progress(record)
         percent = progress.percent if progress else 0.0
         if status == "Completed":
             percent = 100.0
@@ -380,16 +413,19 @@ class Training:
             "result_uri": f"{self.bucket.uri}/training/{job}/output/model.tar.gz",
         }
         if previews:
-            objects, _ = self.bucket.list(f"{_checkpoints(job)}{PREVIEW_FOLDER}/")
+            # the timeline: every preview by step (a resumed job's include those before it
+            # stopped, in the shared folder), the newest TIMELINE_LENGTH
+            objects, _ = self.bucket.list(f"{_checkpoints(record)}{PREVIEW_FOLDER}/")
             pngs = sorted((o for o in objects if o.key.endswith(".png")),
                           key=lambda o: _step_of(o.key))
             result["previews"] = [{"url": self.bucket.url(o.key),
-                                   "step": _step_of(o.key)} for o in pngs[-6:]]
+                                   "step": _step_of(o.key)} for o in pngs[-TIMELINE_LENGTH:]]
         return result
 
-    def _progress(self, job: str) -> tuple[Progress | None, str]:
+    def _progress(self, record: TrainingJobRecord) -> tuple[Progress | None, str]:
         """The job's progress.json and, when it cannot be used, why (shown on the job page)."""
-        key = _checkpoints(job) + PROGRESS_FILE
+        job = record.job
+        key = _checkpoints(record) + PROGRESS_FILE
         try:
             return parse_progress(self.bucket.read(key, max_bytes=PROGRESS_MAX_BYTES)), ""
         except NotFound:
@@ -456,9 +492,17 @@ class Training:
         return published
 
 
-def _checkpoints(job: str) -> str:
-    """Where SageMaker syncs the job's /opt/ml/checkpoints (the request's CheckpointConfig)."""
-    return f"training/{job}/checkpoints/"
+def _checkpoints(record: TrainingJobRecord) -> str:
+    """The key prefix where SageMaker syncs the job's /opt/ml/checkpoints (the request's
+    CheckpointConfig): the record's, else the job's own folder (jobs recorded before)."""
+    if record.checkpoint_s3_uri:
+        return S3Uri.parse(record.checkpoint_s3_uri).prefix
+    return f"training/{record.job}/checkpoints/"
+
+
+TIMELINE_LENGTH = 48
+# a complete checkpoint (easel_training.checkpoint: checkpoint-<step>/state.json)
+_CHECKPOINT_STATE = re.compile(r"/checkpoint-\d+/state\.json$")
 
 
 def _step_of(key: str) -> int:

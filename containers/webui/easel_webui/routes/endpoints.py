@@ -17,9 +17,12 @@ routes = Routes()
 
 def _endpoints_page(request: Request, portal: Any, *, model: str = "", **refused: Any) -> Response:
     settings = portal.settings
+    models = portal.bucket.models()
+    portal.bucket.attach_manifests(models)
+    portal.endpoints.deploy_choices(models)
     return render(
         request, "endpoints.html", endpoints=portal.endpoints.listing(),
-        models=portal.bucket.models(), instance_types=settings.endpoint_instance_types,
+        models=models, instance_types=settings.endpoint_instance_types,
         settings=settings, preset_model=model[:1024], **refused,
     )
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from easel_contracts import table as keys
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
+from easel_webui.gallery import MAX_EXAMINED, parse_query, search
 from easel_webui.payloads import parse_request
 from easel_webui.pnginfo import sent_settings
 from easel_webui.routes.common import blocking, redirect
@@ -102,7 +103,16 @@ def skip_job(job_id: str, portal: PortalDep, user: CurrentUser) -> dict[str, Any
 
 @routes.get("/gallery", access=Access.USER)
 def gallery(request: Request, portal: PortalDep, user: CurrentUser) -> Response:
-    return render(request, "gallery.html", images=portal.generation.gallery(user=user))
+    """The user's images (an admin's: everyone's), newest first, searched by prompt words, model
+    and date range, a page at a time."""
+    try:
+        query, after = parse_query(request.query_params)
+        page = search(portal.generation, user=user, query=query, after=after)
+    except PortalError as exc:
+        return render(request, "gallery.html", images=[], query=request.query_params,
+                      page=None, error=exc.message, status_code=exc.status_code)
+    return render(request, "gallery.html", images=page.images, page=page,
+                  query=request.query_params, page_examined=MAX_EXAMINED)
 
 
 @routes.post("/gallery/{image_id}/delete", access=Access.USER)

@@ -83,3 +83,16 @@ def publish(job: str, portal: PortalDep, user: CurrentUser) -> Response:
         return redirect(f"/training/{job}", error=exc.message)
     return redirect(f"/training/{job}",
                     notice=f"Published: use <lora:{name}:0.8> in a prompt.")
+
+
+@routes.post("/training/{job}/resume", access=Access.USER)
+async def resume(request: Request, job: str, portal: PortalDep, user: CurrentUser) -> Response:
+    """A stopped job goes on from its last checkpoint as a new job (the name from the form)."""
+    form = await form_dict(request)
+    try:
+        new_job = await blocking(portal.training.resume, job, user=user,
+                                 name=str(form.get("name") or "").strip())
+    except PortalError as exc:
+        return redirect(f"/training/{job}", error=exc.message)
+    return redirect(f"/training/{new_job}",
+                    notice=f"Resuming {job} from its last checkpoint as {new_job}.")

@@ -39,6 +39,18 @@
       volume.hidden = !opt || opt.dataset.storage === "yes";
     };
     instanceType.addEventListener("change", sync); sync();
+    // only the instance types the chosen model fits (its memory plan, from its manifest)
+    const model = $("select[name=model]");
+    const fit = () => {
+      const chosen = model.selectedOptions[0];
+      const fits = chosen && chosen.dataset.fits !== undefined ? chosen.dataset.fits.split(" ") : null;
+      [...instanceType.options].forEach((opt) => { opt.disabled = fits !== null && !fits.includes(opt.value); });
+      if (instanceType.selectedOptions[0] && instanceType.selectedOptions[0].disabled) {
+        const first = [...instanceType.options].find((opt) => !opt.disabled);
+        if (first) { instanceType.value = first.value; sync(); }
+      }
+    };
+    if (model) { model.addEventListener("change", fit); fit(); }
     const mode = $$("input[name=mode]");
     mode.forEach((m) => m.addEventListener("change", () => {
       const min = $("input[name=min_instances]");
@@ -180,6 +192,59 @@
         box.prepend(fig);
       });
     };
+    // Inpainting: a mask painted over the img2img image. The canvas has the image's own size
+    // (drawn white where painted, transparent elsewhere); it is sent as a black-and-white PNG.
+    const editor = $("#mask-editor"); const canvas = $("#mask-canvas"); const base = $("#mask-base");
+    const ink = canvas.getContext("2d");
+    let painted = false;
+    const showBase = (src) => {
+      if (!src) { editor.hidden = true; return; }
+      base.onload = () => {
+        canvas.width = base.naturalWidth; canvas.height = base.naturalHeight;
+        painted = false; editor.hidden = !$("#img2img").checked;
+      };
+      base.src = src;
+    };
+    const syncEditor = () => {
+      const reuseBox = $("#init-reuse"); const file = $("#init-file").files[0];
+      if (reuseBox && reuseBox.checked) showBase(reuseBox.dataset.url);
+      else if (file && file.size) showBase(URL.createObjectURL(file));
+      else showBase("");
+    };
+    $("#init-file").addEventListener("change", syncEditor);
+    if ($("#init-reuse")) $("#init-reuse").addEventListener("change", syncEditor);
+    $("#img2img").addEventListener("change", syncEditor);
+    const at = (ev) => {
+      const box = canvas.getBoundingClientRect();
+      return [(ev.clientX - box.left) * canvas.width / box.width, (ev.clientY - box.top) * canvas.height / box.height];
+    };
+    let last = null;
+    const brush = () => Number($("#mask-brush").value) * canvas.width / canvas.getBoundingClientRect().width;
+    const stroke = (from, to) => {
+      ink.globalCompositeOperation = $("#mask-erase").checked ? "destination-out" : "source-over";
+      ink.strokeStyle = "#fff"; ink.lineWidth = brush(); ink.lineCap = "round"; ink.lineJoin = "round";
+      ink.beginPath(); ink.moveTo(from[0], from[1]); ink.lineTo(to[0], to[1]); ink.stroke();
+      painted = true;
+    };
+    canvas.addEventListener("pointerdown", (ev) => { canvas.setPointerCapture(ev.pointerId); last = at(ev); stroke(last, last); });
+    canvas.addEventListener("pointermove", (ev) => { if (!last) return; const next = at(ev); stroke(last, next); last = next; });
+    ["pointerup", "pointercancel"].forEach((name) => canvas.addEventListener(name, () => { last = null; }));
+    $("#mask-clear").addEventListener("click", () => { ink.clearRect(0, 0, canvas.width, canvas.height); painted = false; });
+    $("#mask-invert").addEventListener("click", () => {
+      const pixels = ink.getImageData(0, 0, canvas.width, canvas.height);
+      for (let i = 0; i < pixels.data.length; i += 4) {
+        pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = 255;
+        pixels.data[i + 3] = 255 - pixels.data[i + 3];
+      }
+      ink.putImageData(pixels, 0, 0); painted = true;
+    });
+    const maskB64 = () => {
+      const out = document.createElement("canvas"); out.width = canvas.width; out.height = canvas.height;
+      const paint = out.getContext("2d");
+      paint.fillStyle = "#000"; paint.fillRect(0, 0, out.width, out.height); paint.drawImage(canvas, 0, 0);
+      return out.toDataURL("image/png").split(",")[1];
+    };
+
     // Live progress: the poll carries the step and a preview; Interrupt and Skip set a flag
     // the task running the job acts on (any portal task may answer these calls).
     const live = $("#live"); const preview = $("#live-preview");
@@ -208,6 +273,12 @@
           if (reuseBox && reuseBox.checked) payload.init_image_id = reuseBox.value;
           else if ($("#init-file").files[0]) payload.init_images = [await fileB64($("#init-file").files[0])];
           else throw new Error("choose an image to start from");
+          if (painted) {
+            payload.mask = maskB64(); payload.mask_blur = Number(el.mask_blur.value);
+            payload.inpainting_fill = Number(el.inpainting_fill.value);
+            payload.inpaint_full_res = el.inpaint_full_res.checked;
+            payload.inpaint_full_res_padding = Number(el.inpaint_full_res_padding.value);
+          }
         }
         if ($("#cn-on").checked) {
           const file = $("#cn-file").files[0] || $("#init-file").files[0];

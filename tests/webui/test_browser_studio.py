@@ -1,0 +1,131 @@
+"""The studio's issue-18 pages in a real browser: the inpainting mask editor, gallery search and
+the training timeline. Reuses test_browser's fixtures (moto server + uvicorn + Debian chromium)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import pytest
+
+from .conftest import ADMIN_PASSWORD
+from .test_browser import _shot, _sign_in, page, served  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.slow
+
+
+def _init_image(tmp_path: Any) -> str:
+    from PIL import Image
+
+    path = tmp_path / "init.png"
+    Image.new("RGB", (128, 96), (200, 40, 40)).save(path, "PNG")
+    return str(path)
+
+
+def _drag(tab: Any, points: list[tuple[float, float]]) -> None:
+    """A stroke over the mask canvas through `points` (fractions of its width and height)."""
+    tab.locator("#mask-canvas").scroll_into_view_if_needed()
+    box = tab.locator("#mask-canvas").bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    tab.mouse.move(*xy[0])
+    tab.mouse.down()
+    for point in xy[1:]:
+        tab.mouse.move(*point, steps=8)
+    tab.mouse.up()
+
+
+def _submitted_img2img(tab: Any, world: Any) -> dict[str, Any]:
+    tab.click("#generate-button")
+    tab.wait_for_function("() => /^(Done|Failed)/.test("
+                           "document.querySelector('#generate-form .status').textContent)")
+    assert tab.text_content("#generate-form .status").startswith("Done")
+    calls = [json.loads(call["Body"]) for call in world.runtime.generations()]
+    return next(c["payload"] for c in calls if c["task"] == "img2img")
+
+
+def _mask(payload: dict[str, Any]) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(payload["mask"]))).convert("L")
+
+
+def _open_editor(tab: Any, base: str, tmp_path: Any) -> None:
+    _sign_in(tab, base, "admin", ADMIN_PASSWORD)
+    tab.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    tab.fill("textarea[name=prompt]", "a blue door")
+    tab.check("#img2img")
+    tab.set_input_files("#init-file", _init_image(tmp_path))
+    tab.wait_for_selector("#mask-editor", state="visible")
+    tab.wait_for_function("() => document.querySelector('#mask-canvas').width === 128")
+
+
+def test_painted_stroke_is_sent_as_the_inpainting_mask(served, page, tmp_path):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _open_editor(page, base, tmp_path)
+    # a horizontal stroke across the middle, from 20% to 80% of the width
+    _drag(page, [(0.2, 0.5), (0.8, 0.5)])
+    page.select_option("select[name=inpainting_fill]", "2")
+    page.check("input[name=inpaint_full_res]")
+    page.fill("input[name=inpaint_full_res_padding]", "48")
+    _shot(page, "11-inpaint-mask")
+    payload = _submitted_img2img(page, world)
+
+    mask = _mask(payload)
+    assert mask.size == (128, 96)  # the init image's own size
+    assert mask.getpixel((64, 48)) == 255  # on the stroke
+    assert mask.getpixel((40, 48)) == 255
+    assert mask.getpixel((64, 4)) == 0  # far above it
+    assert mask.getpixel((2, 48)) == 0  # left of where it started
+    assert (payload["inpainting_fill"], payload["inpaint_full_res"],
+            payload["inpaint_full_res_padding"]) == (2, True, 48)
+
+
+def test_invert_and_eraser_change_the_submitted_mask(served, page, tmp_path):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _open_editor(page, base, tmp_path)
+    _drag(page, [(0.1, 0.5), (0.9, 0.5)])
+    page.check("#mask-erase")
+    _drag(page, [(0.5, 0.2), (0.5, 0.8)])  # erase a vertical cut through the stroke
+    page.click("#mask-invert")
+    mask = _mask(_submitted_img2img(page, world))
+    assert mask.getpixel((64, 4)) == 255  # unpainted, inverted: masked
+    assert mask.getpixel((30, 48)) == 0  # painted, inverted: kept
+    assert mask.getpixel((64, 48)) == 255  # erased, inverted: masked
+
+
+def test_cleared_mask_sends_a_plain_img2img(served, page, tmp_path):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _open_editor(page, base, tmp_path)
+    _drag(page, [(0.2, 0.5), (0.8, 0.5)])
+    page.click("#mask-clear")
+    payload = _submitted_img2img(page, world)
+    assert "mask" not in payload and payload["init_images"]
+
+
+def test_gallery_search_form_filters_in_the_browser(served, page):  # noqa: F811
+    from .test_gallery_search import _image
+    from .test_owner_views import _write_all
+
+    base, world = served
+    _write_all(world, [
+        *_image("fox-jan", "admin", "2026-01-10T10:00:00Z", "a red fox in snow", "tiny"),
+        *_image("owl-feb", "admin", "2026-02-10T10:00:00Z", "an owl at night", "tiny"),
+        *_image("fox-mar", "admin", "2026-03-10T10:00:00Z", "fox cub, watercolor", "dream"),
+    ])
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.click("nav a:has-text('Gallery')")
+    assert len(page.locator(".gallery figure").all()) == 3
+    page.fill("#gallery-search input[name=q]", "fox")
+    page.fill("#gallery-search input[name=since]", "2026-01-01")
+    page.fill("#gallery-search input[name=until]", "2026-02-28")
+    page.click("#gallery-search button")
+    page.wait_for_url("**/gallery?*")
+    shown = [f.get_attribute("data-image") for f in page.locator(".gallery figure").all()]
+    assert shown == ["fox-jan"]
+    assert page.input_value("#gallery-search input[name=q]") == "fox"  # the form keeps it
+    _shot(page, "12-gallery-search")
