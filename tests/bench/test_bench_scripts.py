@@ -53,3 +53,20 @@ def test_inference_bench_times_stock_and_easel_in_one_run(tmp_path) -> None:
         assert report[key] > 0, key
     assert "stock_anchor_skipped" in report  # the anchor needs CUDA graphs
     assert not [key for key in report if key.endswith("_error")]
+
+
+@pytest.mark.slow
+def test_multi_gpu_smoke_trains_on_two_processes_and_serves_under_load(tmp_path) -> None:
+    # 1.5 CPU-minutes (four training processes, two servers); slower on a shared machine
+    _run("multi_gpu.py", "--smoke", out=tmp_path, timeout=900)
+    report = json.loads((tmp_path / "multi_gpu.json").read_text())
+    assert report["processes"] == 2 and report["command"].startswith("multi_gpu.py --smoke")
+    assert report["training_multi"]["world_size"] == 2
+    assert report["training_single"]["world_size"] == 1
+    assert report["training_every_rank_trained"] is True
+    assert report["training_single_gpu_layout"] is True
+    assert report["training_speedup"] > 0
+    assert report["serving"]["1"]["lost"] == 0 and report["serving"]["1"]["ok"] > 0
+    if "serving_pool_unsupported" not in report:  # a server with EASEL_WORKERS
+        assert report["serving"]["2"]["lost"] == 0
+        assert report["serving_kill"]["ping_answers"], "no /ping answer after the kill"

@@ -33,6 +33,23 @@ if behaviour == "die":
     os.kill(os.getpid(), signal.SIGKILL)
 if behaviour == "bad-input":
     sys.exit(2)
+if behaviour == "die-later":  # after the other rank has written its reason
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGKILL)
+if behaviour == "reset-by-peer":  # a survivor failing in its collective, reason first
+    Path(os.environ["FAKE_FAILURE"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(os.environ["FAKE_FAILURE"]).write_text("RuntimeError: Connection reset by peer")
+    while not stopped:
+        time.sleep(0.05)
+    sys.exit(1)
+if behaviour == "fail":
+    Path(os.environ["FAKE_FAILURE"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(os.environ["FAKE_FAILURE"]).write_text("training failed: out of memory")
+    sys.exit(1)
+if behaviour == "stuck":  # in a collective that never returns: SIGTERM does not end it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(0.05)
 while not stopped:
     time.sleep(0.05)
 time.sleep(float(os.environ.get("FAKE_SAVE_SECONDS", "0")))  # writing its checkpoint
@@ -47,9 +64,10 @@ def _launch(tmp_path, monkeypatch, **env):
     out.mkdir()
     monkeypatch.setattr(launcher, "WORKER_COMMAND", (sys.executable, str(script)))
     monkeypatch.setenv("FAKE_OUT", str(out))
+    paths = JobPaths(tmp_path / "opt_ml")
+    monkeypatch.setenv("FAKE_FAILURE", str(paths.failure))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    paths = JobPaths(tmp_path / "opt_ml")
     stop = StopRequest()
     result: dict[str, int] = {}
     thread = threading.Thread(
@@ -81,9 +99,34 @@ def test_a_worker_that_dies_silently_fails_the_job_with_a_reason(tmp_path, monke
     thread, _, out, paths, result = _launch(tmp_path, monkeypatch, FAKE_RANK1="die")
     thread.join(timeout=60)
     assert result["code"] == EXIT_RUNTIME
-    assert paths.failure.read_text().startswith("training worker 1 of 2 exited with code -9")
+    assert paths.failure.read_text().startswith(
+        "training worker 1 of 2 was killed by SIGKILL (exit code -9)")
     assert parse_progress(paths.progress.read_bytes()).status == "failed"
     assert (out / "saved-0").exists()  # the healthy worker was stopped, and stopped cleanly
+
+
+def test_a_rank_killed_by_a_signal_is_the_reason_even_when_a_survivor_wrote_first(
+        tmp_path, monkeypatch):
+    thread, _, _, paths, result = _launch(tmp_path, monkeypatch, FAKE_RANK0="reset-by-peer",
+                                          FAKE_RANK1="die-later")
+    thread.join(timeout=60)
+    assert result["code"] == EXIT_RUNTIME
+    reason = paths.failure.read_text()
+    assert reason.startswith("training worker 1 of 2 was killed by SIGKILL"), reason
+    assert "reset by peer" not in reason
+    assert parse_progress(paths.progress.read_bytes()).status == "failed"
+
+
+def test_a_worker_stuck_after_another_failed_is_killed_and_the_first_reason_stays(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "KILL_GRACE_SECONDS", 0.5)
+    thread, _, _, paths, result = _launch(tmp_path, monkeypatch, FAKE_RANK0="fail",
+                                          FAKE_RANK1="stuck")
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the launcher waited on a stuck worker"
+    assert result["code"] == EXIT_RUNTIME
+    # the launcher's own SIGKILL is not blamed: the failed worker's reason stays
+    assert paths.failure.read_text().strip() == "training failed: out of memory"
 
 
 def test_a_worker_refusing_its_inputs_keeps_the_input_exit_code(tmp_path, monkeypatch):

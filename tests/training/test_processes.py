@@ -13,8 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors.torch import load_file
+
+from easel_contracts.progress import RankShare, TrainingReport
 
 from .conftest import run_in_process
 
@@ -111,3 +114,70 @@ def test_two_processes_write_one_checkpoint_with_each_processes_random_state(mak
     assert {"random_states_0.pkl", "random_states_1.pkl", "optimizer.bin",
             "trainable.safetensors", "state.json"} <= names
     assert not list(checkpoints.glob(".tmp-*"))
+
+
+def _workers(process: subprocess.Popen) -> dict[int, psutil.Process]:
+    """The entry point's worker processes by rank (read from their environment)."""
+    found = {}
+    for child in psutil.Process(process.pid).children():
+        try:
+            environ = child.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "RANK" in environ:
+            found[int(environ["RANK"])] = child
+    return found
+
+
+def test_killing_one_rank_fails_the_job_within_a_minute_naming_the_rank(make_job):
+    layout = make_job({"max_train_steps": "100000", "rank": "4"}, images=3)
+    process = _start(layout, EASEL_NUM_PROCESSES="2")
+    _wait_for(lambda: _progress(layout).get("step", 0) >= 2, timeout=240, process=process)
+    workers = _workers(process)
+    assert sorted(workers) == [0, 1]
+    workers[1].send_signal(signal.SIGKILL)  # mid-training: rank 0 is in a collective with it
+    killed_at = time.monotonic()
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        for worker in workers.values():
+            worker.kill()
+        process.kill()
+        raise AssertionError("the job still ran 60 s after one rank died") from None
+    assert time.monotonic() - killed_at < 60
+    assert process.returncode == 1, output[-3000:]
+    reason = (layout.root / "output" / "failure").read_text()
+    assert "training worker 1 of 2" in reason and "SIGKILL" in reason, reason
+    assert _progress(layout)["status"] == "failed"
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+                   for worker in workers.values())
+
+
+def test_both_ranks_train_their_share_and_the_result_loads_in_the_inference_server(make_job):
+    from easel_inference.loader import load_pipeline
+    from easel_inference.lora import LoraFuser, LoraLibrary, LoraUse
+
+    layout = make_job({"max_train_steps": "3", "train_batch_size": "1", "rank": "4",
+                       "learning_rate": "0.05"}, images=3)
+    process = _start(layout, EASEL_NUM_PROCESSES="2")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    model = layout.root / "model"
+    report = TrainingReport.model_validate_json((model / "training_report.json").read_text())
+    # each process counted its own steps and images; together they make the global batches
+    assert report.ranks == [RankShare(rank=0, steps=3, samples=3),
+                            RankShare(rank=1, steps=3, samples=3)]
+    # the single-GPU layout: one LoRA file and the report, nothing per rank
+    assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()) \
+        == ["Lora/easel-lora.safetensors", "easel-model.json", "training_report.json"]
+    base = model.parent / "input" / "data" / "model" / "Stable-diffusion" / "tiny.safetensors"
+
+    def image(pipe):
+        return pipe("a photo of sks dog", num_inference_steps=2, height=32, width=32,
+                    generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+
+    untouched = image(load_pipeline(base))
+    pipe = load_pipeline(base)
+    LoraFuser(pipe).apply([LoraUse(name="easel-lora", text_weight=1.0, unet_weight=1.0)],
+                          LoraLibrary(model / "Lora"))
+    assert abs(image(pipe) - untouched).max() > 1e-3, "the served LoRA changed nothing"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from easel_contracts.progress import TrainingReport, parse_progress
+from easel_contracts.progress import RankShare, TrainingReport, parse_progress
 
 from .conftest import SIZE, run_in_process
 
@@ -52,6 +52,7 @@ def test_lora_run_writes_the_layout_report_and_progress(make_job):
     report = TrainingReport.model_validate_json(
         (layout.root / "model" / "training_report.json").read_text())
     assert report.steps == 3 and len(report.loss_curve) == 3
+    assert report.ranks == [RankShare(rank=0, steps=3, samples=3)]  # one process, batch 1
     assert report.result == "Lora/sks-dog.safetensors"
     assert report.base_model.name == "tiny"
     assert report.settings["rank"] == 16 and report.images_per_second > 0

@@ -102,6 +102,16 @@ class ReportBaseModel(BaseModel):
     family: str | None = None  # easel_contracts.families.ModelFamily value (absent before 17)
 
 
+class RankShare(BaseModel):
+    """What one data-parallel process trained on in this run (counted by that process)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    rank: int = Field(ge=0)
+    steps: int = Field(ge=0, description="optimizer steps this process took part in")
+    samples: int = Field(ge=0, description="images this process trained on (forward + backward)")
+
+
 class TrainingReport(BaseModel):
     """``model/training_report.json``: what a completed job trained, with what, and how fast."""
 
@@ -122,6 +132,9 @@ class TrainingReport(BaseModel):
     num_class_images: int = Field(ge=0)
     prompts: list[str]
     world_size: int = Field(ge=1)
+    ranks: list[RankShare] = Field(default_factory=list,
+                                   description="one entry per process, by rank (empty in "
+                                   "reports written before it was added)")
     device: str
     settings: dict[str, Any]
     versions: dict[str, str]

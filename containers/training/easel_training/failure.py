@@ -37,6 +37,19 @@ def write_failure(path: Path, reason: str) -> bool:
     return True
 
 
+def replace_failure(paths: JobPaths, reason: str) -> None:
+    """Record ``reason`` in place of any reason already written (the launcher, for a cause that
+    no worker could report), and mark progress.json ``failed``."""
+    paths.failure.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.failure.with_name(f".{paths.failure.name}.{os.getpid()}.tmp")
+    tmp.write_text(reason.strip()[:MAX_FAILURE_CHARS] + "\n", encoding="utf-8")
+    os.replace(tmp, paths.failure)
+    try:
+        mark_failed(paths.progress)
+    except OSError:
+        pass
+
+
 def clear_stale_failure(path: Path) -> None:
     """Remove a failure file left by an earlier attempt in the same folder (local reruns)."""
     path.unlink(missing_ok=True)

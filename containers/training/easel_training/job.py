@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from easel_contracts.hyperparameters import HyperParameterError, HyperParameters
 from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required, this_host_problem
-from easel_contracts.progress import TrainingReport
+from easel_contracts.progress import RankShare, TrainingReport
 
 from easel_training.errors import TrainingInputError
 from easel_training.images import load_image_records, reject_small_images
@@ -206,6 +206,8 @@ def _save_result(*, hp: HyperParameters, paths: JobPaths, base: Any, result: Any
         num_class_images=len(data.class_images),
         prompts=sorted(set(data.image_prompts)),
         world_size=result.world_size,
+        ranks=[RankShare(rank=rank, steps=steps, samples=samples)
+               for rank, (steps, samples) in enumerate(result.rank_shares)],
         device=result.device,
         settings=settings,
         versions=library_versions(),

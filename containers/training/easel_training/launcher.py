@@ -4,6 +4,12 @@ Workers get the torch.distributed environment (RANK, WORLD_SIZE, MASTER_ADDR/POR
 accelerate turns into a process group (NCCL on GPUs, gloo on CPUs). A SIGTERM to the entry point
 is passed on to every worker, which checkpoints and exits 0. If one worker fails, the others are
 stopped so the job ends promptly with that worker's reason in ``output/failure``.
+
+A worker killed by a signal the launcher did not send (the kernel's OOM killer, a segfault, an
+operator's ``kill``) cannot write a reason; the survivors then fail in their next collective
+("Connection reset by peer") and may write theirs first. That death is the cause, so the
+launcher's reason naming the rank and the signal replaces theirs. Survivors stuck in a
+collective that never returns (NCCL with a dead peer) are SIGKILLed after the grace period.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from easel_training.failure import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, fail_job
+from easel_training.failure import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, fail_job, replace_failure
 from easel_training.paths import JobPaths
 from easel_training.stopping import StopRequest
 
@@ -42,13 +48,39 @@ def worker_environment(base: dict[str, str], *, rank: int, world_size: int,
     return env
 
 
-def _terminate(processes: list[subprocess.Popen], sig: int) -> None:
-    for process in processes:
+def _terminate(processes: list[subprocess.Popen], sig: int,
+               sent: list[set[int]]) -> None:
+    for rank, process in enumerate(processes):
         if process.poll() is None:
             try:
                 process.send_signal(sig)
             except ProcessLookupError:
-                pass
+                continue
+            sent[rank].add(sig)
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _unprovoked_signal_death(codes: list[int | None],
+                             sent: list[set[int]]) -> tuple[int, int] | None:
+    """The first rank killed by a signal this launcher did not send to it, and its exit code."""
+    for rank, code in enumerate(codes):
+        if code is not None and code < 0 and -code not in sent[rank]:
+            return rank, code
+    return None
+
+
+def signal_death_reason(rank: int, code: int, world_size: int) -> str:
+    name = _signal_name(code)
+    hint = (" (SIGKILL is often the kernel's out-of-memory killer: lower train_batch_size or "
+            "resolution, or choose an instance with more memory)" if name == "SIGKILL" else "")
+    return (f"training worker {rank} of {world_size} was killed by {name} (exit code {code}) "
+            f"before the job finished; the other workers were stopped{hint}")
 
 
 def launch_workers(world_size: int, *, paths: JobPaths, stop: StopRequest) -> int:
@@ -60,23 +92,33 @@ def launch_workers(world_size: int, *, paths: JobPaths, stop: StopRequest) -> in
         )
         for rank in range(world_size)
     ]
+    sent: list[set[int]] = [set() for _ in processes]
     forwarded = False
     failed_at: float | None = None
+    cause: tuple[int, int] | None = None
     while any(p.poll() is None for p in processes):
         if stop.requested and not forwarded:
-            _terminate(processes, signal.SIGTERM)
+            _terminate(processes, signal.SIGTERM, sent)
             forwarded = True
         codes = [p.poll() for p in processes]
+        if cause is None:
+            cause = _unprovoked_signal_death(codes, sent)
+            if cause is not None:  # at once, before the survivors' consequential reasons
+                replace_failure(paths, signal_death_reason(*cause, world_size))
         if failed_at is None and any(code not in (None, 0) for code in codes):
             failed_at = time.monotonic()
-            _terminate(processes, signal.SIGTERM)
+            _terminate(processes, signal.SIGTERM, sent)
         if failed_at is not None and time.monotonic() - failed_at > KILL_GRACE_SECONDS:
-            _terminate(processes, signal.SIGKILL)
+            _terminate(processes, signal.SIGKILL, sent)
         time.sleep(POLL_SECONDS)
     codes = [p.returncode for p in processes]
     bad = [(rank, code) for rank, code in enumerate(codes) if code != 0]
     if not bad:
         return EXIT_OK
+    cause = cause or _unprovoked_signal_death(codes, sent)
+    if cause is not None:
+        replace_failure(paths, signal_death_reason(*cause, world_size))
+        return EXIT_RUNTIME
     rank, code = bad[0]
     fail_job(paths, f"training worker {rank} of {world_size} exited with code {code} before "
              "the job finished")

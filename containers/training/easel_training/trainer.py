@@ -46,6 +46,7 @@ class TrainingResult:
     world_size: int
     mixed_precision: str
     device: str
+    rank_shares: list[tuple[int, int]] = field(default_factory=list)  # (steps, samples) by rank
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +100,8 @@ class Trainer:
         self.world_size = accelerator.num_processes
         self.rank = accelerator.process_index
         self.is_main = accelerator.is_main_process
+        self.steps_taken = 0  # by this process, in this run
+        self.samples_seen = 0
         self.pipe = base.pipe
         self._bind_models()
 
@@ -306,6 +309,8 @@ class Trainer:
             inputs.update(added)
         loss = self.graphed(inputs, batch.num_instance)
         self.lr_scheduler.step()
+        self.steps_taken += 1
+        self.samples_seen += len(slots)
         return loss
 
     def _train_step(self, step: int) -> torch.Tensor:
@@ -331,6 +336,8 @@ class Trainer:
                 loss = self._loss(batch)
                 self.accelerator.backward(loss / accumulation)
             total += loss.detach() / accumulation
+            self.samples_seen += len(slots)
+        self.steps_taken += 1
         if self.hp.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.trainable_params, self.hp.max_grad_norm)
         self.optimizer.step()
@@ -366,6 +373,15 @@ class Trainer:
             return False
         flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _rank_shares(self) -> list[tuple[int, int]]:
+        """Every process's own (steps, samples) count, gathered by rank (a collective)."""
+        mine = torch.tensor([self.steps_taken, self.samples_seen], device=self.device,
+                            dtype=torch.int64)
+        if self.world_size == 1:
+            return [(self.steps_taken, self.samples_seen)]
+        gathered = self.accelerator.gather(mine).view(self.world_size, 2).tolist()
+        return [(int(steps), int(samples)) for steps, samples in gathered]
 
     def setup(self) -> None:
         self._prepare_models()
@@ -416,6 +432,7 @@ class Trainer:
         if self.cuda:
             torch.cuda.synchronize()
         elapsed = time.monotonic() - started
+        shares = self._rank_shares()  # every process gets here at the same step
         losses = flush_losses()
         bad = [i for i, value in enumerate(losses) if not math.isfinite(value)]
         if bad:
@@ -430,7 +447,7 @@ class Trainer:
             training_seconds=elapsed,
             images_per_second=images / elapsed if elapsed > 0 else 0.0,
             world_size=self.world_size, mixed_precision=self.mixed_precision,
-            device=str(self.device))
+            device=str(self.device), rank_shares=shares)
 
 
 def _tokenize(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
