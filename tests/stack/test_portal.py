@@ -141,3 +141,28 @@ def test_reaper_runs_on_a_schedule(synth):
 def test_portal_url_is_an_output(synth):
     url = synth.template["Outputs"]["PortalUrl"]["Value"]
     assert "https://" in json.dumps(url)
+
+
+# The portal's memory at rest and serving pages (measured ~100 MB idle; image uploads and
+# listings on top): what the task keeps free besides the argon2 checks running at once.
+PORTAL_HEADROOM_MIB = 512
+
+
+def test_the_task_is_sized_for_its_concurrent_password_checks(synth):
+    """Each argon2 check holds password_hash_memory_kib for its run and at most
+    password_hash_concurrency run at once per task (easel_webui.hashing): the task's memory must
+    hold all of them beside the portal itself, or a burst of sign-ins takes the task down."""
+    from easel_webui.settings import ENV_FIELDS, Settings
+
+    _, task = synth.only("AWS::ECS::TaskDefinition")
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    fields = Settings.model_fields
+
+    def setting(name: str) -> int:
+        variable = next((v for v, f in ENV_FIELDS.items() if f == name), None)
+        return int(env.get(variable, fields[name].default))
+
+    hashing_mib = setting("password_hash_concurrency") * setting("password_hash_memory_kib") // 1024
+    task_mib = int(task["Properties"]["Memory"])
+    assert task_mib >= PORTAL_HEADROOM_MIB + hashing_mib, (task_mib, hashing_mib)
