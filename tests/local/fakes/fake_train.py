@@ -34,7 +34,9 @@ def progress(step, total, status):
 
 def main():
     signal.signal(signal.SIGTERM, on_sigterm)
-    (OPT_ML / "pid").write_text(str(os.getpid()))
+    # written whole (rename), so a reader never sees an empty pid file
+    (OPT_ML / "pid.tmp").write_text(str(os.getpid()))
+    (OPT_ML / "pid.tmp").replace(OPT_ML / "pid")
     hp = json.loads((OPT_ML / "input/config/hyperparameters.json").read_text())
     channels = json.loads((OPT_ML / "input/config/inputdataconfig.json").read_text())
     concepts = OPT_ML / "input/data/concepts"
