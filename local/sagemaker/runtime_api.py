@@ -190,13 +190,7 @@ class RuntimeService:
             )
         _, serving = self._serving(name)
         self._count_invocation(name, serving.variant_name)
-        headers = {
-            "Content-Type": request_headers.get("Content-Type") or "application/json",
-            "Accept": request_headers.get("Accept") or "*/*",
-        }
-        for header in _FORWARDED_HEADERS:
-            if request_headers.get(header):
-                headers[header] = request_headers[header]
+        headers = _model_headers(request_headers, accept_from="Accept")
         response = self._call_model(
             serving,
             body,
@@ -234,13 +228,7 @@ class RuntimeService:
                 "bytes.")
         _, serving = self._serving(name)
         self._count_invocation(name, serving.variant_name)
-        headers = {
-            "Content-Type": request_headers.get("Content-Type") or "application/json",
-            "Accept": request_headers.get("X-Amzn-SageMaker-Accept") or "*/*",
-        }
-        for header in _FORWARDED_HEADERS:
-            if request_headers.get(header):
-                headers[header] = request_headers[header]
+        headers = _model_headers(request_headers, accept_from="X-Amzn-SageMaker-Accept")
         # the first byte and each later part must come within the invocation timeout
         connection = http.client.HTTPConnection(
             "127.0.0.1", serving.port, timeout=self._settings.invoke_timeout_s)
@@ -417,3 +405,17 @@ class _AsyncFailure(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _model_headers(request_headers: dict[str, str], *, accept_from: str) -> dict[str, str]:
+    """The headers the model container gets: the caller's content type, its accepted type (read
+    from ``accept_from``: InvokeEndpoint's ``Accept``, the stream's
+    ``X-Amzn-SageMaker-Accept``) and the SageMaker headers passed on as they are."""
+    headers = {
+        "Content-Type": request_headers.get("Content-Type") or "application/json",
+        "Accept": request_headers.get(accept_from) or "*/*",
+    }
+    for header in _FORWARDED_HEADERS:
+        if request_headers.get(header):
+            headers[header] = request_headers[header]
+    return headers
