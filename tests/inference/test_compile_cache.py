@@ -159,3 +159,15 @@ def test_settings_read_the_cache_switch_and_prefix() -> None:
                                   "EASEL_COMPILE_CACHE_S3_URI": "s3://data/compile-cache/"})
     assert settings.compile_cache is False
     assert settings.compile_cache_s3_uri == "s3://data/compile-cache/"
+
+
+@pytest.mark.parametrize("on_request", [False, True])
+def test_after_the_warm_up_new_shapes_compile_only_when_requests_may(tiny_model_dir, tmp_path,
+                                                                      on_request) -> None:
+    engine = build_engine(Settings(model_dir=tiny_model_dir, default_model="tiny",
+                                   lora_cache_dir=tmp_path / "cache", fast_path="on",
+                                   fast_compile_on_request=on_request))
+    engine.warm_up = lambda name, pipe: None  # type: ignore[method-assign]
+    engine.start()
+    assert engine.readiness.state == "ready"
+    assert engine.manager.get(None).fast_path.compile_new_shapes is on_request

@@ -236,3 +236,57 @@ def test_auto_means_off_on_the_cpu_and_on_turns_it_on(tmp_path: Path) -> None:
     assert not PipelineManager(Settings(model_dir=tmp_path, device="cpu")).fast_options.enabled
     forced = PipelineManager(Settings(model_dir=tmp_path, device="cpu", fast_path="on"))
     assert forced.fast_options.enabled
+
+
+def _generate_at(pipe, side: int) -> np.ndarray:
+    return pipe(
+        "a boat", num_inference_steps=2, height=side, width=side, output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+
+
+def test_a_shape_not_warmed_runs_eagerly_once_new_shapes_are_closed(pipe, caplog) -> None:
+    """A new shape costs a compile longer than a request's deadline: after the warm-up it is
+    served eagerly (same picture), and a warmed shape still takes the compiled forward."""
+    compiled_shapes: list[tuple[int, ...]] = []
+
+    def fake_compile(forward):
+        def compiled(sample, *args, **kwargs):
+            compiled_shapes.append(tuple(sample.shape))
+            return forward(sample, *args, **kwargs)
+        return compiled
+
+    eager_64 = _generate_at(pipe, 64)
+    report = apply_fast_path(pipe, UNET_ONLY, compile_fn=fake_compile)
+    _generate_at(pipe, 64)  # the warm-up's shape
+    report.compile_new_shapes = False
+    compiled_shapes.clear()
+    with caplog.at_level(logging.WARNING, logger="easel.inference"):
+        np.testing.assert_allclose(_generate_at(pipe, 64), eager_64, atol=1e-4)
+        assert len(compiled_shapes) == 2  # warmed: both steps compiled
+        compiled_shapes.clear()
+        _generate_at(pipe, 96)
+        _generate_at(pipe, 96)
+    assert compiled_shapes == []
+    assert caplog.text.count("was not warmed up; served eagerly") == 1  # logged once a shape
+    assert "cuda_graphs" in report.applied and not report.fallbacks
+
+
+def test_new_shapes_are_compiled_while_they_are_open(pipe) -> None:
+    compiled_shapes: list[tuple[int, ...]] = []
+
+    def fake_compile(forward):
+        def compiled(sample, *args, **kwargs):
+            compiled_shapes.append(tuple(sample.shape))
+            return forward(sample, *args, **kwargs)
+        return compiled
+
+    apply_fast_path(pipe, UNET_ONLY, compile_fn=fake_compile)
+    _generate_at(pipe, 64)
+    _generate_at(pipe, 96)
+    assert len({shape[-1] for shape in compiled_shapes}) == 2  # both sizes compiled
+
+
+def test_settings_read_whether_a_request_may_compile_a_new_shape() -> None:
+    assert not Settings.from_env({}).fast_compile_on_request
+    assert Settings.from_env({"EASEL_FAST_COMPILE_ON_REQUEST": "1"}).fast_compile_on_request

@@ -148,6 +148,9 @@ class Engine:
                 self.warm_up(model.name, model.pipe)
                 if self.warms_sizes(model):
                     self.warm_sizes(model.name, model.pipe)
+                # from now on a shape the warm-up missed runs eagerly, not a minute's compile
+                # inside a request's deadline (EASEL_FAST_COMPILE_ON_REQUEST=1 compiles it)
+                model.fast_path.compile_new_shapes = self.settings.fast_compile_on_request
             if cache is not None:
                 cache.save()  # the first instance: its compile, for the next ones
             self.readiness.move("ready")

@@ -18,6 +18,13 @@ Options (environment variables, read by ``Settings``):
   memory pool is kept per image size). Recompiles per latent shape; the decode of a per-request
   VAE (``sd_vae``) stays eager.
 
+New shapes: a shape the compiled forward has not seen costs a compile (about a minute for
+SD1.5's UNet on an H100), longer than a request's deadline. While the server warms up
+(``FastPathReport.compile_new_shapes``) every shape is compiled; once it is ready, a shape the
+warm-up did not cover (a batch size, a size the form does not offer) runs eagerly, logged once per
+shape, unless ``EASEL_FAST_COMPILE_ON_REQUEST=1`` (then the request that brings it pays the
+compile).
+
 Each option that fails (while being applied or, for the compiled forward, at any call) is logged
 with its reason and the model keeps serving without it; a failed compiled forward is retried
 eagerly in the same call. LoRAs stay free with graphs because ``LoraFuser`` writes weights in
@@ -53,6 +60,15 @@ class FastPathReport:
 
     applied: list[str] = field(default_factory=list)
     fallbacks: dict[str, str] = field(default_factory=dict)
+    compile_new_shapes: bool = True  # False once warm: unseen shapes run eagerly
+    eager_shapes: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
+
+    def serves_eagerly(self, option: str, shape: tuple[Any, ...]) -> None:
+        if (option, shape) not in self.eager_shapes:
+            self.eager_shapes.add((option, shape))
+            log.warning("fast path: %s shape %s was not warmed up; served eagerly (warm it up, "
+                        "or set EASEL_FAST_COMPILE_ON_REQUEST=1 to compile it on its first "
+                        "request)", option, shape)
 
     def fell_back(self, option: str, exc: BaseException) -> None:
         reason = _reason(exc)
@@ -129,9 +145,26 @@ def steady_timestep(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tupl
     return args, kwargs
 
 
+def shape_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The shapes and dtypes of a call's tensors (nested in dicts too): what decides whether the
+    compiled forward has a graph for it."""
+
+    def key(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return (tuple(value.shape), str(value.dtype))
+        if isinstance(value, dict):
+            return tuple((name, key(item)) for name, item in sorted(value.items()))
+        if isinstance(value, (tuple, list)):
+            return tuple(key(item) for item in value)
+        return None
+
+    return (key(args), key(kwargs))
+
+
 class GuardedForward:
     """A compiled forward (the UNet's by default); on any failure but out-of-memory, eager from
-    then on, with the reason recorded under ``option``."""
+    then on, with the reason recorded under ``option``. Shapes it has not compiled run eagerly
+    once the report says no new shapes."""
 
     def __init__(self, compiled: Callable[..., Any], eager: Callable[..., Any],
                  report: FastPathReport, *, option: str = "cuda_graphs",
@@ -142,15 +175,22 @@ class GuardedForward:
         self.option = option
         self.graphs = graphs
         self.failure: str | None = None
+        self.shapes: set[tuple[Any, ...]] = set()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failure is None:
+            shape = shape_key(args, kwargs)
+            if shape not in self.shapes and not self.report.compile_new_shapes:
+                self.report.serves_eagerly(self.option, shape)
+                return self.eager(*args, **kwargs)
             try:
                 mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
                 if self.graphs and mark_step is not None:
                     mark_step()
                 steady_args, steady_kwargs = steady_timestep(args, kwargs)
-                return _clone_output(self.compiled(*steady_args, **steady_kwargs))
+                out = _clone_output(self.compiled(*steady_args, **steady_kwargs))
+                self.shapes.add(shape)
+                return out
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any compile/capture failure: serve eagerly

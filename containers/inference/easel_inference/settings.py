@@ -75,6 +75,7 @@ class Settings:
     fast_channels_last: bool = True
     fast_graphs: bool = True
     fast_vae: bool = True
+    fast_compile_on_request: bool = False  # a shape the warm-up missed: compile it, or eager
     workers: int | None = None  # worker processes, one per GPU (None: the CUDA device count)
     warmup_sizes: str = "auto"  # every size the form offers: auto = when the fast path compiles
     startup_budget_seconds: int = DEFAULT_STARTUP_BUDGET_SECONDS  # SageMaker's health-check wait
@@ -135,6 +136,7 @@ class Settings:
             fast_channels_last=_flag(env, "EASEL_FAST_CHANNELS_LAST"),
             fast_graphs=_flag(env, "EASEL_FAST_GRAPHS"),
             fast_vae=_flag(env, "EASEL_FAST_VAE"),
+            fast_compile_on_request=_flag(env, "EASEL_FAST_COMPILE_ON_REQUEST", "0"),
             workers=_workers(env),
             warmup_sizes=_choice(env, "EASEL_WARMUP_SIZES", "auto", ("auto", "on", "off")),
             startup_budget_seconds=_int(env, STARTUP_BUDGET_ENV, DEFAULT_STARTUP_BUDGET_SECONDS,
