@@ -49,3 +49,16 @@ def test_a_full_mode_checkpoint_has_no_lora_file(make_job):
     layout = make_job({"mode": "full", "max_train_steps": "2", "checkpointing_steps": "1"})
     run_in_process(layout)
     assert not (layout.root / "checkpoints" / checkpoint_name(1) / LORA_FILE).exists()
+
+
+def test_a_flux_checkpoint_lora_is_in_the_diffusers_format_of_its_result(make_job):
+    layout = make_job({"rank": "4", "learning_rate": "0.05", "max_train_steps": "2",
+                       "checkpointing_steps": "1", "center_crop": "true"}, arch="flux_dev")
+    outcome = run_in_process(layout)
+    checkpoint_file = layout.root / "checkpoints" / checkpoint_name(1) / LORA_FILE
+    with safe_open(str(checkpoint_file), "pt") as saved, \
+            safe_open(str(outcome.result), "pt") as result:
+        names = saved.keys()
+        assert names and all(name.startswith("transformer.") for name in names)
+        assert set(names) == set(result.keys())
+        assert saved.metadata()["easel_family"] == "flux_dev"
