@@ -85,3 +85,46 @@ def test_a_toy_size_model_is_planned_by_its_own_size():
     tiny = plan(["flux_dev"], "ml.g5.xlarge", _facts(24), model_bytes=5 * 10**6)
     assert tiny.fits and tiny.gpu_need_gib < 2
     assert not plan(["flux_dev"], "ml.g5.xlarge", _facts(24), model_bytes=34 * GB).fits
+
+
+def test_fp8_weights_count_one_byte_a_denoiser_parameter():
+    bf16, fp8 = footprint(ModelFamily.FLUX_DEV, "bfloat16"), footprint(
+        ModelFamily.FLUX_DEV, "bfloat16", fp8=True)
+    assert fp8.denoiser_gib == pytest.approx(bf16.denoiser_gib / 2)
+    assert (fp8.vae_gib, fp8.text_encoders_gib) == (bf16.vae_gib, bf16.text_encoders_gib)
+
+
+def test_flux_dev_fits_a_24_gb_gpu_with_fp8_weights_and_offload():
+    result = plan(["flux_dev"], "ml.g5.xlarge", _facts(24), model_bytes=24 * GB, fp8="on")
+    assert result.fits and result.fp8_weights and result.offload_text_encoders
+    assert "FP8 weights, bfloat16 compute" in result.summary()
+
+
+def test_the_refusal_names_fp8_when_it_would_fit():
+    result = plan(["flux_dev"], "ml.g5.xlarge", _facts(24), model_bytes=24 * GB)
+    assert not result.fits and "it fits with FP8 weights (EASEL_FP8_WEIGHTS=on" in result.reason
+
+
+def test_the_refusal_does_not_name_fp8_when_it_would_not_fit_either():
+    result = plan(["flux_dev"], "ml.g6.xlarge", _facts(16), model_bytes=24 * GB)
+    assert not result.fits and "FP8" not in result.reason
+
+
+def test_auto_keeps_16_bit_weights_where_they_fit():
+    result = plan(["flux_dev"], "ml.g6e.xlarge", _facts(48), model_bytes=34 * GB, fp8="auto")
+    assert result.fits and not result.fp8_weights
+
+
+def test_auto_chooses_fp8_where_only_fp8_fits():
+    result = plan(["flux_dev"], "ml.g5.xlarge", _facts(24), model_bytes=24 * GB, fp8="auto")
+    assert result.fits and result.fp8_weights
+
+
+def test_fp8_does_not_lift_the_t4_refusal_of_flow_families():
+    result = plan(["flux_schnell"], "ml.g4dn.xlarge", _facts(16), model_bytes=24 * GB, fp8="on")
+    assert not result.fits and "bfloat16" in result.reason
+
+
+def test_fp8_is_not_planned_for_unet_families():
+    result = plan(["sdxl"], "ml.g4dn.xlarge", _facts(16), model_bytes=7 * GB, fp8="on")
+    assert result.fits and not result.fp8_weights

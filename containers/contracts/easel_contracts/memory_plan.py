@@ -26,6 +26,7 @@ from .instances import InstanceFacts, family_of
 from .training_memory import TOY_SHARE
 
 OFFLOAD_ENV = "EASEL_TEXT_ENCODER_OFFLOAD"
+FP8_ENV = "EASEL_FP8_WEIGHTS"  # off | on | auto: SD3.5 / FLUX.1 transformer stored in float8
 GIB = 1024**3
 CUDA_CONTEXT_GIB = 1.0  # the CUDA context, cuBLAS/cuDNN workspaces and allocator slack
 HOST_OVERHEAD_GIB = 4.0  # Python, torch, the server and the OS besides the weights
@@ -91,10 +92,12 @@ class Footprint(BaseModel):
             CUDA_CONTEXT_GIB
 
 
-def footprint(family: ModelFamily, dtype: Dtype, *, model_bytes: int | None = None) -> Footprint:
+def footprint(family: ModelFamily, dtype: Dtype, *, model_bytes: int | None = None,
+              fp8: bool = False) -> Footprint:
     """A family's footprint as released; a model under ``TOY_SHARE`` of that (the tiny
     random-weight models of the tests and of local mode, by the manifest's bytes) is scaled
-    down to its own size, as the training plan does."""
+    down to its own size, as the training plan does. ``fp8``: the denoiser stored in float8
+    (1 byte a parameter; one layer at a time is upcast, within the working memory)."""
     width = 2  # bytes a parameter, both 16-bit dtypes
     facts = FAMILIES[family]
     released = Footprint(
@@ -104,10 +107,10 @@ def footprint(family: ModelFamily, dtype: Dtype, *, model_bytes: int | None = No
         working_gib=_WORKING_GIB[family],
     )
     weights = (released.denoiser_gib + released.vae_gib + sum(released.text_encoders_gib)) * GIB
-    if model_bytes is None or model_bytes >= TOY_SHARE * weights:
-        return released
-    scale = model_bytes / weights
-    return Footprint(denoiser_gib=released.denoiser_gib * scale,
+    scale = 1.0
+    if model_bytes is not None and model_bytes < TOY_SHARE * weights:
+        scale = model_bytes / weights
+    return Footprint(denoiser_gib=released.denoiser_gib * scale * (0.5 if fp8 else 1.0),
                      vae_gib=released.vae_gib * scale,
                      text_encoders_gib=tuple(g * scale for g in released.text_encoders_gib),
                      working_gib=released.working_gib * scale)
@@ -123,6 +126,7 @@ class MemoryPlan(BaseModel):
     dtype: Dtype
     fits: bool
     offload_text_encoders: bool = False
+    fp8_weights: bool = False  # the transformer stored in float8 (``FP8_ENV``)
     gpu_need_gib: float = Field(ge=0)
     gpu_have_gib: float = Field(ge=0)
     host_need_gib: float = Field(ge=0)
@@ -133,9 +137,10 @@ class MemoryPlan(BaseModel):
 
     def summary(self) -> str:
         how = "with text-encoder offload" if self.offload_text_encoders else "fully on the GPU"
+        weights = f"FP8 weights, {self.dtype} compute" if self.fp8_weights else self.dtype
         if self.fits:
             return (f"{FAMILIES[self.family].label} fits {self.instance_type} {how} in "
-                    f"{self.dtype} ({self.gpu_need_gib:.1f} of {self.gpu_have_gib:.1f} GiB GPU)")
+                    f"{weights} ({self.gpu_need_gib:.1f} of {self.gpu_have_gib:.1f} GiB GPU)")
         return f"{FAMILIES[self.family].label} does not fit {self.instance_type}: {self.reason}"
 
 
@@ -154,10 +159,16 @@ def _serving_dtype(instance_type: str) -> tuple[Dtype, bool]:
 
 
 def plan(families: Iterable[ModelFamily | str], instance_type: str, facts: InstanceFacts, *,
-         model_bytes: int, archive: bool = True,
-         volume_size_gb: int | None = None) -> MemoryPlan:
+         model_bytes: int, archive: bool = True, volume_size_gb: int | None = None,
+         fp8: Literal["off", "auto", "on"] = "off") -> MemoryPlan:
     """The plan for the most demanding of a model's checkpoints (the server holds one pipeline
     a worker at a time; one worker a GPU) on ``instance_type``.
+
+    ``fp8`` (SD3.5 / FLUX.1 only): ``on`` plans the transformer stored in float8 (1 byte a
+    parameter), ``auto`` only where the 16-bit plan does not fit, ``off`` never (a refusal then
+    says when FP8 would fit). FP8 storage is a cast the layer undoes before it computes, so no
+    FP8 tensor cores are needed: any GPU that serves the family in bf16 (A10G, L4, L40S, A100,
+    H100) may store it; a T4 is refused before (no bf16).
 
     Disk: an archive is downloaded and unpacked beside itself (twice its size), a prefix once.
     """
@@ -167,7 +178,6 @@ def plan(families: Iterable[ModelFamily | str], instance_type: str, facts: Insta
     dtype, fast_bf16 = _serving_dtype(instance_type)
     family = max(chosen, key=lambda f: footprint(f, dtype).full_gpu_gib)
     label = FAMILIES[family].label
-    fp = footprint(family, dtype, model_bytes=model_bytes)
     gpu_have = facts.gpu_memory_gb * 1e9 / facts.gpus / GIB
     host_have = host_memory_gib(instance_type)
     disk_need = model_bytes * (2 if archive else 1) / 1e9
@@ -181,29 +191,50 @@ def plan(families: Iterable[ModelFamily | str], instance_type: str, facts: Insta
                           host_need_gib=round(host, 2), offload_text_encoders=offload, **base)
 
     host_full = HOST_OVERHEAD_GIB
+    full = footprint(family, dtype, model_bytes=model_bytes)
     if FAMILIES[family].prediction == "flow" and not fast_bf16:
         return refuse(f"{label} needs bfloat16 (it overflows float16) and the "
                       f"{family_of(instance_type).gpu} has no fast bfloat16; choose an "
-                      "instance type with an A10G, L4, L40S or newer GPU", fp.full_gpu_gib,
+                      "instance type with an A10G, L4, L40S or newer GPU", full.full_gpu_gib,
                       host_full)
     if disk_have is not None and disk_need > disk_have:
         return refuse(f"the model needs {disk_need:.0f} GB of disk (downloaded and unpacked), "
-                      f"{instance_type} has {disk_have} GB", fp.full_gpu_gib, host_full)
+                      f"{instance_type} has {disk_have} GB", full.full_gpu_gib, host_full)
     host_limit = host_have * HOST_USABLE if host_have is not None else None
-    if fp.full_gpu_gib <= gpu_have:
-        return MemoryPlan(fits=True, gpu_need_gib=round(fp.full_gpu_gib, 2),
-                          host_need_gib=round(host_full, 2), **base)
-    host_offload = HOST_OVERHEAD_GIB + sum(fp.text_encoders_gib)
-    if fp.offload_gpu_gib <= gpu_have:
-        if host_limit is not None and host_offload > host_limit:
-            return refuse(
-                f"{label} fits the GPU only with its text encoders in host memory, which needs "
-                f"{host_offload:.1f} GiB of RAM; {instance_type} has {host_have} GiB "
-                f"({host_limit:.1f} usable): choose a larger size of the same GPU",
-                fp.offload_gpu_gib, host_offload, offload=True)
-        return MemoryPlan(fits=True, offload_text_encoders=True,
-                          gpu_need_gib=round(fp.offload_gpu_gib, 2),
-                          host_need_gib=round(host_offload, 2), **base)
-    return refuse(f"{label} needs {fp.full_gpu_gib:.1f} GiB of GPU memory in {dtype} "
-                  f"({fp.offload_gpu_gib:.1f} GiB with text-encoder offload); {instance_type} "
-                  f"has {gpu_have:.1f} GiB a GPU", fp.full_gpu_gib, host_full)
+    flow = FAMILIES[family].prediction == "flow"
+    # the server stores only SD3.5 / FLUX.1 transformers in FP8
+    options = {"off": (False,), "on": (flow,), "auto": (False, True) if flow else (False,)}[fp8]
+    host_refusal: MemoryPlan | None = None
+    for stored_fp8 in options:
+        fp = footprint(family, dtype, model_bytes=model_bytes, fp8=stored_fp8)
+        if fp.full_gpu_gib <= gpu_have:
+            return MemoryPlan(fits=True, fp8_weights=stored_fp8,
+                              gpu_need_gib=round(fp.full_gpu_gib, 2),
+                              host_need_gib=round(host_full, 2), **base)
+        host_offload = HOST_OVERHEAD_GIB + sum(fp.text_encoders_gib)
+        if fp.offload_gpu_gib <= gpu_have:
+            if host_limit is not None and host_offload > host_limit:
+                host_refusal = host_refusal or refuse(
+                    f"{label} fits the GPU only with its text encoders in host memory, which "
+                    f"needs {host_offload:.1f} GiB of RAM; {instance_type} has {host_have} GiB "
+                    f"({host_limit:.1f} usable): choose a larger size of the same GPU",
+                    fp.offload_gpu_gib, host_offload, offload=True)
+                continue
+            return MemoryPlan(fits=True, offload_text_encoders=True, fp8_weights=stored_fp8,
+                              gpu_need_gib=round(fp.offload_gpu_gib, 2),
+                              host_need_gib=round(host_offload, 2), **base)
+    if host_refusal is not None:
+        return host_refusal
+    fp = footprint(family, dtype, model_bytes=model_bytes, fp8=options[-1])
+    weights = "FP8 weights" if options[-1] else dtype
+    reason = (f"{label} needs {fp.full_gpu_gib:.1f} GiB of GPU memory in {weights} "
+              f"({fp.offload_gpu_gib:.1f} GiB with text-encoder offload); {instance_type} "
+              f"has {gpu_have:.1f} GiB a GPU")
+    if fp8 == "off" and flow:
+        with_fp8 = plan(chosen, instance_type, facts, model_bytes=model_bytes, archive=archive,
+                        volume_size_gb=volume_size_gb, fp8="on")
+        if with_fp8.fits:
+            reason += (f"; it fits with FP8 weights ({FP8_ENV}=on, "
+                       f"{with_fp8.gpu_need_gib:.1f} GiB; see the README for their measured "
+                       "deviation)")
+    return refuse(reason, fp.full_gpu_gib, host_full)
