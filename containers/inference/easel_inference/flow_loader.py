@@ -104,12 +104,32 @@ def offload_text_encoders(pipe: Any, device: str) -> Any:
     return pipe
 
 
-def _place(pipe: Any, device: str, offload: bool) -> Any:
+def store_fp8(transformer: Any, compute_dtype: torch.dtype) -> None:
+    """Store the denoiser's layer weights in float8_e4m3fn (1 byte a parameter) and compute in
+    ``compute_dtype``: diffusers' layerwise casting upcasts each layer's weights just for its
+    forward pass. Norms, embeddings and the patch/position layers stay in ``compute_dtype``
+    (diffusers' default skip list). Done on the host, before the move to the GPU, so the GPU
+    never holds the 16-bit denoiser (``EASEL_FP8_WEIGHTS``)."""
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                         compute_dtype=compute_dtype)
+
+
+def has_fp8_weights(pipe: Any) -> bool:
+    transformer = getattr(pipe, "transformer", None)
+    return transformer is not None and any(
+        p.dtype == torch.float8_e4m3fn for p in transformer.parameters())
+
+
+def _place(pipe: Any, device: str, offload: bool, fp8: bool = False,
+           dtype: torch.dtype | None = None) -> Any:
+    if fp8:
+        pipe.transformer.to("cpu")
+        store_fp8(pipe.transformer, dtype or pipe.transformer.dtype)
     return offload_text_encoders(pipe, device) if offload else pipe.to(device)
 
 
 def load_flow_folder(path: Path, family: ModelFamily, *, device: str,
-                     dtype: torch.dtype, offload: bool = False) -> Any:
+                     dtype: torch.dtype, offload: bool = False, fp8: bool = False) -> Any:
     try:
         pipe = pipeline_class(family).from_pretrained(str(path), dtype=dtype,
                                                       local_files_only=True)
@@ -118,7 +138,7 @@ def load_flow_folder(path: Path, family: ModelFamily, *, device: str,
                             f"{exc}") from exc
     slot = encoder_slots(family)["t5xxl"]
     check_t5(getattr(pipe, slot), getattr(pipe, _tokenizer_slot(slot)), where=path.name)
-    return _place(pipe, device, offload)
+    return _place(pipe, device, offload, fp8, dtype)
 
 
 class _File:
@@ -197,7 +217,7 @@ def _text_model(kind: str, slot: str, family: ModelFamily, config: dict[str, Any
 
 
 def load_flow_single_file(path: Path, *, model_dir: Path, device: str,
-                          dtype: torch.dtype, offload: bool = False) -> Any:
+                          dtype: torch.dtype, offload: bool = False, fp8: bool = False) -> Any:
     """A pipeline from ``Stable-diffusion/<name>.safetensors`` and the parts beside it."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -230,7 +250,9 @@ def load_flow_single_file(path: Path, *, model_dir: Path, device: str,
             {k: v for k, v in config.items() if not k.startswith("_")})
     shapes = {key: tuple(value.shape) for key, value in shapes_model.state_dict().items()}
     try:
-        state = flow_keys.to_diffusers(kind, main.tensors(is_denoiser), shapes, name=path.name)
+        # FP8: the denoiser is read to the host and cast there (``_place``)
+        state = flow_keys.to_diffusers(kind, main.tensors(is_denoiser, "cpu" if fp8 else None),
+                                       shapes, name=path.name)
     except flow_keys.FlowKeyError as exc:
         raise FlowLoadError(f"{exc} (is the file a {detection.facts.label} of another size? "
                             "a file written without Easel's configs loads with the released "
@@ -282,4 +304,4 @@ def load_flow_single_file(path: Path, *, model_dir: Path, device: str,
     scheduler_config = main.config("scheduler") or shipped["scheduler"]
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_config(
         {k: v for k, v in scheduler_config.items() if not k.startswith("_")})
-    return _place(pipeline_class(family)(**parts), device, offload)
+    return _place(pipeline_class(family)(**parts), device, offload, fp8, dtype)

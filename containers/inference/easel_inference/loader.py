@@ -241,7 +241,8 @@ def _scheduler_from(configs: dict[str, dict[str, Any]]) -> Any:
 
 
 def load_single_file(path: str | Path, *, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32, offload: bool = False) -> Any:
+                     dtype: torch.dtype = torch.float32, offload: bool = False,
+                     fp8: bool = False) -> Any:
     path = Path(path)
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ModelLoadError(f"{path.name}: checkpoints must be .safetensors or .ckpt")
@@ -249,7 +250,7 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
     if view.path.suffix == ".safetensors" and _flow_family(view) is not None:
         try:
             return load_flow_single_file(path, model_dir=path.parent.parent, device=device,
-                                         dtype=dtype, offload=offload)
+                                         dtype=dtype, offload=offload, fp8=fp8)
         except FlowLoadError as exc:
             raise ModelLoadError(str(exc)) from None
     arch, configs = resolve_components(path, view)
@@ -280,7 +281,8 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
 
 
 def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
-                          dtype: torch.dtype = torch.float32, offload: bool = False) -> Any:
+                          dtype: torch.dtype = torch.float32, offload: bool = False,
+                          fp8: bool = False) -> Any:
     path = Path(path)
     try:
         family = detect_diffusers_folder(path).family
@@ -288,7 +290,8 @@ def load_diffusers_folder(path: str | Path, *, device: str = "cpu",
         raise ModelLoadError(str(exc)) from None
     if family in FLOW_FAMILIES:
         try:
-            return load_flow_folder(path, family, device=device, dtype=dtype, offload=offload)
+            return load_flow_folder(path, family, device=device, dtype=dtype, offload=offload,
+                                    fp8=fp8)
         except FlowLoadError as exc:
             raise ModelLoadError(str(exc)) from None
     if family is ModelFamily.SDXL_REFINER:
@@ -379,15 +382,16 @@ def load_controlnet(path: str | Path, *, unet_config: dict[str, Any], device: st
 
 
 def load_pipeline(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  offload: bool = False) -> Any:
+                  offload: bool = False, fp8: bool = False) -> Any:
     """A diffusers pipeline from a single-file checkpoint or a diffusers folder, offline;
-    ``offload`` keeps SD3.5 / FLUX.1 text encoders in host memory (``offload_text_encoders``)."""
+    ``offload`` keeps SD3.5 / FLUX.1 text encoders in host memory (``offload_text_encoders``);
+    ``fp8`` stores their transformer's weights in float8 (``flow_loader.store_fp8``)."""
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_folder(path, device=device, dtype=dtype, offload=offload)
+        return load_diffusers_folder(path, device=device, dtype=dtype, offload=offload, fp8=fp8)
     if not path.is_file():
         raise ModelLoadError(f"{path.name} does not exist")
-    return load_single_file(path, device=device, dtype=dtype, offload=offload)
+    return load_single_file(path, device=device, dtype=dtype, offload=offload, fp8=fp8)
 
 
 def flow_family_of(path: str | Path) -> ModelFamily | None:

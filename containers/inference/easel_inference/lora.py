@@ -3,6 +3,10 @@
 Fusing writes ``W + sum(weight * delta)`` into the affected weights, so generation time does not
 grow with the number of LoRAs. The original tensors of every affected weight are kept (copies,
 not deltas) and copied back on removal, so the base model is restored bit for bit.
+
+A transformer stored in FP8 (``EASEL_FP8_WEIGHTS``) takes no LoRA: a delta fused into float8
+(3 mantissa bits) would mostly round away, so such a LoRA is refused with what to do instead.
+Text-encoder-only LoRAs still fuse (the text encoders keep their serving dtype).
 """
 
 from __future__ import annotations
@@ -228,6 +232,12 @@ class LoraFuser:
                     continue
                 key = (patch.component, patch.module)
                 weight = self.index.modules[key].weight
+                if weight.dtype == torch.float8_e4m3fn:
+                    raise BadRequest(
+                        f"LoRA {use.name!r} changes the {patch.component}, whose weights this "
+                        "server stores in FP8 (EASEL_FP8_WEIGHTS), which a LoRA cannot be "
+                        "fused into; redeploy with EASEL_FP8_WEIGHTS=off on a larger GPU to "
+                        "use it", field="prompt")
                 delta = patch.delta(weight.shape) * multiplier
                 deltas[key] = deltas[key] + delta if key in deltas else delta
         self.restore()

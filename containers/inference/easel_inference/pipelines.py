@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from easel_contracts.families import FAMILIES, ModelFamily
+from easel_contracts.memory_plan import GIB, footprint
 
 from .errors import NotFound
 from .fastpath import FastPathOptions, FastPathReport, apply_fast_path
@@ -40,6 +41,30 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
     if setting == "auto":
         return torch.float16 if device == "cuda" else torch.float32
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[setting]
+
+
+def wants_fp8(setting: str, *, device: str, family: ModelFamily, model_bytes: int,
+              offload: bool, gpu_gib: float | None) -> bool:
+    """``EASEL_FP8_WEIGHTS`` for one SD3.5 / FLUX.1 model: ``on``/``off`` as set; ``auto``: on
+    CUDA, where the memory plan's 16-bit need exceeds the GPU's memory (``gpu_gib``)."""
+    if setting != "auto":
+        return setting == "on"
+    if device != "cuda" or gpu_gib is None:
+        return False
+    fp = footprint(family, "bfloat16", model_bytes=model_bytes)
+    return (fp.offload_gpu_gib if offload else fp.full_gpu_gib) > gpu_gib
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _gpu_gib() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
 
 
 def short_hash(path: Path) -> str | None:
@@ -199,13 +224,19 @@ class PipelineManager:
             import time
 
             started = time.perf_counter()
-            flow = flow_family_of(found[resolved]) is not None
+            flow_family = flow_family_of(found[resolved])
+            flow = flow_family is not None
             extra: dict[str, Any] = {}
             dtype = self.dtype
             if flow and self.settings.dtype == "auto" and self.device == "cuda":
                 dtype = torch.bfloat16  # SD3.5 and FLUX.1 overflow float16
             if flow and self.settings.text_encoder_offload and self.device == "cuda":
                 extra["offload"] = True
+            if flow_family is not None and wants_fp8(
+                    self.settings.fp8_weights, device=self.device, family=flow_family,
+                    model_bytes=_size(found[resolved]), offload="offload" in extra,
+                    gpu_gib=_gpu_gib()):
+                extra["fp8"] = True
             pipe = self._loader(found[resolved], device=self.device, dtype=dtype, **extra)
             pipe.set_progress_bar_config(disable=True)
             # the fast path rewrites a UNet; SD3.5 / FLUX.1 transformers run eager

@@ -10,7 +10,7 @@ from pathlib import Path
 from easel_contracts.compile_cache import COMPILE_CACHE_ENV, COMPILE_CACHE_URI_ENV
 from easel_contracts.instances import REQUIRE_CUDA_ENV, cuda_required
 from easel_contracts.invocations import MAX_IMAGE_BYTES
-from easel_contracts.memory_plan import OFFLOAD_ENV
+from easel_contracts.memory_plan import FP8_ENV, OFFLOAD_ENV
 from easel_contracts.readiness import STARTUP_BUDGET_ENV
 from easel_contracts.s3uri import S3Uri
 from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S, DEADLINE_ENV, deadline_seconds
@@ -84,6 +84,9 @@ class Settings:
     # SD3.5 / FLUX.1 text encoders in host memory, on the GPU only while they encode a prompt
     # (the portal's memory plan sets it where the model fits only that way)
     text_encoder_offload: bool = False
+    # SD3.5 / FLUX.1 transformer weights stored in float8_e4m3fn, computed in the serving dtype:
+    # off, on, or auto (on CUDA, where the model does not fit the GPU in bf16 otherwise)
+    fp8_weights: str = "off"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +147,7 @@ class Settings:
             compile_cache=_flag(env, COMPILE_CACHE_ENV),
             compile_cache_s3_uri=cache_uri,
             text_encoder_offload=_flag(env, OFFLOAD_ENV, "0"),
+            fp8_weights=_choice(env, FP8_ENV, "off", ("auto", "on", "off")),
         )
 
 
