@@ -9,13 +9,18 @@ float32. Rows, each the median of --repeat calls after --warmup:
 - easel: the same pipeline object served by Easel's txt2img handler (`Engine.handlers()`, the code
   behind `/invocations` without HTTP: validation, family defaults, sampler mapping, PNG + base64).
 - peak_gib: the GPU's peak memory during the Easel rows.
+- --fp8 adds fp8_seconds (the stock call again, numpy out, with the transformer stored in
+  float8_e4m3fn by `flow_loader.store_fp8`, as EASEL_FP8_WEIGHTS=on serves it), fp8_peak_gib and
+  fp8_psnr_db: the PSNR of its image against the 16-bit image of the same seed (SD3.5 / FLUX.1
+  only). Random weights: the deviation of trained weights needs the real model (README, Model
+  families).
 
 Defaults per family are the issue's: SDXL 1024^2 30 steps, SD3.5 medium 1024^2 28 steps, FLUX.1
 schnell 1024^2 4 steps, dev 28 steps. `--size tiny` runs the same code on the tiny CPU builders
 (a smoke test of the script). Prints JSON; writes $OUT/flow_bench_<family>.json when OUT is set.
 
   PYTHONPATH=containers/contracts:containers/inference python bench/flow_families.py \\
-      --family flux_schnell [--size tiny]
+      --family flux_schnell [--size tiny] [--fp8]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from timing import timed
 
@@ -101,6 +107,32 @@ def build(family: str, size: str, device: str):
     return _full_flow_pipeline(family, torch.bfloat16, device)
 
 
+def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else round(10 * float(np.log10(1.0 / mse)), 2)
+
+
+def fp8_row(pipe, *, steps: int, side: int, device: str, warmup: int, repeat: int) -> dict:
+    """The FP8-weights row: speed, peak memory and PSNR against the 16-bit image (same seed)."""
+    from easel_inference.flow_loader import store_fp8
+
+    def image() -> np.ndarray:
+        return pipe(PROMPT, num_inference_steps=steps, height=side, width=side,
+                    generator=torch.Generator("cpu").manual_seed(1), output_type="np").images[0]
+
+    reference = image()
+    store_fp8(pipe.transformer, pipe.transformer.dtype)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    row: dict[str, object] = {"fp8_seconds": round(timed(image, device=device, warmup=warmup,
+                                                         repeat=repeat), 4)}
+    if device == "cuda":
+        row["fp8_peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+    row["fp8_psnr_db"] = _psnr_db(reference, image())
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(DEFAULT_STEPS), default="flux_schnell")
@@ -109,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fp8", action="store_true",
+                        help="add the FP8-weights row (speed, peak memory, PSNR vs 16-bit)")
     args = parser.parse_args(argv)
+    if args.fp8 and args.family == "sdxl":
+        parser.error("--fp8: FP8 weights are served for SD3.5 and FLUX.1 only, not SDXL")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     steps = args.steps or (DEFAULT_STEPS[args.family] if args.size == "full" else 2)
     side = args.side or (1024 if args.size == "full" else 64)
@@ -155,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda":
             results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
     results["easel_over_stock"] = round(results["easel_seconds"] / results["stock_seconds"], 3)
+    if args.fp8:
+        results.update(fp8_row(pipe, steps=steps, side=side, device=device,
+                               warmup=args.warmup, repeat=args.repeat))
+        results["fp8_over_stock"] = round(results["fp8_seconds"] / results["stock_seconds"], 3)
     text = json.dumps(results, indent=1)
     print(text, flush=True)
     out = os.environ.get("OUT")
