@@ -123,3 +123,15 @@ def test_auto_keeps_16_bit_weights_where_they_fit_the_gpu():
 
 def test_auto_is_off_on_cpu():
     assert not _auto("cpu", None)
+
+
+def test_a_text_encoder_only_lora_still_applies_on_an_fp8_model(model_dir, tmp_path):
+    pipe = _load(model_dir, "flux", fp8=True)
+    save_file(random_flow_kohya_lora(pipe), str(tmp_path / "style.safetensors"))
+    encoders = [pipe.text_encoder, pipe.text_encoder_2]
+    before = [{k: v.clone() for k, v in e.state_dict().items()} for e in encoders]
+    fuser = LoraFuser(pipe)
+    fuser.apply([LoraUse("style", 1.0, 0.0)], LoraLibrary(tmp_path))  # text weight 1, unet 0
+    changed = [k for e, old in zip(encoders, before, strict=True)
+               for k, v in e.state_dict().items() if not torch.equal(old[k], v)]
+    assert fuser.active and changed
