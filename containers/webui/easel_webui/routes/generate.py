@@ -13,7 +13,7 @@ from easel_contracts.invocations import HR_UPSCALERS
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.gallery import MAX_EXAMINED, parse_query, search
-from easel_webui.payloads import parse_request
+from easel_webui.payloads import parse_plotted
 from easel_webui.pnginfo import sent_settings
 from easel_webui.routes.common import blocking, redirect
 from easel_webui.templating import render
@@ -76,9 +76,9 @@ async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Resp
     payload = body.get("payload")
     if isinstance(payload, dict):
         await blocking(_resolve_images, portal, user, payload)
-    checked = parse_request(task, payload)
+    checked, plot = parse_plotted(task, payload)
     job_id = await blocking(portal.generation.submit, user=user, endpoint=endpoint, task=task,
-                            request=checked)
+                            request=checked, plot=plot)
     return JSONResponse({"job_id": job_id, "poll": f"/generate/jobs/{job_id}"}, status_code=202)
 
 
