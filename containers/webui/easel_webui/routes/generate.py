@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from easel_contracts import table as keys
 from easel_contracts.invocations import HR_UPSCALERS
+from easel_contracts.xy_plot import AXIS_LABELS, MAX_AXIS_VALUES, MAX_CELLS, AxisType
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.gallery import MAX_EXAMINED, parse_query, search
@@ -34,7 +35,9 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
         reused = {"params": sent}  # "Send to txt2img" from the PNG Info page
     endpoints = [e for e in portal.endpoints.listing() if e["usable"]]
     return render(request, "generate.html", endpoints=endpoints, reused=reused,
-                  library_loras=portal.bucket.loras(), hr_upscalers=HR_UPSCALERS)
+                  library_loras=portal.bucket.loras(), hr_upscalers=HR_UPSCALERS,
+                  xy_axes=[(axis.value, AXIS_LABELS[axis]) for axis in AxisType],
+                  xy_max_values=MAX_AXIS_VALUES, xy_max_cells=MAX_CELLS)
 
 
 @routes.get("/generate/options", access=Access.USER)
