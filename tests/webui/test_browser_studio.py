@@ -70,8 +70,10 @@ def test_painted_stroke_is_sent_as_the_inpainting_mask(served, page, tmp_path): 
     page.select_option("select[name=inpainting_fill]", "2")
     page.check("input[name=inpaint_full_res]")
     page.fill("input[name=inpaint_full_res_padding]", "48")
-    _shot(page, "11-inpaint-mask")
     payload = _submitted_img2img(page, world)
+    # after the click: a full-page screenshot resizes the viewport and back, and with the X/Y
+    # plot section making the form taller the click then landed beside the button
+    _shot(page, "11-inpaint-mask")
 
     mask = _mask(payload)
     assert mask.size == (128, 96)  # the init image's own size
