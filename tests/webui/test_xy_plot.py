@@ -140,3 +140,28 @@ def test_the_api_refuses_a1111s_script_form_saying_what_to_send(world):
     assert response.status_code == 422
     assert "send xy_plot" in response.json()["detail"]
     assert world.runtime.generations() == []
+
+
+def test_each_cell_is_held_to_the_work_cap_before_any_invocation(world):
+    from .test_sdapi import _measured_options
+
+    client = _setup(world)
+    _measured_options(world)  # 1e-4 s a pixel-step: 64x64 x 150 steps is past the 55 s deadline
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={
+        "prompt": "p", "width": 64, "height": 64,
+        "xy_plot": {"x": {"type": "steps", "values": "10, 150"},
+                    "y": {"type": "seed", "values": "1"}}})
+    assert response.status_code == 422
+    assert "more than its 55 s deadline" in response.json()["detail"]
+    assert world.runtime.generations() == []
+
+
+def test_a_plot_is_one_job_owning_its_grid_and_every_cell(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    job_id = _submit(admin, xy_plot=PLOT).json()["job_id"]
+    state = poll_job(admin, job_id)
+    assert state["status"] == "done"
+    jobs = {image["image_id"]: world.portal.table.get(*keys.image_key(image["image_id"]))
+            ["job_id"] for image in state["images"]}
+    assert set(jobs.values()) == {job_id} and len(jobs) == 7
