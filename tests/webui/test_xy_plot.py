@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import numpy as np
 from PIL import Image
@@ -165,3 +166,23 @@ def test_a_plot_is_one_job_owning_its_grid_and_every_cell(world):
     jobs = {image["image_id"]: world.portal.table.get(*keys.image_key(image["image_id"]))
             ["job_id"] for image in state["images"]}
     assert set(jobs.values()) == {job_id} and len(jobs) == 7
+
+
+def test_a_skipped_cell_leaves_the_plot_without_a_grid_and_the_others_with_their_settings(
+        world_factory):
+    world = world_factory()
+    world.in_service()
+    world.runtime.step_delay = 0.05
+    world.add_user("alice")
+    alice = world.signed_in("alice")
+    job_id = _submit(alice, xy_plot={"x": {"type": "steps", "values": "30, 2, 3"},
+                                     "y": {"type": "seed", "values": "5"}}).json()["job_id"]
+    deadline = time.monotonic() + 10
+    while not world.runtime.streams or world.runtime.streams[0].sent < 1:
+        assert time.monotonic() < deadline, "the first cell never started"
+        time.sleep(0.05)
+    assert alice.post(f"/generate/jobs/{job_id}/skip").json()["stopping"] is True
+    state = poll_job(alice, job_id, timeout=20)
+    assert state["status"] == "done"
+    assert [(image["grid"], image["steps"]) for image in state["images"]] == [
+        (False, 2), (False, 3)]
