@@ -272,6 +272,25 @@ def test_a_shape_not_warmed_runs_eagerly_once_new_shapes_are_closed(pipe, caplog
     assert "cuda_graphs" in report.applied and not report.fallbacks
 
 
+def test_a_warmed_shape_stays_compiled_whatever_the_samplers_timestep_type(pipe) -> None:
+    """The warm-up's sampler gives float timesteps, DPM++ int64 ones: one compiled graph."""
+    calls: list[int] = []
+
+    def fake_compile(forward):
+        def compiled(*args, **kwargs):
+            calls.append(1)
+            return forward(*args, **kwargs)
+        return compiled
+
+    report = apply_fast_path(pipe, UNET_ONLY, compile_fn=fake_compile)
+    sample, states = torch.zeros(2, 4, 8, 8), torch.zeros(2, 77, 32)
+    pipe.unet(sample, torch.tensor(981.0), encoder_hidden_states=states)
+    report.compile_new_shapes = False
+    pipe.unet(sample, torch.tensor(981), encoder_hidden_states=states)
+    pipe.unet(sample, 981, encoder_hidden_states=states)
+    assert len(calls) == 3 and not report.eager_shapes
+
+
 def test_new_shapes_are_compiled_while_they_are_open(pipe) -> None:
     compiled_shapes: list[tuple[int, ...]] = []
 
