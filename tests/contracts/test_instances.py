@@ -210,3 +210,31 @@ def test_an_allowlist_entry_that_contradicts_the_gpu_count_is_refused():
 
 def test_the_endpoint_allowlist_offers_a_multi_gpu_type():
     assert any(facts.gpus > 1 for facts in load_config().endpoints.instance_types.values())
+
+
+# --- host memory and local NVMe per instance type (both memory plans read them)
+
+@pytest.mark.parametrize(("instance_type", "memory_gib", "nvme_gb"), [
+    ("ml.g4dn.xlarge", 16, 125), ("ml.g5.xlarge", 16, 250), ("ml.g6.xlarge", 16, 250),
+    ("ml.g6e.xlarge", 32, 250), ("ml.g5.2xlarge", 32, 450), ("ml.g5.48xlarge", 768, 7600),
+    ("ml.p4d.24xlarge", 1152, 8000), ("ml.p5.48xlarge", 2048, 30400),
+])
+def test_host_memory_and_nvme_follow_the_ec2_specifications(instance_type, memory_gib, nvme_gb):
+    # INSTANCE_GPUS_DOC: "Memory (GiB)" and "Instance store volumes"
+    assert instances.host_memory_gib(instance_type) == memory_gib
+    assert instances.nvme_gb(instance_type) == nvme_gb
+
+
+def test_every_type_with_a_gpu_count_has_its_host_facts():
+    assert set(instances.INSTANCE_HOSTS) == set(instances.INSTANCE_GPUS)
+
+
+def test_every_configured_type_has_its_host_memory():
+    config = load_config()
+    configured = {**config.endpoints.instance_types, **config.training.instance_types}
+    assert [name for name in configured if instances.host_memory_gib(name) is None] == []
+
+
+def test_a_type_without_a_row_has_no_host_facts():
+    assert instances.host_memory_gib("ml.m5.xlarge") is None
+    assert instances.nvme_gb("ml.m5.xlarge") is None

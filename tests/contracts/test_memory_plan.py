@@ -7,7 +7,7 @@ import pytest
 from easel_contracts import memory_plan
 from easel_contracts.families import ModelFamily
 from easel_contracts.instances import InstanceFacts
-from easel_contracts.memory_plan import footprint, host_memory_gib, plan
+from easel_contracts.memory_plan import footprint, plan
 
 GB = 10**9
 
@@ -75,11 +75,6 @@ def test_ebs_types_plan_disk_against_the_volume():
     result = plan(["sd1"], "ml.g6.xlarge", _facts(24, storage=False), model_bytes=60 * GB,
                   volume_size_gb=100)
     assert not result.fits and "has 100 GB" in result.reason
-
-
-def test_xlarge_hosts_have_16_gib_except_g6e():
-    assert {host_memory_gib(f"ml.{f}.xlarge") for f in ("g4dn", "g5", "g6")} == {16}
-    assert host_memory_gib("ml.g6e.xlarge") == 32
 
 
 def test_a_toy_size_model_is_planned_by_its_own_size():

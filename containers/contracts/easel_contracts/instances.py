@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -145,6 +145,45 @@ INSTANCE_GPUS: dict[str, int] = {
     "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8,
     "ml.p5.48xlarge": 8, "ml.p5e.48xlarge": 8, "ml.p5en.48xlarge": 8,
 }
+
+
+# Host memory (GiB) and local NVMe instance storage (GB, 0: EBS only) per instance type. Source:
+# the EC2 accelerated computing specifications (INSTANCE_GPUS_DOC: "Memory (GiB)" in the
+# summary table, "Instance store volumes" in the instance storage table). Both memory plans read
+# them: the serving plan (text encoders kept in host memory, the model unpacked on local disk)
+# and the training plan (the pipeline loaded on the CPU first).
+class HostFacts(NamedTuple):
+    memory_gib: int
+    nvme_gb: int
+
+
+INSTANCE_HOSTS: dict[str, HostFacts] = {f"ml.{name}": HostFacts(*facts) for name, facts in {
+    "g4dn.xlarge": (16, 125), "g4dn.2xlarge": (32, 225), "g4dn.4xlarge": (64, 225),
+    "g4dn.8xlarge": (128, 900), "g4dn.12xlarge": (192, 900), "g4dn.16xlarge": (256, 900),
+    "g5.xlarge": (16, 250), "g5.2xlarge": (32, 450), "g5.4xlarge": (64, 600),
+    "g5.8xlarge": (128, 900), "g5.12xlarge": (192, 3800), "g5.16xlarge": (256, 1900),
+    "g5.24xlarge": (384, 3800), "g5.48xlarge": (768, 7600),
+    "g6.xlarge": (16, 250), "g6.2xlarge": (32, 450), "g6.4xlarge": (64, 600),
+    "g6.8xlarge": (128, 900), "g6.12xlarge": (192, 3760), "g6.16xlarge": (256, 1880),
+    "g6.24xlarge": (384, 3760), "g6.48xlarge": (768, 7520),
+    "g6e.xlarge": (32, 250), "g6e.2xlarge": (64, 450), "g6e.4xlarge": (128, 600),
+    "g6e.8xlarge": (256, 900), "g6e.12xlarge": (384, 3800), "g6e.16xlarge": (512, 1900),
+    "g6e.24xlarge": (768, 3800), "g6e.48xlarge": (1536, 7600),
+    "p4d.24xlarge": (1152, 8000), "p4de.24xlarge": (1152, 8000),
+    "p5.48xlarge": (2048, 30400), "p5e.48xlarge": (2048, 30400), "p5en.48xlarge": (2048, 30400),
+}.items()}
+
+
+def host_memory_gib(instance_type: str) -> int | None:
+    """The host memory of ``instance_type`` in GiB, None where ``INSTANCE_HOSTS`` has no row."""
+    host = INSTANCE_HOSTS.get(instance_type)
+    return None if host is None else host.memory_gib
+
+
+def nvme_gb(instance_type: str) -> int | None:
+    """The local NVMe storage of ``instance_type`` in GB (0: none), None where there is no row."""
+    host = INSTANCE_HOSTS.get(instance_type)
+    return None if host is None else host.nvme_gb
 
 
 def gpu_count(instance_type: str) -> int | None:

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .families import FAMILIES, ModelFamily
-from .instances import InstanceFacts, family_of
+from .instances import InstanceFacts, family_of, host_memory_gib, nvme_gb
 from .model_sizes import is_toy, released_bytes, sizes_of
 
 OFFLOAD_ENV = "EASEL_TEXT_ENCODER_OFFLOAD"
@@ -38,24 +38,6 @@ _WORKING_GIB: dict[ModelFamily, float] = {
     ModelFamily.SD1: 2.0, ModelFamily.SD2: 2.5, ModelFamily.SDXL: 4.0,
     ModelFamily.SDXL_REFINER: 4.0, ModelFamily.SD35_MEDIUM: 4.0, ModelFamily.SD35_LARGE: 5.0,
     ModelFamily.FLUX_DEV: 5.0, ModelFamily.FLUX_SCHNELL: 5.0}
-
-# EC2 instance memory (GiB) and local NVMe (GB) by type; the EC2 accelerated-computing instance
-# specifications: https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html
-_HOSTS: dict[str, tuple[int, int]] = {
-    "g4dn.xlarge": (16, 125), "g4dn.2xlarge": (32, 225), "g4dn.4xlarge": (64, 225),
-    "g4dn.8xlarge": (128, 900), "g4dn.12xlarge": (192, 900), "g4dn.16xlarge": (256, 900),
-    "g5.xlarge": (16, 250), "g5.2xlarge": (32, 450), "g5.4xlarge": (64, 600),
-    "g5.8xlarge": (128, 900), "g5.12xlarge": (192, 3800), "g5.16xlarge": (256, 1900),
-    "g5.24xlarge": (384, 3800), "g5.48xlarge": (768, 7600),
-    "g6.xlarge": (16, 250), "g6.2xlarge": (32, 450), "g6.4xlarge": (64, 600),
-    "g6.8xlarge": (128, 900), "g6.12xlarge": (192, 3760), "g6.16xlarge": (256, 1880),
-    "g6.24xlarge": (384, 3760), "g6.48xlarge": (768, 7520),
-    "g6e.xlarge": (32, 250), "g6e.2xlarge": (64, 450), "g6e.4xlarge": (128, 600),
-    "g6e.8xlarge": (256, 900), "g6e.12xlarge": (384, 3800), "g6e.16xlarge": (512, 1900),
-    "g6e.24xlarge": (768, 3800), "g6e.48xlarge": (1536, 7600),
-    "p4d.24xlarge": (1152, 8000), "p4de.24xlarge": (1152, 8000),
-    "p5.48xlarge": (2048, 30400), "p5e.48xlarge": (2048, 30400), "p5en.48xlarge": (2048, 30400),
-}
 
 Dtype = Literal["float16", "bfloat16"]
 
@@ -132,14 +114,6 @@ class MemoryPlan(BaseModel):
             return (f"{FAMILIES[self.family].label} fits {self.instance_type} {how} in "
                     f"{weights} ({self.gpu_need_gib:.1f} of {self.gpu_have_gib:.1f} GiB GPU)")
         return f"{FAMILIES[self.family].label} does not fit {self.instance_type}: {self.reason}"
-
-
-def host_memory_gib(instance_type: str) -> int | None:
-    return _HOSTS.get(instance_type.removeprefix("ml."), (None, None))[0]
-
-
-def nvme_gb(instance_type: str) -> int | None:
-    return _HOSTS.get(instance_type.removeprefix("ml."), (None, None))[1]
 
 
 def _serving_dtype(instance_type: str) -> tuple[Dtype, bool]:

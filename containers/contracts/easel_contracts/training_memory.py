@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel_contracts.families import ModelFamily, facts_for
+from easel_contracts.instances import host_memory_gib
 from easel_contracts.model_sizes import is_toy, released_bytes, sizes_of
 
 GB = 1e9
@@ -72,18 +73,6 @@ def _family_size(family: ModelFamily) -> FamilySize:
 SIZES: dict[ModelFamily, FamilySize] = {family: _family_size(family) for family in _ACTIVATIONS_GB}
 FLOW_FAMILIES = frozenset({ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE,
                            ModelFamily.FLUX_DEV, ModelFamily.FLUX_SCHNELL})
-
-# Host memory (GiB) of the SageMaker training types, from the EC2 instance type pages
-# (https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html); a type not listed is planned
-# on its GPU memory alone.
-HOST_MEMORY_GIB: dict[str, int] = {
-    "ml.g4dn.xlarge": 16, "ml.g4dn.2xlarge": 32, "ml.g4dn.4xlarge": 64, "ml.g4dn.12xlarge": 192,
-    "ml.g5.xlarge": 16, "ml.g5.2xlarge": 32, "ml.g5.4xlarge": 64, "ml.g5.8xlarge": 128,
-    "ml.g5.12xlarge": 192, "ml.g5.48xlarge": 768,
-    "ml.g6.xlarge": 16, "ml.g6.2xlarge": 32, "ml.g6.4xlarge": 64, "ml.g6.12xlarge": 192,
-    "ml.g6e.xlarge": 32, "ml.g6e.2xlarge": 64, "ml.g6e.4xlarge": 128, "ml.g6e.12xlarge": 384,
-    "ml.p3.2xlarge": 61, "ml.p4d.24xlarge": 1152, "ml.p5.48xlarge": 2048,
-}
 
 Saver = Literal["gradient_checkpointing", "use_8bit_adam"]
 
@@ -148,14 +137,16 @@ def plan_training(family: ModelFamily | str, instance_type: str, instance: Any, 
     """The plan for ``family`` on ``instance`` (anything with ``gpu_memory_gb`` and ``gpus``,
     e.g. ``easel_contracts.instances.InstanceFacts``). Savers already requested stay on; the
     plan adds gradient checkpointing, then (``full`` mode) 8-bit AdamW, until the job fits.
-    ``model_bytes`` (the manifest's total) lets a toy-size model be planned by its size."""
+    ``model_bytes`` (the manifest's total) lets a toy-size model be planned by its size. Host
+    memory comes from ``instances.INSTANCE_HOSTS``; a type without a row is planned on its GPU
+    memory alone."""
     facts = facts_for(family)
     family = facts.family
     size = _scaled(SIZES[family], family, model_bytes)
     resolution = resolution or facts.resolution
     per_gpu = float(instance.gpu_memory_gb) / int(getattr(instance, "gpus", 1) or 1)
     available = per_gpu * HEADROOM
-    host_gib = HOST_MEMORY_GIB.get(instance_type)
+    host_gib = host_memory_gib(instance_type)
     host_available = host_gib * GIB / GB * HEADROOM if host_gib else None
     host = _host_need(family, size)
     options = [(gradient_checkpointing, use_8bit_adam)]
