@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -12,7 +12,7 @@ from easel_contracts import scaling
 from easel_contracts import table as keys
 from easel_contracts.compile_cache import COMPILE_CACHE_PREFIX
 from easel_contracts.instances import InstanceFacts
-from easel_contracts.memory_plan import OFFLOAD_ENV, MemoryPlan, plan
+from easel_contracts.memory_plan import FP8_ENV, OFFLOAD_ENV, MemoryPlan, plan
 from easel_contracts.model_manifest import (
     MANIFEST_MAX_BYTES,
     ManifestError,
@@ -49,6 +49,26 @@ def variant_progress(described: dict[str, Any]) -> str:
 def _aws_message(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+
+
+# The deploy form's checkbox: it allows FP8 transformer weights (SD3.5 / FLUX.1), which the plan
+# then chooses only where the 16-bit weights do not fit. Off by default: FP8 changes the images
+# (README: their measured deviation) and the server refuses LoRAs on an FP8 transformer.
+FP8_CHECKBOX = "FP8 weights"
+FP8_ATTRIBUTE = "fp8_weights"  # the endpoint record's copy of FP8_ENV ("on", or "auto": no plan)
+
+
+def allows_fp8(form: dict[str, Any]) -> bool:
+    return str(form.get("fp8_weights") or "").strip().lower() in ("on", "1", "true", "yes")
+
+
+def fp8_environment(fit: MemoryPlan | None, allowed: bool) -> dict[str, str]:
+    """``FP8_ENV`` for the endpoint: ``on`` where the plan chose FP8 weights; ``auto`` (the server
+    decides from the GPU it finds) where the box is ticked but the model has no manifest to plan
+    with; nothing otherwise."""
+    if fit is None:
+        return {FP8_ENV: "auto"} if allowed else {}
+    return {FP8_ENV: "on"} if fit.fp8_weights else {}
 
 
 def _served_families(manifest: ModelManifest | None) -> list[Any]:
@@ -105,10 +125,19 @@ class Endpoints:
             volume = 100
         if not settings.inference_image:
             raise PortalError("The inference image is not configured (EASEL_INFERENCE_IMAGE).")
-        fit = self.memory_plan(model, instance_type, info, volume)
+        allowed = allows_fp8(form)
+        manifest = self.manifest_of(model)
+        fit = self.memory_plan(manifest, model, instance_type, info, volume,
+                               fp8="auto" if allowed else "off")
         if fit is not None and not fit.fits:
-            raise PortalError(f"instance type: {fit.summary()}")
+            hint = ""
+            if not allowed and self.memory_plan(manifest, model, instance_type, info, volume,
+                                                fp8="auto").fits:
+                hint = (f'; tick "{FP8_CHECKBOX}" to deploy it so (LoRAs are then not '
+                        "available on this endpoint)")
+            raise PortalError(f"instance type: {fit.summary()}{hint}")
         environment = {OFFLOAD_ENV: "1"} if fit is not None and fit.offload_text_encoders else {}
+        environment.update(fp8_environment(fit, allowed))
         try:
             return req.EndpointSpec(
                 deployment_id=settings.deployment_id,
@@ -150,25 +179,33 @@ class Endpoints:
             raise PortalError(f"model: {exc}") from None
 
     def deploy_choices(self, models: list[dict[str, Any]]) -> None:
-        """Each listed model (manifests attached) with its plan on every allowed instance type
-        and ``fits``, the types it fits (the deploy form offers only those)."""
+        """Each listed model (manifests attached) with its plan on every allowed instance type,
+        ``fits``, the types it fits (the deploy form offers only those), and ``fits_fp8``, the
+        types it fits with FP8 weights allowed (offered instead while the form's box is ticked)."""
         for model in models:
             manifest = model.get("manifest")
             served = _served_families(manifest)
-            model["plans"] = {} if not served else {
-                name: plan(served, name, info, model_bytes=manifest.total_bytes,
-                           archive=model["kind"] == "archive")
-                for name, info in self.settings.endpoint_instance_types.items()}
-            model["fits"] = [name for name, fit in model["plans"].items() if fit.fits]
+            model["plans"], model["fits"], model["fits_fp8"] = {}, [], []
+            if not served:
+                continue
+            sizes = {"model_bytes": manifest.total_bytes, "archive": model["kind"] == "archive"}
+            for name, info in self.settings.endpoint_instance_types.items():
+                fit = model["plans"][name] = plan(served, name, info, **sizes)
+                if fit.fits:
+                    model["fits"].append(name)
+                if fit.fits or plan(served, name, info, fp8="auto", **sizes).fits:
+                    model["fits_fp8"].append(name)
 
-    def memory_plan(self, uri: str, instance_type: str, info: InstanceFacts,
-                    volume_size_gb: int | None) -> MemoryPlan | None:
-        manifest = self.manifest_of(uri)
+    def memory_plan(self, manifest: ModelManifest | None, uri: str, instance_type: str,
+                    info: InstanceFacts, volume_size_gb: int | None, *,
+                    fp8: Literal["off", "auto"] = "off") -> MemoryPlan | None:
+        """The plan for a model (its manifest) on ``instance_type``; None without a manifest.
+        ``fp8="auto"``: FP8 transformer weights where only they fit (the form's checkbox)."""
         served = _served_families(manifest)
-        if not served:
+        if manifest is None or not served:
             return None
         return plan(served, instance_type, info, model_bytes=manifest.total_bytes,
-                    archive=not uri.endswith("/"), volume_size_gb=volume_size_gb)
+                    archive=not uri.endswith("/"), volume_size_gb=volume_size_gb, fp8=fp8)
 
     def _check_model_uri(self, uri: str) -> None:
         try:
@@ -230,6 +267,8 @@ class Endpoints:
             "idle_ttl_hours": spec.idle_ttl_hours, "model_s3_uri": spec.model_s3_uri,
             "model_name": spec.model_name, "endpoint_config_name": spec.endpoint_config_name,
             "created_at": iso_now(), "last_used_at": int(now()), "status": "Creating",
+            **({FP8_ATTRIBUTE: spec.extra_environment[FP8_ENV]}
+               if spec.extra_environment.get(FP8_ENV) else {}),
             scaling.PLAN_ATTRIBUTE: req.build_scaling(spec).to_json(),
             scaling.STATUS_ATTRIBUTE: scaling.PENDING,
         })

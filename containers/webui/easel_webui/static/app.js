@@ -39,18 +39,22 @@
       volume.hidden = !opt || opt.dataset.storage === "yes";
     };
     instanceType.addEventListener("change", sync); sync();
-    // only the instance types the chosen model fits (its memory plan, from its manifest)
+    // only the instance types the chosen model fits (its memory plan, from its manifest; with
+    // FP8 weights allowed, those it fits that way too)
     const model = $("select[name=model]");
+    const fp8 = $("#fp8-weights");
     const fit = () => {
       const chosen = model.selectedOptions[0];
-      const fits = chosen && chosen.dataset.fits !== undefined ? chosen.dataset.fits.split(" ") : null;
+      const listed = chosen && chosen.dataset.fits !== undefined
+        ? (fp8 && fp8.checked ? chosen.dataset.fitsFp8 : chosen.dataset.fits) : undefined;
+      const fits = listed !== undefined ? listed.split(" ") : null;
       [...instanceType.options].forEach((opt) => { opt.disabled = fits !== null && !fits.includes(opt.value); });
       if (instanceType.selectedOptions[0] && instanceType.selectedOptions[0].disabled) {
         const first = [...instanceType.options].find((opt) => !opt.disabled);
         if (first) { instanceType.value = first.value; sync(); }
       }
     };
-    if (model) { model.addEventListener("change", fit); fit(); }
+    if (model) { model.addEventListener("change", fit); if (fp8) fp8.addEventListener("change", fit); fit(); }
     const mode = $$("input[name=mode]");
     mode.forEach((m) => m.addEventListener("change", () => {
       const min = $("input[name=min_instances]");
