@@ -35,6 +35,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES  # noqa: E402
 
 from .conftest import ADMIN_PASSWORD, BUCKET, create_resources, make_world  # noqa: E402
+from .test_deploy_memory_plan import _put_model  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "webui"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -330,3 +331,18 @@ def test_progress_bar_moves_and_interrupt_stops_the_generation(served, page):
     assert not page.locator("#generate-progress").is_visible()
     stream = world.runtime.streams[-1]
     assert stream.closed and stream.sent < 150
+
+
+def test_the_fp8_box_offers_the_types_a_model_fits_only_with_fp8_weights(served, page):
+    base, world = served
+    model = _put_model(world, "flux", "flux_dev", 34 * 10**9)
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.goto(f"{base}/endpoints")
+    page.select_option("#deploy-form select[name=model]", model)
+    g5 = page.locator("#instance-type option[value='ml.g5.xlarge']")
+    assert g5.is_disabled()
+    page.check("#fp8-weights")
+    assert not g5.is_disabled()
+    assert page.locator("#instance-type option[value='ml.g4dn.xlarge']").is_disabled()
+    page.uncheck("#fp8-weights")
+    assert g5.is_disabled()
