@@ -284,9 +284,36 @@ class FakeRuntime(Recorder):
                 samples_format="png", device="cpu", dtype="float32",
                 max_response_bytes=6 * 1024 * 1024, pipeline_budget=2,
                 warmed_up=inv.WarmUp(model="tiny", width=64, height=64, steps=2, seconds=0.1))
+        elif isinstance(payload, inv.ExtrasSingleImageRequest):
+            answer = self.extras(payload)
+        elif task == "upscalers":
+            answer = inv.Upscalers([
+                *(inv.Upscaler(name=name, model_name=None, model_path=None, scale=None)
+                  for name in inv.EXTRAS_RESAMPLERS),
+                *(inv.Upscaler(name=name, model_name="ESRGAN", model_path=f"ESRGAN/{name}.pth",
+                               scale=4) for name in self.esrgan_models)])
         else:
             raise client_error("ModelError", "unknown task", "InvokeEndpoint")
         return answer.model_dump(mode="json")
+
+    esrgan_models = ("tiny-x4",)
+
+    def extras(self, payload: inv.ExtrasSingleImageRequest) -> inv.ExtrasSingleImageResponse:
+        """The server's extras: the image resized to the size asked (PIL stands in for every
+        upscaler); an unknown upscaler is the server's 404 naming those it has."""
+        names = (*inv.EXTRAS_RESAMPLERS, *self.esrgan_models)
+        if payload.upscaler_1 not in names:
+            raise self._model_error(404, {
+                "error": "NotFound", "field": "upscaler_1",
+                "detail": f"upscaler {payload.upscaler_1!r} not found; available: "
+                          f"{', '.join(names)}"})
+        source = Image.open(io.BytesIO(base64.b64decode(payload.image.split(",", 1)[-1])))
+        result = source.resize(payload.target_size(*source.size))
+        buffer = io.BytesIO()
+        result.save(buffer, format="PNG")
+        return inv.ExtrasSingleImageResponse(
+            image=base64.b64encode(buffer.getvalue()).decode(),
+            html_info=f"<p>Postprocess upscaler: {payload.upscaler_1}</p>")
 
 
 class FakeAutoscaling(Recorder):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import random
@@ -22,6 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EventStreamError, ReadTimeoutError
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from easel_contracts import table as keys
@@ -30,6 +32,8 @@ from easel_contracts.invocations import (
     LISTING_TASKS,
     MAX_SEED,
     ControlNetModels,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
     GenerationRequest,
     GenerationResponse,
     ListingRequest,
@@ -68,7 +72,7 @@ STALE_HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = ASYNC_WAIT_SECONDS + 5 * 60
 STALE_REASON = ("The portal task running this job stopped (a restart or scale-in) before the "
                 "endpoint answered; nothing was saved. Submit it again.")
-_LARGE_FIELDS = ("init_images", "mask")
+_LARGE_FIELDS = ("init_images", "mask", "image")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -683,12 +687,41 @@ class Generation:
 
     # --- results
 
-    def save_outputs(self, *, owner: str, endpoint: str, task: str, request: GenerationRequest,
-                     answer: GenerationResponse, job_id: str) -> list[str]:
+    def upscale(self, *, user: User, endpoint: str, request: ExtrasSingleImageRequest,
+                source: dict[str, Any] | None = None) -> tuple[ExtrasSingleImageResponse, str]:
+        """A1111's extras on ``endpoint`` (one real-time invocation); the upscaled image goes
+        to ``user``'s gallery, under the prompt and model of ``source`` (the gallery image it
+        was made from, if any). The answer and the new image's id."""
+        self.endpoints.record(endpoint)
+        answer = self.invoke(endpoint, "extra-single-image", request)
+        if not isinstance(answer, ExtrasSingleImageResponse):
+            raise TypeError(f"expected an ExtrasSingleImageResponse, not {type(answer).__name__}")
+        try:
+            data = base64.b64decode(answer.image.split(",", 1)[-1], validate=False)
+            width, height = Image.open(io.BytesIO(data)).size
+        except (binascii.Error, ValueError, OSError):
+            raise UpstreamError("The model server returned an image that is not a PNG.") \
+                from None
+        info = {"width": width, "height": height, "html_info": answer.html_info,
+                "sd_model_name": (source or {}).get("model", "")}
+        params = {"prompt": (source or {}).get("prompt", ""),
+                  **({"source_image_id": source["image_id"]} if source else {})}
+        saved = GenerationResponse(images=[answer.image], parameters=params,
+                                   info=json.dumps(info))
+        self.endpoints.touch(endpoint)
+        ids = self.save_outputs(owner=user.username, endpoint=endpoint,
+                                task="extra-single-image", request=request, answer=saved,
+                                job_id=uuid.uuid4().hex, extra_params=params)
+        return answer, ids[0]
+
+    def save_outputs(self, *, owner: str, endpoint: str, task: str, request: BaseModel,
+                     answer: GenerationResponse, job_id: str,
+                     extra_params: dict[str, Any] | None = None) -> list[str]:
         images = answer.images
         if not images:
             raise UpstreamError("The model server returned no images.")
-        params = _strip_large(request.model_dump(mode="json", exclude_unset=True))
+        params = {**_strip_large(request.model_dump(mode="json", exclude_unset=True)),
+                  **(extra_params or {})}
         day = time.strftime("%Y-%m-%d", time.gmtime())
         model = _model_name(answer.info)
         details = _image_details(answer)
