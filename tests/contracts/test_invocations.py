@@ -167,11 +167,16 @@ def test_a_hires_size_over_the_largest_side_is_refused_naming_hr_scale():
     inv.Txt2ImgRequest(width=4096, height=512, hr_scale=1.5)
 
 
-def test_an_unknown_hires_upscaler_is_refused_naming_the_known_ones():
+def test_a_hires_upscaler_that_is_a_path_is_refused_naming_the_known_ones():
     with pytest.raises(ValidationError) as caught:
-        inv.Txt2ImgRequest(enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+        inv.Txt2ImgRequest(enable_hr=True, hr_upscaler="../ESRGAN/x")
     assert caught.value.errors()[0]["loc"] == ("hr_upscaler",)
     assert "Lanczos" in str(caught.value)
+
+
+def test_another_hires_upscaler_name_is_left_to_the_server_as_an_esrgan_model():
+    assert inv.Txt2ImgRequest(enable_hr=True, hr_upscaler="4x-UltraSharp").hr_upscaler == \
+        "4x-UltraSharp"
 
 
 def test_an_unused_hires_upscaler_is_not_checked():

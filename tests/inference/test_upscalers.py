@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from esrgan_support import write_rrdbnet
-from inference_support import invoke
+from inference_support import invoke, small
 from PIL import Image
 
 from easel_contracts.invocations import ExtrasSingleImageRequest, Upscalers
@@ -140,3 +141,28 @@ def test_the_deadline_is_checked_before_each_tile(tmp_path: Path) -> None:
     with pytest.raises(Stopped, match="tile 2 of 3"):
         upscalers.extras(request, stop)
     assert len(asked) == 2
+
+
+def test_an_esrgan_model_serves_as_the_hires_fix_upscaler(esrgan, monkeypatch) -> None:
+    upscalers = esrgan.app.state.engine.manager.upscalers
+    ran: list[tuple[str, tuple[int, int]]] = []
+    original = upscalers.upscale
+
+    def recorded(image, name, size, stop):
+        ran.append((name, size))
+        return original(image, name, size, stop)
+
+    monkeypatch.setattr(upscalers, "upscale", recorded)
+    response = invoke(esrgan, "txt2img", small(enable_hr=True, hr_scale=2, batch_size=2,
+                                                denoising_strength=0.5, hr_upscaler="tiny-x2"))
+    assert response.status_code == 200, response.text
+    assert ran == [("tiny-x2", (128, 128))] * 2  # each first-pass image, through the model
+    assert _image({"image": response.json()["images"][0]}).size == (128, 128)
+    assert "Hires upscaler: tiny-x2" in json.loads(response.json()["info"])["infotexts"][0]
+
+
+def test_a_missing_hires_model_is_a_404_before_any_step(esrgan) -> None:
+    response = invoke(esrgan, "txt2img", small(enable_hr=True, hr_upscaler="tiny-x3"))
+    assert response.status_code == 404
+    assert response.json()["field"] == "hr_upscaler"
+    assert "Latent" in response.json()["detail"] and "tiny-x2" in response.json()["detail"]

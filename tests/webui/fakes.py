@@ -230,6 +230,12 @@ class FakeRuntime(Recorder):
     def refusal(payload: inv.GenerationRequest) -> dict[str, Any] | None:
         """The error body of what the server refuses only once it works on the request: it
         knows its samplers (easel_inference.samplers.resolve_sampler)."""
+        upscalers = (*inv.HR_UPSCALERS, *FakeRuntime.esrgan_models)
+        if isinstance(payload, inv.Txt2ImgRequest) and payload.enable_hr and \
+                payload.hr_upscaler not in upscalers:
+            return {"error": "NotFound", "field": "hr_upscaler",
+                    "detail": f"upscaler {payload.hr_upscaler!r} not found; available: "
+                              f"{', '.join(upscalers)}"}
         if payload.sampler_name in (None, "Euler a", "k_euler_a"):
             return None
         return {"error": "BadRequest", "field": "sampler_name",

@@ -259,10 +259,11 @@ class Txt2ImgRequest(GenerationRequest):
     @field_validator("hr_upscaler")
     @classmethod
     def _known_upscaler(cls, value: str, info: ValidationInfo) -> str:
-        # checked only when used: a client may send its last upscaler with enable_hr off
+        # checked only when used: a client may send its last upscaler with enable_hr off. Any
+        # other name is an ESRGAN model of the server (ESRGAN/<name>); the server knows which
         if info.data.get("enable_hr") and value not in HR_UPSCALERS:
-            raise ValueError(f"{value!r} is not an upscaler here; use one of "
-                             + ", ".join(HR_UPSCALERS))
+            check_name(value, what=f"hr_upscaler (one of {', '.join(HR_UPSCALERS)}, or an "
+                                   "ESRGAN model's name)")
         return value
 
     @field_validator("hr_resize_x", "hr_resize_y")

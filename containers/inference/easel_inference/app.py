@@ -76,7 +76,6 @@ from .pipelines import PipelineManager, native_side, short_hash
 from .progress import StepReport, StepReporter
 from .samplers import SCHEDULE_TYPES, sampler_listing
 from .settings import Settings
-from .upscalers import UpscalerSet
 
 log = logging.getLogger("easel.inference")
 Handler = Callable[[BaseModel, float], BaseModel]
@@ -116,7 +115,6 @@ class Engine:
     warmed_up: WarmUp | None = None
     speed: MeasuredSpeed | None = None
     admission: Admission = field(init=False)
-    upscalers: UpscalerSet = field(init=False)
 
     warmed_sizes: list[Size] = field(default_factory=list)
     started_at: float = field(init=False)
@@ -125,9 +123,6 @@ class Engine:
         self.admission = Admission(limit=self.settings.max_queue,
                                    deadline_s=self.settings.deadline_seconds)
         self.started_at = self.clock()
-        self.upscalers = UpscalerSet(self.settings.model_dir, device=self.manager.device,
-                                     max_pixels=self.settings.max_pixels,
-                                     max_image_bytes=self.settings.max_image_bytes)
 
     @property
     def ready(self) -> bool:
@@ -322,7 +317,7 @@ class Engine:
                 [Scheduler(name=s.lower(), label=s) for s in SCHEDULE_TYPES]
             ),
             "options": lambda _request, _arrived: self.options(),
-            "upscalers": lambda _request, _arrived: self.upscalers.listing(),
+            "upscalers": lambda _request, _arrived: self.manager.upscalers.listing(),
             "extra-single-image": self.extras,
         }
 
@@ -332,7 +327,7 @@ class Engine:
         if not isinstance(request, ExtrasSingleImageRequest):
             raise TypeError("extra-single-image takes an ExtrasSingleImageRequest")
         job = job or self.image_job()
-        return self.upscalers.extras(request, job.check)
+        return self.manager.upscalers.extras(request, job.check)
 
     def image_job(self) -> Job:
         return Job(arrived=self.clock(), deadline_s=self.settings.deadline_seconds,

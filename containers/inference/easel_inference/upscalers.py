@@ -104,11 +104,14 @@ class UpscalerSet:
                                     scale=None))
         return Upscalers(entries)
 
-    def model(self, name: str) -> Any:
+    def model(self, name: str, *, field: str = "upscaler_1",
+              builtin: tuple[str, ...] = EXTRAS_RESAMPLERS) -> Any:
+        """The ESRGAN model ``name``, loaded (a 404 naming ``builtin`` and the models, if none
+        is called so)."""
         found = model_files(self.model_dir)
         if name not in found:
-            raise NotFound(f"upscaler {name!r} not found; available: {', '.join(self.names())}",
-                           field="upscaler_1")
+            raise NotFound(f"upscaler {name!r} not found; available: "
+                           f"{', '.join([*builtin, *found])}", field=field)
         with self._lock:
             if self._loaded is None or self._loaded[0] != found[name]:
                 self._loaded = None  # the previous one goes before the next loads
