@@ -135,3 +135,28 @@ def test_the_gallery_offers_upscale_with_the_endpoints_models(world):
     assert 'class="inline upscale-form"' in page.text and "<option>Lanczos</option>" in page.text
     assert client.get("/gallery/upscalers").json() == {
         "upscalers": ["Lanczos", "Nearest", "tiny-x4"]}
+
+
+def test_an_upscale_holds_one_of_the_users_generation_slots_while_it_runs(world):
+    world.add_user("alice")
+    world.in_service()
+    generation = world.portal.generation
+    generation.per_user_limit = 1
+    held = generation._claim_slot("alice", "a-running-job")
+    body = {"image": png_b64(), "upscaler_1": "Lanczos"}
+    busy = world.client().post("/sdapi/v1/extra-single-image", headers=_auth(), json=body)
+    assert busy.status_code == 429 and "wait for one to finish" in busy.text
+    assert not [c for c in world.runtime.calls if c[0] == "invoke_endpoint"]
+    world.portal.table.put(generation._slot_item(held, "a-running-job", held=False))
+    done = world.client().post("/sdapi/v1/extra-single-image", headers=_auth(), json=body)
+    assert done.status_code == 200, done.text
+    assert generation._claim_slot("alice", "next-job") == held  # the upscale gave it back
+
+
+def test_an_upscale_counts_in_the_portals_bounded_queue(world):
+    world.add_user("alice")
+    world.in_service()
+    world.portal.generation.queue_limit = 0
+    response = world.client().post("/sdapi/v1/extra-single-image", headers=_auth(),
+                                   json={"image": png_b64(), "upscaler_1": "Lanczos"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"

@@ -17,9 +17,10 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EventStreamError, ReadTimeoutError
@@ -291,6 +292,7 @@ class Generation:
         self.queue_limit = queue_limit
         self.per_user_limit = per_user_limit
         self._slots: dict[str, keys.Key] = {}  # job id -> the user slot it holds
+        self._calls = 0  # synchronous calls outside the jobs (upscales) under way
         self._lock = threading.Lock()
         self._beating: threading.Thread | None = None
         self.workcap = WorkCap(self.listing)
@@ -450,7 +452,7 @@ class Generation:
             self.workcap.check(endpoint, request)  # refused before any job: what to lower
         job_id = uuid.uuid4().hex
         with self._lock:
-            if len(self._running) >= self.queue_limit:
+            if len(self._running) + self._calls >= self.queue_limit:
                 raise Busy("The portal's generation queue is full; retry in a few seconds.",
                            retry_after=5)
             self._running.add(job_id)
@@ -693,7 +695,8 @@ class Generation:
         to ``user``'s gallery, under the prompt and model of ``source`` (the gallery image it
         was made from, if any). The answer and the new image's id."""
         self.endpoints.record(endpoint)
-        answer = self.invoke(endpoint, "extra-single-image", request)
+        with self._one_call(user):
+            answer = self.invoke(endpoint, "extra-single-image", request)
         if not isinstance(answer, ExtrasSingleImageResponse):
             raise TypeError(f"expected an ExtrasSingleImageResponse, not {type(answer).__name__}")
         try:
@@ -713,6 +716,28 @@ class Generation:
                                 task="extra-single-image", request=request, answer=saved,
                                 job_id=uuid.uuid4().hex, extra_params=params)
         return answer, ids[0]
+
+    @contextmanager
+    def _one_call(self, user: User) -> Iterator[None]:
+        """A synchronous endpoint call outside the jobs (an upscale) counts in the portal's
+        bounded queue and holds one of the user's slots while it runs, as a job does (the
+        slot's lease outlasts SageMaker's 60 s real-time limit, so it needs no heartbeat)."""
+        call_id = uuid.uuid4().hex
+        with self._lock:
+            if len(self._running) + self._calls >= self.queue_limit:
+                raise Busy("The portal's generation queue is full; retry in a few seconds.",
+                           retry_after=5)
+            self._calls += 1
+        slot = None
+        try:
+            slot = self._claim_slot(user.username, call_id)
+            yield
+        finally:
+            if slot is not None:
+                self.table.put(self._slot_item(slot, call_id, held=False),
+                               expect=("job_id", call_id))
+            with self._lock:
+                self._calls -= 1
 
     def save_outputs(self, *, owner: str, endpoint: str, task: str, request: BaseModel,
                      answer: GenerationResponse, job_id: str,
