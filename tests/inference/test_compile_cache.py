@@ -171,3 +171,15 @@ def test_after_the_warm_up_new_shapes_compile_only_when_requests_may(tiny_model_
     engine.start()
     assert engine.readiness.state == "ready"
     assert engine.manager.get(None).fast_path.compile_new_shapes is on_request
+
+
+def test_starting_an_engine_that_already_serves_changes_nothing(tiny_model_dir, tmp_path) -> None:
+    """An app built around a started engine (the bench's HTTP row) starts it again: a no-op,
+    not a failed start that would leave /ping at 503."""
+    engine = build_engine(Settings(model_dir=tiny_model_dir, default_model="tiny",
+                                   lora_cache_dir=tmp_path / "cache"))
+    warmed: list[str] = []
+    engine.warm_up = lambda name, pipe: warmed.append(name)  # type: ignore[method-assign]
+    engine.start()
+    engine.start()
+    assert engine.readiness.state == "ready" and warmed == ["tiny"]

@@ -245,17 +245,23 @@ def _generate_at(pipe, side: int) -> np.ndarray:
     ).images
 
 
+def _recording_compile(shapes: list[tuple[int, ...]]):
+    """A stand-in for torch.compile that records the sample shape of each compiled call."""
+
+    def fake_compile(forward):
+        def compiled(sample, *args, **kwargs):
+            shapes.append(tuple(sample.shape))
+            return forward(sample, *args, **kwargs)
+        return compiled
+
+    return fake_compile
+
+
 def test_a_shape_not_warmed_runs_eagerly_once_new_shapes_are_closed(pipe, caplog) -> None:
     """A new shape costs a compile longer than a request's deadline: after the warm-up it is
     served eagerly (same picture), and a warmed shape still takes the compiled forward."""
     compiled_shapes: list[tuple[int, ...]] = []
-
-    def fake_compile(forward):
-        def compiled(sample, *args, **kwargs):
-            compiled_shapes.append(tuple(sample.shape))
-            return forward(sample, *args, **kwargs)
-        return compiled
-
+    fake_compile = _recording_compile(compiled_shapes)
     eager_64 = _generate_at(pipe, 64)
     report = apply_fast_path(pipe, UNET_ONLY, compile_fn=fake_compile)
     _generate_at(pipe, 64)  # the warm-up's shape
@@ -272,15 +278,21 @@ def test_a_shape_not_warmed_runs_eagerly_once_new_shapes_are_closed(pipe, caplog
     assert "cuda_graphs" in report.applied and not report.fallbacks
 
 
+def test_a_warmed_shape_stays_compiled_whatever_the_samplers_timestep_type(pipe) -> None:
+    """The warm-up's sampler gives float timesteps, DPM++ int64 ones: one compiled graph."""
+    calls: list[tuple[int, ...]] = []
+    report = apply_fast_path(pipe, UNET_ONLY, compile_fn=_recording_compile(calls))
+    sample, states = torch.zeros(2, 4, 8, 8), torch.zeros(2, 77, 32)
+    pipe.unet(sample, torch.tensor(981.0), encoder_hidden_states=states)
+    report.compile_new_shapes = False
+    pipe.unet(sample, torch.tensor(981), encoder_hidden_states=states)
+    pipe.unet(sample, 981, encoder_hidden_states=states)
+    assert len(calls) == 3 and not report.eager_shapes
+
+
 def test_new_shapes_are_compiled_while_they_are_open(pipe) -> None:
     compiled_shapes: list[tuple[int, ...]] = []
-
-    def fake_compile(forward):
-        def compiled(sample, *args, **kwargs):
-            compiled_shapes.append(tuple(sample.shape))
-            return forward(sample, *args, **kwargs)
-        return compiled
-
+    fake_compile = _recording_compile(compiled_shapes)
     apply_fast_path(pipe, UNET_ONLY, compile_fn=fake_compile)
     _generate_at(pipe, 64)
     _generate_at(pipe, 96)

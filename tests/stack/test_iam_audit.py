@@ -382,6 +382,7 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
     from tests.webui.conftest import BUCKET, create_resources, make_world
     from tests.webui.fakes import png_b64
     from tests.webui.helpers import poll_job
+    from tests.webui.test_training_checkpoint_publish import lora_bytes
 
     create_resources()
     s3 = boto3.client("s3")
@@ -436,6 +437,14 @@ def test_portal_calls_are_allowed_to_the_portal_task_role(synth, aws):
             assert alice.get(page).status_code in (200, 303), page
         assert admin.get("/endpoints").status_code == 200
         assert alice.post(f"{job_page}/stop").status_code == 303
+        # the stopped job's last checkpoint LoRA into the library
+        job_name = job_page.rsplit("/", 1)[1]
+        world.sagemaker.jobs[job_name]["TrainingJobStatus"] = "Stopped"
+        for name, body in (("state.json", b"{}"), ("lora.safetensors", lora_bytes())):
+            s3.put_object(Bucket=BUCKET, Key=f"training/{job_name}/checkpoints/checkpoint-5/{name}",
+                          Body=body)
+        published = alice.post(f"{job_page}/publish-checkpoint")
+        assert published.status_code == 303, published.text
         assert admin.post("/endpoints/easel-demo/delete").status_code == 303
     for fake, service in ((world.sagemaker, "sagemaker"), (world.runtime, "sagemaker-runtime"),
                           (world.autoscaling, "application-autoscaling"),

@@ -71,8 +71,8 @@ def test_a_checkpoint_holds_only_the_trained_weights_and_accelerates_state(make_
     run_in_process(layout)
     (_, folder), = list_checkpoints(layout.root / "checkpoints")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "optimizer.bin", "random_states_0.pkl", "scheduler.bin", "state.json",
-        "trainable.safetensors"]
+        "lora.safetensors", "optimizer.bin", "random_states_0.pkl", "scheduler.bin",
+        "state.json", "trainable.safetensors"]
     weights = load_file(str(folder / "trainable.safetensors"))
     assert weights and all("lora" in name for name in weights)
     assert all(t.dtype == torch.float32 for t in weights.values())

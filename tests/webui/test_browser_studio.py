@@ -70,8 +70,10 @@ def test_painted_stroke_is_sent_as_the_inpainting_mask(served, page, tmp_path): 
     page.select_option("select[name=inpainting_fill]", "2")
     page.check("input[name=inpaint_full_res]")
     page.fill("input[name=inpaint_full_res_padding]", "48")
-    _shot(page, "11-inpaint-mask")
     payload = _submitted_img2img(page, world)
+    # after the click: a full-page screenshot resizes the viewport and back, and with the X/Y
+    # plot section making the form taller the click then landed beside the button
+    _shot(page, "11-inpaint-mask")
 
     mask = _mask(payload)
     assert mask.size == (128, 96)  # the init image's own size
@@ -147,7 +149,7 @@ def test_gallery_upscale_button_adds_the_upscaled_image(served, page):  # noqa: 
     figure.locator(".upscaler-choice option:has-text('tiny-x4')").wait_for(state="attached")
     figure.locator("select[name=scale]").select_option("4")
     figure.locator(".upscaler-choice").select_option("tiny-x4")
-    _shot(page, "13-gallery-upscale")
+    _shot(page, "15-gallery-upscale")
     figure.locator("button:has-text('Upscale')").click()
     page.wait_for_url("**/gallery?notice=*")
     assert len(page.locator(".gallery figure").all()) == 2
@@ -158,3 +160,38 @@ def test_gallery_upscale_button_adds_the_upscaled_image(served, page):  # noqa: 
     upscaled = [i for i in world.portal.table.query_index("images")
                 if i["task"] == "extra-single-image"]
     assert [(i["width"], i["height"]) for i in upscaled] == [(32, 32)]
+
+
+def test_the_xy_plot_form_yields_a_labelled_grid_in_the_gallery(served, page):  # noqa: F811
+    import numpy as np
+    from PIL import Image
+
+    from easel_contracts import table as keys
+
+    base, world = served
+    world.in_service()
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    page.fill("textarea[name=prompt]", "a lighthouse")
+    page.check("#xy-on")
+    page.select_option("#xy-x-type", "cfg_scale")
+    page.fill("#xy-x-values", "3, 9")
+    page.select_option("#xy-y-type", "sampler")
+    page.fill("#xy-y-values", "Euler a, k_euler_a")
+    page.click("#generate-button")
+    page.wait_for_function("() => /^(Done|Failed)/.test("
+                           "document.querySelector('#generate-form .status').textContent)")
+    assert page.text_content("#generate-form .status").startswith("Done")
+    sent = [json.loads(call["Body"])["payload"] for call in world.runtime.generations()]
+    assert [(cell["sampler_name"], cell["cfg_scale"]) for cell in sent] == [
+        ("Euler a", 3.0), ("Euler a", 9.0), ("k_euler_a", 3.0), ("k_euler_a", 9.0)]
+    page.click("nav a:has-text('Gallery')")
+    figures = page.locator(".gallery figure").all()
+    assert len(figures) == 5
+    grid = [f for f in figures if "· grid" in (f.text_content() or "")]
+    assert len(grid) == 1
+    record = world.portal.table.get(*keys.image_key(grid[0].get_attribute("data-image")))
+    picture = np.asarray(Image.open(io.BytesIO(
+        world.portal.bucket.read(record["key"], max_bytes=10**7))).convert("L"))
+    cells_top = picture.shape[0] - 2 * 8  # the fake endpoint's 8 px images, 2 rows
+    assert (picture[:cells_top] < 128).any(), "the column labels are missing"

@@ -158,11 +158,12 @@ def test_no_endpoint_in_service_is_a_clear_error(world):
 
 def test_generation_routes_take_the_contracts_request_models_as_typed_bodies(world):
     schema = _setup(world).app.openapi()
-    for path, model in (("/sdapi/v1/txt2img", "Txt2ImgRequest"),
+    # txt2img: the contract's request with Easel's xy_plot (easel_contracts.xy_plot)
+    for path, model in (("/sdapi/v1/txt2img", "PlottedTxt2Img"),
                         ("/sdapi/v1/img2img", "Img2ImgRequest")):
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         assert body["schema"]["$ref"].endswith(f"/{model}")
-    width = schema["components"]["schemas"]["Txt2ImgRequest"]["properties"]["width"]
+    width = schema["components"]["schemas"]["PlottedTxt2Img"]["properties"]["width"]
     assert width["maximum"] == 4096
 
 

@@ -32,7 +32,8 @@ IGNORED_PREFIXES = ("sagemaker_", "_")
 # Words that select a derived value (a field whose default is None).
 DERIVED_WORDS = ("", "auto", "none")
 MAX_PROMPT_CHARS = 2000
-OUTPUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+OUTPUT_NAME_MAX = 100
+OUTPUT_NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{OUTPUT_NAME_MAX - 1}}}$"
 _PATTERN_RULES = {
     "output_name": "use 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit",
 }
@@ -190,7 +191,7 @@ class HyperParameters(BaseModel):
         1234, ge=0, le=2**32 - 1,
         description="Seed for noise, timesteps, data order, flips, crops and class images.")
     output_name: Text | None = Field(
-        None, max_length=100, pattern=OUTPUT_NAME_PATTERN,
+        None, max_length=OUTPUT_NAME_MAX, pattern=OUTPUT_NAME_PATTERN,
         description="File name of the result (letters, digits, `.`, `_`, `-`). Default: "
         "`easel-lora` / `easel-full`.")
     with_prior_preservation: bool = Field(

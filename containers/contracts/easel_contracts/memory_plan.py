@@ -6,12 +6,12 @@ plan's choice back from its environment (``EASEL_TEXT_ENCODER_OFFLOAD``): text e
 host memory and moved to the GPU one at a time while a prompt is encoded, when the model fits
 only that way.
 
-The weights are counted from the released architectures (parameters, at the serving dtype); the
-working memory (activations, the VAE decode at the native size, batch 1) is an estimate per
-family to be replaced by the GPU bench's measurements. ``dtype``: bfloat16 where the GPU has fast
-bf16 (compute capability 8.0 and up: A10G, L4, L40S, A100, H100), float16 below it (T4). SD3.5
-and FLUX.1 overflow in float16 (their T5 and transformer activations exceed its range), so they
-need bf16 and are refused on a T4.
+The weights are the released components' parameter counts (``model_sizes``) at the serving
+dtype; the working memory (activations, the VAE decode at the native size, batch 1) is an
+estimate per family to be replaced by the GPU bench's measurements. ``dtype``: bfloat16 where
+the GPU has fast bf16 (compute capability 8.0 and up: A10G, L4, L40S, A100, H100), float16 below
+it (T4). SD3.5 and FLUX.1 overflow in float16 (their T5 and transformer activations exceed its
+range), so they need bf16 and are refused on a T4.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .families import FAMILIES, ModelFamily, TextEncoder
+from .families import FAMILIES, ModelFamily
 from .instances import InstanceFacts, family_of
-from .training_memory import TOY_SHARE
+from .model_sizes import is_toy, released_bytes, sizes_of
 
 OFFLOAD_ENV = "EASEL_TEXT_ENCODER_OFFLOAD"
 GIB = 1024**3
@@ -32,15 +32,6 @@ HOST_OVERHEAD_GIB = 4.0  # Python, torch, the server and the OS besides the weig
 HOST_USABLE = 0.9  # of the instance's memory: what the container may use
 BF16_MIN_CAPABILITY = (8, 0)
 
-# parameters of each released component (diffusers' architectures, counted on the meta device)
-_TEXT_PARAMS: dict[TextEncoder, float] = {
-    "clip_l": 123.7e6, "openclip_h": 354.0e6, "openclip_g": 694.7e6, "t5xxl": 4.894e9}
-_VAE_PARAMS = 83.7e6
-_DENOISER_PARAMS: dict[ModelFamily, float] = {
-    ModelFamily.SD1: 859.5e6, ModelFamily.SD2: 865.9e6, ModelFamily.SDXL: 2.567e9,
-    ModelFamily.SDXL_REFINER: 2.303e9, ModelFamily.SD35_MEDIUM: 2.470e9,
-    ModelFamily.SD35_LARGE: 8.146e9, ModelFamily.FLUX_DEV: 11.90e9,
-    ModelFamily.FLUX_SCHNELL: 11.89e9}
 # working memory at the native size, batch 1, GiB (estimates; see the module docstring)
 _WORKING_GIB: dict[ModelFamily, float] = {
     ModelFamily.SD1: 2.0, ModelFamily.SD2: 2.5, ModelFamily.SDXL: 4.0,
@@ -92,21 +83,20 @@ class Footprint(BaseModel):
 
 
 def footprint(family: ModelFamily, dtype: Dtype, *, model_bytes: int | None = None) -> Footprint:
-    """A family's footprint as released; a model under ``TOY_SHARE`` of that (the tiny
+    """A family's footprint as released; a model under ``model_sizes.TOY_SHARE`` of that (the tiny
     random-weight models of the tests and of local mode, by the manifest's bytes) is scaled
     down to its own size, as the training plan does."""
     width = 2  # bytes a parameter, both 16-bit dtypes
-    facts = FAMILIES[family]
+    sizes = sizes_of(family)
     released = Footprint(
-        denoiser_gib=_DENOISER_PARAMS[family] * width / GIB,
-        vae_gib=_VAE_PARAMS * width / GIB,
-        text_encoders_gib=tuple(_TEXT_PARAMS[e] * width / GIB for e in facts.text_encoders),
+        denoiser_gib=sizes.denoiser * width / GIB,
+        vae_gib=sizes.vae * width / GIB,
+        text_encoders_gib=tuple(count * width / GIB for count in sizes.text_encoders.values()),
         working_gib=_WORKING_GIB[family],
     )
-    weights = (released.denoiser_gib + released.vae_gib + sum(released.text_encoders_gib)) * GIB
-    if model_bytes is None or model_bytes >= TOY_SHARE * weights:
+    if model_bytes is None or not is_toy(family, model_bytes):
         return released
-    scale = model_bytes / weights
+    scale = model_bytes / released_bytes(family, width)
     return Footprint(denoiser_gib=released.denoiser_gib * scale,
                      vae_gib=released.vae_gib * scale,
                      text_encoders_gib=tuple(g * scale for g in released.text_encoders_gib),

@@ -4,9 +4,9 @@ Three parties read it: the portal's training form and ``scripts/train.py`` (they
 job starts, a family that no setting fits on the chosen type, naming a type that fits, and turn on
 the savers the plan needs), and the README's table (``plan_table``).
 
-The plan is an estimate from parameter counts (the releases' model cards) and activation sizes
-per family, not a measurement: ``bench/training.py --family`` measures step time and peak memory
-at full size on a GPU. What it models, per GPU (data parallelism copies the model on each):
+The plan is an estimate from parameter counts (``model_sizes``) and activation sizes per family,
+not a measurement: ``bench/training.py --family`` measures step time and peak memory at full
+size on a GPU. What it models, per GPU (data parallelism copies the model on each):
 
 - the frozen denoiser in bf16 (2 bytes a parameter; a ``full`` fine-tune keeps fp32 weights,
   gradients and AdamW's two moments: 16 bytes, 10 with 8-bit AdamW);
@@ -30,13 +30,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel_contracts.families import ModelFamily, facts_for
+from easel_contracts.model_sizes import is_toy, released_bytes, sizes_of
 
 GB = 1e9
 GIB = 1024**3
 HEADROOM = 0.85  # plan to use at most this share of a GPU's (or the host's) memory
 OVERHEAD_GB = 2.0  # CUDA context, VAE, allocator fragmentation
 HOST_OVERHEAD_GB = 4.0  # Python, torch, the data loader, the page cache the loader uses
-TOY_SHARE = 0.05  # a model under this share of its family's released size is planned by its size
 
 
 class FamilySize(BaseModel):
@@ -51,26 +51,25 @@ class FamilySize(BaseModel):
     checkpointed_gb: float  # the same with gradient checkpointing
 
 
-# Parameter counts of the denoisers as released (SD3.5 and FLUX.1: counted on the architectures
-# bench/training.py builds, 2.24B, 8.06B and 11.90B), of the text encoders (CLIP-L 0.12B,
-# OpenCLIP-H 0.35B, OpenCLIP-G 0.69B, T5-XXL encoder 4.76B) and of the VAE. Activations:
-# estimates for bf16 with SDPA attention, to be replaced by the bench's measured peaks.
-SIZES: dict[ModelFamily, FamilySize] = {
-    ModelFamily.SD1: FamilySize(denoiser_b=0.86, text_encoders_b=0.12, vae_b=0.08,
-                                activations_gb=12.0, checkpointed_gb=3.0),
-    ModelFamily.SD2: FamilySize(denoiser_b=0.87, text_encoders_b=0.35, vae_b=0.08,
-                                activations_gb=12.0, checkpointed_gb=3.0),
-    ModelFamily.SDXL: FamilySize(denoiser_b=2.57, text_encoders_b=0.82, vae_b=0.08,
-                                 activations_gb=16.0, checkpointed_gb=4.0),
-    ModelFamily.SD35_MEDIUM: FamilySize(denoiser_b=2.24, text_encoders_b=5.57, vae_b=0.08,
-                                        activations_gb=14.0, checkpointed_gb=3.0),
-    ModelFamily.SD35_LARGE: FamilySize(denoiser_b=8.06, text_encoders_b=5.57, vae_b=0.08,
-                                       activations_gb=24.0, checkpointed_gb=5.0),
-    ModelFamily.FLUX_DEV: FamilySize(denoiser_b=11.9, text_encoders_b=4.88, vae_b=0.08,
-                                     activations_gb=36.0, checkpointed_gb=7.0),
-    ModelFamily.FLUX_SCHNELL: FamilySize(denoiser_b=11.9, text_encoders_b=4.88, vae_b=0.08,
-                                         activations_gb=36.0, checkpointed_gb=7.0),
+# Activations per 1024² image, GB (bf16 with SDPA attention, batch 1; without and with gradient
+# checkpointing): estimates to be replaced by the bench's measured peaks. Its keys are the
+# families the job trains.
+_ACTIVATIONS_GB: dict[ModelFamily, tuple[float, float]] = {
+    ModelFamily.SD1: (12.0, 3.0), ModelFamily.SD2: (12.0, 3.0), ModelFamily.SDXL: (16.0, 4.0),
+    ModelFamily.SD35_MEDIUM: (14.0, 3.0), ModelFamily.SD35_LARGE: (24.0, 5.0),
+    ModelFamily.FLUX_DEV: (36.0, 7.0), ModelFamily.FLUX_SCHNELL: (36.0, 7.0),
 }
+
+
+def _family_size(family: ModelFamily) -> FamilySize:
+    sizes = sizes_of(family)
+    activations, checkpointed = _ACTIVATIONS_GB[family]
+    return FamilySize(denoiser_b=sizes.denoiser / 1e9,
+                      text_encoders_b=sizes.text_encoder_total / 1e9, vae_b=sizes.vae / 1e9,
+                      activations_gb=activations, checkpointed_gb=checkpointed)
+
+
+SIZES: dict[ModelFamily, FamilySize] = {family: _family_size(family) for family in _ACTIVATIONS_GB}
 FLOW_FAMILIES = frozenset({ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE,
                            ModelFamily.FLUX_DEV, ModelFamily.FLUX_SCHNELL})
 
@@ -132,16 +131,10 @@ def _host_need(family: ModelFamily, size: FamilySize) -> float:
     return (size.denoiser_b + size.text_encoders_b + size.vae_b) * bytes_per + HOST_OVERHEAD_GB
 
 
-def released_bytes(family: ModelFamily) -> float:
-    """Bytes of a family's released weights in bf16 (denoiser, text encoders, VAE)."""
-    size = SIZES[family]
-    return (size.denoiser_b + size.text_encoders_b + size.vae_b) * 2 * GB
-
-
 def _scaled(size: FamilySize, family: ModelFamily, model_bytes: int | None) -> FamilySize:
     """A model far smaller than its family's release (the tiny random-weight models of the tests
     and of local mode) is planned by its own size; any other by the release's."""
-    if model_bytes is None or model_bytes >= TOY_SHARE * released_bytes(family):
+    if model_bytes is None or not is_toy(family, model_bytes):
         return size
     scale = model_bytes / released_bytes(family)
     return FamilySize(**{name: value * scale for name, value in size.model_dump().items()})

@@ -27,7 +27,11 @@ class TrainingJobRecord(BaseModel):
     instance_type: str
     created_at: str = Field(description="ISO 8601 UTC time of submission.")
     published_lora: str | None = Field(
-        None, description="Name in the LoRA library once the result was published.")
+        None, description="Name in the LoRA library once the result (or, for a stopped or "
+        "failed job, its last checkpoint's LoRA) was published.")
+    published_step: int | None = Field(
+        None, ge=0, description="The checkpoint step the published LoRA came from; None when "
+        "it is the completed job's result.")
     checkpoint_s3_uri: str | None = Field(
         None, description="Where the job's /opt/ml/checkpoints syncs (SageMaker's "
         "CheckpointConfig.S3Uri): its checkpoints, progress.json and preview images. A resumed "

@@ -133,7 +133,10 @@ class Engine:
         return self.readiness.detail if self.readiness.state == "failed" else None
 
     def start(self) -> None:
-        """Load the default model, warm it up and time its speed (runs on the worker thread)."""
+        """Load the default model, warm it up and time its speed (runs on the worker thread).
+        An engine already serving (started before its app, as the bench's) stays as it is."""
+        if self.ready:
+            return
         if self.settings.require_cuda:
             problem = self.cuda_probe()
             if problem:

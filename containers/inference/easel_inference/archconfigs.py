@@ -1,7 +1,8 @@
 """Component configs for the supported architectures, shipped inside the package.
 
-``full`` configs are the real SD1.5 / SD2.1-768-v / SDXL-base architectures; ``tiny`` configs are
-the same layouts shrunk so that a 2-step 64x64 generation runs well under a second on a CPU.
+``full`` configs are the real SD1.5 / SD2.1-768-v / SDXL-base architectures (and the SDXL
+refiner's UNet); ``tiny`` configs are the same layouts shrunk so that a 2-step 64x64 generation
+runs well under a second on a CPU.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def full_components(arch: str) -> dict[str, dict[str, Any]]:
     for name in text_encoder_names(arch):
         components[name] = _read_json(arch, f"{name}/config.json")
     return components
+
+
+def refiner_unet() -> dict[str, Any]:
+    """The SDXL 1.0 refiner's UNet (shipped): it reads SDXL's second text encoder only (1280
+    wide) and the aesthetic score; its VAE and that encoder are SDXL's."""
+    return _read_json("sdxl", "refiner_unet/config.json")
 
 
 def _tiny_text_encoder(config: dict[str, Any], *, hidden: int, projection: int) -> dict[str, Any]:

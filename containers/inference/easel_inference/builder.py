@@ -235,6 +235,30 @@ def save_single_file(pipe: Any, path: str | Path, *, embed_configs: bool = True,
     return target
 
 
+def save_refiner_single_file(pipe: Any, path: str | Path, *, embed_configs: bool = True) -> Path:
+    """An SDXL refiner (``build_refiner``) as ``<path>.safetensors`` in the original layout
+    (UNet, VAE, its OpenCLIP-G under ``conditioner.embedders.0.model.``), as released refiner
+    files are; ``embed_configs`` as in :func:`save_single_file`."""
+    target = _checkpoint_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    state = checkpoint_keys.unet_to_original(pipe.unet.state_dict(), pipe.unet.config)
+    state.update(checkpoint_keys.vae_to_original(pipe.vae.state_dict(), pipe.vae.config))
+    state.update(checkpoint_keys.open_clip_to_original(
+        pipe.text_encoder_2.state_dict(), prefix=checkpoint_keys.REFINER_TEXT_PREFIX))
+    if target.suffix == ".ckpt":
+        torch.save({"state_dict": state}, target)
+        return target
+    metadata = {"format": "pt"}
+    if embed_configs:
+        configs = {name: json.loads(json.dumps(dict(getattr(pipe, name).config), default=list))
+                   for name in ("unet", "vae", "scheduler")}
+        configs["text_encoder_2"] = json.loads(pipe.text_encoder_2.config.to_json_string())
+        metadata[COMPONENTS_METADATA_KEY] = json.dumps(configs, sort_keys=True)
+    save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(target),
+              metadata=metadata)
+    return target
+
+
 def save_vae_file(pipe: Any, path: str | Path, *, seed: int = 20) -> Path:
     """A random VAE shaped like the pipeline's, as a single file in the ldm layout
     (``encoder.*`` / ``decoder.*`` keys, as standalone VAE downloads are)."""

@@ -18,6 +18,7 @@ VAE_PREFIX = "first_stage_model."
 SD1_TEXT_PREFIX = "cond_stage_model.transformer."
 SD2_TEXT_PREFIX = "cond_stage_model.model."
 SDXL_TEXT_PREFIXES = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
+REFINER_TEXT_PREFIX = "conditioner.embedders.0.model."  # the SDXL refiner's OpenCLIP-G
 
 _UNET_RESNET_PARTS = {
     "norm1": "in_layers.0",

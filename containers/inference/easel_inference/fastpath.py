@@ -179,7 +179,9 @@ class GuardedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failure is None:
-            shape = shape_key(args, kwargs)
+            # keyed as the compiled forward sees the call: any sampler's timestep is one type
+            steady_args, steady_kwargs = steady_timestep(args, kwargs)
+            shape = shape_key(steady_args, steady_kwargs)
             if shape not in self.shapes and not self.report.compile_new_shapes:
                 self.report.serves_eagerly(self.option, shape)
                 return self.eager(*args, **kwargs)
@@ -187,7 +189,6 @@ class GuardedForward:
                 mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
                 if self.graphs and mark_step is not None:
                     mark_step()
-                steady_args, steady_kwargs = steady_timestep(args, kwargs)
                 out = _clone_output(self.compiled(*steady_args, **steady_kwargs))
                 self.shapes.add(shape)
                 return out

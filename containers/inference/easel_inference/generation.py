@@ -34,6 +34,7 @@ from .controlnet import control_images, controlnet_pipeline
 from .errors import BadRequest, Unavailable
 from .images import decode_image, encode_png_later
 from .lora import LoraLibrary, parse_lora_tags
+from .mask_area import masked_area
 from .pipelines import LoadedModel, PipelineManager, native_side
 from .progress import StepReport
 from .prompts import encode_prompt_pair
@@ -144,28 +145,39 @@ def _step_callback(hook: StepHook | None, stop: StopCheck | None,
     return on_step_end
 
 
-def _img2img_inputs(request: Img2ImgRequest, settings: Settings) -> dict[str, Any]:
+Finish = Callable[[Image.Image], Image.Image]
+"""What becomes of each image the pipeline made before it is encoded (a mask's overlay)."""
+
+
+def _img2img_inputs(request: Img2ImgRequest,
+                    settings: Settings) -> tuple[dict[str, Any], Finish | None]:
+    """The pipeline's image inputs, and with a mask the overlay that keeps the init image's
+    pixels outside it (A1111's): over the whole image, or with ``inpaint_full_res`` the masked
+    area's box repainted at the request's size and pasted back into the image at its own size."""
     init = decode_image(request.init_images[0], field="init_images[0]",
-                        max_bytes=settings.max_image_bytes)
+                        max_bytes=settings.max_image_bytes).convert("RGB")
     size = (request.width, request.height)
-    inputs: dict[str, Any] = {"image": init.convert("RGB").resize(size, Image.LANCZOS),
+    inputs: dict[str, Any] = {"image": init.resize(size, Image.LANCZOS),
                               "strength": request.denoising_strength}
-    if request.mask:
-        mask = decode_image(request.mask, field="mask", max_bytes=settings.max_image_bytes)
-        mask = mask.convert("L").resize(size, Image.LANCZOS)
-        if request.inpainting_mask_invert:
-            mask = Image.eval(mask, lambda value: 255 - value)
-        if request.mask_blur:
-            mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
-        inputs["mask_image"] = mask
-    return inputs
-
-
-def _overlay(image: Image.Image, overlay: tuple[Image.Image, Image.Image] | None) -> Image.Image:
-    if overlay is None:
-        return image
-    init, mask = overlay
-    return Image.composite(image.convert("RGB"), init, mask)
+    if not request.mask:
+        return inputs, None
+    mask = decode_image(request.mask, field="mask", max_bytes=settings.max_image_bytes)
+    mask = mask.convert("L").resize(init.size if request.inpaint_full_res else size,
+                                    Image.LANCZOS)
+    if request.inpainting_mask_invert:
+        mask = Image.eval(mask, lambda value: 255 - value)
+    if request.mask_blur:
+        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    if request.inpaint_full_res:
+        area = masked_area(init, mask, padding=request.inpaint_full_res_padding, size=size)
+        if area is None:  # nothing painted: nothing to repaint, as A1111's empty mask
+            mask = mask.resize(size, Image.LANCZOS)
+        else:
+            inputs["image"], inputs["mask_image"] = area.crop(size)
+            return inputs, area.paste
+    inputs["mask_image"] = mask
+    image = inputs["image"]
+    return inputs, lambda made: Image.composite(made.convert("RGB"), image, mask)
 
 
 def _inpainting_model_inputs(request: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
@@ -335,9 +347,10 @@ def _generate(
     prompt, loras = parse_lora_tags(request.prompt)
     units = request.controlnet_units()
     extra: dict[str, Any] = {}
+    finish: Finish | None = None
     kind = "txt2img"
     if isinstance(request, Img2ImgRequest):
-        extra = _img2img_inputs(request, settings)
+        extra, finish = _img2img_inputs(request, settings)
         kind = "inpaint" if "mask_image" in extra else "img2img"
     if model.is_inpainting and kind != "inpaint":
         extra, kind = _inpainting_model_inputs(request, extra), "inpaint"
@@ -391,8 +404,6 @@ def _generate(
     total_runs = runs + hires_runs  # steps of one batch, both passes
     seeds = _seeds(request)
     encoding: list[Future[str]] = []
-    # a user's mask: pixels outside it are the init image's, exactly (A1111's overlay)
-    overlay = (extra["image"], extra["mask_image"]) if getattr(request, "mask", None) else None
     vae = manager.vae(request.override_settings.sd_vae, model)
     vae_name = request.override_settings.sd_vae if vae is not None else None
     infotexts = [_infotext(request, seed, sampler.name, karras, model, vae_name, hires=hires)
@@ -462,7 +473,7 @@ def _generate(
                             report(runs + step + 1, total_runs, batch, request.n_iter,
                                    latents))))
             for image in result.images:  # encoded while the next batch denoises
-                encoding.append(encode_png_later(_overlay(image, overlay),
+                encoding.append(encode_png_later(finish(image) if finish else image,
                                                  parameters=infotexts[len(encoding)]))
         images = [pending.result() for pending in encoding]
     finally:

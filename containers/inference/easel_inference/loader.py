@@ -3,8 +3,9 @@
 Single files (``.safetensors``; ``.ckpt`` only through a weights-only load) go through diffusers'
 single-file loader with a local config folder written from, in order of precedence: the exact
 component configs embedded by Easel's builder, the ``<name>.yaml`` beside the checkpoint, or the
-shipped configs of the architecture detected from the weights. Diffusers folders load with
-``local_files_only``. Nothing is fetched from a model hub.
+shipped configs of the architecture detected from the weights (an SDXL refiner: the shipped
+refiner UNet with SDXL's VAE). Diffusers folders load with ``local_files_only``. Nothing is
+fetched from a model hub.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from easel_contracts.families import (
 from safetensors import safe_open
 
 from . import checkpoint_keys
-from .archconfigs import full_components, text_encoder_names, tokenizer_pad_tokens
+from .archconfigs import (
+    full_components,
+    refiner_unet,
+    text_encoder_names,
+    tokenizer_pad_tokens,
+)
 from .builder import ARCH_METADATA_KEY, COMPONENTS_METADATA_KEY
 from .flow_loader import FLOW_FAMILIES, FlowLoadError, load_flow_folder, load_flow_single_file
 from .original_config import OriginalConfigError, arch_of_original, components_from_original
@@ -111,23 +117,24 @@ SERVED_ARCHES = {ModelFamily.SD1: "sd15", ModelFamily.SD2: "sd2", ModelFamily.SD
 
 def _served_arch(family: ModelFamily, name: str) -> str:
     arch = SERVED_ARCHES.get(family)
-    if family is ModelFamily.SDXL_REFINER:
-        raise ModelLoadError(f"{name} is an SDXL refiner single file; this server loads the "
-                             "refiner as a diffusers folder (Stable-diffusion/<name>/"
-                             "model_index.json)")
     if arch is None:
-        served = ", ".join(facts_for(f).label for f in (*SERVED_ARCHES, *FLOW_FAMILIES))
+        served = ", ".join(facts_for(f).label
+                           for f in (*SERVED_ARCHES, ModelFamily.SDXL_REFINER, *FLOW_FAMILIES))
         raise ModelLoadError(f"{name} is a {facts_for(family).label} model; this server loads "
                              f"{served} models only")
     return arch
 
 
-def _flow_family(view: _CheckpointView) -> ModelFamily | None:
-    """The flow-matching family (SD3.5, FLUX.1) of a checkpoint, or None for any other."""
+def _detected_family(view: _CheckpointView) -> ModelFamily | None:
     try:
-        family = detect_checkpoint(view.shapes(), name=view.path.name).family
+        return detect_checkpoint(view.shapes(), name=view.path.name).family
     except FamilyError:
         return None  # detect_arch says what is wrong
+
+
+def _flow_family(view: _CheckpointView) -> ModelFamily | None:
+    """The flow-matching family (SD3.5, FLUX.1) of a checkpoint, or None for any other."""
+    family = _detected_family(view)
     return family if family in FLOW_FAMILIES else None
 
 
@@ -240,6 +247,60 @@ def _scheduler_from(configs: dict[str, dict[str, Any]]) -> Any:
     return EulerDiscreteScheduler.from_config(fields)
 
 
+# the refiner pipeline's components: no first text encoder; the aesthetic score as a condition
+_REFINER_INDEX = {
+    "_class_name": "StableDiffusionXLImg2ImgPipeline", "force_zeros_for_empty_prompt": False,
+    "requires_aesthetics_score": True, "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": [None, None], "tokenizer": [None, None],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def refiner_components(view: _CheckpointView) -> dict[str, dict[str, Any]]:
+    """Component configs of an SDXL refiner single file: those Easel's builder embedded, else the
+    shipped refiner UNet and SDXL's VAE and scheduler, with the OpenCLIP-G read from the file's
+    shapes."""
+    embedded = view.metadata.get(COMPONENTS_METADATA_KEY)
+    if embedded:
+        return json.loads(embedded)
+    sdxl = full_components("sdxl")
+    return {"unet": refiner_unet(), "vae": sdxl["vae"], "scheduler": sdxl["scheduler"],
+            "text_encoder_2": _text_encoder_from_shapes(
+                view, sdxl["text_encoder_2"], checkpoint_keys.REFINER_TEXT_PREFIX,
+                open_clip=True)}
+
+
+def _load_refiner_single_file(view: _CheckpointView, *, device: str, dtype: torch.dtype) -> Any:
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    configs = refiner_components(view)
+    with tempfile.TemporaryDirectory(prefix="easel-config-") as name:
+        folder = Path(name)
+        (folder / "model_index.json").write_text(json.dumps(_REFINER_INDEX), "utf-8")
+        for component in ("unet", "vae", "text_encoder_2"):
+            config = dict(configs[component])
+            if component == "text_encoder_2":
+                config.update(architectures=["CLIPTextModelWithProjection"],
+                              model_type="clip_text_model")
+            (folder / component).mkdir()
+            (folder / component / "config.json").write_text(json.dumps(config), "utf-8")
+        (folder / "scheduler").mkdir()
+        (folder / "scheduler" / "scheduler_config.json").write_text(
+            json.dumps(configs["scheduler"]), "utf-8")
+        pad = tokenizer_pad_tokens("sdxl")["tokenizer_2"]
+        try:
+            pipe = StableDiffusionXLImg2ImgPipeline.from_single_file(
+                str(view.path), config=str(folder), local_files_only=True, torch_dtype=dtype,
+                scheduler=_scheduler_from(configs), text_encoder=None, tokenizer=None,
+                tokenizer_2=build_clip_tokenizer(pad_token=pad))
+        except Exception as exc:
+            raise ModelLoadError(f"{view.path.name} could not be loaded as an SDXL refiner: "
+                                 f"{exc}") from exc
+    return pipe.to(device)
+
+
 def load_single_file(path: str | Path, *, device: str = "cpu",
                      dtype: torch.dtype = torch.float32, offload: bool = False) -> Any:
     path = Path(path)
@@ -252,6 +313,8 @@ def load_single_file(path: str | Path, *, device: str = "cpu",
                                          dtype=dtype, offload=offload)
         except FlowLoadError as exc:
             raise ModelLoadError(str(exc)) from None
+    if _detected_family(view) is ModelFamily.SDXL_REFINER:
+        return _load_refiner_single_file(view, device=device, dtype=dtype)
     arch, configs = resolve_components(path, view)
     pipeline_class = PIPELINE_CLASSES.get(arch, StableDiffusionPipeline)
     tokenizers = {

@@ -4,9 +4,8 @@ The channel holds the model layout (``Stable-diffusion/<name>.safetensors`` or a
 folder), or a ``model.tar.gz`` of it, which is unpacked into scratch space first. The family is
 detected from the model itself (``easel_contracts.families``: tensor names of a single file, or a
 diffusers folder's ``model_index.json``), never from a name the user gives. Loading goes through
-the inference package's loader so training and serving read models the same way; diffusers
-folders of the flow-matching families (SD3.5, FLUX.1) load with their diffusers pipeline class,
-offline.
+the inference package's loader (the training image installs it) so training and serving read
+models the same way, single files and diffusers folders of every family alike, offline.
 """
 
 from __future__ import annotations
@@ -168,13 +167,6 @@ def describe_pipeline(pipe: Any, family: ModelFamily) -> tuple[Arch, str, int]:
     return arch, prediction_type, native
 
 
-def _load_flow_folder(path: Path, family: ModelFamily, dtype: torch.dtype) -> Any:
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
-
-    pipeline_class = FluxPipeline if trained_arch(family) == "flux" else StableDiffusion3Pipeline
-    return pipeline_class.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-
-
 def load_base_model(channel: Path, scratch: Path, wanted: str, *,
                     flow_dtype: torch.dtype = torch.float32) -> BaseModel:
     """The chosen base model on the CPU: float32, except the flow families (LoRA-only, frozen
@@ -187,12 +179,7 @@ def load_base_model(channel: Path, scratch: Path, wanted: str, *,
     flow = family is not None and trained_arch(family) in FLOW_ARCHES
     dtype = flow_dtype if flow else torch.float32
     try:
-        if path.is_dir() and flow:
-            pipe = _load_flow_folder(path, family, dtype)
-        else:
-            pipe = load_pipeline(path, device="cpu", dtype=dtype)
-    except TrainingInputError:
-        raise
+        pipe = load_pipeline(path, device="cpu", dtype=dtype)
     except Exception as exc:  # the loader's own errors: corrupt file, unknown architecture
         raise TrainingInputError(
             f"base model {name!r} ({path.name}) could not be loaded: "

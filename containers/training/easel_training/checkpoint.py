@@ -1,12 +1,15 @@
-"""Resumable checkpoints in ``$EASEL_OPT_ML/checkpoints/checkpoint-<step>/``.
+"""Resumable checkpoints in ``$EASEL_OPT_ML/checkpoints/checkpoint-<step>/`` (the layout is the
+contract ``easel_contracts.checkpoints``).
 
 accelerate's ``save_state``/``load_state`` write and read the optimizer, learning-rate scheduler,
 grad-scaler and RNG state (one ``random_states_<rank>.pkl`` per process); every ``.bin``/``.pkl``
 is read with ``torch.load(weights_only=True)``. Easel adds, through accelerate's state hooks,
 ``trainable.safetensors`` (only the trained weights, float32: the LoRA adapters, or the UNet and
 text encoders in ``full`` mode; never the frozen base model) and ``state.json`` (format, step,
-the settings that must match to resume, the loss curve so far). A checkpoint is written to a
-hidden folder and renamed into place, so a job killed mid-write leaves only complete ones.
+the settings that must match to resume, the loss curve so far); in ``lora`` mode also
+``lora.safetensors``, the LoRA at that step in the published format, so a stopped job's last
+checkpoint can go into the LoRA library. A checkpoint is written to a hidden folder and renamed
+into place, so a job killed mid-write leaves only complete ones.
 """
 
 from __future__ import annotations
@@ -14,18 +17,18 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from easel_contracts.checkpoints import CHECKPOINT_PREFIX as PREFIX
+from easel_contracts.checkpoints import STATE_FILE, WEIGHTS_FILE, checkpoint_name
 from safetensors.torch import load_file, save_file
 
 from easel_training.errors import TrainingInputError
 
-PREFIX = "checkpoint-"
-STATE_FILE = "state.json"
-WEIGHTS_FILE = "trainable.safetensors"
 FORMAT = 2  # 1: Easel's own training_state.pt (before accelerate's save_state); not resumable
 
 
@@ -62,13 +65,14 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(accelerator: Any, folder: Path, *, step: int, state: dict[str, Any],
-                    keep: int) -> Path:
+                    keep: int, extra: Callable[[Path], None] | None = None) -> Path:
     """Write ``checkpoint-<step>`` (call on every process; the main one renames it into place).
 
-    The trainable weights come from the accelerator's save-state hook (see ``Trainer``).
+    The trainable weights come from the accelerator's save-state hook (see ``Trainer``);
+    ``extra`` (main process) adds files to the folder before it is renamed into place.
     """
-    final = folder / f"{PREFIX}{step}"
-    tmp = folder / f".tmp-{PREFIX}{step}"  # one name for every process of the job
+    final = folder / checkpoint_name(step)
+    tmp = folder / f".tmp-{checkpoint_name(step)}"  # one name for every process of the job
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -76,6 +80,8 @@ def save_checkpoint(accelerator: Any, folder: Path, *, step: int, state: dict[st
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra is not None:
+            extra(tmp)
         (tmp / STATE_FILE).write_text(
             json.dumps({**state, "format": FORMAT, "step": step}, indent=1), encoding="utf-8")
         if final.exists():

@@ -159,7 +159,7 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
     if result.status == "stopped":
         progress.status_only("stopped", step=result.step,
                              loss=result.loss_curve[-1] if result.loss_curve else None)
-        return JobOutcome(status="stopped", step=result.step, result=None)
+        return JobOutcome(status="stopped", step=result.step, result=None, pipeline=base.pipe)
     output = None
     if accelerator.is_main_process:
         output = _save_result(hp=hp, paths=paths, base=base, result=result, data=data,

@@ -29,9 +29,16 @@ SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 
 def save_lora_result(*, model_dir: Path, hp: HyperParameters, base: BaseModel,
                      steps: int) -> Path:
-    pipe = base.pipe
     target = model_dir / "Lora" / f"{hp.effective_output_name}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
+    return write_lora(target, hp=hp, base=base, steps=steps)
+
+
+def write_lora(target: Path, *, hp: HyperParameters, base: BaseModel, steps: int) -> Path:
+    """The trained adapters as a LoRA file: kohya keys (SD1.x/2.x/SDXL) or diffusers keys
+    (SD3.5/FLUX.1), at ``save_precision``, with the ``ss_*`` metadata. The result's
+    ``Lora/<name>.safetensors`` and each checkpoint's ``lora.safetensors`` are written here."""
+    pipe = base.pipe
     if base.flow:
         state = lora.export_diffusers(pipe.transformer, dtype=SAVE_DTYPES[hp.save_precision])
         save_file(state, str(target), metadata=lora.flow_metadata(

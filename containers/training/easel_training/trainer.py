@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from easel_contracts.checkpoints import LORA_FILE
 from easel_contracts.hyperparameters import HyperParameters
 
 from easel_training import checkpoint, lora
@@ -27,6 +28,7 @@ from easel_training.graphed import GraphedStep, graph_eligible
 from easel_training.paths import JobPaths
 from easel_training.plan import BatchPlan
 from easel_training.progress import ProgressReporter
+from easel_training.results import write_lora
 from easel_training.sampling import write_preview
 from easel_training.stopping import StopRequest
 from easel_training.text import PromptEncoding, encode_token_ids
@@ -254,11 +256,17 @@ class Trainer:
                        checkpoint.load_weights(Path(input_dir)))
 
     def _save_checkpoint(self, step: int, losses: list[float]) -> None:
+        extra = None
+        if self.hp.mode == "lora":
+            def extra(folder: Path) -> None:
+                # the LoRA at this step, as the result would hold it: a stopped job's last
+                # checkpoint can be published (easel_contracts.checkpoints.LORA_FILE)
+                write_lora(folder / LORA_FILE, hp=self.hp, base=self.base, steps=step)
         checkpoint.save_checkpoint(
             self.accelerator, self.paths.checkpoints, step=step,
             state={"fingerprint": self.fingerprint(), "loss_curve": losses,
                    "world_size": self.world_size},
-            keep=self.hp.checkpoints_total_limit)
+            keep=self.hp.checkpoints_total_limit, extra=extra)
 
     def _resume(self) -> tuple[int, list[float]]:
         found = checkpoint.latest_checkpoint(self.paths.checkpoints)

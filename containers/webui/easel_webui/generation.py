@@ -51,12 +51,14 @@ from easel_contracts.streaming import (
     StreamError,
 )
 from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S
+from easel_contracts.xy_plot import XYPlot
 from easel_webui.auth import User
 from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
 from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
-from easel_webui.grids import with_grid
+from easel_webui.grids import with_grid, with_plot_grid
 from easel_webui.live import JobControl, Stop
+from easel_webui.payloads import plot_cells
 from easel_webui.storage import Bucket
 from easel_webui.store import Table, iso_now, now
 from easel_webui.workcap import WorkCap
@@ -413,15 +415,18 @@ class Generation:
     # --- jobs
 
     def submit(self, *, user: User, endpoint: str, task: str,
-               request: GenerationRequest) -> str:
-        """Record a job and start it on a worker thread; the job id to poll."""
-        return self._start(user=user, endpoint=endpoint, task=task, request=request)[0]
+               request: GenerationRequest, plot: XYPlot | None = None) -> str:
+        """Record a job and start it on a worker thread; the job id to poll. With ``plot``
+        (an X/Y plot), one invocation a cell and a labelled grid, under this one job."""
+        return self._start(user=user, endpoint=endpoint, task=task, request=request,
+                           plot=plot)[0]
 
     def run_sync(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
-                 timeout: float) -> GenerationResponse:
+                 timeout: float, plot: XYPlot | None = None) -> GenerationResponse:
         """Run a job and wait at most `timeout` seconds for the model server's answer; a job
         that failed raises its `PortalError` (a refusal by the server keeps its 4xx)."""
-        job_id, future = self._start(user=user, endpoint=endpoint, task=task, request=request)
+        job_id, future = self._start(user=user, endpoint=endpoint, task=task, request=request,
+                                     plot=plot)
         try:
             answer = future.result(timeout=timeout)
         except FutureTimeout:
@@ -444,12 +449,14 @@ class Generation:
         return answer
 
     def _start(self, *, user: User, endpoint: str, task: str, request: GenerationRequest,
-               ) -> tuple[str, Future[GenerationResponse | None]]:
+               plot: XYPlot | None = None) -> tuple[str, Future[GenerationResponse | None]]:
         if task not in GENERATION_TASKS:
             raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
+        cells = plot_cells(request, plot) if plot is not None else None
         if record.get("mode", "realtime") == "realtime":  # an async one has up to an hour
-            self.workcap.check(endpoint, request)  # refused before any job: what to lower
+            for invocation in cells or [request]:  # refused before any job: what to lower
+                self.workcap.check(endpoint, invocation)
         job_id = uuid.uuid4().hex
         with self._lock:
             if len(self._running) + self._calls >= self.queue_limit:
@@ -477,7 +484,7 @@ class Generation:
         self.table.update(*keys.user_prefs_key(user.username), {"last_job": job_id},
                           must_exist=False)
         future = self.pool.submit(self._run, job_id, user.username, endpoint, task, request,
-                                  record.get("mode", "realtime"))
+                                  record.get("mode", "realtime"), plot, cells)
         return job_id, future
 
     def _heartbeat_loop(self) -> None:
@@ -566,30 +573,41 @@ class Generation:
         return failed
 
     def _run(self, job_id: str, owner: str, endpoint: str, task: str,
-             request: GenerationRequest, mode: str) -> GenerationResponse | None:
+             request: GenerationRequest, mode: str, plot: XYPlot | None = None,
+             cells: list[GenerationRequest] | None = None) -> GenerationResponse | None:
         try:
-            return self._run_job(job_id, owner, endpoint, task, request, mode)
+            return self._run_job(job_id, owner, endpoint, task, request, mode, plot, cells)
         finally:
             self._release(job_id)
 
     def _run_job(self, job_id: str, owner: str, endpoint: str, task: str,
-                 request: GenerationRequest, mode: str) -> GenerationResponse | None:
+                 request: GenerationRequest, mode: str, plot: XYPlot | None = None,
+                 cells: list[GenerationRequest] | None = None) -> GenerationResponse | None:
         try:
             stopped: Stop | None = None
-            if mode == "async":
+            made = cells
+            if mode == "async" and cells:
+                answer = _merge_answers(request, [
+                    self._invoke_async(endpoint, task, cell, f"{job_id}-{index}")
+                    for index, cell in enumerate(cells)])
+            elif mode == "async":
                 answer = self._invoke_async(endpoint, task, request, job_id)
             else:
-                answer, stopped = self._run_streamed(job_id, endpoint, task, request)
+                answer, stopped, made = self._run_streamed(job_id, endpoint, task, request,
+                                                           cells)
             if not answer.images and stopped:
                 what = "Interrupted" if stopped == "interrupt" else "Skipped"
                 self._finish(job_id, {
                     "status": "interrupted", "finished": now(),
                     "error": f"{what} before any image was finished; nothing was saved."})
                 return answer
-            if request.batch_size * request.n_iter > 1:
+            if plot is not None and made == cells:  # a plot with a cell missing has no grid
+                answer = with_plot_grid(answer, plot)
+            elif plot is None and request.batch_size * request.n_iter > 1:
                 answer = with_grid(answer)
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
-                                       request=request, answer=answer, job_id=job_id)
+                                       request=request, answer=answer, job_id=job_id,
+                                       plot=plot, cells=made if plot is not None else None)
             self._finish(job_id, {
                 "status": "done", "image_ids": images, "info": answer.info[:4000],
                 "finished": now(), **({"stopped": stopped} if stopped else {}),
@@ -610,12 +628,16 @@ class Generation:
         return None
 
     def _run_streamed(self, job_id: str, endpoint: str, task: str, request: GenerationRequest,
-                      ) -> tuple[GenerationResponse, Stop | None]:
-        """The job's batches, each through the response stream with live progress; the answer
-        of those finished, and whether an interrupt or a skip stopped any."""
-        control = JobControl(self.table, job_id, batches=request.n_iter)
+                      cells: list[GenerationRequest] | None = None,
+                      ) -> tuple[GenerationResponse, Stop | None, list[GenerationRequest]]:
+        """The job's batches (or a plot's ``cells``), each through the response stream with
+        live progress; the answer of those finished, whether an interrupt or a skip stopped
+        any, and the requests that were answered."""
+        parts = cells or _batch_requests(request)
+        control = JobControl(self.table, job_id, batches=len(parts))
         answers: list[GenerationResponse] = []
-        for batch, part in enumerate(_batch_requests(request)):
+        made: list[GenerationRequest] = []
+        for batch, part in enumerate(parts):
             control.next_batch(batch)
             if not control.check():
                 if control.stop == "interrupt":
@@ -624,14 +646,15 @@ class Generation:
             answer = self.invoke_stream(endpoint, task, part, control.on_step)
             if answer is not None:
                 answers.append(answer)
+                made.append(part)
             elif control.stop == "interrupt":
                 break
         stopped: Stop | None = ("interrupt" if control.interrupted
                                 else "skip" if control.skipped else None)
         if not answers:
             return GenerationResponse(images=[], parameters=request.model_dump(
-                mode="json", exclude={"init_images", "mask"}), info="{}"), stopped
-        return _merge_answers(request, answers), stopped
+                mode="json", exclude={"init_images", "mask"}), info="{}"), stopped, made
+        return _merge_answers(request, answers), stopped, made
 
     def request_stop(self, job_id: str, *, user: User, action: Stop) -> dict[str, Any]:
         """Ask the task running the job (whichever it is) to interrupt or skip: a flag in the
@@ -740,18 +763,30 @@ class Generation:
                 self._calls -= 1
 
     def save_outputs(self, *, owner: str, endpoint: str, task: str, request: BaseModel,
-                     answer: GenerationResponse, job_id: str,
+                     answer: GenerationResponse, job_id: str, plot: XYPlot | None = None,
+                     cells: list[GenerationRequest] | None = None,
                      extra_params: dict[str, Any] | None = None) -> list[str]:
+        """Each image to the bucket and the gallery. A plot's cells (``cells``: the request of
+        each image after a grid) keep their own settings; its grid keeps the plot's.
+        ``extra_params`` are kept with every image (an upscale's source prompt and image)."""
         images = answer.images
         if not images:
             raise UpstreamError("The model server returned no images.")
-        params = {**_strip_large(request.model_dump(mode="json", exclude_unset=True)),
-                  **(extra_params or {})}
+        base = {**_strip_large(request.model_dump(mode="json", exclude_unset=True)),
+                **(extra_params or {})}
         day = time.strftime("%Y-%m-%d", time.gmtime())
         model = _model_name(answer.info)
         details = _image_details(answer)
+        first = len(images) - len(cells) if cells else 0
         ids = []
         for index, encoded in enumerate(images):
+            params = base
+            if plot is not None and index < first:
+                params = {**base, "xy_plot": plot.model_dump(mode="json")}
+            elif cells:
+                cell = cells[index - first]
+                params = _strip_large(cell.model_dump(mode="json", exclude_unset=True))
+                details[index]["steps"] = cell.steps
             try:
                 data = base64.b64decode(encoded.split(",", 1)[-1], validate=False)
             except (binascii.Error, ValueError):

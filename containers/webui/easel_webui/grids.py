@@ -1,5 +1,6 @@
 """The grid image of a batch count: the images of one job tiled near-square, as AUTOMATIC1111
-lays them out (rows = round(sqrt(n)), filled row by row), answered first and saved beside them."""
+lays them out (rows = round(sqrt(n)), filled row by row), answered first and saved beside them;
+and an X/Y plot's grid, its cells in their columns and rows with the axis values as labels."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import io
 import json
 import math
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from easel_contracts.infotext import PNG_TEXT_KEY
 from easel_contracts.invocations import GenerationResponse
+from easel_contracts.xy_plot import XYPlot
 
 
 def grid_shape(count: int) -> tuple[int, int]:
@@ -41,12 +43,26 @@ def with_grid(answer: GenerationResponse) -> GenerationResponse:
     if len(answer.images) < 2:
         return answer
     pictures = [_decode(encoded) for encoded in answer.images]
-    grid = image_grid(pictures)
+    return _grid_first(answer, image_grid(pictures), pictures)
+
+
+def with_plot_grid(answer: GenerationResponse, plot: XYPlot) -> GenerationResponse:
+    """An X/Y plot's answer (one image a cell, row by row) with its labelled grid first, as
+    ``with_grid`` puts a batch's."""
+    pictures = [_decode(encoded) for encoded in answer.images]
+    grid = labelled_grid(pictures, columns=plot.columns,
+                         x_labels=[plot.x.label(value) for value in plot.x.values],
+                         y_labels=[plot.y.label(value) for value in plot.y.values])
+    return _grid_first(answer, grid, pictures)
+
+
+def _grid_first(answer: GenerationResponse, grid: Image.Image,
+                pictures: list[Image.Image]) -> GenerationResponse:
     try:
         info = json.loads(answer.info)
     except ValueError:
         info = {}
-    infotexts = info.get("infotexts") or []
+    infotexts = info.get("infotexts") or [] if isinstance(info, dict) else []
     chunk = PngImagePlugin.PngInfo()
     text = infotexts[0] if infotexts else pictures[0].info.get(PNG_TEXT_KEY)
     if isinstance(text, str):
@@ -60,3 +76,47 @@ def with_grid(answer: GenerationResponse) -> GenerationResponse:
     return answer.model_copy(update={
         "images": [base64.b64encode(buffer.getvalue()).decode("ascii"), *answer.images],
         "info": json.dumps(info)})
+
+
+LABEL_COLOUR = (0, 0, 0)
+LABEL_BACKGROUND = (255, 255, 255)
+
+
+def _font(cell_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's own font (no font file to ship), sized to the cells where FreeType is there."""
+    try:
+        return ImageFont.load_default(size=max(12, min(48, cell_height // 12)))
+    except (TypeError, OSError, ImportError):  # a Pillow without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_grid(images: list[Image.Image], *, columns: int, x_labels: list[str],
+                  y_labels: list[str]) -> Image.Image:
+    """The images tiled ``columns`` a row in cells the size of the first, with each column's
+    label above it and each row's label left of it (dark text on white margins)."""
+    width, height = images[0].size
+    rows = math.ceil(len(images) / columns)
+    font = _font(height)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_size(text: str) -> tuple[int, int]:
+        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    line = max(text_size(label)[1] for label in [*x_labels, *y_labels, "Ag"])
+    top_margin = line * 2
+    left_margin = max(text_size(label)[0] for label in y_labels) + line * 2
+    grid = Image.new("RGB", (left_margin + columns * width, top_margin + rows * height),
+                     LABEL_BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    for column, label in enumerate(x_labels):
+        label_width = text_size(label)[0]
+        draw.text((left_margin + column * width + (width - label_width) // 2, line // 2), label,
+                  fill=LABEL_COLOUR, font=font)
+    for row, label in enumerate(y_labels):
+        draw.text((line, top_margin + row * height + (height - line) // 2), label,
+                  fill=LABEL_COLOUR, font=font)
+    for index, image in enumerate(images):
+        grid.paste(image.convert("RGB"), (left_margin + (index % columns) * width,
+                                          top_margin + (index // columns) * height))
+    return grid

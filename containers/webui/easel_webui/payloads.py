@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from easel_contracts.invocations import GENERATION_TASKS, TASKS, GenerationRequest
+from easel_contracts.invocations import GENERATION_TASKS, TASKS, GenerationRequest, Txt2ImgRequest
+from easel_contracts.xy_plot import PlotError, PlottedTxt2Img, XYPlot, plot_requests
 from easel_webui.errors import PortalError, describe_validation
 
 
@@ -23,3 +24,28 @@ def parse_request(task: str, payload: Any) -> GenerationRequest:
         raise PortalError(describe_validation(list(exc.errors())), status_code=422) from None
     assert isinstance(request, GenerationRequest)
     return request
+
+
+def parse_plotted(task: str, payload: Any) -> tuple[GenerationRequest, XYPlot | None]:
+    """A generation request and its X/Y plot (``xy_plot``, txt2img only), or None without one."""
+    if task == "txt2img" and isinstance(payload, dict):
+        try:
+            plotted = PlottedTxt2Img.model_validate(payload)
+        except ValidationError as exc:
+            raise PortalError(describe_validation(list(exc.errors())), status_code=422) from None
+        return plotted.generation(), plotted.xy_plot
+    if isinstance(payload, dict) and payload.get("xy_plot"):
+        raise PortalError("xy_plot: an X/Y plot is made from text only (task txt2img)",
+                          status_code=422)
+    return parse_request(task, payload), None
+
+
+def plot_cells(request: GenerationRequest, plot: XYPlot) -> list[GenerationRequest]:
+    """The plot's cell requests, or a 422 naming the axis to fix."""
+    if not isinstance(request, Txt2ImgRequest):
+        raise PortalError("xy_plot: an X/Y plot is made from text only (task txt2img)",
+                          status_code=422)
+    try:
+        return list(plot_requests(request, plot))
+    except PlotError as exc:
+        raise PortalError(str(exc), status_code=422) from None

@@ -13,9 +13,11 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from easel_contracts import table as keys
+from easel_contracts.checkpoints import CHECKPOINT_PREFIX, CheckpointFiles, checkpoints_in, lora_key
 from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
 from easel_contracts.families import ModelFamily, facts_for
 from easel_contracts.hyperparameters import (
+    OUTPUT_NAME_MAX,
     OUTPUT_NAME_PATTERN,
     TRAINING_DEFAULTS,
     HyperParameterError,
@@ -44,8 +46,9 @@ from easel_webui import sagemaker_requests as req
 from easel_webui.auth import User
 from easel_webui.errors import Conflict, NotFound, PortalError, UpstreamError, describe_validation
 from easel_webui.ownership import check_model_readable, claim_library_entry
+from easel_webui.safetensors_header import SafetensorsError, header_length, tensor_entries
 from easel_webui.settings import Settings
-from easel_webui.storage import IMAGE_EXTENSIONS, Bucket, check_set_name
+from easel_webui.storage import IMAGE_EXTENSIONS, MAX_LORA_BYTES, Bucket, check_set_name
 from easel_webui.store import Table, iso_now, owned_records
 
 log = logging.getLogger("easel_webui.training")
@@ -373,8 +376,7 @@ class Training:
         if status != "Stopped":
             raise PortalError(f"The job is {status}; only a stopped job can be resumed.")
         checkpoints = _checkpoints(record)
-        objects, _ = self.bucket.list(checkpoints, limit=2000)
-        if not any(_CHECKPOINT_STATE.search(o.key) for o in objects):
+        if not any(c.resumable for c in self._checkpoint_list(record)):
             raise PortalError("The job stopped before it saved a checkpoint; start a new job "
                               "instead (Training page).")
         try:
@@ -420,6 +422,13 @@ class Training:
                           key=lambda o: _step_of(o.key))
             result["previews"] = [{"url": self.bucket.url(o.key),
                                    "step": _step_of(o.key)} for o in pngs[-TIMELINE_LENGTH:]]
+            if record.mode == "lora" and status in CHECKPOINT_PUBLISH_STATUSES:
+                try:
+                    step = self._last_checkpoint_lora(record).step
+                    result["checkpoint_lora"] = {
+                        "step": step, "name": checkpoint_lora_name(record.output_name, step)}
+                except PortalError as exc:
+                    result["checkpoint_note"] = exc.message
         return result
 
     def _progress(self, record: TrainingJobRecord) -> tuple[Progress | None, str]:
@@ -450,6 +459,19 @@ class Training:
 
     # --- results
 
+    def _publish(self, record: TrainingJobRecord, user: User, name: str, source: Any,
+                 **recorded: Any) -> str:
+        """Stream `source` into the LoRA library as `loras/<name>.safetensors`, after the owner
+        check (`claim_library_entry`), and note it on the job's record."""
+        if not _OUTPUT_NAME_RE.match(name):
+            raise PortalError(f"{name!r} is not a LoRA name the library accepts")
+        entry = f"loras/{name}.safetensors"
+        claim_library_entry(self.table, user, entry, exists=self.bucket.exists(entry))
+        self.bucket.upload(entry, source, content_type="application/octet-stream")
+        self.table.update(*keys.training_job_key(record.job),
+                          {"published_lora": name, **recorded})
+        return name
+
     def publish_lora(self, job: str, *, user: User) -> str:
         """Copy the LoRA out of a completed job's model.tar.gz into `loras/`."""
         record = self._record(job, user=user)
@@ -474,12 +496,8 @@ class Training:
                     handle = tar.extractfile(member)
                     if handle is None:
                         continue
-                    entry = f"loras/{parts[1]}"
-                    claim_library_entry(self.table, user, entry,
-                                        exists=self.bucket.exists(entry))
-                    self.bucket.upload(entry, handle,
-                                       content_type="application/octet-stream")
-                    published = parts[1].rsplit(".", 1)[0]
+                    published = self._publish(record, user, parts[1].rsplit(".", 1)[0],
+                                              handle)
                     break
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise PortalError(f"The job's result is not a readable model.tar.gz ({exc}).") \
@@ -488,8 +506,78 @@ class Training:
             body.close()
         if published is None:
             raise PortalError("The job's result holds no Lora/<name>.safetensors file.")
-        self.table.update(*keys.training_job_key(job), {"published_lora": published})
         return published
+
+    def _checkpoint_list(self, record: TrainingJobRecord) -> list[CheckpointFiles]:
+        prefix = _checkpoints(record)
+        objects, _ = self.bucket.list(prefix + CHECKPOINT_PREFIX, limit=2000)
+        return checkpoints_in((o.key for o in objects), prefix)
+
+    def _last_checkpoint_lora(self, record: TrainingJobRecord) -> CheckpointFiles:
+        """The newest checkpoint that holds its LoRA, or `PortalError` saying why there is none."""
+        found = self._checkpoint_list(record)
+        with_lora = [c for c in found if c.has_lora]
+        if with_lora:
+            return with_lora[-1]
+        if any(c.resumable for c in found):
+            raise PortalError(
+                "The job's checkpoints hold no LoRA file (a training image from before "
+                "checkpoint LoRAs wrote them): resume the job and publish its result when it "
+                "completes.", status_code=409)
+        raise PortalError("The job ended before it saved a checkpoint, so there is no LoRA to "
+                          "publish: start a new job (Training page).", status_code=409)
+
+    def publish_checkpoint(self, job: str, *, user: User) -> tuple[str, int]:
+        """Put the LoRA of a stopped (or failed) job's last checkpoint into the library as
+        `<output name>-step<N>`: the same owner check and name rule as a completed job's."""
+        record = self._record(job, user=user)
+        if record.mode != "lora":
+            raise PortalError("Only lora jobs have a LoRA to publish; a full job's checkpoints "
+                              "are for resuming.")
+        status = self._status(record)["status"]
+        if status == "Completed":
+            raise PortalError("The job completed: publish its result (Publish to the LoRA "
+                              "library).", status_code=409)
+        if status not in CHECKPOINT_PUBLISH_STATUSES:
+            raise PortalError(f"The job is {status}; publish a checkpoint once it has stopped "
+                              "(Stop the job) or failed.", status_code=409)
+        last = self._last_checkpoint_lora(record)
+        key = lora_key(_checkpoints(record), last.step)
+        self._check_lora_object(key, last.step)
+        name = checkpoint_lora_name(record.output_name, last.step)
+        body = self.bucket.stream(key)
+        try:
+            self._publish(record, user, name, body, published_step=last.step)
+        finally:
+            body.close()
+        return name, last.step
+
+    def _check_lora_object(self, key: str, step: int) -> None:
+        """`PortalError` unless the object is a whole safetensors file with LoRA tensors (its
+        header only is read)."""
+        def unreadable(reason: str) -> PortalError:
+            return PortalError(f"The LoRA of the checkpoint at step {step} cannot be read "
+                               f"({reason}); resume the job or start a new one.", status_code=422)
+
+        try:
+            size = self.bucket.client.head_object(Bucket=self.bucket.name,
+                                                  Key=key)["ContentLength"]
+        except ClientError as exc:
+            raise unreadable(exc.response.get("Error", {}).get("Code", "error")) from None
+        if size > MAX_LORA_BYTES:
+            raise unreadable("larger than 2 GB")
+        body = self.bucket.stream(key)
+        try:
+            length = header_length(body.read(8))
+            if length > LORA_HEADER_MAX_BYTES:
+                raise SafetensorsError(f"a header of {length} bytes")
+            tensors = tensor_entries(body.read(length), size=size)
+        except SafetensorsError as exc:
+            raise unreadable(str(exc)) from None
+        finally:
+            body.close()
+        if not any(".lora_" in name for name in tensors):
+            raise unreadable("it holds no LoRA tensors")
 
 
 def _checkpoints(record: TrainingJobRecord) -> str:
@@ -501,8 +589,16 @@ def _checkpoints(record: TrainingJobRecord) -> str:
 
 
 TIMELINE_LENGTH = 48
-# a complete checkpoint (easel_training.checkpoint: checkpoint-<step>/state.json)
-_CHECKPOINT_STATE = re.compile(r"/checkpoint-\d+/state\.json$")
+# a job whose last checkpoint's LoRA may be published (a completed job publishes its result)
+CHECKPOINT_PUBLISH_STATUSES = ("Stopped", "Failed")
+LORA_HEADER_MAX_BYTES = 16 * 1024 * 1024  # an SDXL LoRA's header is a few hundred KB
+
+
+def checkpoint_lora_name(output_name: str, step: int) -> str:
+    """The library name of a checkpoint's LoRA: the output name and the step (`dog-step250`),
+    within the output name's length."""
+    suffix = f"-step{step}"
+    return output_name[:OUTPUT_NAME_MAX - len(suffix)] + suffix
 
 
 def _step_of(key: str) -> int:

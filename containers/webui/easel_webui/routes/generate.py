@@ -15,10 +15,11 @@ from easel_contracts.invocations import (
     HR_UPSCALERS,
     ExtrasSingleImageRequest,
 )
+from easel_contracts.xy_plot import AXIS_LABELS, MAX_AXIS_VALUES, MAX_CELLS, AxisType
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.gallery import MAX_EXAMINED, parse_query, search
-from easel_webui.payloads import parse_request
+from easel_webui.payloads import parse_plotted
 from easel_webui.pnginfo import sent_settings
 from easel_webui.routes.common import blocking, form_dict, redirect
 from easel_webui.templating import render
@@ -41,7 +42,9 @@ def generate_page(request: Request, portal: PortalDep, user: CurrentUser,
         reused = {"params": sent}  # "Send to txt2img" from the PNG Info page
     endpoints = [e for e in portal.endpoints.listing() if e["usable"]]
     return render(request, "generate.html", endpoints=endpoints, reused=reused,
-                  library_loras=portal.bucket.loras(), hr_upscalers=HR_UPSCALERS)
+                  library_loras=portal.bucket.loras(), hr_upscalers=HR_UPSCALERS,
+                  xy_axes=[(axis.value, AXIS_LABELS[axis]) for axis in AxisType],
+                  xy_max_values=MAX_AXIS_VALUES, xy_max_cells=MAX_CELLS)
 
 
 @routes.get("/generate/options", access=Access.USER)
@@ -83,9 +86,9 @@ async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Resp
     payload = body.get("payload")
     if isinstance(payload, dict):
         await blocking(_resolve_images, portal, user, payload)
-    checked = parse_request(task, payload)
+    checked, plot = parse_plotted(task, payload)
     job_id = await blocking(portal.generation.submit, user=user, endpoint=endpoint, task=task,
-                            request=checked)
+                            request=checked, plot=plot)
     return JSONResponse({"job_id": job_id, "poll": f"/generate/jobs/{job_id}"}, status_code=202)
 
 

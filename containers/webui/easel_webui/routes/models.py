@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -25,6 +24,7 @@ from easel_webui.auth import User
 from easel_webui.errors import NotFound, PortalError
 from easel_webui.ownership import claim_library_entry
 from easel_webui.routes.common import blocking, redirect
+from easel_webui.safetensors_header import SafetensorsError, header_length
 from easel_webui.storage import (
     IMAGE_EXTENSIONS,
     MAX_LORA_BYTES,
@@ -51,11 +51,10 @@ def models_page(request: Request, portal: PortalDep, user: CurrentUser) -> Respo
 
 
 def _check_safetensors_header(head: bytes) -> None:
-    if len(head) < 8:
-        raise PortalError("file: not a safetensors file (too short)")
-    (length,) = struct.unpack("<Q", head[:8])
-    if not 2 <= length <= 100 * 1024 * 1024:
-        raise PortalError("file: not a safetensors file (bad header length)")
+    try:
+        header_length(head)
+    except SafetensorsError as exc:
+        raise PortalError(f"file: {exc}") from None
 
 
 @routes.post("/models/loras", access=Access.USER)

@@ -26,9 +26,9 @@ from easel_contracts.invocations import (
     Samplers,
     Schedulers,
     SdModels,
-    Txt2ImgRequest,
     Upscalers,
 )
+from easel_contracts.xy_plot import PlottedTxt2Img, XYPlot
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
 from easel_webui.auth import User
 from easel_webui.errors import PortalError
@@ -81,8 +81,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _run_sync(task: str, portal: Any, user: User,
-              request: GenerationRequest) -> GenerationResponse:
+def _run_sync(task: str, portal: Any, user: User, request: GenerationRequest,
+              plot: XYPlot | None = None) -> GenerationResponse:
     checkpoint = _prefs(portal, user).get("checkpoint")
     if checkpoint and not request.override_settings.sd_model_checkpoint:
         chosen = request.override_settings.model_dump(exclude_unset=True)
@@ -97,15 +97,16 @@ def _run_sync(task: str, portal: Any, user: User,
     endpoint = _endpoint_for(portal, user)
     answer: GenerationResponse = portal.generation.run_sync(
         user=user, endpoint=endpoint, task=task, request=request,
-        timeout=portal.settings.sync_timeout_seconds,
+        timeout=portal.settings.sync_timeout_seconds, plot=plot,
     )
     return answer
 
 
 @routes.post("/sdapi/v1/txt2img", **API)
-async def txt2img(body: Txt2ImgRequest, portal: PortalDep,
+async def txt2img(body: PlottedTxt2Img, portal: PortalDep,
                   user: CurrentUser) -> GenerationResponse:
-    return await blocking(_run_sync, "txt2img", portal, user, body)
+    """A1111's txt2img; Easel's ``xy_plot`` makes an X/Y plot (its grid first, then each cell)."""
+    return await blocking(_run_sync, "txt2img", portal, user, body.generation(), body.xy_plot)
 
 
 @routes.post("/sdapi/v1/img2img", **API)

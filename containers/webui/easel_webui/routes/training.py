@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
-from easel_webui.errors import PortalError
+from easel_webui.errors import NotFound, PortalError
 from easel_webui.routes.common import blocking, form_dict, redirect
 from easel_webui.templating import render
 from easel_webui.training import BASIC_FIELDS, form_fields
@@ -46,8 +46,7 @@ async def submit(request: Request, portal: PortalDep, user: CurrentUser) -> Resp
     return redirect(f"/training/{job}", notice=f"Training job {job} submitted.")
 
 
-@routes.get("/training/{job}", access=Access.USER)
-def job_page(request: Request, job: str, portal: PortalDep, user: CurrentUser) -> Response:
+def _job_page(request: Request, job: str, portal: Any, user: Any, **refused: Any) -> Response:
     detail = portal.training.job(job, user=user)
     usable = []
     if detail.get("published_lora"):
@@ -55,7 +54,12 @@ def job_page(request: Request, job: str, portal: PortalDep, user: CurrentUser) -
                   if e.get("model_s3_uri") == detail.get("model_s3_uri")]
     deploy_link = "/endpoints?model=" + quote(detail["result_uri"], safe="")
     return render(request, "training_job.html", job=detail, usable_endpoints=usable,
-                  deploy_link=deploy_link)
+                  deploy_link=deploy_link, **refused)
+
+
+@routes.get("/training/{job}", access=Access.USER)
+def job_page(request: Request, job: str, portal: PortalDep, user: CurrentUser) -> Response:
+    return _job_page(request, job, portal, user)
 
 
 @routes.get("/training/{job}/status", access=Access.USER)
@@ -83,6 +87,22 @@ def publish(job: str, portal: PortalDep, user: CurrentUser) -> Response:
         return redirect(f"/training/{job}", error=exc.message)
     return redirect(f"/training/{job}",
                     notice=f"Published: use <lora:{name}:0.8> in a prompt.")
+
+
+@routes.post("/training/{job}/publish-checkpoint", access=Access.USER)
+def publish_checkpoint(request: Request, job: str, portal: PortalDep,
+                       user: CurrentUser) -> Response:
+    """A stopped or failed lora job's last checkpoint into the LoRA library; a refusal is the
+    job page again with the reason (and its 4xx status)."""
+    try:
+        name, step = portal.training.publish_checkpoint(job, user=user)
+    except NotFound:
+        raise
+    except PortalError as exc:
+        return _job_page(request, job, portal, user, error=exc.message,
+                         status_code=exc.status_code)
+    return redirect(f"/training/{job}", notice=f"Published the checkpoint at step {step}: use "
+                    f"<lora:{name}:0.8> in a prompt.")
 
 
 @routes.post("/training/{job}/resume", access=Access.USER)

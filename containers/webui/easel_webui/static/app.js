@@ -312,6 +312,11 @@
           Object.assign(payload, { enable_hr: true, hr_upscaler: $("#hr-upscaler").value, hr_scale: Number($("#hr-scale").value),
             hr_second_pass_steps: Number($("#hr-steps").value), denoising_strength: Number($("#hr-denoising").value) });
         }
+        if ($("#xy-on").checked) {
+          if (task !== "txt2img") throw new Error("an X/Y plot is for text to image: untick one of them");
+          payload.xy_plot = { x: { type: $("#xy-x-type").value, values: $("#xy-x-values").value },
+            y: { type: $("#xy-y-type").value, values: $("#xy-y-values").value } };
+        }
         if ($("#cn-on").checked) {
           const file = $("#cn-file").files[0] || $("#init-file").files[0];
           if (!file) throw new Error("choose a control image for ControlNet");
