@@ -30,6 +30,25 @@
     if (!window.confirm(form.dataset.confirm)) ev.preventDefault();
   }));
 
+  // Gallery Upscale: offer the ESRGAN models of the endpoint in service beside the resamplers.
+  const upscalerChoices = $$(".upscaler-choice");
+  if (upscalerChoices.length) {
+    api("/gallery/upscalers").then((data) => {
+      upscalerChoices.forEach((select) => {
+        const have = new Set(Array.from(select.options).map((o) => o.value));
+        (data.upscalers || []).filter((name) => !have.has(name)).forEach((name) => {
+          const option = document.createElement("option");
+          option.textContent = name;
+          select.appendChild(option);
+        });
+      });
+    }).catch(() => { /* the resamplers stay on offer */ });
+  }
+  $$(".upscale-form").forEach((form) => form.addEventListener("submit", () => {
+    const button = $("button", form);
+    button.disabled = true; button.textContent = "Upscaling…";
+  }));
+
   // Deploy form: only types without instance storage take a volume size.
   const instanceType = $("#instance-type");
   if (instanceType) {
