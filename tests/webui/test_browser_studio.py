@@ -195,3 +195,12 @@ def test_the_xy_plot_form_yields_a_labelled_grid_in_the_gallery(served, page):  
         world.portal.bucket.read(record["key"], max_bytes=10**7))).convert("L"))
     cells_top = picture.shape[0] - 2 * 8  # the fake endpoint's 8 px images, 2 rows
     assert (picture[:cells_top] < 128).any(), "the column labels are missing"
+
+
+def test_hires_fix_offers_the_endpoints_esrgan_models(served, page):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#hr-upscaler option:has-text('tiny-x4')", state="attached")
+    offered = page.eval_on_selector_all("#hr-upscaler option", "els => els.map(e => e.value)")
+    assert offered[0] == "Latent" and "Lanczos" in offered and offered[-1] == "tiny-x4"

@@ -130,7 +130,15 @@ def test_generate_options_come_from_the_endpoint_listing_tasks(world):
     assert data["samplers"][0]["name"] == "Euler a"
     assert data["controlnet-models"] == {"model_list": ["control_sd15_canny"]}
     tasks = [json.loads(c["Body"])["task"] for c in world.runtime.named("invoke_endpoint")]
-    assert tasks == ["sd-models", "loras", "samplers", "controlnet-models", "options"]
+    assert tasks == ["sd-models", "loras", "samplers", "controlnet-models", "upscalers",
+                     "options"]
+
+
+def test_generate_options_offer_the_endpoints_esrgan_models_for_hires_fix(world):
+    world.in_service()
+    data = world.signed_in("admin").get("/generate/options?endpoint=easel-demo").json()
+    assert data["hr_upscalers"][0] == "Latent" and "Lanczos" in data["hr_upscalers"]
+    assert data["hr_upscalers"][-1] == "tiny-x4"  # the endpoint's ESRGAN/ model
 
 
 def test_generate_options_give_the_endpoint_models_native_size_for_the_form(world):

@@ -56,6 +56,7 @@ def generate_options(portal: PortalDep, user: CurrentUser, endpoint: str) -> dic
     for task in ("sd-models", "loras", "samplers"):
         answer[task] = portal.generation.listing(endpoint, task).model_dump(mode="json")
     answer["controlnet-models"] = portal.generation.controlnet_models(endpoint).model_dump()
+    answer["hr_upscalers"] = [*HR_UPSCALERS, *_model_upscalers(portal, endpoint)]
     options = portal.generation.listing(endpoint, "options")
     warmed = getattr(options, "warmed_up", None)
     answer["native_size"] = (
@@ -193,13 +194,16 @@ async def upscale_image(image_id: str, request: Request, portal: PortalDep,
 def gallery_upscalers(portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
     """The upscalers the gallery's Upscale offers: the resamplers, and the ESRGAN models of
     the first endpoint in service (none listed if it cannot answer)."""
-    names = list(GALLERY_RESAMPLERS)
     usable = portal.endpoints.usable_names()
-    if usable:
-        try:
-            listed = portal.generation.listing(usable[0], "upscalers")
-        except PortalError:
-            listed = None
-        names += [entry.name for entry in getattr(listed, "root", [])
-                  if entry.name not in EXTRAS_RESAMPLERS]
-    return {"upscalers": names}
+    return {"upscalers": [*GALLERY_RESAMPLERS,
+                          *(_model_upscalers(portal, usable[0]) if usable else [])]}
+
+
+def _model_upscalers(portal: Any, endpoint: str) -> list[str]:
+    """The upscaler models (ESRGAN/) an endpoint serves, by name; none if it cannot answer."""
+    try:
+        listed = portal.generation.listing(endpoint, "upscalers")
+    except PortalError:
+        return []
+    return [entry.name for entry in getattr(listed, "root", [])
+            if entry.name not in EXTRAS_RESAMPLERS]

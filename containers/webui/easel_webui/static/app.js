@@ -178,6 +178,14 @@
         fillSelect($("#checkpoint"), (data["sd-models"] || []).map((m) => m.title || m.model_name), keep && keep.checkpoint);
         fillSelect($("#sampler"), (data.samplers || []).map((s) => s.name), keep && keep.sampler);
         fillSelect($("#cn-model"), ((data["controlnet-models"] || {}).model_list || []));
+        // hires fix: the latent and Lanczos upscalers, then the endpoint's ESRGAN models
+        const hr = $("#hr-upscaler");
+        if (hr && data.hr_upscalers) {
+          const chosen = hr.value;
+          hr.length = 0;
+          data.hr_upscalers.forEach((name) => { const o = document.createElement("option"); o.textContent = name; hr.appendChild(o); });
+          if (data.hr_upscalers.includes(chosen)) hr.value = chosen;
+        }
         // the endpoint model's native size: what it generates well, and fast enough on a CPU
         const native = data.native_size;
         if (native && !sizeChosen) { gen.elements.width.value = native.width; gen.elements.height.value = native.height; }
