@@ -49,6 +49,9 @@ $(VENV)/.ready: pyproject.toml $(PACKAGES) $(LOCKS) scripts/lock_constraints.py
 		-c $(VENV)/constraints.txt
 	# The CLIP BPE vocabulary ships in open_clip_torch; --no-deps keeps torchvision/timm out.
 	$(PIP) install -q --no-deps open_clip_torch==3.3.0
+	# ESRGAN upscalers (the inference image's `upscalers` extra): --no-deps, because PyPI's
+	# torchvision is built for CUDA torch and cannot import beside the CPU build.
+	$(PIP) install -q --no-deps spandrel==0.4.2 einops==0.8.2
 	touch $@
 
 venv: $(VENV)/.ready

@@ -19,10 +19,12 @@ def test_the_envelope_accepts_exactly_the_registry_tasks():
         inv.Invocation.model_validate({"task": "paint", "payload": {}})
 
 
-def test_generation_and_listing_tasks_split_the_registry():
+def test_generation_listing_and_image_tasks_split_the_registry():
     assert set(inv.GENERATION_TASKS) == {"txt2img", "img2img"}
-    assert set(inv.GENERATION_TASKS) | set(inv.LISTING_TASKS) == set(inv.TASKS)
-    assert not set(inv.GENERATION_TASKS) & set(inv.LISTING_TASKS)
+    assert set(inv.IMAGE_TASKS) == {"extra-single-image"}
+    groups = (set(inv.GENERATION_TASKS), set(inv.LISTING_TASKS), set(inv.IMAGE_TASKS))
+    assert set().union(*groups) == set(inv.TASKS)
+    assert sum(map(len, groups)) == len(inv.TASKS)
 
 
 def test_envelope_validates_the_payload_with_the_tasks_request_model():
@@ -165,12 +167,50 @@ def test_a_hires_size_over_the_largest_side_is_refused_naming_hr_scale():
     inv.Txt2ImgRequest(width=4096, height=512, hr_scale=1.5)
 
 
-def test_an_unknown_hires_upscaler_is_refused_naming_the_known_ones():
+def test_a_hires_upscaler_that_is_a_path_is_refused_naming_the_known_ones():
     with pytest.raises(ValidationError) as caught:
-        inv.Txt2ImgRequest(enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+        inv.Txt2ImgRequest(enable_hr=True, hr_upscaler="../ESRGAN/x")
     assert caught.value.errors()[0]["loc"] == ("hr_upscaler",)
     assert "Lanczos" in str(caught.value)
 
 
+def test_another_hires_upscaler_name_is_left_to_the_server_as_an_esrgan_model():
+    assert inv.Txt2ImgRequest(enable_hr=True, hr_upscaler="4x-UltraSharp").hr_upscaler == \
+        "4x-UltraSharp"
+
+
 def test_an_unused_hires_upscaler_is_not_checked():
     assert inv.Txt2ImgRequest(hr_upscaler="R-ESRGAN 4x+").hr_upscaler == "R-ESRGAN 4x+"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("upscaling_resize", 0.5), ("upscaling_resize", 4.5), ("upscaling_resize_w", 4097),
+    ("upscaler_1", "../ESRGAN/x"), ("upscaler_1", "a/b"), ("gfpgan_visibility", 0.5),
+    ("codeformer_visibility", 1.0), ("image", ""),
+])
+def test_extras_requests_out_of_bounds_are_refused(field, value):
+    with pytest.raises(ValidationError, match=field.split("_")[0]):
+        inv.ExtrasSingleImageRequest.model_validate({"image": "aGk=", field: value})
+
+
+def test_extras_resize_mode_1_needs_both_sides():
+    with pytest.raises(ValidationError, match="upscaling_resize_w x upscaling_resize_h"):
+        inv.ExtrasSingleImageRequest(image="aGk=", resize_mode=1, upscaling_resize_h=0)
+
+
+def test_extras_target_size_follows_the_resize_mode():
+    by_factor = inv.ExtrasSingleImageRequest(image="aGk=", upscaling_resize=2.5)
+    assert by_factor.target_size(100, 40) == (250, 100)
+    to_size = inv.ExtrasSingleImageRequest(image="aGk=", resize_mode=1, upscaling_resize_w=300,
+                                           upscaling_resize_h=200)
+    assert to_size.target_size(100, 40) == (300, 200)
+
+
+def test_extras_accepts_what_the_stock_webuiapi_client_sends():
+    request = inv.ExtrasSingleImageRequest.model_validate({
+        "resize_mode": 0, "show_extras_results": True, "gfpgan_visibility": 0,
+        "codeformer_visibility": 0, "codeformer_weight": 0, "upscaling_resize": 2,
+        "upscaling_resize_w": 512, "upscaling_resize_h": 512, "upscaling_crop": True,
+        "upscaler_1": "R-ESRGAN 4x+", "upscaler_2": "None", "extras_upscaler_2_visibility": 0,
+        "upscale_first": False, "image": "aGk="})
+    assert request.upscaler_1 == "R-ESRGAN 4x+"

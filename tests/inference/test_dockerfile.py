@@ -108,3 +108,15 @@ def test_hadolint_reports_no_errors() -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lock_pins_the_upscalers_extra_with_torchvision_built_for_the_locked_torch(
+        pyproject) -> None:
+    pins = _lock()
+    for spec in pyproject["project"]["optional-dependencies"]["upscalers"]:
+        requirement = Requirement(spec)
+        assert requirement.name in pins, f"{requirement.name} not pinned in requirements.lock"
+        assert requirement.specifier.contains(Version(pins[requirement.name]))
+    # torchvision 0.N is built for torch 2.(N-15) (0.28 for 2.13); any other pair fails to import
+    torch_minor = Version(pins["torch"]).minor
+    assert Version(pins["torchvision"]).release[:2] == (0, torch_minor + 15)

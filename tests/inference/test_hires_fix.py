@@ -100,5 +100,5 @@ def test_hires_fix_with_controlnet_is_refused_with_the_field(client) -> None:
 
 def test_an_unknown_hires_upscaler_names_the_ones_there_are(client) -> None:
     response = invoke(client, "txt2img", _hires(hr_upscaler="4x-Nonexistent"))
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert "hr_upscaler" in response.text and "Lanczos" in response.text

@@ -20,7 +20,8 @@ def _png() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-PAYLOADS = {"txt2img": small(), "img2img": small(init_images=[_png()], denoising_strength=0.5)}
+PAYLOADS = {"txt2img": small(), "img2img": small(init_images=[_png()], denoising_strength=0.5),
+            "extra-single-image": {"image": _png(), "upscaler_1": "Lanczos"}}
 
 
 def test_the_server_dispatches_exactly_the_registry_tasks(client) -> None:

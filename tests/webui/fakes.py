@@ -230,6 +230,12 @@ class FakeRuntime(Recorder):
     def refusal(payload: inv.GenerationRequest) -> dict[str, Any] | None:
         """The error body of what the server refuses only once it works on the request: it
         knows its samplers (easel_inference.samplers.resolve_sampler)."""
+        upscalers = (*inv.HR_UPSCALERS, *FakeRuntime.esrgan_models)
+        if isinstance(payload, inv.Txt2ImgRequest) and payload.enable_hr and \
+                payload.hr_upscaler not in upscalers:
+            return {"error": "NotFound", "field": "hr_upscaler",
+                    "detail": f"upscaler {payload.hr_upscaler!r} not found; available: "
+                              f"{', '.join(upscalers)}"}
         if payload.sampler_name in (None, "Euler a", "k_euler_a"):
             return None
         return {"error": "BadRequest", "field": "sampler_name",
@@ -284,9 +290,36 @@ class FakeRuntime(Recorder):
                 samples_format="png", device="cpu", dtype="float32",
                 max_response_bytes=6 * 1024 * 1024, pipeline_budget=2,
                 warmed_up=inv.WarmUp(model="tiny", width=64, height=64, steps=2, seconds=0.1))
+        elif isinstance(payload, inv.ExtrasSingleImageRequest):
+            answer = self.extras(payload)
+        elif task == "upscalers":
+            answer = inv.Upscalers([
+                *(inv.Upscaler(name=name, model_name=None, model_path=None, scale=None)
+                  for name in inv.EXTRAS_RESAMPLERS),
+                *(inv.Upscaler(name=name, model_name="ESRGAN", model_path=f"ESRGAN/{name}.pth",
+                               scale=4) for name in self.esrgan_models)])
         else:
             raise client_error("ModelError", "unknown task", "InvokeEndpoint")
         return answer.model_dump(mode="json")
+
+    esrgan_models = ("tiny-x4",)
+
+    def extras(self, payload: inv.ExtrasSingleImageRequest) -> inv.ExtrasSingleImageResponse:
+        """The server's extras: the image resized to the size asked (PIL stands in for every
+        upscaler); an unknown upscaler is the server's 404 naming those it has."""
+        names = (*inv.EXTRAS_RESAMPLERS, *self.esrgan_models)
+        if payload.upscaler_1 not in names:
+            raise self._model_error(404, {
+                "error": "NotFound", "field": "upscaler_1",
+                "detail": f"upscaler {payload.upscaler_1!r} not found; available: "
+                          f"{', '.join(names)}"})
+        source = Image.open(io.BytesIO(base64.b64decode(payload.image.split(",", 1)[-1])))
+        result = source.resize(payload.target_size(*source.size))
+        buffer = io.BytesIO()
+        result.save(buffer, format="PNG")
+        return inv.ExtrasSingleImageResponse(
+            image=base64.b64encode(buffer.getvalue()).decode(),
+            html_info=f"<p>Postprocess upscaler: {payload.upscaler_1}</p>")
 
 
 class FakeAutoscaling(Recorder):

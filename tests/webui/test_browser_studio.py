@@ -133,6 +133,35 @@ def test_gallery_search_form_filters_in_the_browser(served, page):  # noqa: F811
     _shot(page, "12-gallery-search")
 
 
+def test_gallery_upscale_button_adds_the_upscaled_image(served, page):  # noqa: F811
+    import requests
+
+    base, world = served
+    world.in_service()
+    made = requests.post(f"{base}/sdapi/v1/txt2img", auth=("admin", ADMIN_PASSWORD), timeout=30,
+                         json={"prompt": "a heron at dawn", "steps": 2, "width": 64,
+                               "height": 64})
+    assert made.status_code == 200, made.text
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.click("nav a:has-text('Gallery')")
+    figure = page.locator(".gallery figure").first
+    # app.js adds the endpoint's ESRGAN models to the resamplers the page offers
+    figure.locator(".upscaler-choice option:has-text('tiny-x4')").wait_for(state="attached")
+    figure.locator("select[name=scale]").select_option("4")
+    figure.locator(".upscaler-choice").select_option("tiny-x4")
+    _shot(page, "15-gallery-upscale")
+    figure.locator("button:has-text('Upscale')").click()
+    page.wait_for_url("**/gallery?notice=*")
+    assert len(page.locator(".gallery figure").all()) == 2
+    sent = [json.loads(kwargs["Body"]) for name, kwargs in world.runtime.calls
+            if name == "invoke_endpoint"]
+    extras = [c["payload"] for c in sent if c["task"] == "extra-single-image"]
+    assert [(e["upscaler_1"], e["upscaling_resize"]) for e in extras] == [("tiny-x4", 4.0)]
+    upscaled = [i for i in world.portal.table.query_index("images")
+                if i["task"] == "extra-single-image"]
+    assert [(i["width"], i["height"]) for i in upscaled] == [(32, 32)]
+
+
 def test_the_xy_plot_form_yields_a_labelled_grid_in_the_gallery(served, page):  # noqa: F811
     import numpy as np
     from PIL import Image
@@ -166,3 +195,12 @@ def test_the_xy_plot_form_yields_a_labelled_grid_in_the_gallery(served, page):  
         world.portal.bucket.read(record["key"], max_bytes=10**7))).convert("L"))
     cells_top = picture.shape[0] - 2 * 8  # the fake endpoint's 8 px images, 2 rows
     assert (picture[:cells_top] < 128).any(), "the column labels are missing"
+
+
+def test_hires_fix_offers_the_endpoints_esrgan_models(served, page):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#hr-upscaler option:has-text('tiny-x4')", state="attached")
+    offered = page.eval_on_selector_all("#hr-upscaler option", "els => els.map(e => e.value)")
+    assert offered[0] == "Latent" and "Lanczos" in offered and offered[-1] == "tiny-x4"

@@ -130,7 +130,15 @@ def test_generate_options_come_from_the_endpoint_listing_tasks(world):
     assert data["samplers"][0]["name"] == "Euler a"
     assert data["controlnet-models"] == {"model_list": ["control_sd15_canny"]}
     tasks = [json.loads(c["Body"])["task"] for c in world.runtime.named("invoke_endpoint")]
-    assert tasks == ["sd-models", "loras", "samplers", "controlnet-models", "options"]
+    assert tasks == ["sd-models", "loras", "samplers", "controlnet-models", "upscalers",
+                     "options"]
+
+
+def test_generate_options_offer_the_endpoints_esrgan_models_for_hires_fix(world):
+    world.in_service()
+    data = world.signed_in("admin").get("/generate/options?endpoint=easel-demo").json()
+    assert data["hr_upscalers"][0] == "Latent" and "Lanczos" in data["hr_upscalers"]
+    assert data["hr_upscalers"][-1] == "tiny-x4"  # the endpoint's ESRGAN/ model
 
 
 def test_generate_options_give_the_endpoint_models_native_size_for_the_form(world):
@@ -278,11 +286,22 @@ def test_hires_fix_settings_pass_through_to_the_endpoint_and_the_history(world):
     assert state["images"][0]["params"]["hr_upscaler"] == "Lanczos"
 
 
-def test_a_hires_upscaler_the_server_lacks_is_refused_with_the_field(world):
+def test_a_hires_upscaler_that_is_a_path_is_refused_with_the_field(world):
     world.in_service()
-    refused = _submit(world.signed_in("admin"), enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+    refused = _submit(world.signed_in("admin"), enable_hr=True, hr_upscaler="../R-ESRGAN 4x+")
     assert refused.status_code == 422 and "hr_upscaler" in refused.json()["detail"]
     assert world.runtime.generations() == []
+
+
+def test_a_hires_upscaler_the_server_lacks_fails_the_job_with_its_names(world):
+    # any plain name may be an ESRGAN model of the endpoint: the server says which it has
+    world.in_service()
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, enable_hr=True,
+                                    hr_upscaler="R-ESRGAN 4x+").json()["job_id"])
+    assert state["status"] == "failed"
+    assert "hr_upscaler" in state["error"] and "tiny-x4" in state["error"]
+    assert world.keys("outputs/") == []
 
 
 def test_the_generate_page_offers_the_hires_upscalers(world):

@@ -113,3 +113,13 @@ def test_webuiapi_txt2img_sends_hires_fix_and_gets_the_grid_first(api, world):
     assert (sent["enable_hr"], sent["hr_upscaler"], sent["hr_scale"]) == (True, "Lanczos", 1.5)
     assert len(result.images) == 3  # the grid of the two, first
     assert result.image.size == (16, 8) and result.images[1].size == (8, 8)
+
+
+def test_webuiapi_extra_single_image_upscales_and_saves_to_the_gallery(api, world):
+    world.in_service()
+    result = api.extra_single_image(image=Image.new("RGB", (12, 10), (200, 40, 40)),
+                                    upscaler_1="Lanczos", upscaling_resize=2)
+    assert result.image.size == (24, 20)
+    saved = [i for i in world.portal.table.query_index("images")
+             if i["task"] == "extra-single-image"]
+    assert [i["owner"] for i in saved] == ["admin"]

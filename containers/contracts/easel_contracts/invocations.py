@@ -259,10 +259,11 @@ class Txt2ImgRequest(GenerationRequest):
     @field_validator("hr_upscaler")
     @classmethod
     def _known_upscaler(cls, value: str, info: ValidationInfo) -> str:
-        # checked only when used: a client may send its last upscaler with enable_hr off
+        # checked only when used: a client may send its last upscaler with enable_hr off. Any
+        # other name is an ESRGAN model of the server (ESRGAN/<name>); the server knows which
         if info.data.get("enable_hr") and value not in HR_UPSCALERS:
-            raise ValueError(f"{value!r} is not an upscaler here; use one of "
-                             + ", ".join(HR_UPSCALERS))
+            check_name(value, what=f"hr_upscaler (one of {', '.join(HR_UPSCALERS)}, or an "
+                                   "ESRGAN model's name)")
         return value
 
     @field_validator("hr_resize_x", "hr_resize_y")
@@ -360,6 +361,65 @@ def family_request(request: GenerationRequest, family: ModelFamily | str, *,
                      "the model); negative_prompt was ignored")
         update["negative_prompt"] = ""
     return (request.model_copy(update=update) if update else request), notes
+
+
+# extras (A1111's /sdapi/v1/extra-single-image): the resamplers every server has; ESRGAN models
+# from the model's ESRGAN/ folder are listed by file stem beside them
+EXTRAS_RESAMPLERS = ("None", "Lanczos", "Nearest")
+MAX_UPSCALE = 4.0
+
+
+class ExtrasSingleImageRequest(BaseModel):
+    """A1111's ``/sdapi/v1/extra-single-image``: upscale one image by ``upscaling_resize``
+    (``resize_mode`` 0) or to ``upscaling_resize_w`` x ``upscaling_resize_h`` (``resize_mode``
+    1) with ``upscaler_1``. Face restoration and a second upscaler are not offered: their
+    fields are accepted only at 0 (stock clients send them so)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field(min_length=1)
+    resize_mode: int = Field(default=0, ge=0, le=1)
+    upscaling_resize: float = Field(default=2.0, ge=1.0, le=MAX_UPSCALE, allow_inf_nan=False)
+    upscaling_resize_w: int = Field(default=512, ge=0, le=MAX_SIDE)
+    upscaling_resize_h: int = Field(default=512, ge=0, le=MAX_SIDE)
+    upscaling_crop: bool = True
+    upscaler_1: str = Field(default="None", max_length=MAX_NAME_CHARS)
+    upscaler_2: str = Field(default="None", max_length=MAX_NAME_CHARS)
+    extras_upscaler_2_visibility: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    gfpgan_visibility: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    codeformer_visibility: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+
+    @field_validator("image")
+    @classmethod
+    def _bounded_image(cls, value: str) -> str:
+        return _image_text(value, what="image") or value
+
+    @field_validator("upscaler_1", "upscaler_2")
+    @classmethod
+    def _plain_upscaler(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip() or "None"
+        return check_name(value, what=info.field_name or "upscaler")
+
+    @model_validator(mode="after")
+    def _offered_only(self) -> ExtrasSingleImageRequest:
+        if self.gfpgan_visibility or self.codeformer_visibility:
+            raise ValueError("face restoration (gfpgan_visibility, codeformer_visibility) is "
+                             "not offered here; send 0")
+        if self.extras_upscaler_2_visibility and self.upscaler_2 != "None":
+            raise ValueError("a second upscaler is not offered here; send upscaler_2 \"None\" "
+                             "or extras_upscaler_2_visibility 0")
+        if self.resize_mode == 1 and not (self.upscaling_resize_w and self.upscaling_resize_h):
+            raise ValueError("resize_mode 1 resizes to upscaling_resize_w x upscaling_resize_h: "
+                             "give both (at least 1), or use resize_mode 0 with "
+                             "upscaling_resize")
+        return self
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The answer's size for an input of ``width`` x ``height``."""
+        if self.resize_mode == 1:
+            return self.upscaling_resize_w, self.upscaling_resize_h
+        return (max(1, round(width * self.upscaling_resize)),
+                max(1, round(height * self.upscaling_resize)))
 
 
 class ListingRequest(BaseModel):
@@ -538,6 +598,31 @@ class Schedulers(RootModel[list[Scheduler]]):
     pass
 
 
+class ExtrasSingleImageResponse(BaseModel):
+    """A1111's extras answer: the upscaled image (base64 PNG) and a line saying how."""
+
+    model_config = _ANSWER
+
+    image: str
+    html_info: str
+
+
+class Upscaler(BaseModel):
+    """One upscaler (A1111 ``/sdapi/v1/upscalers``): a resampler, or an ESRGAN model file."""
+
+    model_config = _ANSWER
+
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None = None
+    scale: float | None
+
+
+class Upscalers(RootModel[list[Upscaler]]):
+    pass
+
+
 class WarmUp(BaseModel):
     model_config = _ANSWER
 
@@ -587,10 +672,15 @@ TASKS: dict[str, TaskSpec] = {
     "samplers": TaskSpec(ListingRequest, Samplers),
     "schedulers": TaskSpec(ListingRequest, Schedulers),
     "options": TaskSpec(ListingRequest, Options),
+    "upscalers": TaskSpec(ListingRequest, Upscalers),
+    "extra-single-image": TaskSpec(ExtrasSingleImageRequest, ExtrasSingleImageResponse),
 }
 GENERATION_TASKS = tuple(name for name, spec in TASKS.items()
                          if issubclass(spec.request, GenerationRequest))
 LISTING_TASKS = tuple(name for name, spec in TASKS.items() if spec.request is ListingRequest)
+# tasks that run on the GPU worker over one given image, outside generation's admission queue
+IMAGE_TASKS = tuple(name for name, spec in TASKS.items()
+                    if spec.request is ExtrasSingleImageRequest)
 
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 

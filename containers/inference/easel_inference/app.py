@@ -26,9 +26,12 @@ from easel_contracts.form_sizes import Size, offered_sizes
 from easel_contracts.instances import this_host_problem
 from easel_contracts.invocations import (
     GENERATION_TASKS,
+    IMAGE_TASKS,
     MIN_SIDE,
     TASKS,
     ControlNetModels,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
     GenerationRequest,
     GenerationResponse,
     Invocation,
@@ -317,7 +320,21 @@ class Engine:
                 [Scheduler(name=s.lower(), label=s) for s in SCHEDULE_TYPES]
             ),
             "options": lambda _request, _arrived: self.options(),
+            "upscalers": lambda _request, _arrived: self.manager.upscalers.listing(),
+            "extra-single-image": self.extras,
         }
+
+    def extras(self, request: BaseModel, arrived: float, job: Job | None = None
+               ) -> ExtrasSingleImageResponse:
+        """Upscale one image (on the worker thread); ``job`` carries its deadline."""
+        if not isinstance(request, ExtrasSingleImageRequest):
+            raise TypeError("extra-single-image takes an ExtrasSingleImageRequest")
+        job = job or self.image_job()
+        return self.manager.upscalers.extras(request, job.check)
+
+    def image_job(self) -> Job:
+        return Job(arrived=self.clock(), deadline_s=self.settings.deadline_seconds,
+                   clock=self.clock)
 
     def sd_models(self) -> SdModels:
         models = []
@@ -512,6 +529,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                     f"internal error during {invocation.task} ({type(exc).__name__}); "
                     "see the endpoint logs"
                 ) from exc
+        elif invocation.task in IMAGE_TASKS:  # on the GPU's worker thread, with a deadline
+            job = engine.image_job()
+            work = loop.run_in_executor(engine.executor, handler, task_request, arrived, job)
+            result = await _answer_or_cancel(work, request, job)
         else:
             result = await loop.run_in_executor(engine.listing_executor, handler, task_request,
                                                 arrived)

@@ -14,6 +14,8 @@ import torch
 from easel_contracts.families import FAMILIES, ModelFamily
 from easel_contracts.infotext import format_infotext
 from easel_contracts.invocations import (
+    HR_UPSCALERS,
+    IMAGE_UPSCALERS,
     LATENT_UPSCALERS,
     MAX_SEED,
     ControlNetUse,
@@ -43,6 +45,7 @@ from .samplers import (
     seed_scheduler_noise,
 )
 from .settings import Settings
+from .upscalers import UpscalerSet
 
 StepHook = Callable[[int], None]
 StopCheck = Callable[[str], None]
@@ -259,15 +262,19 @@ def _task_pipeline(model: LoadedModel, kind: str) -> Any:
 
 def _hires_pass(pipe: Any, first: Any, request: Txt2ImgRequest, *, embeds: dict[str, Any],
                 size: tuple[int, int], steps: int, seeds: list[int],
-                callback: Callable[..., dict[str, Any]]) -> Any:
+                callback: Callable[..., dict[str, Any]],
+                upscalers: UpscalerSet | None = None, stop: StopCheck | None = None) -> Any:
     """A1111's hires fix second pass: the first pass's latents (a latent upscaler) or decoded
-    images (Lanczos) upscaled to ``size``, then img2img over them at ``denoising_strength``
-    with the same seeds."""
+    images (Lanczos, or an ESRGAN model of ``upscalers``) upscaled to ``size``, then img2img
+    over them at ``denoising_strength`` with the same seeds."""
     if request.hr_upscaler in LATENT_UPSCALERS:
         image: Any = _upscale_latents(first, size, request.hr_upscaler,
                                       factor=int(getattr(pipe, "vae_scale_factor", 8)))
-    else:
+    elif request.hr_upscaler in IMAGE_UPSCALERS or upscalers is None:
         image = [picture.convert("RGB").resize(size, Image.LANCZOS) for picture in first]
+    else:
+        image = [upscalers.upscale(picture.convert("RGB"), request.hr_upscaler, size,
+                                   stop or (lambda _where: None)) for picture in first]
     seed_scheduler_noise(pipe.scheduler, seeds)
     return pipe(
         **embeds,
@@ -390,6 +397,9 @@ def _generate(
         hires_pipe.scheduler = make_scheduler(model.base_scheduler_config, sampler,
                                               karras=karras)
         hires_size = request.hires_size()
+        if request.hr_upscaler not in HR_UPSCALERS:  # an ESRGAN model: there, and loadable
+            manager.upscalers.model(request.hr_upscaler, field="hr_upscaler",
+                                    builtin=HR_UPSCALERS)
         hires_steps, hires_runs = _run_steps(request.hires_steps(), request.denoising_strength)
     total_runs = runs + hires_runs  # steps of one batch, both passes
     seeds = _seeds(request)
@@ -452,8 +462,8 @@ def _generate(
             if hires_pipe is not None:
                 result = _hires_pass(
                     hires_pipe, result.images, request, embeds=embeds, size=hires_size,
-                    steps=hires_steps, seeds=batch_seeds,
-                    callback=_step_callback(
+                    steps=hires_steps, seeds=batch_seeds, upscalers=manager.upscalers,
+                    stop=stop, callback=_step_callback(
                         step_hook, stop,
                         lambda step, batch=iteration + 1: (
                             f"after step {runs + step + 1} of {total_runs} "

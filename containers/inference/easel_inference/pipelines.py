@@ -27,6 +27,7 @@ from .loader import (
 )
 from .lora import LoraFuser
 from .settings import Settings
+from .upscalers import UpscalerSet
 
 log = logging.getLogger("easel.inference")
 
@@ -155,6 +156,9 @@ class PipelineManager:
             fuse_qkv=settings.fast_qkv, channels_last=settings.fast_channels_last,
             cuda_graphs=settings.fast_graphs, compile_vae=settings.fast_vae)
         self._loader = loader
+        self.upscalers = UpscalerSet(settings.model_dir, device=self.device,
+                                     max_pixels=settings.max_pixels,
+                                     max_image_bytes=settings.max_image_bytes)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._controlnets: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._lock = threading.RLock()

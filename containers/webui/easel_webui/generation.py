@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EventStreamError, ReadTimeoutError
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from easel_contracts import table as keys
@@ -30,6 +33,8 @@ from easel_contracts.invocations import (
     LISTING_TASKS,
     MAX_SEED,
     ControlNetModels,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
     GenerationRequest,
     GenerationResponse,
     ListingRequest,
@@ -70,7 +75,7 @@ STALE_HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = ASYNC_WAIT_SECONDS + 5 * 60
 STALE_REASON = ("The portal task running this job stopped (a restart or scale-in) before the "
                 "endpoint answered; nothing was saved. Submit it again.")
-_LARGE_FIELDS = ("init_images", "mask")
+_LARGE_FIELDS = ("init_images", "mask", "image")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -289,6 +294,7 @@ class Generation:
         self.queue_limit = queue_limit
         self.per_user_limit = per_user_limit
         self._slots: dict[str, keys.Key] = {}  # job id -> the user slot it holds
+        self._calls = 0  # synchronous calls outside the jobs (upscales) under way
         self._lock = threading.Lock()
         self._beating: threading.Thread | None = None
         self.workcap = WorkCap(self.listing)
@@ -453,7 +459,7 @@ class Generation:
                 self.workcap.check(endpoint, invocation)
         job_id = uuid.uuid4().hex
         with self._lock:
-            if len(self._running) >= self.queue_limit:
+            if len(self._running) + self._calls >= self.queue_limit:
                 raise Busy("The portal's generation queue is full; retry in a few seconds.",
                            retry_after=5)
             self._running.add(job_id)
@@ -706,15 +712,68 @@ class Generation:
 
     # --- results
 
-    def save_outputs(self, *, owner: str, endpoint: str, task: str, request: GenerationRequest,
+    def upscale(self, *, user: User, endpoint: str, request: ExtrasSingleImageRequest,
+                source: dict[str, Any] | None = None) -> tuple[ExtrasSingleImageResponse, str]:
+        """A1111's extras on ``endpoint`` (one real-time invocation); the upscaled image goes
+        to ``user``'s gallery, under the prompt and model of ``source`` (the gallery image it
+        was made from, if any). The answer and the new image's id."""
+        self.endpoints.record(endpoint)
+        with self._one_call(user):
+            answer = self.invoke(endpoint, "extra-single-image", request)
+        if not isinstance(answer, ExtrasSingleImageResponse):
+            raise TypeError(f"expected an ExtrasSingleImageResponse, not {type(answer).__name__}")
+        try:
+            data = base64.b64decode(answer.image.split(",", 1)[-1], validate=False)
+            width, height = Image.open(io.BytesIO(data)).size
+        except (binascii.Error, ValueError, OSError):
+            raise UpstreamError("The model server returned an image that is not a PNG.") \
+                from None
+        info = {"width": width, "height": height, "html_info": answer.html_info,
+                "sd_model_name": (source or {}).get("model", "")}
+        params = {"prompt": (source or {}).get("prompt", ""),
+                  **({"source_image_id": source["image_id"]} if source else {})}
+        saved = GenerationResponse(images=[answer.image], parameters=params,
+                                   info=json.dumps(info))
+        self.endpoints.touch(endpoint)
+        ids = self.save_outputs(owner=user.username, endpoint=endpoint,
+                                task="extra-single-image", request=request, answer=saved,
+                                job_id=uuid.uuid4().hex, extra_params=params)
+        return answer, ids[0]
+
+    @contextmanager
+    def _one_call(self, user: User) -> Iterator[None]:
+        """A synchronous endpoint call outside the jobs (an upscale) counts in the portal's
+        bounded queue and holds one of the user's slots while it runs, as a job does (the
+        slot's lease outlasts SageMaker's 60 s real-time limit, so it needs no heartbeat)."""
+        call_id = uuid.uuid4().hex
+        with self._lock:
+            if len(self._running) + self._calls >= self.queue_limit:
+                raise Busy("The portal's generation queue is full; retry in a few seconds.",
+                           retry_after=5)
+            self._calls += 1
+        slot = None
+        try:
+            slot = self._claim_slot(user.username, call_id)
+            yield
+        finally:
+            if slot is not None:
+                self.table.put(self._slot_item(slot, call_id, held=False),
+                               expect=("job_id", call_id))
+            with self._lock:
+                self._calls -= 1
+
+    def save_outputs(self, *, owner: str, endpoint: str, task: str, request: BaseModel,
                      answer: GenerationResponse, job_id: str, plot: XYPlot | None = None,
-                     cells: list[GenerationRequest] | None = None) -> list[str]:
+                     cells: list[GenerationRequest] | None = None,
+                     extra_params: dict[str, Any] | None = None) -> list[str]:
         """Each image to the bucket and the gallery. A plot's cells (``cells``: the request of
-        each image after a grid) keep their own settings; its grid keeps the plot's."""
+        each image after a grid) keep their own settings; its grid keeps the plot's.
+        ``extra_params`` are kept with every image (an upscale's source prompt and image)."""
         images = answer.images
         if not images:
             raise UpstreamError("The model server returned no images.")
-        base = _strip_large(request.model_dump(mode="json", exclude_unset=True))
+        base = {**_strip_large(request.model_dump(mode="json", exclude_unset=True)),
+                **(extra_params or {})}
         day = time.strftime("%Y-%m-%d", time.gmtime())
         model = _model_name(answer.info)
         details = _image_details(answer)

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ValidationError
 from easel_contracts import table as keys
 from easel_contracts.invocations import (
     ControlNetModels,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
     GenerationRequest,
     GenerationResponse,
     Img2ImgRequest,
@@ -24,6 +26,7 @@ from easel_contracts.invocations import (
     Samplers,
     Schedulers,
     SdModels,
+    Upscalers,
 )
 from easel_contracts.xy_plot import PlottedTxt2Img, XYPlot
 from easel_webui.access import Access, CurrentUser, PortalDep, Routes
@@ -110,6 +113,26 @@ async def txt2img(body: PlottedTxt2Img, portal: PortalDep,
 async def img2img(body: Img2ImgRequest, portal: PortalDep,
                   user: CurrentUser) -> GenerationResponse:
     return await blocking(_run_sync, "img2img", portal, user, body)
+
+
+def _upscale(portal: Any, user: User,
+             request: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
+    answer, _ = portal.generation.upscale(user=user, endpoint=_endpoint_for(portal, user),
+                                          request=request)
+    return answer
+
+
+@routes.post("/sdapi/v1/extra-single-image", **API)
+async def extra_single_image(body: ExtrasSingleImageRequest, portal: PortalDep,
+                             user: CurrentUser) -> ExtrasSingleImageResponse:
+    """A1111's extras upscale, on the caller's endpoint; the result also goes to the caller's
+    gallery."""
+    return await blocking(_upscale, portal, user, body)
+
+
+@routes.get("/sdapi/v1/upscalers", **API)
+def upscalers(portal: PortalDep, user: CurrentUser) -> Upscalers:
+    return _listing(portal, user, "upscalers", Upscalers)
 
 
 @routes.post("/sdapi/v1/png-info", **API)

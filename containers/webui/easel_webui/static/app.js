@@ -30,6 +30,25 @@
     if (!window.confirm(form.dataset.confirm)) ev.preventDefault();
   }));
 
+  // Gallery Upscale: offer the ESRGAN models of the endpoint in service beside the resamplers.
+  const upscalerChoices = $$(".upscaler-choice");
+  if (upscalerChoices.length) {
+    api("/gallery/upscalers").then((data) => {
+      upscalerChoices.forEach((select) => {
+        const have = new Set(Array.from(select.options).map((o) => o.value));
+        (data.upscalers || []).filter((name) => !have.has(name)).forEach((name) => {
+          const option = document.createElement("option");
+          option.textContent = name;
+          select.appendChild(option);
+        });
+      });
+    }).catch(() => { /* the resamplers stay on offer */ });
+  }
+  $$(".upscale-form").forEach((form) => form.addEventListener("submit", () => {
+    const button = $("button", form);
+    button.disabled = true; button.textContent = "Upscaling…";
+  }));
+
   // Deploy form: only types without instance storage take a volume size.
   const instanceType = $("#instance-type");
   if (instanceType) {
@@ -163,6 +182,14 @@
         fillSelect($("#checkpoint"), (data["sd-models"] || []).map((m) => m.title || m.model_name), keep && keep.checkpoint);
         fillSelect($("#sampler"), (data.samplers || []).map((s) => s.name), keep && keep.sampler);
         fillSelect($("#cn-model"), ((data["controlnet-models"] || {}).model_list || []));
+        // hires fix: the latent and Lanczos upscalers, then the endpoint's ESRGAN models
+        const hr = $("#hr-upscaler");
+        if (hr && data.hr_upscalers) {
+          const chosen = hr.value;
+          hr.length = 0;
+          data.hr_upscalers.forEach((name) => { const o = document.createElement("option"); o.textContent = name; hr.appendChild(o); });
+          if (data.hr_upscalers.includes(chosen)) hr.value = chosen;
+        }
         // the endpoint model's native size: what it generates well, and fast enough on a CPU
         const native = data.native_size;
         if (native && !sizeChosen) { gen.elements.width.value = native.width; gen.elements.height.value = native.height; }
