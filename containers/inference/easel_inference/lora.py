@@ -236,8 +236,9 @@ class LoraFuser:
                     raise BadRequest(
                         f"LoRA {use.name!r} changes the {patch.component}, whose weights this "
                         "server stores in FP8 (EASEL_FP8_WEIGHTS), which a LoRA cannot be "
-                        "fused into; redeploy with EASEL_FP8_WEIGHTS=off on a larger GPU to "
-                        "use it", field="prompt")
+                        "fused into; to use it, redeploy without FP8 weights (untick *FP8 "
+                        "weights* in the portal's deploy form, or EASEL_FP8_WEIGHTS=off) on an "
+                        "instance type the model fits in 16-bit", field="prompt")
                 delta = patch.delta(weight.shape) * multiplier
                 deltas[key] = deltas[key] + delta if key in deltas else delta
         self.restore()
