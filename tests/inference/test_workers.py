@@ -40,6 +40,10 @@ def _wait_for(predicate, *, timeout: float = 240.0, what: str = "condition") -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# one pytest-xdist worker runs this module, so its two real worker processes start once
+pytestmark = pytest.mark.xdist_group("inference-workers")
+
+
 @pytest.fixture(scope="module")
 def pool_client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A front with two CPU worker processes serving the tiny model."""
