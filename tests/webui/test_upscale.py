@@ -33,6 +33,14 @@ def _gallery_image(world, owner: str) -> str:
     return str(mine[-1]["image_id"])
 
 
+def _upscale(world, user: str, source: str, *, scale: str, upscaler: str):
+    """The gallery's Upscale form posted by `user`, signed in."""
+    client = world.signed_in(user)
+    return client.post(f"/gallery/{source}/upscale",
+                       data={"scale": scale, "upscaler": upscaler,
+                             "csrf_token": client.headers["X-CSRF-Token"]})
+
+
 def _images_of(world, owner: str) -> list[dict]:
     return [i for i in world.portal.table.query_index("images") if i["owner"] == owner]
 
@@ -86,10 +94,7 @@ def test_the_gallery_upscale_saves_a_larger_copy_to_the_owners_gallery(world):
     world.add_user("alice")
     world.in_service()
     source = _gallery_image(world, "alice")
-    client = world.signed_in("alice")
-    response = client.post(f"/gallery/{source}/upscale",
-                           data={"scale": "4", "upscaler": "tiny-x4",
-                                 "csrf_token": client.headers["X-CSRF-Token"]})
+    response = _upscale(world, "alice", source, scale="4", upscaler="tiny-x4")
     assert response.status_code == 303, response.text
     assert "notice=" in response.headers["location"]
     upscaled = [i for i in _images_of(world, "alice") if i["task"] == "extra-single-image"]
@@ -105,10 +110,7 @@ def test_the_gallery_upscale_of_another_users_image_is_not_found(world):
     world.add_user("bob")
     world.in_service()
     source = _gallery_image(world, "alice")
-    client = world.signed_in("bob")
-    response = client.post(f"/gallery/{source}/upscale",
-                           data={"scale": "2", "upscaler": "Lanczos",
-                                 "csrf_token": client.headers["X-CSRF-Token"]})
+    response = _upscale(world, "bob", source, scale="2", upscaler="Lanczos")
     assert response.status_code == 404
     assert not [i for i in world.portal.table.query_index("images")
                 if i["task"] == "extra-single-image"]
@@ -118,10 +120,7 @@ def test_the_gallery_upscale_with_a_bad_factor_says_what_to_choose(world):
     world.add_user("alice")
     world.in_service()
     source = _gallery_image(world, "alice")
-    client = world.signed_in("alice")
-    response = client.post(f"/gallery/{source}/upscale",
-                           data={"scale": "9", "upscaler": "Lanczos",
-                                 "csrf_token": client.headers["X-CSRF-Token"]})
+    response = _upscale(world, "alice", source, scale="9", upscaler="Lanczos")
     assert response.status_code == 303
     assert "error=" in response.headers["location"] and "Scale" in response.headers["location"]
 
