@@ -359,6 +359,9 @@ def run_family(args: argparse.Namespace) -> None:
                                             warmup=warmup, repeat=repeat, label="easel"))
         except torch.OutOfMemoryError as exc:
             RESULTS["out_of_memory"] = str(exc).split("\n")[0][:300]
+        except RuntimeError as exc:  # e.g. a cuBLAS failure when its workspace does not fit
+            RESULTS["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            RESULTS["peak_gb_before_error"] = peak_gb(device)
     dump()
 
 
