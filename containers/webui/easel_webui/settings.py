@@ -63,9 +63,10 @@ class Settings(BaseModel):
     # generation jobs waiting or running: per portal task, and per user across all tasks
     generation_queue_per_task: int = Field(default=32, ge=1, le=1000)
     generation_jobs_per_user: int = Field(default=4, ge=1, le=100)
-    # how long a stopping portal task waits for its generation jobs to save their images (the
-    # stack's container stop timeout leaves room for it before ECS kills the task)
-    shutdown_wait_seconds: float = Field(default=90, ge=0, le=600)
+    # how long a stopping portal task waits for its generation jobs to save their images, after
+    # answering its open requests (up to sync_timeout_seconds): both fit in the stack's container
+    # stop timeout (120 s, Fargate's most) before ECS kills the task
+    shutdown_wait_seconds: float = Field(default=60, ge=0, le=600)
     secure_cookies: bool = True
     # `make local` (local.studio): the admin password is printed in its terminal, not read from
     # AWS Secrets Manager; the pages say so
