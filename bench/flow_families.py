@@ -9,6 +9,10 @@ float32. Rows, each the median of --repeat calls after --warmup:
 - easel: the same pipeline object served by Easel's txt2img handler (`Engine.handlers()`, the code
   behind `/invocations` without HTTP: validation, family defaults, sampler mapping, PNG + base64).
 - peak_gib: the GPU's peak memory during the Easel rows.
+- --lora adds lora_first_seconds (the first call with a random rank-16 kohya LoRA on every
+  transformer linear and CLIP-L: its fuse included), lora_seconds (steady, fused), and
+  lora_changes_image / lora_restored_exactly (the image without the LoRA afterwards is the one
+  before, byte for byte).
 - --fp8 adds fp8_seconds (the stock call again, numpy out, with the transformer stored in
   float8_e4m3fn by `flow_loader.store_fp8`, as EASEL_FP8_WEIGHTS=on serves it), fp8_peak_gib and
   fp8_psnr_db: the PSNR of its image against the 16-bit image of the same seed (SD3.5 / FLUX.1
@@ -112,6 +116,39 @@ def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else round(10 * float(np.log10(1.0 / mse)), 2)
 
 
+def lora_rows(engine, pipe, request, *, lora_dir: Path, device: str, warmup: int,
+              repeat: int) -> dict:
+    """A random kohya LoRA on every linear of the transformer (fused qkv / linear1 included) and
+    on CLIP-L, served through the same handler: the first call (fuse), the steady call with the
+    LoRA, and whether the image without it afterwards is the one before, byte for byte."""
+    from safetensors.torch import save_file
+
+    from easel_inference.lora_builder import random_flow_kohya_lora
+
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous()
+             for k, v in random_flow_kohya_lora(pipe, rank=16).items()}
+    save_file(state, str(lora_dir / "bench-kohya.safetensors"))
+    handler = engine.handlers()["txt2img"]
+    with_lora = request.model_copy(update={"prompt": request.prompt + " <lora:bench-kohya:0.8>"})
+
+    def image(which) -> str:
+        return handler(which, time.perf_counter()).images[0]
+
+    before = image(request)
+    started = time.perf_counter()
+    lora_image = image(with_lora)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    row: dict[str, object] = {"lora_first_seconds": round(time.perf_counter() - started, 4),
+                              "lora_tensors": len(state)}
+    row["lora_seconds"] = round(timed(lambda: image(with_lora), device=device, warmup=warmup,
+                                      repeat=repeat), 4)
+    row["lora_changes_image"] = lora_image != before
+    row["lora_restored_exactly"] = image(request) == before
+    return row
+
+
 def fp8_row(pipe, *, steps: int, side: int, device: str, warmup: int, repeat: int) -> dict:
     """The FP8-weights row: speed, peak memory and PSNR against the 16-bit image (same seed)."""
     from easel_inference.flow_loader import store_fp8
@@ -141,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--lora", action="store_true",
+                        help="add the LoRA rows (a random rank-16 kohya LoRA: first call with "
+                             "the fuse, steady calls, exact restore)")
     parser.add_argument("--fp8", action="store_true",
                         help="add the FP8-weights row (speed, peak memory, PSNR vs 16-bit)")
     args = parser.parse_args(argv)
@@ -190,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                                                repeat=args.repeat), 4)
         if device == "cuda":
             results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+        if args.lora:
+            results.update(lora_rows(engine, pipe, request, lora_dir=Path(work) / "Lora",
+                                     device=device, warmup=args.warmup, repeat=args.repeat))
     results["easel_over_stock"] = round(results["easel_seconds"] / results["stock_seconds"], 3)
     if args.fp8:
         results.update(fp8_row(pipe, steps=steps, side=side, device=device,

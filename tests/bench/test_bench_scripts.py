@@ -82,9 +82,11 @@ def test_multi_gpu_smoke_trains_on_two_processes_and_serves_under_load(tmp_path)
 
 
 @pytest.mark.slow
-def test_flow_bench_fp8_row_reports_speed_and_a_finite_psnr(tmp_path) -> None:
-    _run("flow_families.py", "--family", "flux_dev", "--size", "tiny", "--fp8", "--repeat", "1",
-         out=tmp_path)
+def test_flow_bench_lora_and_fp8_rows_report_speed_exact_restore_and_a_finite_psnr(tmp_path) -> None:
+    _run("flow_families.py", "--family", "flux_dev", "--size", "tiny", "--fp8", "--lora",
+         "--repeat", "1", out=tmp_path)
     report = json.loads((tmp_path / "flow_bench_flux_dev.json").read_text())
+    assert report["lora_seconds"] > 0 and report["lora_tensors"] > 0
+    assert report["lora_changes_image"] is True and report["lora_restored_exactly"] is True
     assert report["fp8_seconds"] > 0 and report["fp8_over_stock"] > 0
     assert 0 < report["fp8_psnr_db"] < float("inf")  # the FP8 image differs, a little
