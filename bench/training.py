@@ -174,6 +174,8 @@ def easel_step_times(trainer, *, device: str, batches: list[int], warmup: int, r
         results[f"{label}_s_per_step_bs{batch}"] = seconds
         results[f"{label}_images_per_s_bs{batch}"] = batch / seconds
         results[f"{label}_peak_gb_bs{batch}"] = peak_gb(device)
+    graphed = getattr(trainer, "graphed", None)
+    results[f"{label}_cuda_graph_step"] = bool(graphed is not None and graphed.captured_any)
     return results
 
 
@@ -288,8 +290,25 @@ def full_flow_pipeline(family: str, device: str):
         text_encoder_3=t5, tokenizer_3=t5_tokenizer)
 
 
+def full_sdxl_pipeline(*, size: str, device: str):
+    """SDXL base with random weights, built on the GPU in bf16 (the trainer stores frozen
+    weights in bf16, so the build never holds an fp32 copy an emulated card could not)."""
+    from easel_inference.builder import build_pipeline
+
+    if device == "cpu":
+        return build_pipeline(arch="sdxl", size=size, seed=0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            return build_pipeline(arch="sdxl", size=size, seed=0)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def run_family(args: argparse.Namespace) -> None:
-    """LoRA step time and peak GPU memory of Easel's SD3.5/FLUX.1 trainer, one family a run."""
+    """LoRA step time and peak GPU memory of Easel's trainer for SDXL, SD3.5 or FLUX.1 at full
+    size, one family a run."""
     from easel_inference.flow_builder import build_flow_pipeline
 
     family = FAMILY_ALIASES.get(args.family, args.family)
@@ -305,11 +324,20 @@ def run_family(args: argparse.Namespace) -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_gb / total))
         RESULTS["emulated_gpu_gb"] = args.gpu_gb
     started = time.perf_counter()
-    pipe = build_flow_pipeline(family) if args.quick else full_flow_pipeline(family, device)
+    try:
+        if family == "sdxl":
+            pipe = full_sdxl_pipeline(size="tiny" if args.quick else "full", device=device)
+        else:
+            pipe = build_flow_pipeline(family) if args.quick else full_flow_pipeline(family,
+                                                                                     device)
+    except torch.OutOfMemoryError as exc:  # an emulated card too small for the weights
+        RESULTS["out_of_memory"] = "building the model: " + str(exc).split("\n")[0][:300]
+        dump()
+        return
     sync(device)
     RESULTS["build_s"] = time.perf_counter() - started
-    RESULTS["transformer_params_b"] = sum(
-        p.numel() for p in pipe.transformer.parameters()) / 1e9
+    denoiser = getattr(pipe, "transformer", None) or pipe.unet
+    RESULTS["denoiser_params_b"] = sum(p.numel() for p in denoiser.parameters()) / 1e9
     with tempfile.TemporaryDirectory(prefix="easel-train-bench-") as tmp:
         root = Path(tmp)
         write_concepts(root / "input" / "data" / "concepts", 8, resolution)
@@ -331,7 +359,19 @@ def run_family(args: argparse.Namespace) -> None:
                                             warmup=warmup, repeat=repeat, label="easel"))
         except torch.OutOfMemoryError as exc:
             RESULTS["out_of_memory"] = str(exc).split("\n")[0][:300]
+        except RuntimeError as exc:  # e.g. a cuBLAS failure when its workspace does not fit
+            RESULTS["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            RESULTS["peak_gb_before_error"] = peak_gb(device)
     dump()
+
+
+def step_variant(mode: str) -> tuple[bool, str, str]:
+    """--modes entry -> (CUDA-graph step, torch.compile mode or "", result label)."""
+    graphs, _, compile_mode = mode.partition("+")
+    if graphs != "graphs":  # a plain compile mode, or none
+        graphs, compile_mode = "", "" if mode == "none" else mode
+    words = [graphs, compile_mode and "compile", compile_mode.replace("-", "_")]
+    return bool(graphs), compile_mode, "easel_" + ("_".join(filter(None, words)) or "eager")
 
 
 def main() -> None:
@@ -340,15 +380,17 @@ def main() -> None:
     parser.add_argument("--modes", default="none,graphs",
                         help="comma-separated variants of Easel's step, each timed on a fresh "
                              "model: none (eager), graphs (CUDA-graph step, Easel's default on "
-                             "a GPU), or a torch.compile mode (default, reduce-overhead, "
-                             "max-autotune-no-cudagraphs); the whole run uses the last")
+                             "a GPU), a torch.compile mode (default, reduce-overhead, "
+                             "max-autotune-no-cudagraphs), or graphs+MODE (the compiled UNet "
+                             "inside the captured step: graphs+default); the whole run uses "
+                             "the last")
     parser.add_argument("--run-steps", type=int, default=1000,
                         help="steps of the whole run (0 skips it)")
     parser.add_argument("--skip-stock", action="store_true")
     parser.add_argument("--contiguous-too", action="store_true",
                         help="also time the eager step without channels-last")
-    parser.add_argument("--family", choices=[*FAMILY_ALIASES, *FULL_TRANSFORMERS],
-                        help="time Easel's SD3.5/FLUX.1 LoRA step instead (full-size "
+    parser.add_argument("--family", choices=["sdxl", *FAMILY_ALIASES, *FULL_TRANSFORMERS],
+                        help="time Easel's SDXL/SD3.5/FLUX.1 LoRA step instead (full-size "
                              "architecture, random weights, bf16 on the GPU)")
     parser.add_argument("--resolution", type=int, default=1024, help="with --family")
     parser.add_argument("--rank", type=int, default=16, help="with --family")
@@ -397,15 +439,13 @@ def main() -> None:
 
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         for index, mode in enumerate(modes):
-            label = {"none": "easel_eager", "graphs": "easel_graphs"}.get(
-                mode, f"easel_compile_{mode.replace('-', '_')}")
+            graphs, compile_mode, label = step_variant(mode)
             folder = root / label
             folder.mkdir()
             (folder / "input").symlink_to(root / "input", target_is_directory=True)
-            compiled = mode not in ("none", "graphs")
-            settings = {**base_settings, "cuda_graphs": str(mode == "graphs").lower(),
-                        "compile": str(compiled).lower(),
-                        "compile_mode": mode if compiled else "default"}
+            settings = {**base_settings, "cuda_graphs": str(graphs).lower(),
+                        "compile": str(bool(compile_mode)).lower(),
+                        "compile_mode": compile_mode or "default"}
             pipe = build_pipeline(arch="sd15", size=size, seed=0)
             reset_peak(device)
             trainer = make_trainer(pipe, root=folder, hyperparameters=settings, device=device)

@@ -40,6 +40,9 @@ from stacks.table import index_finding
 
 CONTAINER_PORT = 8080
 HEALTH_PATH = "/health"
+# the longest a Fargate container may take to stop after SIGTERM (stopTimeout, ContainerDefinition:
+# https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerDefinition.html)
+FARGATE_MAX_STOP_TIMEOUT_S = 120
 # Prefixes from ARCHITECTURE.md's table: the portal reads and writes these ...
 READ_WRITE_PREFIXES = ("models/*", "loras/*", "concepts/*", "async/*", "outputs/*")
 # ... and only reads training output (jobs write it).
@@ -132,6 +135,10 @@ class PortalService(Construct):
                 log_group=logs.LogGroup(self, "Logs", retention=LOG_RETENTION),
             ),
             readonly_root_filesystem=False,
+            # on a stop (deploy, scale-in) the portal answers its open requests, then waits for
+            # its generation jobs to save their images (EASEL_SHUTDOWN_WAIT_SECONDS): Fargate's
+            # most, not the 30 s default, before SIGKILL
+            stop_timeout=Duration.seconds(FARGATE_MAX_STOP_TIMEOUT_S),
         )
         self.service_security_group = ec2.SecurityGroup(
             self, "ServiceSecurityGroup", vpc=vpc, allow_all_outbound=True,

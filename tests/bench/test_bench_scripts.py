@@ -24,6 +24,16 @@ def _run(script: str, *args: str, out: Path, timeout: int = 300, **extra_env: st
     return result
 
 
+def test_inference_bench_sdxl_only_times_stock_and_the_fast_path_in_one_run(tmp_path) -> None:
+    _run("inference.py", "--size", "tiny", "--sdxl-only", "--sdxl-side", "64", "--sdxl-steps",
+         "2", "--warmup", "1", "--repeat", "1", out=tmp_path, timeout=1200,
+         EASEL_FAST_GRAPHS="0", EASEL_FAST_VAE="0")
+    report = json.loads((tmp_path / "inference_bench.json").read_text())
+    assert report["sdxl_easel_fast_seconds"] > 0 and report["sdxl_stock_eager_seconds"] > 0
+    assert report["sdxl_fast_over_stock_eager"] > 0
+    assert "easel_eager_seconds" not in report  # the SD1.5 rows did not run
+
+
 @pytest.mark.slow
 def test_serve_smoke_runs_serve_and_reports_the_lora_facts(tmp_path) -> None:
     _run("serve_smoke.py", "--size", "tiny", "--steps", "2", "--width", "64", "--height", "64",

@@ -166,3 +166,23 @@ def test_the_task_is_sized_for_its_concurrent_password_checks(synth):
     hashing_mib = setting("password_hash_concurrency") * setting("password_hash_memory_kib") // 1024
     task_mib = int(task["Properties"]["Memory"])
     assert task_mib >= PORTAL_HEADROOM_MIB + hashing_mib, (task_mib, hashing_mib)
+
+
+def test_a_stopping_portal_task_has_time_to_save_its_running_jobs(synth):
+    """On SIGTERM the portal answers its open requests (sync calls wait up to
+    sync_timeout_seconds), then waits shutdown_wait_seconds for its generation jobs; ECS kills
+    the container stopTimeout seconds after SIGTERM, at most 120 s on Fargate (default 30 s):
+    https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerDefinition.html"""
+    from easel_webui.settings import ENV_FIELDS, Settings
+
+    _, task = synth.only("AWS::ECS::TaskDefinition")
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+
+    def setting(name: str) -> float:
+        variable = next(v for v, f in ENV_FIELDS.items() if f == name)
+        return float(env.get(variable, Settings.model_fields[name].default))
+
+    stop_timeout = container.get("StopTimeout", 30)
+    assert stop_timeout <= 120
+    assert stop_timeout >= setting("sync_timeout_seconds") + setting("shutdown_wait_seconds")

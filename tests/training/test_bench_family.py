@@ -36,3 +36,25 @@ def test_the_flux_family_smoke_run_reports_step_time(bench, monkeypatch, tmp_pat
     assert results["easel_s_per_step_bs1"] > 0
     assert all(math.isfinite(x) for x in results["easel_first_losses_bs1"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == results
+
+
+def test_the_sdxl_family_smoke_run_trains_the_unet_trainer(bench, monkeypatch, tmp_path):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    args = argparse.Namespace(family="sdxl", quick=True, resolution=1024, rank=4,
+                              gradient_checkpointing=False, gpu_gb=0.0)
+    bench.run_family(args)
+    results = json.loads((tmp_path / "training_bench.json").read_text())
+    assert results["family"] == "sdxl" and results["denoiser_params_b"] > 0
+    assert results["easel_s_per_step_bs1"] > 0
+    assert all(math.isfinite(x) for x in results["easel_first_losses_bs1"])
+    assert results["easel_cuda_graph_step"] is False  # the CPU runs the eager step
+
+
+@pytest.mark.parametrize(("mode", "label"), [("graphs+default", "easel_graphs_compile_default"),
+                                             ("reduce-overhead", "easel_compile_reduce_overhead"),
+                                             ("none", "easel_eager")])
+def test_a_step_variant_is_labelled_by_its_graphs_and_compile_mode(bench, mode, label):
+    graphs, compile_mode, name = bench.step_variant(mode)
+    assert name == label
+    assert graphs == (mode.startswith("graphs"))
+    assert compile_mode == ("" if mode == "none" else mode.removeprefix("graphs+"))

@@ -19,9 +19,17 @@ def test_graphs_only_where_a_captured_step_is_equivalent():
     assert not graph_eligible(hp, cuda=True, world_size=1, mixed_precision="fp16")
     for changed in ({"mode": "full"}, {"train_text_encoder": "true"}, {"lr_scheduler": "cosine"},
                     {"gradient_accumulation_steps": "2"}, {"cuda_graphs": "false"},
-                    {"compile": "true"}, {"gradient_checkpointing": "true"}):
+                    {"compile": "true", "compile_mode": "reduce-overhead"},
+                    {"compile": "true", "compile_mode": "max-autotune"},
+                    {"gradient_checkpointing": "true"}):
         other = HyperParameters.from_strings({**BASE, **changed})
         assert not graph_eligible(other, cuda=True, world_size=1, mixed_precision="bf16"), changed
+
+
+def test_compile_without_its_own_graphs_runs_inside_the_captured_step():
+    for mode in ("default", "max-autotune-no-cudagraphs"):
+        hp = HyperParameters.from_strings({**BASE, "compile": "true", "compile_mode": mode})
+        assert graph_eligible(hp, cuda=True, world_size=1, mixed_precision="bf16"), mode
 
 
 def _model_and_optimizer():

@@ -29,6 +29,8 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/easel-sagemaker"
 # One boto3 session for the test process: clients made from it skip reloading service models.
 SESSION = boto3.session.Session()
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+# how long a test's teardown waits for the generation jobs its portal started
+JOB_WAIT_SECONDS = 30.0
 
 
 def base_env(**overrides: str) -> dict[str, str]:
@@ -155,16 +157,36 @@ def make_world(**env: str) -> World:
     return World(settings, app, *fakes)
 
 
+def finish_worlds(*worlds: World, timeout: float = JOB_WAIT_SECONDS) -> None:
+    """Shut the worlds' portals down, waiting for the generation jobs they started, while
+    their moto context still stands (a job thread outliving its test would write its images
+    into the next test's bucket); fail, naming them, if jobs are still running after
+    ``timeout`` seconds."""
+    left = [job for world in worlds for job in world.app.state.portal.close(timeout)]
+    if left:
+        pytest.fail(f"generation jobs still running {timeout:g} s after the test ended: "
+                    f"{', '.join(left)}", pytrace=False)
+
+
 @pytest.fixture
 def world() -> Any:
     with mock_aws():
         create_resources()
-        yield make_world()
+        built = make_world()
+        yield built
+        finish_worlds(built)
 
 
 @pytest.fixture
 def world_factory() -> Any:
     """Build a world with different settings (inside one moto context)."""
+    built: list[World] = []
+
+    def factory(**env: str) -> World:
+        built.append(make_world(**env))
+        return built[-1]
+
     with mock_aws():
         create_resources()
-        yield make_world
+        yield factory
+        finish_worlds(*built)

@@ -226,11 +226,13 @@ class HyperParameters(BaseModel):
         False, description="torch.compile the UNet (GPU; slower start, faster steps).")
     cuda_graphs: bool = Field(
         True, description="Replay each step as a CUDA graph (one GPU, `lora` mode, frozen text "
-        "encoder, constant learning rate, bf16/fp32, no compile/8-bit Adam/gradient "
-        "checkpointing); other setups run eagerly.")
+        "encoder, constant learning rate, bf16/fp32, no 8-bit Adam/gradient checkpointing; "
+        "with `compile`, modes `default` and `max-autotune-no-cudagraphs` run inside the graph); "
+        "other setups run eagerly.")
     compile_mode: CompileMode = Field(
         "default", description="torch.compile mode when `compile` is true (`reduce-overhead` "
-        "adds CUDA graphs).")
+        "and `max-autotune` add torch's own CUDA graphs, so the step runs without "
+        "`cuda_graphs`).")
     checkpointing_steps: int = Field(
         250, ge=0, le=100_000,
         description="Save a resumable checkpoint every N steps; 0: only on stop.")

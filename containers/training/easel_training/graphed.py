@@ -9,6 +9,13 @@ Capturing needs a few warm-up iterations that would update the weights; the trai
 the optimizer state are saved before and copied back in place after, so the run trains exactly
 the steps it is asked for. Used on one CUDA process in LoRA mode with a frozen text encoder, a
 constant learning rate and bf16/fp32 (see :func:`graph_eligible`); otherwise the eager step runs.
+
+With ``compile`` in a mode without CUDA graphs of its own (``default``,
+``max-autotune-no-cudagraphs``) the UNet's compiled forward and backward (Inductor's fused
+element-wise kernels: group norms, SiLU, residual adds, LoRA's small matmuls) are captured inside
+this graph: the compile happens in the capture's warm-up iterations, and each replay is one launch
+of fused kernels. ``reduce-overhead`` and ``max-autotune`` bring torch's own CUDA graphs, which
+cannot nest inside this capture, so they run without it.
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ import torch
 from easel_contracts.hyperparameters import HyperParameters
 
 WARMUP_ITERATIONS = 3
+# torch.compile modes whose kernels this step can capture (the others add CUDA graphs themselves)
+CAPTURABLE_COMPILE_MODES = frozenset({"default", "max-autotune-no-cudagraphs"})
 
 
 def graph_eligible(hp: HyperParameters, *, cuda: bool, world_size: int,
                    mixed_precision: str) -> bool:
     return (cuda and hp.cuda_graphs and world_size == 1 and hp.mode == "lora"
             and not hp.train_text_encoder and mixed_precision in ("bf16", "no")
-            and hp.gradient_accumulation_steps == 1 and not hp.compile
+            and hp.gradient_accumulation_steps == 1
+            and (not hp.compile or hp.compile_mode in CAPTURABLE_COMPILE_MODES)
             and not hp.use_8bit_adam and not hp.gradient_checkpointing
             and hp.lr_scheduler == "constant")
 

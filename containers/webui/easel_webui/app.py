@@ -7,9 +7,12 @@ module never calls AWS and `/health` answers even before the settings are comple
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from easel_contracts.bodylimit import BodyLimit
@@ -67,13 +70,28 @@ class LazyPortal:
         when they are incomplete."""
         return self._settings or load_settings()
 
+    def close(self, timeout: float | None = None) -> list[str]:
+        """Close the portal if it was built (see `Portal.close`); the generation jobs still
+        running after the wait."""
+        with self._lock:
+            portal = self._portal
+        return portal.close(timeout) if portal is not None else []
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown (uvicorn has answered its open requests), wait for the generation jobs this
+    task runs, so a restart or scale-in does not drop their images."""
+    yield
+    await run_in_threadpool(app.state.portal.close)
+
+
 def create_app(*, settings: Settings | None = None, clients: Any | None = None) -> FastAPI:
     app = FastAPI(title="Easel portal", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, lifespan=lifespan)
     app.state.portal = LazyPortal(settings, clients)
     install_error_handlers(app)
     for module in ROUTE_MODULES:

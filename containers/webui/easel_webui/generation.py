@@ -75,6 +75,8 @@ STALE_HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = ASYNC_WAIT_SECONDS + 5 * 60
 STALE_REASON = ("The portal task running this job stopped (a restart or scale-in) before the "
                 "endpoint answered; nothing was saved. Submit it again.")
+NEVER_RAN_REASON = ("The portal task holding this job in its queue stopped (a restart or "
+                    "scale-in) before the job started; nothing ran. Submit it again.")
 _LARGE_FIELDS = ("init_images", "mask", "image")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -274,6 +276,11 @@ def _model_name(info: str) -> str:
     return str(name)[:256] if name else ""
 
 
+def _closing_busy() -> Busy:
+    return Busy("This portal task is shutting down (a restart or scale-in); retry in a few "
+                "seconds.", retry_after=5)
+
+
 def _generation_answer(answer: BaseModel) -> GenerationResponse:
     if not isinstance(answer, GenerationResponse):
         raise TypeError(f"expected a GenerationResponse, not {type(answer).__name__}")
@@ -288,14 +295,18 @@ class Generation:
         self.bucket = bucket
         self.endpoints = endpoints
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="easel-gen")
-        # this portal task, as named on the jobs it runs, and those jobs (for the heartbeat)
+        # this portal task, as named on the jobs it runs, and those jobs (id -> what it is, for
+        # the heartbeat and for shutdown), with their futures once submitted
         self.task_id = uuid.uuid4().hex
-        self._running: set[str] = set()
+        self._running: dict[str, str] = {}
+        self._futures: dict[str, Future[GenerationResponse | None]] = {}
+        self._closing = False  # shutting down: no new job starts
         self.queue_limit = queue_limit
         self.per_user_limit = per_user_limit
         self._slots: dict[str, keys.Key] = {}  # job id -> the user slot it holds
         self._calls = 0  # synchronous calls outside the jobs (upscales) under way
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified as each job ends
         self._beating: threading.Thread | None = None
         self.workcap = WorkCap(self.listing)
 
@@ -459,15 +470,16 @@ class Generation:
                 self.workcap.check(endpoint, invocation)
         job_id = uuid.uuid4().hex
         with self._lock:
+            if self._closing:
+                raise _closing_busy()
             if len(self._running) + self._calls >= self.queue_limit:
                 raise Busy("The portal's generation queue is full; retry in a few seconds.",
                            retry_after=5)
-            self._running.add(job_id)
+            self._running[job_id] = f"{task} on {endpoint} for {user.username}"
         try:
             self._slots[job_id] = self._claim_slot(user.username, job_id)
         except PortalError:
-            with self._lock:
-                self._running.discard(job_id)
+            self._release(job_id)
             raise
         self.table.put({
             **keys.generation_job_key(job_id).item(), "job_id": job_id, "owner": user.username,
@@ -483,13 +495,49 @@ class Generation:
         self.endpoints.touch(endpoint)
         self.table.update(*keys.user_prefs_key(user.username), {"last_job": job_id},
                           must_exist=False)
-        future = self.pool.submit(self._run, job_id, user.username, endpoint, task, request,
-                                  record.get("mode", "realtime"), plot, cells)
+        with self._lock:  # a shutdown that began meanwhile has shut the pool
+            closing = self._closing
+            if not closing:
+                future = self.pool.submit(self._run, job_id, user.username, endpoint, task,
+                                          request, record.get("mode", "realtime"), plot, cells)
+                self._futures[job_id] = future
+        if closing:
+            self._release(job_id)
+            self._finish(job_id, {"status": "failed", "finished": now(),
+                                  "error": NEVER_RAN_REASON})
+            raise _closing_busy()
         return job_id, future
+
+    def shutdown(self, timeout: float) -> list[str]:
+        """This portal task is stopping: start no new job and wait up to ``timeout`` seconds
+        for the jobs it runs or holds in its queue, so their images are saved. A job still
+        queued then is failed with the reason (it never ran); one still running is logged and
+        returned (``"<job id> (<task> on <endpoint> for <user>)"``): it ends when the process
+        does, and the next portal start fails it once its heartbeat is stale. Safe to call
+        more than once."""
+        with self._lock:
+            self._closing = True
+            self._idle.wait_for(lambda: not self._running, timeout=max(timeout, 0))
+            queued = [job_id for job_id, future in self._futures.items() if future.cancel()]
+        for job_id in queued:  # a cancelled future never runs _run, which would release it
+            self._release(job_id)
+            self._finish(job_id, {"status": "failed", "finished": now(),
+                                  "error": NEVER_RAN_REASON})
+        self.pool.shutdown(wait=False)
+        with self._lock:
+            left = [f"{job_id} ({label})" for job_id, label in self._running.items()]
+        if left:
+            log.warning("portal task stopping with %d generation jobs still running after "
+                        "%g s (they are failed as stale by the next start): %s",
+                        len(left), timeout, ", ".join(left))
+        return left
 
     def _heartbeat_loop(self) -> None:
         while True:
             time.sleep(HEARTBEAT_SECONDS)
+            with self._lock:
+                if self._closing and not self._running:
+                    return
             try:
                 self.beat()
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
@@ -523,7 +571,9 @@ class Generation:
 
     def _release(self, job_id: str) -> None:
         with self._lock:
-            self._running.discard(job_id)
+            self._running.pop(job_id, None)
+            self._futures.pop(job_id, None)
+            self._idle.notify_all()
         slot = self._slots.pop(job_id, None)
         if slot is not None:
             self.table.put(self._slot_item(slot, job_id, held=False), expect=("job_id", job_id))

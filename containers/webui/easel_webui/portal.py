@@ -51,6 +51,13 @@ class Portal:
         return cls(settings, clients, table, bucket, secrets, auth, endpoints, generation,
                    training)
 
+    def close(self, timeout: float | None = None) -> list[str]:
+        """The portal task is stopping: wait up to ``timeout`` seconds (the
+        ``shutdown_wait_seconds`` setting by default) for its generation jobs to save their
+        images; the jobs still running then (see `Generation.shutdown`)."""
+        wait = self.settings.shutdown_wait_seconds if timeout is None else timeout
+        return self.generation.shutdown(wait)
+
 
 def _migrate(table: Table) -> None:
     """One-off data migrations; a failure is logged and retried on the next start."""

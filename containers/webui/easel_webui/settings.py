@@ -63,6 +63,10 @@ class Settings(BaseModel):
     # generation jobs waiting or running: per portal task, and per user across all tasks
     generation_queue_per_task: int = Field(default=32, ge=1, le=1000)
     generation_jobs_per_user: int = Field(default=4, ge=1, le=100)
+    # how long a stopping portal task waits for its generation jobs to save their images, after
+    # answering its open requests (up to sync_timeout_seconds): both fit in the stack's container
+    # stop timeout (120 s, Fargate's most) before ECS kills the task
+    shutdown_wait_seconds: float = Field(default=60, ge=0, le=600)
     secure_cookies: bool = True
     # `make local` (local.studio): the admin password is printed in its terminal, not read from
     # AWS Secrets Manager; the pages say so
@@ -111,6 +115,7 @@ ENV_FIELDS: dict[str, str] = {
     "EASEL_SYNC_TIMEOUT_SECONDS": "sync_timeout_seconds",
     "EASEL_GENERATION_QUEUE_PER_TASK": "generation_queue_per_task",
     "EASEL_GENERATION_JOBS_PER_USER": "generation_jobs_per_user",
+    "EASEL_SHUTDOWN_WAIT_SECONDS": "shutdown_wait_seconds",
     "EASEL_SECURE_COOKIES": "secure_cookies",
     "EASEL_LOCAL_MODE": "local_mode",
     "EASEL_PASSWORD_HASH_TIME_COST": "password_hash_time_cost",
