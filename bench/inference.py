@@ -230,6 +230,10 @@ def time_startup(model_dir: Path, work: Path, device: str, base: dict, *, starte
     sync(device)
     RESULTS["easel_fast_start_to_first_image_seconds"] = round(time.perf_counter() - began, 2)
     RESULTS["easel_fast_applied"] = list(engine.manager.get(None).fast_path.applied)
+    # the sizes compiled at start-up, and the speed timed: a squared term above zero says a
+    # second size (an offered one, on the fast path) was timed
+    RESULTS["easel_fast_warmed_sizes"] = [list(size) for size in engine.warmed_sizes]
+    RESULTS["easel_fast_speed"] = engine.speed.model_dump() if engine.speed else None
     dump()
     return 0
 

@@ -116,7 +116,7 @@ def test_the_server_loads_the_cache_before_warm_up_and_saves_it_after(tiny_model
     engine = build_engine(Settings(model_dir=tiny_model_dir, default_model="tiny",
                                    lora_cache_dir=tmp_path / "cache"))
     engine.compile_cache = lambda model: Recorded(events)
-    engine.warm_up = lambda name, pipe: events.append("warm-up")  # type: ignore[method-assign]
+    engine.warm_up = lambda name, pipe, **_: events.append("warm-up")  # type: ignore[method-assign]
     engine.start()
     assert engine.readiness.state == "ready"
     assert events == ["load", "warm-up", "save"]
@@ -168,7 +168,7 @@ def test_after_the_warm_up_new_shapes_compile_only_when_requests_may(tiny_model_
                                    lora_cache_dir=tmp_path / "cache", fast_path="on",
                                    fast_graphs=False, fast_vae=False, warmup_sizes="off",
                                    fast_compile_on_request=on_request))  # no real compile on CPU
-    engine.warm_up = lambda name, pipe: None  # type: ignore[method-assign]
+    engine.warm_up = lambda name, pipe, **_: None  # type: ignore[method-assign]
     engine.start()
     assert engine.readiness.state == "ready"
     assert engine.manager.get(None).fast_path.compile_new_shapes is on_request
@@ -180,7 +180,7 @@ def test_starting_an_engine_that_already_serves_changes_nothing(tiny_model_dir, 
     engine = build_engine(Settings(model_dir=tiny_model_dir, default_model="tiny",
                                    lora_cache_dir=tmp_path / "cache"))
     warmed: list[str] = []
-    engine.warm_up = lambda name, pipe: warmed.append(name)  # type: ignore[method-assign]
+    engine.warm_up = lambda name, pipe, **_: warmed.append(name)  # type: ignore[method-assign]
     engine.start()
     engine.start()
     assert engine.readiness.state == "ready" and warmed == ["tiny"]

@@ -114,6 +114,8 @@ class Engine:
 
     warmed_up: WarmUp | None = None
     speed: MeasuredSpeed | None = None
+    native_runs: tuple[tuple[int, float], tuple[int, float]] | None = None
+    """The speed's timed runs at the native size: (steps, seconds), fewer then more steps."""
     admission: Admission = field(init=False)
 
     warmed_sizes: list[Size] = field(default_factory=list)
@@ -151,9 +153,12 @@ class Engine:
                 cache.load()  # before the warm-up, whose compile then reads the artifacts
             if self.settings.warmup:
                 self.readiness.move("warming", f"warming up {model.name}")
-                self.warm_up(model.name, model.pipe)
+                graphs = self.serves_graphs(model)
+                self.warm_up(model.name, model.pipe, other_size=not graphs)
                 if self.warms_sizes(model):
                     self.warm_sizes(model.name, model.pipe)
+                if graphs:
+                    self.time_warmed_size(model.name, model.pipe)
                 # from now on a shape the warm-up missed runs eagerly, not a minute's compile
                 # inside a request's deadline (EASEL_FAST_COMPILE_ON_REQUEST=1 compiles it)
                 model.fast_path.compile_new_shapes = self.settings.fast_compile_on_request
@@ -168,38 +173,77 @@ class Engine:
             self.readiness.move("failed", f"{type(exc).__name__}: {exc}")
             log.exception("startup failed")
 
-    def warm_up(self, name: str, pipe: Any) -> None:
+    def warm_up(self, name: str, pipe: Any, *, other_size: bool = True) -> None:
         """A first-use run at the model's native size, then timed runs for its speed: two at
-        that size, one at another (half the side, or twice a small one) for how the cost of a
-        step grows with the pixels."""
+        that size and, with ``other_size``, one at another (half the side, or twice a small one)
+        for how the cost of a step grows with the pixels. Serving CUDA graphs, that other size
+        would be a compile of its own (30-60 s for SD1.5) for a shape the form never offers, so
+        ``start`` leaves it out here and times a size the sizes warm-up compiled instead
+        (``time_warmed_size``)."""
         warm = warmup_request(pipe, name, max_pixels=self.settings.max_pixels)
         if self.manager.device == "cpu":
             self.warm_up_cpu(name, pipe, warm)
             return
-
-        def timed(steps: int, side: int | None = None) -> float:
-            update: dict[str, int] = {"steps": steps}
-            if side is not None:
-                update.update(width=side, height=side)
-            started = self.clock()
-            generate(warm.model_copy(update=update), task="txt2img", manager=self.manager,
-                     library=self.library, settings=self.settings, step_hook=self.step_hook)
-            return self.clock() - started
-
-        seconds = timed(warm.steps)
+        seconds = self.timed_run(warm, warm.steps)
         self.warmed_up = WarmUp(model=name, width=warm.width, height=warm.height,
                                 steps=warm.steps, seconds=round(seconds, 3))
         few, many = SPEED_RUNS
-        short, long = (few, timed(few)), (many, timed(many))
+        self.native_runs = (few, self.timed_run(warm, few)), (many, self.timed_run(warm, many))
         side = warm.width // 2 if warm.width // 2 >= SPEED_MIN_HALF_SIDE else warm.width * 2
         other = None
-        if side * side <= self.settings.max_pixels:
-            other = (side, side, many, timed(many, side))
+        if other_size and side * side <= self.settings.max_pixels:
+            other = (side, side, many, self.timed_run(warm, many, side, side))
+        self.set_speed(name, warm, self.native_runs, other)
+
+    def time_warmed_size(self, name: str, pipe: Any) -> None:
+        """The speed's second size when serving CUDA graphs: the first size the form offers
+        (within the pixel budget) other than the native one that ``warm_sizes`` compiled, timed
+        with the native long run's steps; its compile is paid already, so the run times the
+        replayed graph, as requests will.
+
+        With no such size (EASEL_WARMUP_SIZES=off, or the size was left for the start-up
+        budget) the speed stays as ``warm_up`` set it from the native size alone:
+        ``speed_from_runs`` without another size has no squared term, so a step's cost grows
+        linearly with the pixels from the native size's. That under-counts attention above the
+        native size (SD1.5's 512x768 is 1.5 times its pixels), and such a size, not warmed,
+        runs eagerly, slower than the graphs timed: the cap errs towards admitting there."""
+        warm = warmup_request(pipe, name, max_pixels=self.settings.max_pixels)
+        native = (warm.width, warm.height)
+        size = next((size for size in self.warmed_sizes if size != native), None)
+        if size is None or self.native_runs is None:
+            log.info("speed of %s: no other warmed size to time; linear in the pixels", name)
+            return
+        width, height = size
+        many = SPEED_RUNS[1]
+        seconds = self.timed_run(warm, many, width, height)
+        self.set_speed(name, warm, self.native_runs, (width, height, many, seconds))
+
+    def timed_run(self, warm: Txt2ImgRequest, steps: int, width: int | None = None,
+                  height: int | None = None) -> float:
+        """Seconds of one warm-up generation of ``steps`` (at another size when given)."""
+        update: dict[str, int] = {"steps": steps}
+        if width is not None and height is not None:
+            update.update(width=width, height=height)
+        started = self.clock()
+        generate(warm.model_copy(update=update), task="txt2img", manager=self.manager,
+                 library=self.library, settings=self.settings, step_hook=self.step_hook)
+        return self.clock() - started
+
+    def set_speed(self, name: str, warm: Txt2ImgRequest,
+                  runs: tuple[tuple[int, float], tuple[int, float]],
+                  other: tuple[int, int, int, float] | None) -> None:
+        short, long = runs
         self.speed = speed_from_runs(model=name, device=str(self.manager.device),
                                      width=warm.width, height=warm.height, short=short,
                                      long=long, other=other)
-        log.info("speed of %s on %s: %.3g s a %dx%d step", name, self.manager.device,
-                 self.speed.step_seconds(warm.width * warm.height), warm.width, warm.height)
+        log.info("speed of %s on %s: %.3g s a %dx%d step (second size: %s)", name,
+                 self.manager.device, self.speed.step_seconds(warm.width * warm.height),
+                 warm.width, warm.height, f"{other[0]}x{other[1]}" if other else "none")
+
+    def serves_graphs(self, model: Any) -> bool:
+        """Whether the model is served with the fast path's CUDA graphs on a GPU, where each new
+        latent shape is an Inductor compile."""
+        return self.manager.device != "cpu" and "cuda_graphs" in model.fast_path.applied
 
     def warms_sizes(self, model: Any) -> bool:
         """Whether the warm-up covers every size the form offers: with the fast path's CUDA
