@@ -29,7 +29,8 @@ def _pair(module: torch.nn.Module, rank: int, generator: torch.Generator) -> tup
     weight = module.weight
     out_features, in_features = weight.shape[0], weight.shape[1]
     down = torch.randn(rank, in_features, generator=generator) / in_features**0.5
-    up = torch.randn(out_features, rank, generator=generator) * weight.float().std() * 2
+    # the weight may live on a GPU (the full-size benches): its scale comes back as a float
+    up = torch.randn(out_features, rank, generator=generator) * float(weight.float().std()) * 2
     return down, up
 
 
