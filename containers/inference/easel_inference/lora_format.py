@@ -61,17 +61,39 @@ class LoraPatch:
     up: torch.Tensor
     scale: float
 
-    def delta(self, shape: torch.Size) -> torch.Tensor:
-        """The weight update (float32) for a module weight of ``shape``, at multiplier 1."""
-        rank = self.down.shape[0]
-        up = self.up.float().reshape(self.up.shape[0], rank)
-        down = self.down.float().reshape(rank, -1)
-        product = up @ down
-        if product.numel() != math.prod(shape):
+    def check(self, shape: torch.Size) -> None:
+        """Raise :class:`LoraFormatError` unless the update fits a module weight of ``shape``.
+
+        Reads only the factors' shapes (no matmul), so a whole LoRA set can be checked before
+        any weight changes."""
+        where = f"LoRA for {self.component}.{self.module}"
+        rank = self.down.shape[0] if self.down.ndim else 0
+        rows = self.up.shape[0] if self.up.ndim else 0
+        if rank == 0 or rows == 0:
+            raise LoraFormatError(f"{where} has an empty down or up matrix")
+        if self.up.numel() != rows * rank:
             raise LoraFormatError(
-                f"LoRA for {self.component}.{self.module} has shape {tuple(product.shape)}, "
-                f"the model weight is {tuple(shape)}"
+                f"{where} has an up matrix of shape {tuple(self.up.shape)} for a down matrix of "
+                f"rank {rank} (the two matrices do not belong together)"
             )
+        product = (rows, self.down.numel() // rank)
+        if math.prod(product) != math.prod(shape):
+            raise LoraFormatError(
+                f"{where} has shape {product}, the model weight is {tuple(shape)}"
+            )
+
+    def delta(self, shape: torch.Size, *, device: torch.device | str | None = None
+              ) -> torch.Tensor:
+        """The weight update (float32) for a module weight of ``shape``, at multiplier 1.
+
+        The small ``up``/``down`` factors move to ``device`` (the weight's) first and are
+        multiplied there: only the factors cross to a GPU, never the full-size update."""
+        self.check(shape)
+        rank = self.down.shape[0]
+        up, down = self.up, self.down
+        if device is not None:
+            up, down = up.to(device), down.to(device)
+        product = up.float().reshape(up.shape[0], rank) @ down.float().reshape(rank, -1)
         return product.reshape(shape) * self.scale
 
 

@@ -1,0 +1,140 @@
+"""Fusing a LoRA set (tiny SD1.5, CPU): every patch is checked before any weight changes, then
+the modules are fused one at a time, each update computed on its weight's device and freed
+before the next module (issue 16/17: a full-size FLUX.1 LoRA fused on the CPU, all at once)."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from easel_inference.builder import build_pipeline
+from easel_inference.errors import BadRequest
+from easel_inference.lora import LoraFuser, LoraLibrary, LoraUse
+from easel_inference.lora_builder import random_diffusers_lora, random_kohya_lora
+from easel_inference.lora_format import LoraFormatError, LoraPatch, ModuleIndex, parse_lora
+
+BOTH = [LoraUse("kohya", 1.0, 1.0), LoraUse("peft", 1.0, 1.0)]  # both on the UNet's attention
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline(arch="sd15", seed=12)
+
+
+@pytest.fixture()
+def library(tmp_path: Path, pipe) -> LoraLibrary:
+    save_file(random_kohya_lora(pipe, seed=1), str(tmp_path / "kohya.safetensors"))
+    save_file(random_diffusers_lora(pipe, seed=2), str(tmp_path / "peft.safetensors"))
+    return LoraLibrary(tmp_path)
+
+
+def _weights(pipe) -> dict[str, torch.Tensor]:
+    return {f"{component}.{k}": v.clone()
+            for component in ("unet", "text_encoder")
+            for k, v in getattr(pipe, component).state_dict().items()}
+
+
+def _same(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _mismatched(pipe, folder: Path) -> tuple[LoraLibrary, str]:
+    """A LoRA whose LAST patch's down matrix has one column too many; the module it targets."""
+    state = random_kohya_lora(pipe, seed=4)
+    last = [key for key in state if key.endswith(".lora_down.weight")][-1]
+    state[last] = torch.randn(state[last].shape[0], state[last].shape[1] + 1)
+    patch = parse_lora(state, ModuleIndex(pipe))[-1]
+    save_file(state, str(folder / "bad.safetensors"))
+    return LoraLibrary(folder), f"{patch.component}.{patch.module}"
+
+
+def test_each_update_is_computed_on_the_device_of_its_weight(pipe, library, monkeypatch):
+    calls: list[tuple[tuple[str, str], object]] = []
+    delta = LoraPatch.delta
+
+    def recording(self, shape, *, device=None):
+        calls.append(((self.component, self.module), device))
+        return delta(self, shape, device=device)
+
+    monkeypatch.setattr(LoraPatch, "delta", recording)
+    fuser = LoraFuser(pipe)
+    fuser.apply(BOTH, library)
+    fuser.restore()
+    assert calls
+    assert all(device == fuser.index.modules[key].weight.device for key, device in calls)
+
+
+def test_delta_multiplies_the_factors_on_the_device_it_is_given():
+    patch = LoraPatch("unet", "m", torch.randn(2, 8), torch.randn(6, 2), 0.5)
+    shape = torch.Size([6, 8])
+    on_meta = patch.delta(shape, device="meta")  # factors stay on the CPU; the product does not
+    assert on_meta.device.type == "meta" and on_meta.shape == shape
+    assert torch.equal(patch.delta(shape, device="cpu"), patch.delta(shape))
+
+
+def test_modules_are_fused_one_at_a_time_and_each_update_is_freed_before_the_next(
+        pipe, library, monkeypatch):
+    fuser = LoraFuser(pipe)
+    modules = fuser.index.modules
+    base = {key: module.weight.detach().clone() for key, module in modules.items()}
+    returned: list[tuple[tuple[str, str], weakref.ref]] = []
+    started: list[tuple[str, str]] = []
+    problems: list[str] = []
+    delta = LoraPatch.delta
+
+    def tracking(self, shape, *, device=None):
+        key = (self.component, self.module)
+        alive = {k for k, ref in returned if ref() is not None and k != key}
+        unfused = [k for k in started if k != key and torch.equal(modules[k].weight, base[k])]
+        if alive:
+            problems.append(f"{key}: updates of {sorted(alive)} still alive")
+        if unfused:
+            problems.append(f"{key}: {unfused} not fused yet")
+        if key not in started:
+            started.append(key)
+        result = delta(self, shape, device=device)
+        returned.append((key, weakref.ref(result)))
+        return result
+
+    monkeypatch.setattr(LoraPatch, "delta", tracking)
+    fuser.apply(BOTH, library)
+    fuser.restore()
+    assert len(started) > 1 and len(returned) > len(started)  # several modules, two terms each
+    assert problems == []
+    assert all(ref() is None for _, ref in returned)
+
+
+def test_a_shape_mismatch_in_the_last_patch_leaves_every_weight_unchanged(pipe, tmp_path):
+    library, module = _mismatched(pipe, tmp_path)
+    before = _weights(pipe)
+    fuser = LoraFuser(pipe)
+    with pytest.raises(BadRequest, match="does not fit the loaded model") as raised:
+        fuser.apply([LoraUse("bad", 1.0, 1.0)], library)
+    assert module in raised.value.message and raised.value.field == "prompt"
+    assert _same(before, _weights(pipe))
+    assert fuser.active == ()
+
+
+def test_a_bad_lora_added_to_the_set_keeps_the_active_set_fused(pipe, tmp_path):
+    save_file(random_kohya_lora(pipe, seed=1), str(tmp_path / "kohya.safetensors"))
+    bad, _ = _mismatched(pipe, tmp_path)
+    base = _weights(pipe)
+    fuser = LoraFuser(pipe)
+    fuser.apply([LoraUse("kohya", 1.0, 1.0)], bad)
+    fused = _weights(pipe)
+    with pytest.raises(BadRequest):
+        fuser.apply([LoraUse("kohya", 1.0, 1.0), LoraUse("bad", 1.0, 1.0)], bad)
+    assert _same(fused, _weights(pipe))
+    assert fuser.active == (LoraUse("kohya", 1.0, 1.0),)
+    fuser.restore()
+    assert _same(base, _weights(pipe))
+
+
+def test_up_and_down_matrices_of_different_ranks_are_a_format_error():
+    patch = LoraPatch("unet", "m", torch.ones(4, 8), torch.ones(6, 3), 1.0)
+    with pytest.raises(LoraFormatError, match="do not belong together"):
+        patch.check(torch.Size([6, 8]))
