@@ -12,7 +12,8 @@ float32. Rows, each the median of --repeat calls after --warmup:
 - --lora adds lora_first_seconds (the first call with a random rank-16 kohya LoRA on every
   transformer linear and CLIP-L: its fuse included), lora_seconds (steady, fused), and
   lora_changes_image / lora_restored_exactly (the image without the LoRA afterwards is the one
-  before, byte for byte).
+  before, byte for byte); on a GPU also lora_first_peak_gib, the peak memory of that first call
+  (against peak_gib: the kept originals plus one module's update, issue 16/17).
 - --fp8 adds fp8_seconds (the stock call again, numpy out, with the transformer stored in
   float8_e4m3fn by `flow_loader.store_fp8`, as EASEL_FP8_WEIGHTS=on serves it), fp8_peak_gib and
   fp8_psnr_db: the PSNR of its image against the 16-bit image of the same seed (SD3.5 / FLUX.1
@@ -136,12 +137,16 @@ def lora_rows(engine, pipe, request, *, lora_dir: Path, device: str, warmup: int
         return handler(which, time.perf_counter()).images[0]
 
     before = image(request)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     lora_image = image(with_lora)
     if device == "cuda":
         torch.cuda.synchronize()
     row: dict[str, object] = {"lora_first_seconds": round(time.perf_counter() - started, 4),
                               "lora_tensors": len(state)}
+    if device == "cuda":
+        row["lora_first_peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
     row["lora_seconds"] = round(timed(lambda: image(with_lora), device=device, warmup=warmup,
                                       repeat=repeat), 4)
     row["lora_changes_image"] = lora_image != before
