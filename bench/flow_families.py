@@ -12,7 +12,9 @@ float32. Rows, each the median of --repeat calls after --warmup:
 - --lora adds lora_first_seconds (the first call with a random rank-16 kohya LoRA on every
   transformer linear and CLIP-L: its fuse included), lora_seconds (steady, fused), and
   lora_changes_image / lora_restored_exactly (the image without the LoRA afterwards is the one
-  before, byte for byte).
+  before, byte for byte), lora_weights_restored (every transformer and text-encoder tensor's sum
+  and sum of squares as before) and same_request_same_image (two identical requests before the
+  LoRA give the same bytes: without it, an inexact image restore says nothing of the weights).
 - --fp8 adds fp8_seconds (the stock call again, numpy out, with the transformer stored in
   float8_e4m3fn by `flow_loader.store_fp8`, as EASEL_FP8_WEIGHTS=on serves it), fp8_peak_gib and
   fp8_psnr_db: the PSNR of its image against the 16-bit image of the same seed (SD3.5 / FLUX.1
@@ -135,7 +137,15 @@ def lora_rows(engine, pipe, request, *, lora_dir: Path, device: str, warmup: int
     def image(which) -> str:
         return handler(which, time.perf_counter()).images[0]
 
+    def fingerprint() -> list[tuple[float, float]]:  # every weight LoRAs may touch
+        modules = [pipe.transformer, *(getattr(pipe, n) for n in ("text_encoder", "text_encoder_2")
+                                       if getattr(pipe, n, None) is not None)]
+        return [(float(t.double().sum()), float(t.double().square().sum()))
+                for m in modules for t in m.state_dict().values()]
+
+    weights = fingerprint()
     before = image(request)
+    same = image(request) == before
     started = time.perf_counter()
     lora_image = image(with_lora)
     if device == "cuda":
@@ -145,7 +155,9 @@ def lora_rows(engine, pipe, request, *, lora_dir: Path, device: str, warmup: int
     row["lora_seconds"] = round(timed(lambda: image(with_lora), device=device, warmup=warmup,
                                       repeat=repeat), 4)
     row["lora_changes_image"] = lora_image != before
-    row["lora_restored_exactly"] = image(request) == before
+    row["lora_restored_exactly"] = image(request) == before  # this request restores the weights
+    row["lora_weights_restored"] = fingerprint() == weights
+    row["same_request_same_image"] = same  # the GPU repeats itself (else "restored" can't tell)
     return row
 
 

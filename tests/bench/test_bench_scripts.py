@@ -88,5 +88,6 @@ def test_flow_bench_lora_and_fp8_rows_report_speed_exact_restore_and_a_finite_ps
     report = json.loads((tmp_path / "flow_bench_flux_dev.json").read_text())
     assert report["lora_seconds"] > 0 and report["lora_tensors"] > 0
     assert report["lora_changes_image"] is True and report["lora_restored_exactly"] is True
+    assert report["lora_weights_restored"] is True and report["same_request_same_image"] is True
     assert report["fp8_seconds"] > 0 and report["fp8_over_stock"] > 0
     assert 0 < report["fp8_psnr_db"] < float("inf")  # the FP8 image differs, a little

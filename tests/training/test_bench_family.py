@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -58,3 +59,18 @@ def test_a_step_variant_is_labelled_by_its_graphs_and_compile_mode(bench, mode, 
     assert name == label
     assert graphs == (mode.startswith("graphs"))
     assert compile_mode == ("" if mode == "none" else mode.removeprefix("graphs+"))
+
+
+@pytest.mark.parametrize(("family", "turned_off"), [("flux", True), ("sd35", False)])
+def test_flux_training_runs_without_cudnn_attention(bench, monkeypatch, tmp_path, family,
+                                                    turned_off):
+    # cuDNN's fused attention backward crashed FLUX.1's full-size step on H100/H200 (README)
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    args = argparse.Namespace(family=family, quick=True, resolution=1024, rank=4,
+                              gradient_checkpointing=False, gpu_gb=0.0)
+    bench.run_family(args)
+    assert calls == ([False] if turned_off else [])
+    assert json.loads((tmp_path / "training_bench.json").read_text())["easel_s_per_step_bs1"] > 0

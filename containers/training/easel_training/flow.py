@@ -56,6 +56,20 @@ def check_flow_settings(hp: HyperParameters, base: BaseModel) -> None:
                                  "freed); set it to false")
 
 
+def attention_without_cudnn() -> None:
+    """Turn off cuDNN's fused attention for this (training) process: FLUX.1's LoRA step crashed
+    in its backward on an H100 and an H200 (torch 2.11.0+cu130, 1024x1024, batch 1: "CUDA
+    error: CUBLAS_STATUS_EXECUTION_FAILED" / "mha_graph.execute(...).is_good()" with gradient
+    checkpointing, "an illegal memory access" without). PyTorch's SDPA then picks flash or
+    memory-efficient attention, whose backward handles FLUX's 128-wide heads. Process-wide on
+    purpose: gradient checkpointing recomputes the forward inside the backward, outside any
+    context manager around the step."""
+    if torch.backends.cuda.cudnn_sdp_enabled():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        print("easel-train: cuDNN attention off for FLUX.1 training (flash / memory-efficient "
+              "attention instead)", flush=True)
+
+
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> FLUX's [B, H/2 * W/2, 4C] tokens (2x2 patches, channels-major)."""
     b, c, h, w = latents.shape
@@ -102,6 +116,8 @@ class FlowTrainer(Trainer):
                       dropout=hp.lora_dropout, targets=lora.FLOW_TARGETS)
         if hp.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
+        if self.flux:
+            attention_without_cudnn()
         self.denoiser.train()
 
     def _components(self) -> dict[str, torch.nn.Module]:
