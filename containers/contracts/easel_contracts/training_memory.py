@@ -86,7 +86,8 @@ _ACTIVATIONS_GB: dict[ModelFamily, tuple[float, float]] = {
                               _beyond_weights(ModelFamily.SD35_MEDIUM, 6.37)),
     ModelFamily.SD35_LARGE: (24.0, 5.0),  # estimates
     # estimates: the bench's FLUX.1 dev step has not run through yet (its first backward failed
-    # in cuDNN's attention); on a 24 GB card even its bf16 weights did not fit, as planned here
+    # in cuDNN's fused attention, since turned off; not re-measured); on a 24 GB card even its
+    # bf16 weights did not fit, as planned here
     ModelFamily.FLUX_DEV: (36.0, 7.0), ModelFamily.FLUX_SCHNELL: (36.0, 7.0),
 }
 
