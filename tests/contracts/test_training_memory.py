@@ -7,6 +7,9 @@ import pytest
 
 from easel_contracts.instances import InstanceFacts
 from easel_contracts.training_memory import (
+    LORA_GB,
+    OVERHEAD_GB,
+    SIZES,
     fitting_types,
     plan_table,
     plan_training,
@@ -30,6 +33,50 @@ def test_every_trained_family_fits_some_allowlisted_type(family):
 def test_sd15_loras_need_no_savers_on_the_smallest_type():
     plan = plan_training("sd1", "ml.g5.2xlarge", TYPES["ml.g5.2xlarge"])
     assert plan.fits and plan.savers == ()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd35_medium"])
+def test_measured_families_train_loras_on_24_gb_without_savers(family):
+    # bench/training.py --family, 2026-12-06: SDXL peaked at 15.66 GB and SD3.5 medium at
+    # 15.22 GB without gradient checkpointing, under ml.g5.2xlarge's 24 GB
+    plan = plan_training(family, "ml.g5.2xlarge", TYPES["ml.g5.2xlarge"])
+    assert plan.fits and plan.savers == ()
+
+
+# The peaks bench/training.py --family measured on 2026-12-06 (H200, LoRA rank 16, 1024², batch
+# 1; torch.cuda.max_memory_allocated in GB): the plan must reproduce them
+@pytest.mark.parametrize(("family", "checkpointed", "peak"), [
+    ("sdxl", False, 15.66), ("sd35_medium", False, 15.22), ("sd35_medium", True, 6.37)])
+def test_the_planned_lora_step_holds_what_the_bench_measured(family, checkpointed, peak):
+    size = SIZES[family]
+    activations = size.checkpointed_gb if checkpointed else size.activations_gb
+    assert size.denoiser_b * 2 + LORA_GB + activations == pytest.approx(peak)
+
+
+def test_sd35_medium_plans_its_measured_step_peak_plus_the_overhead():
+    plan = plan_training("sd35_medium", "ml.g6e.2xlarge", TYPES["ml.g6e.2xlarge"])
+    assert plan.gpu_gb == pytest.approx(15.22 + OVERHEAD_GB, abs=0.05)
+
+
+def test_sdxl_plans_its_measured_setup_peak_plus_the_overhead():
+    # the setup (prompts encoded, latents cached, everything on the GPU) peaked at 16.38 GB,
+    # above the step's 15.66 GB
+    plan = plan_training("sdxl", "ml.g6e.2xlarge", TYPES["ml.g6e.2xlarge"])
+    assert plan.gpu_gb == pytest.approx(16.38 + OVERHEAD_GB, abs=0.05)
+
+
+def test_gradient_checkpointing_does_not_lower_the_sdxl_setup_peak():
+    plain = plan_training("sdxl", "ml.g6e.2xlarge", TYPES["ml.g6e.2xlarge"])
+    checkpointed = plan_training("sdxl", "ml.g6e.2xlarge", TYPES["ml.g6e.2xlarge"],
+                                 gradient_checkpointing=True)
+    assert checkpointed.gpu_gb == plain.gpu_gb
+
+
+def test_a_card_too_small_for_the_setup_is_refused_naming_the_setup():
+    t4 = InstanceFacts(gpu_memory_gb=16, instance_storage=True, hourly_usd=0.736)
+    plan = plan_training("sdxl", "ml.g4dn.xlarge", t4)
+    assert not plan.fits
+    assert "for its setup: encoding the prompts and caching the latents" in plan.reason
 
 
 def test_flux_on_48_gb_fits_with_gradient_checkpointing():

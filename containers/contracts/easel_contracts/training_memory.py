@@ -4,17 +4,22 @@ Three parties read it: the portal's training form and ``scripts/train.py`` (they
 job starts, a family that no setting fits on the chosen type, naming a type that fits, and turn on
 the savers the plan needs), and the README's table (``plan_table``).
 
-The plan is an estimate from parameter counts (``model_sizes``) and activation sizes per family,
-not a measurement: ``bench/training.py --family`` measures step time and peak memory at full
-size on a GPU. What it models, per GPU (data parallelism copies the model on each):
+The plan is calibrated with the peaks ``bench/training.py --family`` measured at full size on a
+GPU (SDXL and SD3.5 medium: ``_ACTIVATIONS_GB`` and the setup's working memory); the other
+families' activations are still estimates, marked as such. What it models, per GPU (data
+parallelism copies the model on each):
 
-- the frozen denoiser in bf16 (2 bytes a parameter; a ``full`` fine-tune keeps fp32 weights,
-  gradients and AdamW's two moments: 16 bytes, 10 with 8-bit AdamW);
+- the frozen denoiser in bf16 (2 bytes a parameter) and the LoRA adapters with their gradients
+  and moments (``LORA_GB``); a ``full`` fine-tune keeps fp32 weights, gradients and AdamW's two
+  moments: 16 bytes, 10 with 8-bit AdamW;
 - activations for one image at the family's resolution, with or without gradient checkpointing,
   scaled by the batch and by the pixel count;
-- the text encoders in bf16, on the GPU alone before training (embeddings are cached and the
-  encoders freed, so their peak does not add to the training peak);
-- a fixed overhead for the CUDA context, the VAE and the allocator;
+- the job's setup, which gradient checkpointing does not shrink: SD1.x/2.x/SDXL encode the
+  prompts and cache the latents with the denoiser, the text encoders and the VAE all on the GPU;
+  SD3.5/FLUX.1 encode the prompts with the text encoders alone on the GPU (then free them) and
+  cache the latents with the transformer there;
+- a fixed overhead for the CUDA context and the allocator (the measured peaks are
+  ``torch.cuda.max_memory_allocated``, which counts neither);
 - host memory: the whole pipeline is loaded on the CPU in bf16 before it moves to the GPU
   (fp32 for SD1.x/2.x/SDXL, which also train in ``full`` mode).
 
@@ -36,12 +41,13 @@ from easel_contracts.model_sizes import is_toy, released_bytes, sizes_of
 GB = 1e9
 GIB = 1024**3
 HEADROOM = 0.85  # plan to use at most this share of a GPU's (or the host's) memory
-OVERHEAD_GB = 2.0  # CUDA context, VAE, allocator fragmentation
+OVERHEAD_GB = 2.0  # CUDA context, allocator fragmentation (the VAE: in the working memory)
+LORA_GB = 0.5  # LoRA adapters (rank 16-ish) with their fp32 gradients and AdamW moments
 HOST_OVERHEAD_GB = 4.0  # Python, torch, the data loader, the page cache the loader uses
 
 
 class FamilySize(BaseModel):
-    """What a family weighs: parameters in billions, activations in GB per 1024² image."""
+    """What a family weighs: parameters in billions, working memory in GB per 1024² image."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,16 +56,50 @@ class FamilySize(BaseModel):
     vae_b: float
     activations_gb: float  # bf16, batch 1, 1024², no gradient checkpointing
     checkpointed_gb: float  # the same with gradient checkpointing
+    setup_gb: float  # the setup's working memory (VAE included), one image at a time
 
 
-# Activations per 1024² image, GB (bf16 with SDPA attention, batch 1; without and with gradient
-# checkpointing): estimates to be replaced by the bench's measured peaks. Its keys are the
-# families the job trains.
+FLOW_FAMILIES = frozenset({ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE,
+                           ModelFamily.FLUX_DEV, ModelFamily.FLUX_SCHNELL})
+
+
+def _beyond_weights(family: ModelFamily, peak_gb: float) -> float:
+    """What a measured LoRA peak held beyond the frozen bf16 denoiser (parameters and buffers,
+    as ``model_sizes`` counts them: SD3.5's position table is a buffer the bench held too) and
+    the LoRA allowance."""
+    return peak_gb - sizes_of(family).denoiser * 2 / GB - LORA_GB
+
+
+# Activations per 1024² image, GB (bf16, SDPA attention, batch 1; without and with gradient
+# checkpointing). Its keys are the families the job trains. "measured": derived from a peak that
+# `bench/training.py --family sdxl|sd35 [--gradient-checkpointing] [--gpu-gb 24|48]` measured on
+# 2026-12-06 (H200, torch 2.11.0+cu130, diffusers 0.42.1; random weights built on the GPU in
+# bf16, 1024², batch 1, LoRA rank 16, cached latents and text embeddings;
+# torch.cuda.max_memory_allocated() in GB of 1e9 bytes). "estimate": not measured yet.
 _ACTIVATIONS_GB: dict[ModelFamily, tuple[float, float]] = {
-    ModelFamily.SD1: (12.0, 3.0), ModelFamily.SD2: (12.0, 3.0), ModelFamily.SDXL: (16.0, 4.0),
-    ModelFamily.SD35_MEDIUM: (14.0, 3.0), ModelFamily.SD35_LARGE: (24.0, 5.0),
+    ModelFamily.SD1: (12.0, 3.0),  # estimates
+    ModelFamily.SD2: (12.0, 3.0),  # estimates
+    # measured: 15.66 GB with the CUDA-graph step; with checkpointing: estimate
+    ModelFamily.SDXL: (_beyond_weights(ModelFamily.SDXL, 15.66), 4.0),
+    # measured: 15.22 GB without, 6.37 GB with gradient checkpointing
+    ModelFamily.SD35_MEDIUM: (_beyond_weights(ModelFamily.SD35_MEDIUM, 15.22),
+                              _beyond_weights(ModelFamily.SD35_MEDIUM, 6.37)),
+    ModelFamily.SD35_LARGE: (24.0, 5.0),  # estimates
+    # estimates: the bench's FLUX.1 dev step has not run through yet (its first backward failed
+    # in cuDNN's fused attention, since turned off; not re-measured); on a 24 GB card even its
+    # bf16 weights did not fit, as planned here
     ModelFamily.FLUX_DEV: (36.0, 7.0), ModelFamily.FLUX_SCHNELL: (36.0, 7.0),
 }
+
+# The setup's working memory per 1024² image (one image at a time), GB: its measured peak less
+# what was on the GPU. SD1.x/2.x/SDXL (one trainer, one VAE): measured on SDXL (setup peak
+# 16.38 GB: the full-size CLIP-L and OpenCLIP-G, the denoiser, the VAE encoding 8 images);
+# estimate for SD1.x/2.x. SD3.5/FLUX.1 (one trainer, one 16-channel VAE): measured on SD3.5
+# medium (8.64 GB), an upper bound for caching the latents, as the bench's one-layer text
+# encoders were on the GPU too; the real text encoders' peak is the estimate in `_gpu_need`.
+_UNET_SETUP_GB = (_beyond_weights(ModelFamily.SDXL, 16.38)
+                  - sizes_of(ModelFamily.SDXL).text_encoder_total * 2 / GB)
+_FLOW_SETUP_GB = _beyond_weights(ModelFamily.SD35_MEDIUM, 8.64)
 
 
 def _family_size(family: ModelFamily) -> FamilySize:
@@ -67,12 +107,11 @@ def _family_size(family: ModelFamily) -> FamilySize:
     activations, checkpointed = _ACTIVATIONS_GB[family]
     return FamilySize(denoiser_b=sizes.denoiser / 1e9,
                       text_encoders_b=sizes.text_encoder_total / 1e9, vae_b=sizes.vae / 1e9,
-                      activations_gb=activations, checkpointed_gb=checkpointed)
+                      activations_gb=activations, checkpointed_gb=checkpointed,
+                      setup_gb=_FLOW_SETUP_GB if family in FLOW_FAMILIES else _UNET_SETUP_GB)
 
 
 SIZES: dict[ModelFamily, FamilySize] = {family: _family_size(family) for family in _ACTIVATIONS_GB}
-FLOW_FAMILIES = frozenset({ModelFamily.SD35_MEDIUM, ModelFamily.SD35_LARGE,
-                           ModelFamily.FLUX_DEV, ModelFamily.FLUX_SCHNELL})
 
 Saver = Literal["gradient_checkpointing", "use_8bit_adam"]
 
@@ -100,19 +139,24 @@ class TrainingMemoryPlan(BaseModel):
         return {saver: True for saver in self.savers}
 
 
-def _gpu_need(size: FamilySize, *, mode: str, resolution: int, batch: int,
-              checkpointing: bool, eight_bit: bool) -> tuple[float, float]:
-    """(training peak, text-encoding peak) in GB per GPU."""
+def _gpu_need(family: ModelFamily, size: FamilySize, *, mode: str, resolution: int,
+              batch: int, checkpointing: bool, eight_bit: bool) -> tuple[float, float]:
+    """(training peak, setup peak) in GB per GPU."""
     pixels = (resolution / 1024) ** 2
     per_image = size.checkpointed_gb if checkpointing else size.activations_gb
     activations = per_image * pixels * batch
-    if mode == "full":
+    if mode == "full":  # fp32 weights; gradients and moments arrive with the first step
         weights = size.denoiser_b * (10 if eight_bit else 16)
-    else:  # frozen bf16 base + LoRA adapters, their gradients and moments (well under 1 GB)
-        weights = size.denoiser_b * 2 + 0.5
+        setup_weights = size.denoiser_b * 4
+    else:  # frozen bf16 base + LoRA adapters, their gradients and moments
+        weights = setup_weights = size.denoiser_b * 2 + LORA_GB
     training = weights + activations + OVERHEAD_GB
-    encoding = size.text_encoders_b * 2 + OVERHEAD_GB
-    return training, encoding
+    encoders = size.text_encoders_b * 2
+    caching = setup_weights + size.setup_gb * pixels + OVERHEAD_GB
+    # SD3.5/FLUX.1: the text encoders alone, then the latents; the others: all on the GPU at once
+    setup = (max(encoders + OVERHEAD_GB, caching) if family in FLOW_FAMILIES
+             else caching + encoders)
+    return training, setup
 
 
 def _host_need(family: ModelFamily, size: FamilySize) -> float:
@@ -154,21 +198,24 @@ def plan_training(family: ModelFamily | str, instance_type: str, instance: Any, 
         options.append((True, use_8bit_adam))
     if mode == "full" and not use_8bit_adam:
         options.append((True, True))
-    training = encoding = 0.0
+    training = setup = 0.0
     chosen = None
     for checkpointing, eight_bit in options:
-        training, encoding = _gpu_need(size, mode=mode, resolution=resolution, batch=batch_size,
-                                       checkpointing=checkpointing, eight_bit=eight_bit)
-        if max(training, encoding) <= available:
+        training, setup = _gpu_need(family, size, mode=mode, resolution=resolution,
+                                    batch=batch_size, checkpointing=checkpointing,
+                                    eight_bit=eight_bit)
+        if max(training, setup) <= available:
             chosen = (checkpointing, eight_bit)
             break
-    peak = max(training, encoding)
+    peak = max(training, setup)
     reasons = []
     if chosen is None:
         reasons.append(
             f"{facts.label} {mode} training at {resolution}px needs about {peak:.1f} GB of GPU "
             f"memory even with gradient checkpointing{' and 8-bit AdamW' if mode == 'full' else ''}"
-            f"; {instance_type} has {per_gpu:.0f} GB per GPU, of which the plan uses "
+            + (" (for its setup: encoding the prompts and caching the latents, which no memory "
+               "saver shrinks)" if setup > training else "")
+            + f"; {instance_type} has {per_gpu:.0f} GB per GPU, of which the plan uses "
             f"{HEADROOM:.0%}"
             + (" (a quantized base model would be needed, which the job does not offer)"
                if mode == "lora" and family in FLOW_FAMILIES else ""))
