@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from easel_inference import lora as lora_module
 from easel_inference.builder import build_pipeline
 from easel_inference.errors import BadRequest
 from easel_inference.lora import LoraFuser, LoraLibrary, LoraUse
@@ -138,3 +139,75 @@ def test_up_and_down_matrices_of_different_ranks_are_a_format_error():
     patch = LoraPatch("unet", "m", torch.ones(4, 8), torch.ones(6, 3), 1.0)
     with pytest.raises(LoraFormatError, match="do not belong together"):
         patch.check(torch.Size([6, 8]))
+
+
+def test_a_fuse_that_runs_out_of_memory_part_way_restores_and_says_what_to_do(
+        pipe, library, monkeypatch):
+    before = _weights(pipe)
+    calls = []
+    delta = LoraPatch.delta
+
+    def failing(self, shape, *, device=None):
+        calls.append(self.module)
+        if len(calls) == 5:  # some modules are fused by now
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return delta(self, shape, device=device)
+
+    monkeypatch.setattr(LoraPatch, "delta", failing)
+    fuser = LoraFuser(pipe)
+    with pytest.raises(BadRequest, match="did not fit in the GPU's memory") as raised:
+        fuser.apply(BOTH, library)
+    assert raised.value.field == "prompt" and "kohya" in raised.value.message
+    assert _same(before, _weights(pipe)) and fuser.active == ()
+
+
+def test_any_failure_part_way_leaves_the_model_as_it_was(pipe, library, monkeypatch):
+    before = _weights(pipe)
+    delta = LoraPatch.delta
+    calls = []
+
+    def failing(self, shape, *, device=None):
+        calls.append(self.module)
+        if len(calls) == 3:
+            raise RuntimeError("a device error")
+        return delta(self, shape, device=device)
+
+    monkeypatch.setattr(LoraPatch, "delta", failing)
+    with pytest.raises(RuntimeError, match="a device error"):
+        LoraFuser(pipe).apply(BOTH, library)
+    assert _same(before, _weights(pipe))
+
+
+def test_originals_go_to_host_memory_when_the_gpu_lacks_room(pipe, library, monkeypatch):
+    monkeypatch.setattr(lora_module, "keeps_on_host", lambda weight, room: True)
+    before = _weights(pipe)
+    fuser = LoraFuser(pipe)
+    fuser.apply(BOTH, library)
+    assert fuser.host_originals == len(fuser._originals) > 0
+    assert all(t.device.type == "cpu" for t in fuser._originals.values())
+    assert not _same(before, _weights(pipe))
+    fuser.restore()
+    assert _same(before, _weights(pipe)) and fuser.host_originals == 0
+
+
+class _Weight:
+    """What keeps_on_host reads of a CUDA weight (no GPU here)."""
+
+    def __init__(self, elements: int, *, cuda: bool = True) -> None:
+        self.is_cuda, self.device = cuda, "cuda:0"
+        self._elements = elements
+
+    def numel(self) -> int:
+        return self._elements
+
+    def element_size(self) -> int:
+        return 2
+
+
+def test_an_original_stays_on_the_gpu_while_it_leaves_the_generation_reserve():
+    gib = 1024**3
+    weight = _Weight(gib // 2)  # 1 GiB of bf16
+    reserve = lora_module.GENERATION_RESERVE_BYTES
+    assert not lora_module.keeps_on_host(weight, lambda device: reserve + gib)
+    assert lora_module.keeps_on_host(weight, lambda device: reserve + gib - 1)
+    assert not lora_module.keeps_on_host(_Weight(gib, cuda=False), lambda device: 0)

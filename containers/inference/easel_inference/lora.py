@@ -199,15 +199,40 @@ class LoraLibrary:
         return state, metadata
 
 
+# GPU memory a fuse leaves free for generating (activations, the VAE decode, the allocator's
+# slack): an original that would eat into it is kept in host memory instead
+GENERATION_RESERVE_BYTES = 4 * 1024**3
+
+
+def gpu_room(device: torch.device) -> int:
+    """Bytes a new tensor can take on ``device``: the driver's free memory plus what torch's
+    caching allocator holds unused."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def keeps_on_host(weight: torch.Tensor, room: Any) -> bool:
+    """Whether the original of ``weight`` goes to host memory: on a GPU, when a copy there would
+    leave less than GENERATION_RESERVE_BYTES free (``room(device)``: bytes free there). A LoRA on
+    every linear of FLUX.1 keeps ~23 GB of bf16 originals: on a 48 GB card beside the 34 GB
+    model they cannot all stay on the GPU."""
+    if not weight.is_cuda:
+        return False
+    needed = weight.numel() * weight.element_size()
+    return room(weight.device) - needed < GENERATION_RESERVE_BYTES
+
+
 class LoraFuser:
     """Fuses a set of LoRAs into one pipeline's weights and restores the originals."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, *, room: Any = gpu_room) -> None:
         self.pipe = pipe
         self.index = ModuleIndex(pipe)
         self._originals: dict[tuple[str, str], torch.Tensor] = {}
         self.active: tuple[LoraUse, ...] = ()
         self._parsed: dict[str, list[LoraPatch]] = {}
+        self._room = room  # bytes free on a CUDA device (a parameter for tests)
+        self.host_originals = 0  # originals of the active set kept in host memory
 
     def _patches(self, name: str, library: LoraLibrary) -> list[LoraPatch]:
         if name not in self._parsed:
@@ -226,16 +251,31 @@ class LoraFuser:
         weight's device, fused in place, and freed before the next module, so the extra memory
         is the kept originals plus one module's update. The originals live on the weight's
         device too (a LoRA on every linear of FLUX.1 keeps ~24 GB of bf16 originals on the
-        GPU)."""
+        GPU) while the GPU has room for them beside GENERATION_RESERVE_BYTES, and in host memory
+        from there on. A fuse that fails part-way (out of memory, say) restores what it fused, so
+        the model is never left half-changed."""
         wanted = tuple(uses)
         if wanted == self.active:
             return
         plan = self._plan(wanted, library)
         self.restore()
-        with torch.no_grad():
-            for key, terms in plan.items():
-                self._fuse(key, terms)
+        try:
+            with torch.no_grad():
+                for key, terms in plan.items():
+                    self._fuse(key, terms)
+        except torch.OutOfMemoryError as exc:
+            self.restore()
+            raise BadRequest(
+                f"the LoRA set {', '.join(use.name for use in wanted)} did not fit in the GPU's "
+                "memory beside the model; use fewer or smaller LoRAs, or deploy on an instance "
+                "type with more GPU memory", field="prompt") from exc
+        except BaseException:
+            self.restore()
+            raise
         self.active = wanted
+        if self.host_originals:
+            logger.info("LoRA set %s: %d originals kept in host memory (GPU memory short)",
+                     [use.name for use in wanted], self.host_originals)
 
     def _plan(self, uses: tuple[LoraUse, ...], library: LoraLibrary,
               ) -> dict[tuple[str, str], list[tuple[LoraPatch, float]]]:
@@ -273,7 +313,11 @@ class LoraFuser:
         total = first.delta(weight.shape, device=weight.device).mul_(first_multiplier)
         for patch, multiplier in rest:  # summed in the order of the set
             total.add_(patch.delta(weight.shape, device=weight.device).mul_(multiplier))
-        self._originals[key] = weight.detach().clone()
+        if keeps_on_host(weight, self._room):
+            self._originals[key] = weight.detach().to("cpu", copy=True)
+            self.host_originals += 1
+        else:
+            self._originals[key] = weight.detach().clone()
         weight.copy_(total.add_(weight.detach()).to(weight.dtype))
 
     def restore(self) -> None:
@@ -282,4 +326,5 @@ class LoraFuser:
             for key, original in self._originals.items():
                 self.index.modules[key].weight.copy_(original)
         self._originals.clear()
+        self.host_originals = 0
         self.active = ()
