@@ -19,6 +19,7 @@ DPM++ 2M Karras by default), each the median of --repeat calls after --warmup ca
 - batch 4: stock eager and the Easel fast path at batch_size 4 (images a second beside them).
 - SDXL (--sdxl-side, 1024 by default; --no-sdxl skips it): a full-size SDXL architecture
   (random weights) at --sdxl-steps (30), stock eager and the Easel fast path, in process.
+  --sdxl-only runs these rows alone (a GPU call too short for both models).
 
 Prints JSON with the ratios (and writes $OUT/inference_bench.json when OUT is set). With
 --profile, one Easel fast-path generation is profiled and the top CUDA kernels are written to
