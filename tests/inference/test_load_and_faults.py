@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from inference_fakes import FakeClock
 from inference_support import invoke, small, wait_ready
 
 from easel_inference import app as app_module
@@ -25,17 +26,6 @@ from easel_inference.settings import Settings, SettingsError
 
 STEP_SECONDS = 0.25  # fake seconds a 64x64 step takes (the tiny model's native size)
 DEADLINE = 10
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Steps:

@@ -11,6 +11,7 @@ import boto3
 import numpy as np
 import pytest
 import torch
+from inference_fakes import two_lora_library
 from inference_support import invoke, small
 from moto import mock_aws
 from PIL import Image
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 from easel_inference.builder import build_pipeline
 from easel_inference.errors import BadRequest, NotFound
 from easel_inference.lora import LoraFuser, LoraLibrary, LoraUse, parse_lora_tags
-from easel_inference.lora_builder import random_diffusers_lora, random_kohya_lora
+from easel_inference.lora_builder import random_kohya_lora
 from easel_inference.lora_format import LoraFormatError, ModuleIndex, parse_lora
 
 
@@ -50,9 +51,7 @@ def pipe():
 
 @pytest.fixture()
 def library(tmp_path: Path, pipe) -> LoraLibrary:
-    save_file(random_kohya_lora(pipe, seed=1), str(tmp_path / "kohya.safetensors"))
-    save_file(random_diffusers_lora(pipe, seed=2), str(tmp_path / "peft.safetensors"))
-    return LoraLibrary(tmp_path)
+    return two_lora_library(pipe, tmp_path)
 
 
 def test_parse_lora_tags_forms() -> None:

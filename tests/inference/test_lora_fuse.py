@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from inference_fakes import two_lora_library
 from safetensors.torch import save_file
 
 from easel_inference import lora as lora_module
 from easel_inference.builder import build_pipeline
 from easel_inference.errors import BadRequest
 from easel_inference.lora import LoraFuser, LoraLibrary, LoraUse
-from easel_inference.lora_builder import random_diffusers_lora, random_kohya_lora
+from easel_inference.lora_builder import random_kohya_lora
 from easel_inference.lora_format import LoraFormatError, LoraPatch, ModuleIndex, parse_lora
 
 BOTH = [LoraUse("kohya", 1.0, 1.0), LoraUse("peft", 1.0, 1.0)]  # both on the UNet's attention
@@ -28,9 +29,7 @@ def pipe():
 
 @pytest.fixture()
 def library(tmp_path: Path, pipe) -> LoraLibrary:
-    save_file(random_kohya_lora(pipe, seed=1), str(tmp_path / "kohya.safetensors"))
-    save_file(random_diffusers_lora(pipe, seed=2), str(tmp_path / "peft.safetensors"))
-    return LoraLibrary(tmp_path)
+    return two_lora_library(pipe, tmp_path)
 
 
 def _weights(pipe) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ so the timed speed can be checked against the true cost.
 from __future__ import annotations
 
 import pytest
+from inference_fakes import FakeClock
 
 from easel_contracts.readiness import ping_status
 from easel_inference import app as app_module
@@ -28,14 +29,6 @@ FIRST_OFFERED_OTHER = (512, 768)  # SD1.x's form: 512x512, 512x768, 768x512
 
 def true_step_seconds(pixels: int) -> float:
     return A * pixels + B * pixels * pixels
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -4,20 +4,13 @@ start-up budget, while /ping says warming (a fake clock and a recording generate
 from __future__ import annotations
 
 import pytest
+from inference_fakes import FakeClock
 
 from easel_contracts.form_sizes import offered_sizes
 from easel_contracts.readiness import ping_status
 from easel_inference import app as app_module
 from easel_inference.app import build_engine, served_family
 from easel_inference.settings import Settings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
