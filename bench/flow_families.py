@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import timed
+from timing import median_seconds, psnr_db
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 DEFAULT_STEPS = {"sdxl": 30, "sd35_medium": 28, "sd35_large": 28, "flux_dev": 28,
@@ -115,11 +115,6 @@ def build(family: str, size: str, device: str):
     return _full_flow_pipeline(family, torch.bfloat16, device)
 
 
-def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else round(10 * float(np.log10(1.0 / mse)), 2)
-
-
 def lora_rows(engine, pipe, request, *, lora_dir: Path, device: str, warmup: int,
               repeat: int) -> dict:
     """A random kohya LoRA on every linear of the transformer (fused qkv / linear1 included) and
@@ -158,8 +153,8 @@ def lora_rows(engine, pipe, request, *, lora_dir: Path, device: str, warmup: int
                               "lora_tensors": len(state)}
     if device == "cuda":
         row["lora_first_peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
-    row["lora_seconds"] = round(timed(lambda: image(with_lora), device=device, warmup=warmup,
-                                      repeat=repeat), 4)
+    row["lora_seconds"] = median_seconds(lambda: image(with_lora), device=device, warmup=warmup,
+                                         repeat=repeat)
     row["lora_changes_image"] = lora_image != before
     row["lora_restored_exactly"] = image(request) == before  # this request restores the weights
     row["lora_weights_restored"] = fingerprint() == weights
@@ -180,11 +175,11 @@ def fp8_row(pipe, *, steps: int, side: int, device: str, warmup: int, repeat: in
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    row: dict[str, object] = {"fp8_seconds": round(timed(image, device=device, warmup=warmup,
-                                                         repeat=repeat), 4)}
+    row: dict[str, object] = {"fp8_seconds": median_seconds(image, device=device, warmup=warmup,
+                                                            repeat=repeat)}
     if device == "cuda":
         row["fp8_peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
-    row["fp8_psnr_db"] = _psnr_db(reference, image())
+    row["fp8_psnr_db"] = psnr_db(reference, image(), peak=1.0)
     return row
 
 
@@ -218,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe(PROMPT, num_inference_steps=steps, height=side, width=side,
              generator=torch.Generator("cpu").manual_seed(1))
 
-    results["stock_seconds"] = round(timed(stock, device=device, warmup=args.warmup,
-                                           repeat=args.repeat), 4)
+    results["stock_seconds"] = median_seconds(stock, device=device, warmup=args.warmup,
+                                              repeat=args.repeat)
 
     from easel_contracts.invocations import Txt2ImgRequest
     from easel_inference.app import build_engine
@@ -244,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         def easel() -> None:
             engine.handlers()["txt2img"](request, time.perf_counter())
 
-        results["easel_seconds"] = round(timed(easel, device=device, warmup=args.warmup,
-                                               repeat=args.repeat), 4)
+        results["easel_seconds"] = median_seconds(easel, device=device, warmup=args.warmup,
+                                                  repeat=args.repeat)
         if device == "cuda":
             results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
         if args.lora:

@@ -44,7 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from timing import sync, timed
+from timing import median_seconds, psnr_db, sync
 
 RESULTS: dict[str, object] = {}
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
@@ -58,10 +58,6 @@ def dump() -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "inference_bench.json").write_text(text + "\n")
-
-
-def median_seconds(fn, *, device: str, warmup: int, repeat: int) -> float:
-    return round(timed(fn, device=device, warmup=warmup, repeat=repeat), 4)
 
 
 def stock_scheduler(pipe, sampler_name: str):
@@ -115,15 +111,14 @@ def time_stock(pipe, *, args: argparse.Namespace, device: str, dtype: torch.dtyp
     dump()
 
 
-def psnr_db(first: str, second: str) -> float:
+def png_psnr_db(first: str, second: str) -> float:
     """PSNR of two base64 PNGs (8-bit RGB), in dB (inf when identical)."""
     import numpy as np
     from PIL import Image
 
-    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB"),
-                       dtype=np.float64) for image in (first, second))
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB"))
+            for image in (first, second))
+    return psnr_db(a, b, peak=255.0)
 
 
 def time_http(engine, payload: dict, *, args: argparse.Namespace) -> None:
@@ -345,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS["easel_fast_pil_seconds"] = timed_call(engine, base)
     finally:
         generation_module.encode_png_later = real_encode
-    RESULTS["psnr_fast_vs_eager_db"] = psnr_db(call(engine, base), reference)
+    RESULTS["psnr_fast_vs_eager_db"] = png_psnr_db(call(engine, base), reference)
     RESULTS["easel_fast_applied"] = list(report.applied)
     RESULTS["easel_fast_fallbacks"] = dict(report.fallbacks)
     dump()
