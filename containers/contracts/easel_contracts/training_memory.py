@@ -5,8 +5,8 @@ job starts, a family that no setting fits on the chosen type, naming a type that
 the savers the plan needs), and the README's table (``plan_table``).
 
 The plan is calibrated with the peaks ``bench/training.py --family`` measured at full size on a
-GPU (SDXL and SD3.5 medium: ``_ACTIVATIONS_GB`` and the setup's working memory); the other
-families' activations are still estimates, marked as such. What it models, per GPU (data
+GPU (SDXL, SD3.5 medium and large, FLUX.1 dev: ``_ACTIVATIONS_GB`` and the setup's working
+memory); the rest are estimates, marked as such. What it models, per GPU (data
 parallelism copies the model on each):
 
 - the frozen denoiser in bf16 (2 bytes a parameter) and the LoRA adapters with their gradients
@@ -72,10 +72,12 @@ def _beyond_weights(family: ModelFamily, peak_gb: float) -> float:
 
 # Activations per 1024² image, GB (bf16, SDPA attention, batch 1; without and with gradient
 # checkpointing). Its keys are the families the job trains. "measured": derived from a peak that
-# `bench/training.py --family sdxl|sd35 [--gradient-checkpointing] [--gpu-gb 24|48]` measured on
-# 2026-12-06 (H200, torch 2.11.0+cu130, diffusers 0.42.1; random weights built on the GPU in
-# bf16, 1024², batch 1, LoRA rank 16, cached latents and text embeddings;
-# torch.cuda.max_memory_allocated() in GB of 1e9 bytes). "estimate": not measured yet.
+# `bench/training.py --family sdxl|sd35|sd35_large|flux [--gradient-checkpointing]
+# [--gpu-gb 24|48]` measured on 2026-12-06 (SDXL, SD3.5 medium: H200; SD3.5 large, FLUX.1 dev:
+# H100; torch 2.11.0+cu130, diffusers 0.42.1; random weights built on the GPU in bf16, 1024²,
+# batch 1, LoRA rank 16, cached latents and text embeddings; torch.cuda.max_memory_allocated()
+# in GB of 1e9 bytes; bench/results/training-families-2026-12-06.json). "estimate": not
+# measured yet.
 _ACTIVATIONS_GB: dict[ModelFamily, tuple[float, float]] = {
     ModelFamily.SD1: (12.0, 3.0),  # estimates
     ModelFamily.SD2: (12.0, 3.0),  # estimates
@@ -84,22 +86,29 @@ _ACTIVATIONS_GB: dict[ModelFamily, tuple[float, float]] = {
     # measured: 15.22 GB without, 6.37 GB with gradient checkpointing
     ModelFamily.SD35_MEDIUM: (_beyond_weights(ModelFamily.SD35_MEDIUM, 15.22),
                               _beyond_weights(ModelFamily.SD35_MEDIUM, 6.37)),
-    ModelFamily.SD35_LARGE: (24.0, 5.0),  # estimates
-    # estimates: the bench's FLUX.1 dev step has not run through yet (its first backward failed
-    # in cuDNN's fused attention, since turned off; not re-measured); on a 24 GB card even its
-    # bf16 weights did not fit, as planned here
-    ModelFamily.FLUX_DEV: (36.0, 7.0), ModelFamily.FLUX_SCHNELL: (36.0, 7.0),
+    # without checkpointing: estimate; measured: 18.90 GB with gradient checkpointing
+    ModelFamily.SD35_LARGE: (24.0, _beyond_weights(ModelFamily.SD35_LARGE, 18.90)),
+    # measured on FLUX.1 dev: 51.10 GB without, 27.03 GB with gradient checkpointing (schnell is
+    # the same transformer less the guidance embedding); on a 24 GB card even the bf16 weights
+    # did not fit, as planned here
+    ModelFamily.FLUX_DEV: (_beyond_weights(ModelFamily.FLUX_DEV, 51.10),
+                           _beyond_weights(ModelFamily.FLUX_DEV, 27.03)),
+    ModelFamily.FLUX_SCHNELL: (_beyond_weights(ModelFamily.FLUX_DEV, 51.10),
+                               _beyond_weights(ModelFamily.FLUX_DEV, 27.03)),
 }
 
 # The setup's working memory per 1024² image (one image at a time), GB: its measured peak less
 # what was on the GPU. SD1.x/2.x/SDXL (one trainer, one VAE): measured on SDXL (setup peak
 # 16.38 GB: the full-size CLIP-L and OpenCLIP-G, the denoiser, the VAE encoding 8 images);
-# estimate for SD1.x/2.x. SD3.5/FLUX.1 (one trainer, one 16-channel VAE): measured on SD3.5
-# medium (8.64 GB), an upper bound for caching the latents, as the bench's one-layer text
-# encoders were on the GPU too; the real text encoders' peak is the estimate in `_gpu_need`.
+# estimate for SD1.x/2.x. SD3.5/FLUX.1 (one trainer, one 16-channel VAE): the largest of the
+# setup peaks measured on SD3.5 medium (8.64 GB), SD3.5 large (20.39 GB) and FLUX.1 dev
+# (27.56 GB), an upper bound for caching the latents, as the bench's one-layer text encoders were
+# on the GPU too; the real text encoders' peak is the estimate in `_gpu_need`.
 _UNET_SETUP_GB = (_beyond_weights(ModelFamily.SDXL, 16.38)
                   - sizes_of(ModelFamily.SDXL).text_encoder_total * 2 / GB)
-_FLOW_SETUP_GB = _beyond_weights(ModelFamily.SD35_MEDIUM, 8.64)
+_FLOW_SETUP_GB = max(_beyond_weights(ModelFamily.SD35_MEDIUM, 8.64),
+                     _beyond_weights(ModelFamily.SD35_LARGE, 20.39),
+                     _beyond_weights(ModelFamily.FLUX_DEV, 27.56))
 
 
 def _family_size(family: ModelFamily) -> FamilySize:
