@@ -14,7 +14,18 @@ from .conftest import SIZE
 
 
 @pytest.fixture
-def compiled(monkeypatch):
+def dynamo_limits():
+    """Dynamo's recompile limits, restored after the test (compile_denoiser raises them)."""
+    config = torch._dynamo.config
+    names = ("recompile_limit", "accumulated_recompile_limit", "fail_on_recompile_limit_hit")
+    saved = {name: getattr(config, name) for name in names}
+    yield config
+    for name, value in saved.items():
+        setattr(config, name, value)
+
+
+@pytest.fixture
+def compiled(monkeypatch, dynamo_limits):
     """Record torch.compile(fn) and Module.compile() calls instead of compiling."""
     calls = {"whole": [], "modules": []}
 
@@ -143,3 +154,42 @@ def test_without_compile_nothing_is_compiled(make_job, compiled):
     trainer = _prepared_trainer(make_job, {})
     assert compiled == {"whole": [], "modules": []}
     assert trainer.denoiser_forward is trainer.train_models[0]
+
+
+def test_every_distinct_unet_block_stays_compiled_past_torchs_default_recompile_limit(
+        monkeypatch, dynamo_limits):
+    """Dynamo really traces each block (a pass-through backend: no C++ compiler needed) of a UNet
+    with SD1.5's block layout, whose distinct ResNet blocks alone outnumber torch's default limit
+    of 8 compiles of one forward; past it Dynamo would run the rest eagerly (here: fail)."""
+    from diffusers import UNet2DConditionModel
+
+    from easel_training import lora
+
+    graphs = []
+
+    def traced_compile(self, *args, **kwargs):
+        kind = type(self).__name__
+        original(self, backend=lambda graph, inputs: graphs.append(kind) or graph.forward)
+
+    original = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", traced_compile)
+    dynamo_limits.fail_on_recompile_limit_hit = True
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64, 128, 128),
+                                layers_per_block=2, cross_attention_dim=16, attention_head_dim=8)
+    lora.add_lora(unet, rank=2, alpha=2, dropout=0.0, targets=lora.UNET_TARGETS)
+    compile_denoiser(unet, model=unet, scope="blocks", mode="default", shapes=1)
+    try:
+        unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=torch.randn(1, 3, 16)
+             ).sample.pow(2).mean().backward()
+    finally:
+        torch._dynamo.reset()
+    assert graphs.count("ResnetBlock2D") > 8 and "BasicTransformerBlock" in graphs
+
+
+def test_blocks_scope_allows_a_compile_per_block_and_batch_shape(compiled, dynamo_limits):
+    toy = _Toy()
+    compile_denoiser(toy, model=toy, scope="blocks", mode="default", shapes=40)
+    assert dynamo_limits.recompile_limit == 3 * 40  # three blocks picked
+    assert dynamo_limits.accumulated_recompile_limit >= 3 * 40

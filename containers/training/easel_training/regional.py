@@ -53,12 +53,29 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return picked
 
 
-def compile_denoiser(forward: Any, *, model: torch.nn.Module, scope: str, mode: str) -> Any:
+def compile_denoiser(forward: Any, *, model: torch.nn.Module, scope: str, mode: str,
+                     shapes: int = 1) -> Any:
     """The callable the step runs: ``forward`` compiled whole (``model``), or ``forward`` itself
     with ``model``'s repeated blocks compiled in place (``blocks``). ``model`` is the unwrapped
-    denoiser that ``forward`` (possibly accelerate's wrapper) calls."""
+    denoiser that ``forward`` (possibly accelerate's wrapper) calls; ``shapes`` is how many batch
+    shapes the steps will feed it (one per resolution bucket)."""
     if scope == "model":
         return torch.compile(forward, mode=mode)
-    for block in repeated_blocks(model):
+    blocks = repeated_blocks(model)
+    allow_a_compile_per_block(len(blocks) * max(shapes, 1))
+    for block in blocks:
         block.compile(mode=mode)
     return forward
+
+
+def allow_a_compile_per_block(compiles: int) -> None:
+    """Let Dynamo compile a block class's forward ``compiles`` times.
+
+    The repeats of a block class share one code object, and its compiled code is guarded on the
+    shapes of the block's inputs and weights, so each distinct block (channels, latent size) of
+    each batch shape is one more compile of the same forward: a UNet of SD1.5's layout has more
+    than 8 distinct ResNet blocks. Past torch's default limit of 8 (``recompile_limit``) Dynamo
+    would run the remaining blocks eagerly, without a word in the job's log."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, compiles)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, compiles)

@@ -187,7 +187,8 @@ class Trainer:
         if self.hp.compile and self.cuda:
             self.denoiser_forward = compile_denoiser(
                 self.denoiser_forward, model=self.accelerator.unwrap_model(self.denoiser_forward),
-                scope=self.hp.compile_scope, mode=self.hp.compile_mode)
+                scope=self.hp.compile_scope, mode=self.hp.compile_mode,
+                shapes=len(self.data.bucket_groups))
         self.graphed: GraphedStep | None = None
         if self.use_graphs:
             self.graphed = GraphedStep(
