@@ -371,6 +371,12 @@ def run_family(args: argparse.Namespace) -> None:
     dump()
 
 
+def dynamo_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def step_variant(mode: str) -> tuple[bool, str, str, str]:
     """--modes entry -> (CUDA-graph step, torch.compile mode or "", compile scope or "", result
     label). ``[graphs+]MODE[@SCOPE]``: SCOPE is ``blocks`` (the default: each repeated UNet block
@@ -469,13 +475,17 @@ def main() -> None:
                         "compile_scope": scope or "blocks"}
             pipe = build_pipeline(arch="sd15", size=size, seed=0)
             reset_peak(device)
+            torch._dynamo.reset()  # each compiled variant times its own compile, from nothing
             trainer = make_trainer(pipe, root=folder, hyperparameters=settings, device=device)
             started = time.perf_counter()
             trainer.setup()
             sync(device)
             RESULTS[f"{label}_setup_s"] = time.perf_counter() - started
+            graphs_before = dynamo_graphs()
             RESULTS.update(easel_step_times(trainer, device=device, batches=batches,
                                             warmup=warmup, repeat=repeat, label=label))
+            if compile_mode:  # how many graphs Dynamo compiled (regional: one per distinct block)
+                RESULTS[f"{label}_compiled_graphs"] = dynamo_graphs() - graphs_before
             if mode == "none" and device == "cuda" and args.contiguous_too:  # after the rest
                 trainer.denoiser.to(memory_format=torch.contiguous_format)
                 RESULTS.update(easel_step_times(trainer, device=device, batches=batches,
