@@ -12,14 +12,17 @@ LoRA rank 4 on the UNet attention projections (to_q/k/v/out.0, as the stock step
   from it every step (the VAE is frozen, so this is the same distribution an uncached loop
   samples). Frozen weights are stored in bf16, LoRA weights and optimizer state in fp32, bf16
   autocast, channels-last, SDPA attention, fused AdamW, no host/device syncs inside a step;
-  optionally torch.compile (--compile MODE).
+  --modes picks the variants timed: none (eager), graphs (the CUDA-graph step), a torch.compile
+  mode, or graphs+MODE (compiled inside the captured step); MODE@SCOPE picks what is compiled:
+  @blocks (the default: each repeated UNet block, compiled once per distinct block) or @model
+  (the whole UNet forward), e.g. --modes graphs,graphs+default,graphs+default@model.
 - easel_1000_steps: a whole job's training part (setup with latent/prompt caching, 1,000 steps,
   checkpoints every 250 steps, result saved), excluding the model build/load; previews off.
 
 Prints JSON (and writes $OUT/training_bench.json when OUT is set): s/step, images/s, peak GPU
 memory and the easel/stock ratios. `--quick` runs the same code on the CPU with the tiny model.
 
-  PYTHONPATH=containers/inference:containers/training python bench/training.py [--compile MODE]
+  PYTHONPATH=containers/inference:containers/training python bench/training.py [--modes ...]
 
 `--family sd35|sd35_large|flux|flux_schnell` instead times the SD3.5/FLUX.1 LoRA step a job runs
 (easel_training.flow.FlowTrainer: cached text embeddings, encoders freed, rectified flow) on the
@@ -37,12 +40,15 @@ import json
 import os
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from timing import sync, timed
+
+from easel_contracts.hyperparameters import CompileScope
 
 RESULTS: dict[str, object] = {}
 
@@ -365,13 +371,30 @@ def run_family(args: argparse.Namespace) -> None:
     dump()
 
 
-def step_variant(mode: str) -> tuple[bool, str, str]:
-    """--modes entry -> (CUDA-graph step, torch.compile mode or "", result label)."""
-    graphs, _, compile_mode = mode.partition("+")
+def dynamo_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def step_variant(mode: str) -> tuple[bool, str, str, str]:
+    """--modes entry -> (CUDA-graph step, torch.compile mode or "", compile scope or "", result
+    label). ``[graphs+]MODE[@SCOPE]``: SCOPE is ``blocks`` (the default: each repeated UNet block
+    compiled) or ``model`` (the whole forward); the label ends with the scope."""
+    variant, _, scope = mode.partition("@")
+    graphs, _, compile_mode = variant.partition("+")
     if graphs != "graphs":  # a plain compile mode, or none
-        graphs, compile_mode = "", "" if mode == "none" else mode
-    words = [graphs, compile_mode and "compile", compile_mode.replace("-", "_")]
-    return bool(graphs), compile_mode, "easel_" + ("_".join(filter(None, words)) or "eager")
+        graphs, compile_mode = "", "" if variant == "none" else variant
+    if scope and scope not in typing.get_args(CompileScope):
+        raise SystemExit(f"--modes {mode}: the compile scope is one of "
+                         f"{', '.join(typing.get_args(CompileScope))}")
+    if scope and not compile_mode:
+        raise SystemExit(f"--modes {mode}: a compile scope needs a compile mode "
+                         f"(e.g. graphs+default@{scope})")
+    scope = (scope or "blocks") if compile_mode else ""
+    words = [graphs, compile_mode and "compile", compile_mode.replace("-", "_"), scope]
+    label = "easel_" + ("_".join(filter(None, words)) or "eager")
+    return bool(graphs), compile_mode, scope, label
 
 
 def main() -> None:
@@ -382,8 +405,10 @@ def main() -> None:
                              "model: none (eager), graphs (CUDA-graph step, Easel's default on "
                              "a GPU), a torch.compile mode (default, reduce-overhead, "
                              "max-autotune-no-cudagraphs), or graphs+MODE (the compiled UNet "
-                             "inside the captured step: graphs+default); the whole run uses "
-                             "the last")
+                             "inside the captured step: graphs+default); a compile mode may end "
+                             "in @blocks (default: each repeated UNet block compiled) or @model "
+                             "(the whole forward), e.g. graphs+default@model; the whole run "
+                             "uses the last")
     parser.add_argument("--run-steps", type=int, default=1000,
                         help="steps of the whole run (0 skips it)")
     parser.add_argument("--skip-stock", action="store_true")
@@ -420,6 +445,8 @@ def main() -> None:
         RESULTS.update(diffusers=diffusers.__version__, peft=peft.__version__)
     except ImportError:
         pass
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    variants = [step_variant(mode) for mode in modes]  # a misspelt mode stops before any work
     with tempfile.TemporaryDirectory(prefix="easel-train-bench-") as tmp:
         root = Path(tmp)
         write_concepts(root / "input" / "data" / "concepts", 20, resolution)
@@ -437,24 +464,28 @@ def main() -> None:
             del pipe
             dump()
 
-        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-        for index, mode in enumerate(modes):
-            graphs, compile_mode, label = step_variant(mode)
+        for index, (mode, (graphs, compile_mode, scope, label)) in enumerate(
+                zip(modes, variants, strict=True)):
             folder = root / label
             folder.mkdir()
             (folder / "input").symlink_to(root / "input", target_is_directory=True)
             settings = {**base_settings, "cuda_graphs": str(graphs).lower(),
                         "compile": str(bool(compile_mode)).lower(),
-                        "compile_mode": compile_mode or "default"}
+                        "compile_mode": compile_mode or "default",
+                        "compile_scope": scope or "blocks"}
             pipe = build_pipeline(arch="sd15", size=size, seed=0)
             reset_peak(device)
+            torch._dynamo.reset()  # each compiled variant times its own compile, from nothing
             trainer = make_trainer(pipe, root=folder, hyperparameters=settings, device=device)
             started = time.perf_counter()
             trainer.setup()
             sync(device)
             RESULTS[f"{label}_setup_s"] = time.perf_counter() - started
+            graphs_before = dynamo_graphs()
             RESULTS.update(easel_step_times(trainer, device=device, batches=batches,
                                             warmup=warmup, repeat=repeat, label=label))
+            if compile_mode:  # how many graphs Dynamo compiled (regional: one per distinct block)
+                RESULTS[f"{label}_compiled_graphs"] = dynamo_graphs() - graphs_before
             if mode == "none" and device == "cuda" and args.contiguous_too:  # after the rest
                 trainer.denoiser.to(memory_format=torch.contiguous_format)
                 RESULTS.update(easel_step_times(trainer, device=device, batches=batches,

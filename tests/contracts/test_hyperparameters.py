@@ -104,6 +104,7 @@ def test_strings_are_stripped():
         ({"resolution": "500"}, "resolution", "multiple of 8"),
         ({"random_flip": "maybe"}, "random_flip", "true or false"),
         ({"mixed_precision": "fp8"}, "mixed_precision", "one of"),
+        ({"compile_scope": "layers"}, "compile_scope", "one of blocks, model"),
         ({"prior_loss_weight": "-1"}, "prior_loss_weight", "at least 0"),
         ({"output_name": "../evil"}, "output_name", "letters, digits"),
         ({"with_prior_preservation": "true"}, "class_prompt", "required when"),

@@ -51,14 +51,25 @@ def test_the_sdxl_family_smoke_run_trains_the_unet_trainer(bench, monkeypatch, t
     assert results["easel_cuda_graph_step"] is False  # the CPU runs the eager step
 
 
-@pytest.mark.parametrize(("mode", "label"), [("graphs+default", "easel_graphs_compile_default"),
-                                             ("reduce-overhead", "easel_compile_reduce_overhead"),
-                                             ("none", "easel_eager")])
-def test_a_step_variant_is_labelled_by_its_graphs_and_compile_mode(bench, mode, label):
-    graphs, compile_mode, name = bench.step_variant(mode)
-    assert name == label
-    assert graphs == (mode.startswith("graphs"))
-    assert compile_mode == ("" if mode == "none" else mode.removeprefix("graphs+"))
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("graphs+default", (True, "default", "blocks", "easel_graphs_compile_default_blocks")),
+    ("graphs+default@model", (True, "default", "model", "easel_graphs_compile_default_model")),
+    ("graphs+max-autotune-no-cudagraphs@blocks",
+     (True, "max-autotune-no-cudagraphs", "blocks",
+      "easel_graphs_compile_max_autotune_no_cudagraphs_blocks")),
+    ("reduce-overhead@model", (False, "reduce-overhead", "model",
+                               "easel_compile_reduce_overhead_model")),
+    ("graphs", (True, "", "", "easel_graphs")),
+    ("none", (False, "", "", "easel_eager"))])
+def test_a_step_variant_is_labelled_by_its_graphs_compile_mode_and_scope(bench, mode, expected):
+    assert bench.step_variant(mode) == expected
+
+
+@pytest.mark.parametrize(("mode", "message"), [("graphs+default@layers", "one of blocks, model"),
+                                               ("graphs@model", "needs a compile mode")])
+def test_a_misspelt_step_variant_stops_with_what_to_write(bench, mode, message):
+    with pytest.raises(SystemExit, match=message):
+        bench.step_variant(mode)
 
 
 @pytest.mark.parametrize(("family", "turned_off"), [("flux", True), ("sd35", False)])

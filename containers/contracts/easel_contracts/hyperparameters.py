@@ -26,6 +26,7 @@ MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 SavePrecision = Literal["fp16", "bf16", "fp32"]
 LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+CompileScope = Literal["blocks", "model"]
 
 # SageMaker and its SDKs add bookkeeping keys of their own; they are not ours to validate.
 IGNORED_PREFIXES = ("sagemaker_", "_")
@@ -233,6 +234,12 @@ class HyperParameters(BaseModel):
         "default", description="torch.compile mode when `compile` is true (`reduce-overhead` "
         "and `max-autotune` add torch's own CUDA graphs, so the step runs without "
         "`cuda_graphs`).")
+    compile_scope: CompileScope = Field(
+        "blocks", description="What `compile` compiles: `blocks` compiles each repeated block of "
+        "the denoiser (the UNet's ResNet and transformer blocks, the SD3.5/FLUX.1 transformer "
+        "blocks) in place: each distinct block is compiled once and reused by its repeats, a "
+        "far smaller compile than the whole forward; `model` compiles the whole denoiser forward "
+        "as one graph.")
     checkpointing_steps: int = Field(
         250, ge=0, le=100_000,
         description="Save a resumable checkpoint every N steps; 0: only on stop.")

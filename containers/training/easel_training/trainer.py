@@ -28,6 +28,7 @@ from easel_training.graphed import GraphedStep, graph_eligible
 from easel_training.paths import JobPaths
 from easel_training.plan import BatchPlan
 from easel_training.progress import ProgressReporter
+from easel_training.regional import compile_denoiser
 from easel_training.results import write_lora
 from easel_training.sampling import write_preview
 from easel_training.stopping import StopRequest
@@ -184,7 +185,10 @@ class Trainer:
         self.denoiser_forward = self.train_models[0]
         self.text_forward = self.train_models[1:] if self.hp.train_text_encoder else []
         if self.hp.compile and self.cuda:
-            self.denoiser_forward = torch.compile(self.denoiser_forward, mode=self.hp.compile_mode)
+            self.denoiser_forward = compile_denoiser(
+                self.denoiser_forward, model=self.accelerator.unwrap_model(self.denoiser_forward),
+                scope=self.hp.compile_scope, mode=self.hp.compile_mode,
+                shapes=len(self.data.bucket_groups))
         self.graphed: GraphedStep | None = None
         if self.use_graphs:
             self.graphed = GraphedStep(
