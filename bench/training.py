@@ -14,8 +14,8 @@ LoRA rank 4 on the UNet attention projections (to_q/k/v/out.0, as the stock step
   autocast, channels-last, SDPA attention, fused AdamW, no host/device syncs inside a step;
   --modes picks the variants timed: none (eager), graphs (the CUDA-graph step), a torch.compile
   mode, or graphs+MODE (compiled inside the captured step); MODE@SCOPE picks what is compiled:
-  @blocks (the default: each repeated UNet block, compiled once per distinct block) or @model
-  (the whole UNet forward), e.g. --modes graphs,graphs+default,graphs+default@model.
+  @model (the default: the whole UNet forward) or @blocks (each repeated UNet block, compiled
+  once per distinct block), e.g. --modes graphs,graphs+default,graphs+default@blocks.
 - easel_1000_steps: a whole job's training part (setup with latent/prompt caching, 1,000 steps,
   checkpoints every 250 steps, result saved), excluding the model build/load; previews off.
 
@@ -379,8 +379,8 @@ def dynamo_graphs() -> int:
 
 def step_variant(mode: str) -> tuple[bool, str, str, str]:
     """--modes entry -> (CUDA-graph step, torch.compile mode or "", compile scope or "", result
-    label). ``[graphs+]MODE[@SCOPE]``: SCOPE is ``blocks`` (the default: each repeated UNet block
-    compiled) or ``model`` (the whole forward); the label ends with the scope."""
+    label). ``[graphs+]MODE[@SCOPE]``: SCOPE is ``model`` (the default: the whole forward) or
+    ``blocks`` (each repeated UNet block compiled); the label ends with the scope."""
     variant, _, scope = mode.partition("@")
     graphs, _, compile_mode = variant.partition("+")
     if graphs != "graphs":  # a plain compile mode, or none
@@ -391,7 +391,7 @@ def step_variant(mode: str) -> tuple[bool, str, str, str]:
     if scope and not compile_mode:
         raise SystemExit(f"--modes {mode}: a compile scope needs a compile mode "
                          f"(e.g. graphs+default@{scope})")
-    scope = (scope or "blocks") if compile_mode else ""
+    scope = (scope or "model") if compile_mode else ""
     words = [graphs, compile_mode and "compile", compile_mode.replace("-", "_"), scope]
     label = "easel_" + ("_".join(filter(None, words)) or "eager")
     return bool(graphs), compile_mode, scope, label
@@ -406,8 +406,8 @@ def main() -> None:
                              "a GPU), a torch.compile mode (default, reduce-overhead, "
                              "max-autotune-no-cudagraphs), or graphs+MODE (the compiled UNet "
                              "inside the captured step: graphs+default); a compile mode may end "
-                             "in @blocks (default: each repeated UNet block compiled) or @model "
-                             "(the whole forward), e.g. graphs+default@model; the whole run "
+                             "in @model (default: the whole forward) or @blocks (each repeated "
+                             "UNet block compiled), e.g. graphs+default@blocks; the whole run "
                              "uses the last")
     parser.add_argument("--run-steps", type=int, default=1000,
                         help="steps of the whole run (0 skips it)")
@@ -472,7 +472,7 @@ def main() -> None:
             settings = {**base_settings, "cuda_graphs": str(graphs).lower(),
                         "compile": str(bool(compile_mode)).lower(),
                         "compile_mode": compile_mode or "default",
-                        "compile_scope": scope or "blocks"}
+                        "compile_scope": scope or "model"}
             pipe = build_pipeline(arch="sd15", size=size, seed=0)
             reset_peak(device)
             torch._dynamo.reset()  # each compiled variant times its own compile, from nothing

@@ -52,8 +52,8 @@ def test_the_sdxl_family_smoke_run_trains_the_unet_trainer(bench, monkeypatch, t
 
 
 @pytest.mark.parametrize(("mode", "expected"), [
-    ("graphs+default", (True, "default", "blocks", "easel_graphs_compile_default_blocks")),
-    ("graphs+default@model", (True, "default", "model", "easel_graphs_compile_default_model")),
+    ("graphs+default", (True, "default", "model", "easel_graphs_compile_default_model")),
+    ("graphs+default@blocks", (True, "default", "blocks", "easel_graphs_compile_default_blocks")),
     ("graphs+max-autotune-no-cudagraphs@blocks",
      (True, "max-autotune-no-cudagraphs", "blocks",
       "easel_graphs_compile_max_autotune_no_cudagraphs_blocks")),

@@ -34,9 +34,9 @@ def test_invalid_values_fail_the_job_naming_each_field(tmp_path):
     assert "hyperparameter 'mode': must be one of lora, full" in message
 
 
-def test_compile_scope_defaults_to_blocks_and_refuses_other_scopes(tmp_path):
+def test_compile_scope_defaults_to_model_and_refuses_other_scopes(tmp_path):
     assert read_hyperparameters(_paths(tmp_path, '{"instance_prompt": "sks"}')).compile_scope \
-        == "blocks"
+        == "model"
     paths = _paths(tmp_path, json.dumps({"instance_prompt": "sks", "compile_scope": "unet"}))
     with pytest.raises(TrainingInputError,
                        match="hyperparameter 'compile_scope': must be one of blocks, model"):

@@ -133,7 +133,7 @@ def _prepared_trainer(make_job, settings: dict[str, str]):
 
 
 def test_blocks_scope_compiles_each_unet_block_and_not_the_forward(make_job, compiled):
-    trainer = _prepared_trainer(make_job, {"compile": "true",
+    trainer = _prepared_trainer(make_job, {"compile": "true", "compile_scope": "blocks",
                                            "compile_mode": "max-autotune-no-cudagraphs"})
     unet = trainer.accelerator.unwrap_model(trainer.train_models[0])
     assert compiled["whole"] == []
@@ -144,7 +144,7 @@ def test_blocks_scope_compiles_each_unet_block_and_not_the_forward(make_job, com
 
 
 def test_model_scope_compiles_the_whole_unet_forward(make_job, compiled):
-    trainer = _prepared_trainer(make_job, {"compile": "true", "compile_scope": "model"})
+    trainer = _prepared_trainer(make_job, {"compile": "true"})  # model: the default
     assert compiled["modules"] == []
     assert compiled["whole"] == [(trainer.train_models[0], "default")]
     assert trainer.denoiser_forward == ("compiled", trainer.train_models[0])

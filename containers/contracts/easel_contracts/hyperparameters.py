@@ -235,11 +235,12 @@ class HyperParameters(BaseModel):
         "and `max-autotune` add torch's own CUDA graphs, so the step runs without "
         "`cuda_graphs`).")
     compile_scope: CompileScope = Field(
-        "blocks", description="What `compile` compiles: `blocks` compiles each repeated block of "
-        "the denoiser (the UNet's ResNet and transformer blocks, the SD3.5/FLUX.1 transformer "
-        "blocks) in place: each distinct block is compiled once and reused by its repeats, a "
-        "far smaller compile than the whole forward; `model` compiles the whole denoiser forward "
-        "as one graph.")
+        "model", description="What `compile` compiles: `model` compiles the whole denoiser "
+        "forward (and backward) as one graph; `blocks` compiles each repeated block of the "
+        "denoiser (the UNet's ResNet and transformer blocks, the SD3.5/FLUX.1 transformer blocks) "
+        "in place, each distinct block once, reused by its repeats. On SD1.5, batch 4, inside "
+        "the CUDA-graph step (H100): `model` 104 images/s after a ~300 s compile, `blocks` 92 "
+        "images/s after ~330 s.")
     checkpointing_steps: int = Field(
         250, ge=0, le=100_000,
         description="Save a resumable checkpoint every N steps; 0: only on stop.")
