@@ -6,13 +6,16 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from easel_contracts.invocations import Txt2ImgRequest
+from easel_contracts.invocations import Lora, Sampler, Txt2ImgRequest
 from easel_contracts.xy_plot import (
     MAX_AXIS_VALUES,
+    MAX_OFFERED_NAMES,
+    NotServed,
     PlotError,
     PlottedTxt2Img,
     XYAxis,
     XYPlot,
+    failed_cell,
     plot_requests,
 )
 
@@ -120,3 +123,62 @@ def test_a1111_script_form_is_refused_with_what_to_send() -> None:
         PlottedTxt2Img.model_validate({"prompt": "p", "script_name": "x/y/z plot",
                                        "script_args": [1, "3,7"]})
     assert "for an X/Y plot send xy_plot" in _message(exc)
+
+
+FLOW_SAMPLERS = [Sampler(name="Euler", aliases=["k_euler"], options={}),
+                 Sampler(name="Heun", aliases=["k_heun"], options={})]
+
+
+def test_a_sampler_the_endpoint_lacks_names_its_axis_and_what_the_endpoint_serves() -> None:
+    with pytest.raises(NotServed) as exc:
+        plot_requests(Txt2ImgRequest(prompt="p"),
+                      _plot(("seed", "1"), ("sampler", "Euler, DPM++ 2M Karras")),
+                      samplers=FLOW_SAMPLERS)
+    assert exc.value.field == "xy_plot.y"
+    assert str(exc.value) == ("xy_plot.y: Sampler 'DPM++ 2M Karras' is not served by this "
+                              "endpoint; it serves: Euler, Heun")
+
+
+def test_a_sampler_named_by_its_alias_is_served() -> None:
+    cells = plot_requests(Txt2ImgRequest(prompt="p"),
+                          _plot(("sampler", "k_euler, Heun"), ("seed", "1")),
+                          samplers=FLOW_SAMPLERS)
+    assert [cell.sampler_name for cell in cells] == ["k_euler", "Heun"]
+
+
+def test_samplers_not_given_are_not_checked() -> None:
+    cells = plot_requests(Txt2ImgRequest(prompt="p"),
+                          _plot(("sampler", "DPM++ 2M Karras"), ("seed", "1")))
+    assert [cell.sampler_name for cell in cells] == ["DPM++ 2M Karras"]
+
+
+def test_the_names_served_are_listed_up_to_the_bound() -> None:
+    many = [Sampler(name=f"s{index}", aliases=[], options={}) for index in range(25)]
+    with pytest.raises(NotServed) as exc:
+        plot_requests(Txt2ImgRequest(prompt="p"), _plot(("sampler", "Euler"), ("seed", "1")),
+                      samplers=many)
+    listed = str(exc.value).split("it serves: ", 1)[1]
+    assert listed.endswith(f"s{MAX_OFFERED_NAMES - 1} and 5 more")
+    assert f"s{MAX_OFFERED_NAMES}," not in listed
+
+
+def test_a_lora_weight_axis_whose_lora_the_endpoint_lacks_is_refused() -> None:
+    with pytest.raises(NotServed) as exc:
+        plot_requests(Txt2ImgRequest(prompt="a cat <lora:ink:1>"),
+                      _plot(("lora_weight", "0.5, 1"), ("seed", "1")),
+                      loras=[Lora(name="style", alias="style", path="Lora/style.safetensors")])
+    assert exc.value.field == "xy_plot.x"
+    assert "LoRA 'ink'" in str(exc.value) and str(exc.value).endswith("it serves: style")
+
+
+def test_a_lora_weight_axis_on_an_endpoint_without_loras_says_it_serves_none() -> None:
+    with pytest.raises(NotServed, match="it serves none"):
+        plot_requests(Txt2ImgRequest(prompt="a cat <lora:ink:1>"),
+                      _plot(("seed", "1"), ("lora_weight", "0.5")), loras=[])
+
+
+def test_a_failed_cell_is_placed_by_its_axis_labels() -> None:
+    plot = _plot(("sampler", "Euler, Heun, DDIM"), ("seed", "1, 2"))
+    cell = failed_cell(plot, 4, "refused " * 100)
+    assert (cell.index, cell.x, cell.y) == (4, "Sampler: Heun", "Seed: 2")
+    assert len(cell.error) == 300

@@ -45,6 +45,14 @@ def test_the_labelled_grid_draws_text_in_both_margins() -> None:
     assert (grid[top:, :left] < 128).any(), "no row label drawn"
 
 
+def test_a_failed_tile_writes_its_reason_where_it_fits() -> None:
+    from easel_webui.grids import FAILED_BACKGROUND, FAILED_COLOUR, failed_tile
+
+    pixels = np.asarray(failed_tile((256, 256), "unknown sampler_name 'DPM++ 2M'"))
+    assert tuple(pixels[-1, -1]) == FAILED_BACKGROUND
+    assert (pixels == FAILED_COLOUR).all(axis=-1).sum() > 50, "no reason written"
+
+
 def _submit(client, **payload):
     body = {"endpoint": "easel-demo", "task": "txt2img",
             "payload": {"prompt": "a red square", "width": 64, "height": 64, "seed": 9,
@@ -186,3 +194,145 @@ def test_a_skipped_cell_leaves_the_plot_without_a_grid_and_the_others_with_their
     assert state["status"] == "done"
     assert [(image["grid"], image["steps"]) for image in state["images"]] == [
         (False, 2), (False, 3)]
+
+
+# --- checked against what the endpoint serves, before any invocation
+
+
+def test_a_sampler_the_endpoint_lacks_is_refused_before_any_invocation(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    response = _submit(admin, xy_plot={"x": {"type": "sampler",
+                                              "values": "Euler a, DPM++ 2M Karras"},
+                                       "y": {"type": "seed", "values": "1, 2"}})
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("xy_plot.x: Sampler 'DPM++ 2M Karras' is not served by "
+                                         "this endpoint; it serves: Euler a")
+    assert world.runtime.generations() == []
+
+
+def test_a_lora_the_endpoint_lacks_in_a_lora_weight_plot_is_refused_before_any_invocation(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    response = _submit(admin, prompt="a cat <lora:missing:1>",
+                       xy_plot={"x": {"type": "seed", "values": "1"},
+                                "y": {"type": "lora_weight", "values": "0.5, 1"}})
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith("xy_plot.y: LoRA 'missing'") and detail.endswith("it serves: style")
+    assert world.runtime.generations() == []
+
+
+def test_a_listing_that_cannot_be_read_does_not_hold_the_plot(world):
+    world.in_service()
+    world.runtime.raw_answers["samplers"] = {"not": "a listing"}
+    admin = world.signed_in("admin")
+    response = _submit(admin, xy_plot={"x": {"type": "sampler", "values": "Euler a, k_euler_a"},
+                                       "y": {"type": "seed", "values": "1"}})
+    assert response.status_code == 202, response.text
+    assert poll_job(admin, response.json()["job_id"])["status"] == "done"
+    assert len(world.runtime.generations()) == 2
+
+
+def test_a_listing_slower_than_the_wait_does_not_hold_the_plot(world, monkeypatch):
+    from easel_webui import generation
+
+    monkeypatch.setattr(generation, "LISTING_WAIT_SECONDS", 0.2)
+    world.in_service()
+    answer = world.runtime.invoke_endpoint
+
+    def slow_listing(**kwargs):
+        if json.loads(kwargs["Body"])["task"] == "samplers":
+            time.sleep(2)
+        return answer(**kwargs)
+
+    monkeypatch.setattr(world.runtime, "invoke_endpoint", slow_listing)
+    admin = world.signed_in("admin")
+    started = time.monotonic()
+    response = _submit(admin, xy_plot={"x": {"type": "sampler", "values": "Euler a"},
+                                       "y": {"type": "seed", "values": "1"}})
+    assert response.status_code == 202, response.text
+    assert time.monotonic() - started < 1.5
+    assert poll_job(admin, response.json()["job_id"])["status"] == "done"
+
+
+# --- a cell that fails keeps the others
+
+# the samplers listing unread, so the server's refusal of "DPM++ 2M" comes mid-job
+MIXED = {"x": {"type": "sampler", "values": "Euler a, DPM++ 2M"},
+         "y": {"type": "seed", "values": "1, 2"}}
+
+
+def _unchecked(world):
+    world.in_service()
+    world.runtime.raw_answers["samplers"] = {"not": "a listing"}
+
+
+def test_a_failing_cell_keeps_the_others_and_the_job_says_which_failed(world):
+    _unchecked(world)
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, xy_plot=MIXED).json()["job_id"])
+    assert state["status"] == "done", state
+    grid, *cells = state["images"]
+    assert grid["grid"] is True
+    assert [(cell["params"]["seed"], cell["params"]["sampler_name"]) for cell in cells] == [
+        (1, "Euler a"), (2, "Euler a")]
+    assert [(cell["index"], cell["x"], cell["y"]) for cell in state["failed_cells"]] == [
+        (1, "Sampler: DPM++ 2M", "Seed: 1"), (3, "Sampler: DPM++ 2M", "Seed: 2")]
+    assert "unknown sampler_name 'DPM++ 2M'" in state["failed_cells"][0]["error"]
+    assert len(world.runtime.generations()) == 4
+
+
+def test_a_failing_cell_is_a_marked_tile_in_the_grid(world):
+    from easel_webui.grids import FAILED_BACKGROUND
+
+    _unchecked(world)
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, xy_plot=MIXED).json()["job_id"])
+    key = world.portal.table.get(*keys.image_key(state["images"][0]["image_id"]))["key"]
+    grid = Image.open(io.BytesIO(world.portal.bucket.read(key, max_bytes=10**7))).convert("RGB")
+    left, top = grid.width - 2 * 8, grid.height - 2 * 8  # the fake's 8 px cells, 2 x 2
+    assert grid.getpixel((left + 4, top + 4)) == (200, 30, 30)  # made
+    assert grid.getpixel((left + 8 + 4, top + 4)) == FAILED_BACKGROUND  # failed
+    assert grid.getpixel((left + 8 + 4, top + 8 + 4)) == FAILED_BACKGROUND
+
+
+def test_a_plot_whose_every_cell_fails_is_a_failed_job_with_the_first_reason(world):
+    _unchecked(world)
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, xy_plot={
+        "x": {"type": "sampler", "values": "DPM++ 2M, DDIM"},
+        "y": {"type": "seed", "values": "1"}}).json()["job_id"])
+    assert state["status"] == "failed"
+    assert state["error"].startswith("Every cell of the plot failed; the first: ")
+    assert "unknown sampler_name 'DPM++ 2M'" in state["error"]
+    assert state["images"] == []
+
+
+def test_the_api_answer_of_a_plot_with_a_failed_cell_names_it_in_info(world):
+    client = _setup(world)
+    world.runtime.raw_answers["samplers"] = {"not": "a listing"}
+    response = client.post("/sdapi/v1/txt2img", headers=_auth(), json={
+        "prompt": "p", "steps": 2, "width": 64, "height": 64, "xy_plot": MIXED})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 3  # the grid, then the two cells made
+    assert [cell["index"] for cell in info["failed_cells"]] == [1, 3]
+
+
+def test_an_interrupt_still_stops_a_plot_with_a_failed_cell(world):
+    _unchecked(world)
+    world.runtime.step_delay = 0.05
+    admin = world.signed_in("admin")
+    job_id = _submit(admin, steps=20, xy_plot={
+        "x": {"type": "sampler", "values": "DPM++ 2M, Euler a, Euler a"},
+        "y": {"type": "seed", "values": "1, 2"}}).json()["job_id"]
+    deadline = time.monotonic() + 10
+    while len(world.runtime.streams) < 2 or world.runtime.streams[1].sent < 1:
+        assert time.monotonic() < deadline, "the second cell never started"
+        time.sleep(0.05)
+    assert admin.post(f"/generate/jobs/{job_id}/interrupt").json()["stopping"] is True
+    state = poll_job(admin, job_id, timeout=20)
+    assert state["status"] == "interrupted"
+    assert len(world.runtime.generations()) == 2  # no cell after the interrupt ran

@@ -8,15 +8,18 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .invocations import MAX_SEED, Txt2ImgRequest
+from .invocations import MAX_SEED, Lora, Sampler, Txt2ImgRequest
 
 MAX_AXIS_VALUES = 8
 MAX_CELLS = 36
+MAX_OFFERED_NAMES = 20
+"""At most this many of the endpoint's names are listed when a plot value is not served."""
 LORA_TAG = re.compile(r"<lora:([^:>]*)((?::[^:>]*){0,2})>")
 """A1111's LoRA tag in a prompt: ``<lora:name>``, ``<lora:name:weight>``,
 ``<lora:name:te:unet>``."""
@@ -121,6 +124,59 @@ class PlotError(ValueError):
         self.field = field
 
 
+class NotServed(PlotError):
+    """A plot value the endpoint does not serve (a sampler it lacks, or the LoRA a LoRA weight
+    axis varies), found from the endpoint's own listing before any cell runs."""
+
+
+class FailedCell(BaseModel):
+    """A cell whose invocation failed while the others were made: its place (``index``, row by
+    row) and axis labels, and the reason. The portal keeps these in the job's state and in the
+    answer's ``info`` (``failed_cells``); the grid draws the cell as a marked tile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    x: str
+    y: str
+    error: str
+
+
+def failed_cell(plot: XYPlot, index: int, error: str) -> FailedCell:
+    """The ``FailedCell`` of cell ``index`` (row by row) with the reason, cut to 300 characters."""
+    row, column = divmod(index, plot.columns)
+    return FailedCell(index=index, x=plot.x.label(plot.x.values[column]),
+                      y=plot.y.label(plot.y.values[row]), error=error[:300])
+
+
+def _offered(names: list[str]) -> str:
+    if not names:
+        return "it serves none"
+    shown = ", ".join(names[:MAX_OFFERED_NAMES])
+    more = len(names) - MAX_OFFERED_NAMES
+    return f"it serves: {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def _check_served(request: Txt2ImgRequest, plot: XYPlot, samplers: Sequence[Sampler] | None,
+                  loras: Sequence[Lora] | None) -> None:
+    for side, axis in (("x", plot.x), ("y", plot.y)):
+        if axis.type is AxisType.SAMPLER and samplers is not None:
+            known = {name for sampler in samplers for name in (sampler.name, *sampler.aliases)}
+            for value in axis.values:
+                if value not in known:
+                    raise NotServed(f"xy_plot.{side}", (
+                        f"Sampler {value!r} is not served by this endpoint; "
+                        f"{_offered([sampler.name for sampler in samplers])}"))
+        if axis.type is AxisType.LORA_WEIGHT and loras is not None:
+            tag = LORA_TAG.search(request.prompt)
+            name = tag.group(1).strip() if tag else ""
+            if name not in {known for lora in loras for known in (lora.name, lora.alias)}:
+                raise NotServed(f"xy_plot.{side}", (
+                    f"LoRA {name!r} (the prompt's first <lora:...> tag, whose weight this axis "
+                    f"varies) is not on this endpoint; {_offered([lora.name for lora in loras])}"
+                ))
+
+
 def _with_lora_weight(prompt: str, weight: float) -> str:
     tag = LORA_TAG.search(prompt)
     assert tag is not None  # checked by plot_requests
@@ -139,16 +195,21 @@ def _apply(request: Txt2ImgRequest, axis: XYAxis, value: str | int | float) -> d
     return {"prompt": _with_lora_weight(request.prompt, float(value))}
 
 
-def plot_requests(request: Txt2ImgRequest, plot: XYPlot) -> list[Txt2ImgRequest]:
+def plot_requests(request: Txt2ImgRequest, plot: XYPlot, *,
+                  samplers: Sequence[Sampler] | None = None,
+                  loras: Sequence[Lora] | None = None) -> list[Txt2ImgRequest]:
     """One request a cell, row by row (y outer, x inner), each checked against the invocation
     contract's bounds. A random seed (-1) is picked once, so every cell shares it unless the
-    seed is an axis; a LoRA weight axis sets the weight of the prompt's first ``<lora:...>``."""
+    seed is an axis; a LoRA weight axis sets the weight of the prompt's first ``<lora:...>``.
+    ``samplers`` and ``loras``, the endpoint's listings where known, must hold every sampler
+    value and the LoRA a weight axis varies (``NotServed`` if not); None is not checked."""
     if request.batch_size != 1 or request.n_iter != 1:
         raise PlotError("xy_plot", "a plot makes one image a cell: set batch_size and n_iter "
                                    "to 1")
     if AxisType.LORA_WEIGHT in (plot.x.type, plot.y.type) and not LORA_TAG.search(request.prompt):
         raise PlotError("xy_plot", "a LoRA weight axis needs a <lora:name:weight> tag in the "
                                    "prompt (its weight is the one varied)")
+    _check_served(request, plot, samplers, loras)
     base = request
     if request.seed == -1:
         base = request.model_copy(update={"seed": random.randint(0, MAX_SEED)})
@@ -193,5 +254,6 @@ class PlottedTxt2Img(Txt2ImgRequest):
                                                              exclude_unset=True))
 
 
-__all__ = ["AXIS_LABELS", "MAX_AXIS_VALUES", "MAX_CELLS", "AxisType", "PlotError",
-           "PlottedTxt2Img", "XYAxis", "XYPlot", "plot_requests"]
+__all__ = ["AXIS_LABELS", "MAX_AXIS_VALUES", "MAX_CELLS", "MAX_OFFERED_NAMES", "AxisType",
+           "FailedCell", "NotServed", "PlotError", "PlottedTxt2Img", "XYAxis", "XYPlot",
+           "failed_cell", "plot_requests"]

@@ -51,7 +51,7 @@ from easel_contracts.streaming import (
     StreamError,
 )
 from easel_contracts.workcap import ASYNC_INVOCATION_TIMEOUT_MAX_S
-from easel_contracts.xy_plot import XYPlot
+from easel_contracts.xy_plot import AxisType, FailedCell, XYPlot, failed_cell
 from easel_webui.auth import User
 from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
@@ -79,6 +79,10 @@ NEVER_RAN_REASON = ("The portal task holding this job in its queue stopped (a re
                     "scale-in) before the job started; nothing ran. Submit it again.")
 _LARGE_FIELDS = ("init_images", "mask", "image")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# an X/Y plot's values are checked against the endpoint's listings if they come within this long;
+# a slower (or failing) listing does not hold the job: its cells are then judged by the server
+LISTING_WAIT_SECONDS = 10.0
+_PLOT_LISTINGS = {AxisType.SAMPLER: "samplers", AxisType.LORA_WEIGHT: "loras"}
 
 
 class SyncTimeout(PortalError):
@@ -229,6 +233,24 @@ def _merge_answers(request: GenerationRequest,
                               parameters=parameters, info=json.dumps(info))
 
 
+def _no_images(request: GenerationRequest) -> GenerationResponse:
+    return GenerationResponse(images=[], parameters=request.model_dump(
+        mode="json", exclude={"init_images", "mask"}), info="{}")
+
+
+def _with_failed_cells(answer: GenerationResponse,
+                       failed: list[FailedCell]) -> GenerationResponse:
+    """The answer with ``failed_cells`` in its ``info``, so a client can place the cells made
+    (the images skip the failed ones)."""
+    try:
+        info = json.loads(answer.info)
+    except ValueError:
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    info["failed_cells"] = [cell.model_dump() for cell in failed]
+    return answer.model_copy(update={"info": json.dumps(info)})
+
+
 def _image_details(answer: GenerationResponse) -> list[dict[str, Any]]:
     """Per image of ``answer``: ``grid`` for a grid, else its own seed, size and steps (from
     ``info``), for the gallery."""
@@ -295,6 +317,8 @@ class Generation:
         self.bucket = bucket
         self.endpoints = endpoints
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="easel-gen")
+        # the listings a plot is checked against, fetched apart so a slow one can be left behind
+        self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="easel-listing")
         # this portal task, as named on the jobs it runs, and those jobs (id -> what it is, for
         # the heartbeat and for shutdown), with their futures once submitted
         self.task_id = uuid.uuid4().hex
@@ -375,6 +399,29 @@ class Generation:
         if task not in LISTING_TASKS:
             raise PortalError(f"task: one of {', '.join(LISTING_TASKS)}")
         return self.invoke(endpoint, task, ListingRequest())
+
+    def plot_listings(self, endpoint: str, plot: XYPlot) -> dict[str, list[Any]]:
+        """The endpoint's listings a plot's values are checked against (``samplers`` for a
+        sampler axis, ``loras`` for a LoRA weight axis), each only where it answers within
+        ``LISTING_WAIT_SECONDS``: an endpoint out of service, slow or failing is not checked
+        here (its server refuses a cell it cannot make, and the plot keeps the others)."""
+        tasks = [_PLOT_LISTINGS[axis.type] for axis in (plot.x, plot.y)
+                 if axis.type in _PLOT_LISTINGS]
+        asked = {task: self._lookups.submit(self.listing, endpoint, task) for task in tasks}
+        deadline = time.monotonic() + LISTING_WAIT_SECONDS
+        listings: dict[str, list[Any]] = {}
+        for task, future in asked.items():
+            try:
+                listed = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                log.info("plot not checked against %s of %s: no answer within %g s", task,
+                         endpoint, LISTING_WAIT_SECONDS)
+                continue
+            except (PortalError, BotoCoreError) as exc:
+                log.info("plot not checked against %s of %s: %s", task, endpoint, exc)
+                continue
+            listings[task] = list(getattr(listed, "root", []))
+        return listings
 
     def controlnet_models(self, endpoint: str) -> ControlNetModels:
         """The endpoint's ControlNets (`{"model_list": [...]}`). An endpoint running an image
@@ -464,7 +511,8 @@ class Generation:
         if task not in GENERATION_TASKS:
             raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
-        cells = plot_cells(request, plot) if plot is not None else None
+        cells = (plot_cells(request, plot, **self.plot_listings(endpoint, plot))
+                 if plot is not None else None)
         if record.get("mode", "realtime") == "realtime":  # an async one has up to an hour
             for invocation in cells or [request]:  # refused before any job: what to lower
                 self.workcap.check(endpoint, invocation)
@@ -524,6 +572,7 @@ class Generation:
             self._finish(job_id, {"status": "failed", "finished": now(),
                                   "error": NEVER_RAN_REASON})
         self.pool.shutdown(wait=False)
+        self._lookups.shutdown(wait=False)
         with self._lock:
             left = [f"{job_id} ({label})" for job_id, label in self._running.items()]
         if left:
@@ -636,23 +685,32 @@ class Generation:
         try:
             stopped: Stop | None = None
             made = cells
+            failed: dict[int, PortalError] = {}
             if mode == "async" and cells:
-                answer = _merge_answers(request, [
-                    self._invoke_async(endpoint, task, cell, f"{job_id}-{index}")
-                    for index, cell in enumerate(cells)])
+                answer, made, failed = self._run_async_cells(job_id, endpoint, task, request,
+                                                             cells)
             elif mode == "async":
                 answer = self._invoke_async(endpoint, task, request, job_id)
             else:
-                answer, stopped, made = self._run_streamed(job_id, endpoint, task, request,
-                                                           cells)
+                answer, stopped, made, failed = self._run_streamed(job_id, endpoint, task,
+                                                                   request, cells)
+            if cells and len(failed) == len(cells):  # nothing made: the first reason
+                first = failed[0]
+                raise PortalError(f"Every cell of the plot failed; the first: {first.message}",
+                                  status_code=first.status_code) from None
+            marked = [failed_cell(plot, index, error.message)
+                      for index, error in sorted(failed.items())] if plot is not None else []
             if not answer.images and stopped:
                 what = "Interrupted" if stopped == "interrupt" else "Skipped"
                 self._finish(job_id, {
                     "status": "interrupted", "finished": now(),
                     "error": f"{what} before any image was finished; nothing was saved."})
                 return answer
-            if plot is not None and made == cells:  # a plot with a cell missing has no grid
-                answer = with_plot_grid(answer, plot)
+            if marked:
+                answer = _with_failed_cells(answer, marked)
+            if plot is not None and len(made or []) + len(failed) == len(cells or []):
+                # every cell made or failed (a failed one a marked tile); one skipped: no grid
+                answer = with_plot_grid(answer, plot, failed=marked)
             elif plot is None and request.batch_size * request.n_iter > 1:
                 answer = with_grid(answer)
             images = self.save_outputs(owner=owner, endpoint=endpoint, task=task,
@@ -661,6 +719,7 @@ class Generation:
             self._finish(job_id, {
                 "status": "done", "image_ids": images, "info": answer.info[:4000],
                 "finished": now(), **({"stopped": stopped} if stopped else {}),
+                **({"failed_cells": [cell.model_dump() for cell in marked]} if marked else {}),
             })
             self.endpoints.touch(endpoint)
             return answer
@@ -677,23 +736,51 @@ class Generation:
             })
         return None
 
+    def _run_async_cells(self, job_id: str, endpoint: str, task: str,
+                         request: GenerationRequest, cells: list[GenerationRequest],
+                         ) -> tuple[GenerationResponse, list[GenerationRequest],
+                                    dict[int, PortalError]]:
+        """A plot's cells on an async endpoint, one after another; a cell that fails is noted
+        (by its index) and the others go on. The answer of those made and their requests."""
+        answers: list[GenerationResponse] = []
+        made: list[GenerationRequest] = []
+        failed: dict[int, PortalError] = {}
+        for index, cell in enumerate(cells):
+            try:
+                answers.append(self._invoke_async(endpoint, task, cell, f"{job_id}-{index}"))
+            except PortalError as exc:
+                failed[index] = exc
+                continue
+            made.append(cell)
+        return _merge_answers(request, answers) if answers else _no_images(request), made, \
+            failed
+
     def _run_streamed(self, job_id: str, endpoint: str, task: str, request: GenerationRequest,
                       cells: list[GenerationRequest] | None = None,
-                      ) -> tuple[GenerationResponse, Stop | None, list[GenerationRequest]]:
+                      ) -> tuple[GenerationResponse, Stop | None, list[GenerationRequest],
+                                 dict[int, PortalError]]:
         """The job's batches (or a plot's ``cells``), each through the response stream with
         live progress; the answer of those finished, whether an interrupt or a skip stopped
-        any, and the requests that were answered."""
+        any, the requests that were answered and, of a plot, the cells that failed (by index:
+        a plot's cell the server refuses or fails does not stop the others)."""
         parts = cells or _batch_requests(request)
         control = JobControl(self.table, job_id, batches=len(parts))
         answers: list[GenerationResponse] = []
         made: list[GenerationRequest] = []
+        failed: dict[int, PortalError] = {}
         for batch, part in enumerate(parts):
             control.next_batch(batch)
             if not control.check():
                 if control.stop == "interrupt":
                     break
                 continue  # a skip asked for before this batch began skips it
-            answer = self.invoke_stream(endpoint, task, part, control.on_step)
+            try:
+                answer = self.invoke_stream(endpoint, task, part, control.on_step)
+            except PortalError as exc:
+                if cells is None:
+                    raise
+                failed[batch] = exc
+                continue
             if answer is not None:
                 answers.append(answer)
                 made.append(part)
@@ -702,9 +789,8 @@ class Generation:
         stopped: Stop | None = ("interrupt" if control.interrupted
                                 else "skip" if control.skipped else None)
         if not answers:
-            return GenerationResponse(images=[], parameters=request.model_dump(
-                mode="json", exclude={"init_images", "mask"}), info="{}"), stopped, made
-        return _merge_answers(request, answers), stopped, made
+            return _no_images(request), stopped, made, failed
+        return _merge_answers(request, answers), stopped, made, failed
 
     def request_stop(self, job_id: str, *, user: User, action: Stop) -> dict[str, Any]:
         """Ask the task running the job (whichever it is) to interrupt or skip: a flag in the
@@ -739,6 +825,8 @@ class Generation:
             "progress": record.get("progress") if status == "running" else None,
             "interrupted": bool(record.get("interrupt_requested")),
             "stopped": record.get("stopped"),
+            "failed_cells": [FailedCell.model_validate(cell).model_dump()
+                             for cell in record.get("failed_cells", [])],
         }
 
     def running_job(self, *, user: User) -> dict[str, Any] | None:

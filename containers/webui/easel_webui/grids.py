@@ -8,12 +8,13 @@ import base64
 import io
 import json
 import math
+import textwrap
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from easel_contracts.infotext import PNG_TEXT_KEY
 from easel_contracts.invocations import GenerationResponse
-from easel_contracts.xy_plot import XYPlot
+from easel_contracts.xy_plot import FailedCell, XYPlot
 
 
 def grid_shape(count: int) -> tuple[int, int]:
@@ -46,11 +47,18 @@ def with_grid(answer: GenerationResponse) -> GenerationResponse:
     return _grid_first(answer, image_grid(pictures), pictures)
 
 
-def with_plot_grid(answer: GenerationResponse, plot: XYPlot) -> GenerationResponse:
-    """An X/Y plot's answer (one image a cell, row by row) with its labelled grid first, as
-    ``with_grid`` puts a batch's."""
+def with_plot_grid(answer: GenerationResponse, plot: XYPlot,
+                   failed: list[FailedCell] | None = None) -> GenerationResponse:
+    """An X/Y plot's answer (one image a cell, row by row, less the ``failed`` cells) with its
+    labelled grid first, as ``with_grid`` puts a batch's; a failed cell is a marked tile with
+    its reason."""
     pictures = [_decode(encoded) for encoded in answer.images]
-    grid = labelled_grid(pictures, columns=plot.columns,
+    reasons = {cell.index: cell.error for cell in failed or []}
+    made = iter(pictures)
+    size = pictures[0].size
+    tiles = [failed_tile(size, reasons[index]) if index in reasons else next(made)
+             for index in range(plot.columns * plot.rows)]
+    grid = labelled_grid(tiles, columns=plot.columns,
                          x_labels=[plot.x.label(value) for value in plot.x.values],
                          y_labels=[plot.y.label(value) for value in plot.y.values])
     return _grid_first(answer, grid, pictures)
@@ -80,6 +88,24 @@ def _grid_first(answer: GenerationResponse, grid: Image.Image,
 
 LABEL_COLOUR = (0, 0, 0)
 LABEL_BACKGROUND = (255, 255, 255)
+FAILED_BACKGROUND = (90, 90, 90)
+FAILED_COLOUR = (255, 255, 255)
+
+
+def failed_tile(size: tuple[int, int], reason: str) -> Image.Image:
+    """A failed cell's tile: grey, with "Failed" and the start of the reason where it fits."""
+    width, height = size
+    tile = Image.new("RGB", size, FAILED_BACKGROUND)
+    if height < 48:  # too small for words: the grey alone marks it
+        return tile
+    font = _font(height)
+    draw = ImageDraw.Draw(tile)
+    line_height = draw.textbbox((0, 0), "Ag", font=font)[3] + 4
+    char_width = max(1, draw.textbbox((0, 0), "x" * 10, font=font)[2] // 10)
+    lines = ["Failed:", *textwrap.wrap(reason, width=max(8, (width - 8) // char_width))]
+    for number, text in enumerate(lines[:max(1, (height - 8) // line_height)]):
+        draw.text((4, 4 + number * line_height), text, fill=FAILED_COLOUR, font=font)
+    return tile
 
 
 def _font(cell_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

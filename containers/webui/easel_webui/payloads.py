@@ -4,12 +4,20 @@ before any GPU time is spent, with the same bounds the model server applies."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from easel_contracts.invocations import GENERATION_TASKS, TASKS, GenerationRequest, Txt2ImgRequest
-from easel_contracts.xy_plot import PlotError, PlottedTxt2Img, XYPlot, plot_requests
+from easel_contracts.invocations import (
+    GENERATION_TASKS,
+    TASKS,
+    GenerationRequest,
+    Lora,
+    Sampler,
+    Txt2ImgRequest,
+)
+from easel_contracts.xy_plot import NotServed, PlotError, PlottedTxt2Img, XYPlot, plot_requests
 from easel_webui.errors import PortalError, describe_validation
 
 
@@ -40,12 +48,18 @@ def parse_plotted(task: str, payload: Any) -> tuple[GenerationRequest, XYPlot | 
     return parse_request(task, payload), None
 
 
-def plot_cells(request: GenerationRequest, plot: XYPlot) -> list[GenerationRequest]:
-    """The plot's cell requests, or a 422 naming the axis to fix."""
+def plot_cells(request: GenerationRequest, plot: XYPlot, *,
+               samplers: Sequence[Sampler] | None = None,
+               loras: Sequence[Lora] | None = None) -> list[GenerationRequest]:
+    """The plot's cell requests, or a 422 naming the axis to fix; a value the endpoint does not
+    serve (by its ``samplers`` or ``loras`` listing, where given) is a 400 listing what it
+    serves."""
     if not isinstance(request, Txt2ImgRequest):
         raise PortalError("xy_plot: an X/Y plot is made from text only (task txt2img)",
                           status_code=422)
     try:
-        return list(plot_requests(request, plot))
+        return list(plot_requests(request, plot, samplers=samplers, loras=loras))
+    except NotServed as exc:
+        raise PortalError(str(exc), status_code=400) from None
     except PlotError as exc:
         raise PortalError(str(exc), status_code=422) from None
