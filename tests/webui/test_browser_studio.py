@@ -204,3 +204,24 @@ def test_hires_fix_offers_the_endpoints_esrgan_models(served, page):  # noqa: F8
     page.wait_for_selector("#hr-upscaler option:has-text('tiny-x4')", state="attached")
     offered = page.eval_on_selector_all("#hr-upscaler option", "els => els.map(e => e.value)")
     assert offered[0] == "Latent" and "Lanczos" in offered and offered[-1] == "tiny-x4"
+
+
+def test_the_xy_plot_form_says_which_cells_failed(served, page):  # noqa: F811
+    base, world = served
+    world.in_service()
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
+    # the listing unread from now on: the sampler is not checked up front, the server refuses it
+    world.runtime.raw_answers["samplers"] = {"not": "a listing"}
+    page.fill("textarea[name=prompt]", "a lighthouse")
+    page.check("#xy-on")
+    page.select_option("#xy-x-type", "sampler")
+    page.fill("#xy-x-values", "Euler a, DPM++ 2M")
+    page.select_option("#xy-y-type", "seed")
+    page.fill("#xy-y-values", "1")
+    page.click("#generate-button")
+    page.wait_for_function("() => /^(Done|Failed)/.test("
+                           "document.querySelector('#generate-form .status').textContent)")
+    status = page.text_content("#generate-form .status")
+    assert status.startswith("Done") and "1 plot cell(s) failed" in status
+    assert "Sampler: DPM++ 2M, Seed: 1: " in status

@@ -357,7 +357,9 @@
           if (state.status === "done") {
             show(state.images);
             const note = state.stopped === "interrupt" ? " (interrupted; finished images kept)" : state.stopped === "skip" ? " (skipped images dropped)" : "";
-            status.textContent = `Done in ${state.elapsed} s${note}.`; break;
+            const failed = (state.failed_cells || []).map((c) => `${c.x}, ${c.y}: ${c.error}`);
+            const cells = failed.length ? ` ${failed.length} plot cell(s) failed (grey in the grid): ${failed.join("; ")}` : "";
+            status.textContent = `Done in ${state.elapsed} s${note}.${cells}`; break;
           }
           if (state.status === "interrupted") { status.textContent = state.error; break; }
           if (state.status === "failed") { throw new Error(state.error); }
