@@ -336,3 +336,13 @@ def test_an_interrupt_still_stops_a_plot_with_a_failed_cell(world):
     state = poll_job(admin, job_id, timeout=20)
     assert state["status"] == "interrupted"
     assert len(world.runtime.generations()) == 2  # no cell after the interrupt ran
+
+
+def test_a_sampler_plot_submitted_during_shutdown_is_refused_as_busy(world):
+    world.in_service()
+    admin = world.signed_in("admin")
+    world.portal.close(timeout=1)
+    response = _submit(admin, xy_plot={"x": {"type": "sampler", "values": "Euler a"},
+                                       "y": {"type": "seed", "values": "1"}})
+    assert response.status_code == 503
+    assert "shutting down" in response.json()["detail"]

@@ -407,13 +407,17 @@ class Generation:
         here (its server refuses a cell it cannot make, and the plot keeps the others)."""
         tasks = [_PLOT_LISTINGS[axis.type] for axis in (plot.x, plot.y)
                  if axis.type in _PLOT_LISTINGS]
-        asked = {task: self._lookups.submit(self.listing, endpoint, task) for task in tasks}
+        try:
+            asked = {task: self._lookups.submit(self.listing, endpoint, task) for task in tasks}
+        except RuntimeError:  # this task is shutting down: _start answers busy
+            return {}
         deadline = time.monotonic() + LISTING_WAIT_SECONDS
         listings: dict[str, list[Any]] = {}
         for task, future in asked.items():
             try:
                 listed = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
+                future.cancel()  # still queued behind a slow one: not asked at all
                 log.info("plot not checked against %s of %s: no answer within %g s", task,
                          endpoint, LISTING_WAIT_SECONDS)
                 continue
@@ -697,7 +701,8 @@ class Generation:
             if cells and len(failed) == len(cells):  # nothing made: the first reason
                 first = failed[0]
                 raise PortalError(f"Every cell of the plot failed; the first: {first.message}",
-                                  status_code=first.status_code) from None
+                                  status_code=first.status_code,
+                                  retry_after=first.retry_after) from None
             marked = [failed_cell(plot, index, error.message)
                       for index, error in sorted(failed.items())] if plot is not None else []
             if not answer.images and stopped:
