@@ -205,6 +205,21 @@ def test_server_warms_up_a_flux_default_model_and_serves_it_through_the_registry
         assert info["steps"] == 4 and info["sd_model_name"] == "flux"
 
 
+def test_a_server_of_flow_models_lists_only_their_flow_matching_samplers(flow_dir, tmp_path):
+    from fastapi.testclient import TestClient
+    from inference_support import invoke, wait_ready
+
+    from easel_inference.app import create_app
+
+    settings = Settings(model_dir=flow_dir, default_model="flux", pipeline_budget=2,
+                        max_pixels=128 * 128, deadline_seconds=3600,
+                        lora_cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        listed = invoke(client, "samplers").json()
+    assert [entry["name"] for entry in listed] == ["Euler", "Heun"]  # FLUX.1 and SD3.5
+
+
 def test_text_encoder_offload_moves_each_encoder_in_for_its_pass_and_out_after(flow_dir):
     """EASEL_TEXT_ENCODER_OFFLOAD (the memory plan's choice): encoders live in host memory and
     each goes to the device for its own forward pass only."""

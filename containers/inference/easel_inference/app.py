@@ -71,6 +71,7 @@ from .errors import (
     Unavailable,
 )
 from .generation import StepHook, generate, model_request
+from .loader import flow_family_of
 from .lora import LoraLibrary
 from .pipelines import PipelineManager, native_side, short_hash
 from .progress import StepReport, StepReporter
@@ -359,7 +360,8 @@ class Engine:
             "controlnet-models": lambda _request, _arrived: ControlNetModels(
                 model_list=list(self.manager.controlnet_files())
             ),
-            "samplers": lambda _request, _arrived: sampler_listing(),
+            "samplers": lambda _request, _arrived: sampler_listing(
+                [flow_family_of(path) for path in self.manager.checkpoints().values()]),
             "schedulers": lambda _request, _arrived: Schedulers(
                 [Scheduler(name=s.lower(), label=s) for s in SCHEDULE_TYPES]
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,17 @@ def advertised_sampler_names() -> list[str]:
     return names
 
 
-def sampler_listing() -> Samplers:
+def sampler_listing(flow_families: Collection[ModelFamily | None] = ()) -> Samplers:
+    """A1111's sampler listing for the endpoint's checkpoints, given the flow family of each
+    (None: a UNet model, or one not recognised): while any is a UNet model, or none is known,
+    every A1111 sampler with its Karras variants; when all are SD3.5 / FLUX.1, only the
+    flow-matching samplers their families take (what ``resolve_flow_sampler`` accepts)."""
+    if flow_families and all(family is not None for family in flow_families):
+        return Samplers([
+            SamplerItem(name=sampler.name, aliases=list(sampler.aliases), options={})
+            for sampler in FLOW_SAMPLERS.values()
+            if any(sampler.name in _FLOW_SAMPLERS_OF[family] for family in flow_families
+                   if family is not None)])
     listing = []
     for sampler in SAMPLERS.values():
         listing.append(SamplerItem(name=sampler.name, aliases=list(sampler.aliases), options={}))
