@@ -53,8 +53,8 @@ def test_a_failed_tile_writes_its_reason_where_it_fits() -> None:
     assert (pixels == FAILED_COLOUR).all(axis=-1).sum() > 50, "no reason written"
 
 
-def _submit(client, **payload):
-    body = {"endpoint": "easel-demo", "task": "txt2img",
+def _submit(client, endpoint_name="easel-demo", **payload):
+    body = {"endpoint": endpoint_name, "task": "txt2img",
             "payload": {"prompt": "a red square", "width": 64, "height": 64, "seed": 9,
                         **payload}}
     return client.post("/generate", json=body)
@@ -295,6 +295,18 @@ def test_a_failing_cell_is_a_marked_tile_in_the_grid(world):
     assert grid.getpixel((left + 4, top + 4)) == (200, 30, 30)  # made
     assert grid.getpixel((left + 8 + 4, top + 4)) == FAILED_BACKGROUND  # failed
     assert grid.getpixel((left + 8 + 4, top + 8 + 4)) == FAILED_BACKGROUND
+
+
+def test_a_failing_cell_on_an_async_endpoint_keeps_the_others(world):
+    world.in_service("easel-queue", mode="async")
+    world.runtime.s3 = world.s3
+    world.runtime.raw_answers["samplers"] = {"not": "a listing"}
+    admin = world.signed_in("admin")
+    state = poll_job(admin, _submit(admin, xy_plot=MIXED, endpoint_name="easel-queue")
+                     .json()["job_id"])
+    assert state["status"] == "done", state
+    assert [image["grid"] for image in state["images"]] == [True, False, False]
+    assert [cell["index"] for cell in state["failed_cells"]] == [1, 3]
 
 
 def test_a_plot_whose_every_cell_fails_is_a_failed_job_with_the_first_reason(world):
