@@ -23,6 +23,7 @@ from stacks.naming import (
     TRAINING_LOG_GROUP,
     deployment_tag_condition,
     endpoint_log_group,
+    list_sagemaker_statement,
     log_group_arn,
     owned_sagemaker_arns,
 )
@@ -94,13 +95,7 @@ class DeploymentCleanup(Construct):
 
         owned = owned_sagemaker_arns(stack, deployment_id)
         # Both handlers share one role: it writes only to their log group (function_role).
-        # SageMaker's List* actions support no resource-level scoping.
-        role.add_to_policy(iam.PolicyStatement(
-            sid="ListSageMaker",
-            actions=["sagemaker:ListEndpoints", "sagemaker:ListEndpointConfigs",
-                     "sagemaker:ListModels", "sagemaker:ListTrainingJobs"],
-            resources=["*"],
-        ))
+        role.add_to_policy(list_sagemaker_statement())
         role.add_to_policy(iam.PolicyStatement(
             sid="ReadOwnTags", actions=["sagemaker:ListTags"], resources=owned
         ))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_iam as iam
 
 from easel_contracts.naming import DEPLOYMENT_TAG, resource_name
 
@@ -27,6 +28,18 @@ def owned_sagemaker_arns(stack: Stack, deployment_id: str) -> list[str]:
         )
         for kind in OWNED_SAGEMAKER_KINDS
     ]
+
+
+def list_sagemaker_statement() -> iam.PolicyStatement:
+    """The List* calls that find a deployment's SageMaker resources among the account's (the
+    portal and the cleanup). SageMaker's List* actions support no resource-level scoping, so they
+    take "*"; whatever is then read or changed is scoped to ``owned_sagemaker_arns``."""
+    return iam.PolicyStatement(
+        sid="ListSageMaker",
+        actions=["sagemaker:ListEndpoints", "sagemaker:ListEndpointConfigs",
+                 "sagemaker:ListModels", "sagemaker:ListTrainingJobs"],
+        resources=["*"],
+    )
 
 
 def endpoint_log_group(deployment_id: str) -> str:

@@ -31,6 +31,7 @@ from stacks.naming import (
     TRAINING_LOG_GROUP,
     deployment_tag_condition,
     endpoint_log_group,
+    list_sagemaker_statement,
     log_group_arn,
     owned_sagemaker_arns,
 )
@@ -264,12 +265,7 @@ class PortalService(Construct):
                      "sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"],
             resources=owned,
         ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="ListSageMaker",
-            actions=["sagemaker:ListEndpoints", "sagemaker:ListEndpointConfigs",
-                     "sagemaker:ListModels", "sagemaker:ListTrainingJobs"],
-            resources=["*"],
-        ))
+        role.add_to_principal_policy(list_sagemaker_statement())
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="PassExecutionRoleToSageMaker",
             actions=["iam:PassRole"],
