@@ -16,30 +16,41 @@ FLUX_SAMPLERS = ["Euler"]
 ALL_SAMPLERS = ["Euler a", "Euler", "DPM++ 2M Karras"]
 
 
-@pytest.fixture
-def mixed(world, monkeypatch) -> list[dict[str, Any]]:
-    """An endpoint of ``tiny`` (SD1.x) and ``flux`` (FLUX.1): its ``samplers`` listing is
-    FLUX.1's flow samplers for ``flux.safetensors``, every sampler otherwise. The payloads the
-    listing was asked with, in order."""
+def mixed_endpoint(world: Any, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """``easel-demo`` in service with ``tiny.safetensors`` (SD1.x) and ``flux.safetensors``
+    (FLUX.1): its ``samplers`` listing is FLUX.1's flow samplers for ``flux.safetensors``, every
+    sampler otherwise. The payloads the listing was asked with, in order."""
     world.in_service()
     answer = world.runtime.invoke_endpoint
     asked: list[dict[str, Any]] = []
 
     def invoke(**kwargs: Any) -> dict[str, Any]:
         body = json.loads(kwargs["Body"])
-        if body["task"] != "samplers":
-            return answer(**kwargs)
-        asked.append(body["payload"])
         request = inv.Invocation.model_validate(body).request()
-        assert isinstance(request, inv.ListingRequest)
-        names = FLUX_SAMPLERS if request.checkpoint == "flux.safetensors" else ALL_SAMPLERS
-        listing = inv.Samplers([inv.Sampler(name=name, aliases=[], options={})
-                                for name in names])
+        listing: inv.SdModels | inv.Samplers
+        if body["task"] == "sd-models":
+            listing = inv.SdModels([
+                inv.SdModel(title=f"{name}.safetensors", model_name=name,
+                            filename=f"Stable-diffusion/{name}.safetensors")
+                for name in ("tiny", "flux")])
+        elif body["task"] == "samplers":
+            asked.append(body["payload"])
+            assert isinstance(request, inv.ListingRequest)
+            names = FLUX_SAMPLERS if request.checkpoint == "flux.safetensors" else ALL_SAMPLERS
+            listing = inv.Samplers([inv.Sampler(name=name, aliases=[], options={})
+                                    for name in names])
+        else:
+            return answer(**kwargs)
         return {"Body": io.BytesIO(listing.model_dump_json().encode()),
                 "ContentType": "application/json"}
 
     monkeypatch.setattr(world.runtime, "invoke_endpoint", invoke)
     return asked
+
+
+@pytest.fixture
+def mixed(world, monkeypatch) -> list[dict[str, Any]]:
+    return mixed_endpoint(world, monkeypatch)
 
 
 def _plot(client, **payload):
