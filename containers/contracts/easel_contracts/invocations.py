@@ -2,8 +2,9 @@
 
 The body is the envelope ``{"task": ..., "payload": {...}}``. ``txt2img`` and ``img2img`` take and
 return the AUTOMATIC1111 ``/sdapi/v1`` shapes (``{"images": [base64 PNG], "parameters": {...},
-"info": "<json string>"}``); the listing tasks take an empty payload and answer what A1111 (or
-its LoRA / ControlNet extensions) answers on the matching route. The portal validates requests
+"info": "<json string>"}``); the listing tasks take an empty payload (``samplers`` may name a
+checkpoint) and answer what A1111 (or its LoRA / ControlNet extensions) answers on the matching
+route. The portal validates requests
 with these models before any GPU time is spent and parses the server's answers with them; the
 server validates the same requests and builds its answers through the same models, so both sides
 share one set of bounds and one wire shape.
