@@ -80,6 +80,23 @@ def test_checkpoint_names_lose_the_a1111_hash_and_path_parts_are_refused():
         inv.OverrideSettings(sd_model_checkpoint="../secret")
 
 
+def test_a_listing_takes_an_empty_payload_as_before():
+    request = inv.Invocation(task="samplers", payload={}).request()
+    assert isinstance(request, inv.ListingRequest) and request.checkpoint is None
+
+
+def test_a_listings_checkpoint_loses_the_a1111_hash_like_a_requests():
+    request = inv.Invocation(task="samplers",
+                             payload={"checkpoint": "flux.safetensors [0123abcd]"}).request()
+    assert request.checkpoint == "flux.safetensors"
+
+
+@pytest.mark.parametrize("name", ["../secret", "models/flux", "", "x" * (inv.MAX_NAME_CHARS + 1)])
+def test_a_listings_checkpoint_that_is_a_path_empty_or_too_long_is_refused(name):
+    with pytest.raises(ValidationError, match="checkpoint"):
+        inv.ListingRequest(checkpoint=name)
+
+
 def test_controlnet_units_are_checked_with_their_index():
     bad = {"controlnet": {"args": [{"module": "canny"}, {"weight": 5}]}}
     with pytest.raises(ValidationError, match=r"args\[1\]\.weight"):

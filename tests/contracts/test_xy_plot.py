@@ -139,6 +139,15 @@ def test_a_sampler_the_endpoint_lacks_names_its_axis_and_what_the_endpoint_serve
                               "endpoint; it serves: Euler, Heun")
 
 
+def test_a_sampler_a_named_model_lacks_names_that_model() -> None:
+    request = Txt2ImgRequest(prompt="p",
+                             override_settings={"sd_model_checkpoint": "flux.safetensors [ab12]"})
+    with pytest.raises(NotServed, match="is not served by this endpoint for model "
+                                        "'flux.safetensors'; it serves: Euler, Heun"):
+        plot_requests(request, _plot(("sampler", "DPM++ 2M Karras"), ("seed", "1")),
+                      samplers=FLOW_SAMPLERS)
+
+
 def test_a_sampler_named_by_its_alias_is_served() -> None:
     cells = plot_requests(Txt2ImgRequest(prompt="p"),
                           _plot(("sampler", "k_euler, Heun"), ("seed", "1")),

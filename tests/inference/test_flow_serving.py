@@ -220,6 +220,66 @@ def test_a_server_of_flow_models_lists_only_their_flow_matching_samplers(flow_di
     assert [entry["name"] for entry in listed] == ["Euler", "Heun"]  # FLUX.1 and SD3.5
 
 
+@pytest.fixture(scope="module")
+def mixed_client(flow_dir, tmp_path_factory):
+    """A server whose endpoint has a UNet model (``tiny``, SD1.x) beside FLUX.1 and SD3.5."""
+    from fastapi.testclient import TestClient
+    from inference_support import wait_ready
+
+    from easel_inference.app import create_app
+    from easel_inference.builder import build_model_dir
+
+    root = tmp_path_factory.mktemp("mixed-model")
+    shutil.copytree(flow_dir, root, dirs_exist_ok=True)
+    build_model_dir(root, name="tiny", seed=3)
+    settings = Settings(model_dir=root, default_model="tiny", pipeline_budget=2,
+                        max_pixels=128 * 128, deadline_seconds=3600,
+                        lora_cache_dir=tmp_path_factory.mktemp("cache"))
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+def _listed(client, payload=None) -> list[str]:
+    from inference_support import invoke
+
+    answer = invoke(client, "samplers", payload)
+    assert answer.status_code == 200, answer.text
+    return [entry["name"] for entry in answer.json()]
+
+
+def test_a_mixed_endpoint_lists_only_flow_samplers_for_its_flux_checkpoint(mixed_client):
+    from inference_support import invoke
+
+    titles = {model["model_name"]: model["title"]
+              for model in invoke(mixed_client, "sd-models").json()}
+    assert _listed(mixed_client, {"checkpoint": titles["flux"]}) == ["Euler"]
+    assert _listed(mixed_client, {"checkpoint": "sd35"}) == ["Euler", "Heun"]
+
+
+def test_a_mixed_endpoint_lists_every_a1111_sampler_for_its_unet_checkpoint(mixed_client):
+    from easel_inference.samplers import advertised_sampler_names
+
+    assert _listed(mixed_client, {"checkpoint": "tiny"}) == advertised_sampler_names()
+
+
+def test_a_mixed_endpoint_without_a_checkpoint_lists_every_a1111_sampler(mixed_client):
+    from easel_inference.samplers import advertised_sampler_names
+
+    assert _listed(mixed_client) == advertised_sampler_names()
+
+
+def test_a_samplers_listing_for_a_checkpoint_the_endpoint_lacks_names_those_it_has(mixed_client):
+    from inference_support import invoke
+
+    answer = invoke(mixed_client, "samplers", {"checkpoint": "sdxl-base"})
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["field"] == "checkpoint"
+    assert "'sdxl-base' is not on this endpoint" in body["detail"]
+    assert all(name in body["detail"] for name in ("flux", "sd35", "tiny"))
+
+
 def test_text_encoder_offload_moves_each_encoder_in_for_its_pass_and_out_after(flow_dir):
     """EASEL_TEXT_ENCODER_OFFLOAD (the memory plan's choice): encoders live in host memory and
     each goes to the device for its own forward pass only."""

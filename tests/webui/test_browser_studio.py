@@ -225,3 +225,24 @@ def test_the_xy_plot_form_says_which_cells_failed(served, page):  # noqa: F811
     status = page.text_content("#generate-form .status")
     assert status.startswith("Done") and "1 plot cell(s) failed" in status
     assert "Sampler: DPM++ 2M, Seed: 1: " in status
+
+
+def test_the_sampler_options_follow_the_chosen_model(served, page, monkeypatch):  # noqa: F811
+    from .test_samplers_per_checkpoint import ALL_SAMPLERS, FLUX_SAMPLERS, mixed_endpoint
+
+    base, world = served
+    mixed_endpoint(world, monkeypatch)
+    _sign_in(page, base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("#checkpoint option[value='flux.safetensors']", state="attached")
+    page.wait_for_selector("#sampler option[value='DPM++ 2M Karras']", state="attached")
+    offered = "els => els.map(e => e.value).filter(Boolean)"
+    page.select_option("#sampler", "DPM++ 2M Karras")
+    page.select_option("#checkpoint", "flux.safetensors")
+    page.wait_for_selector("#sampler option[value='DPM++ 2M Karras']", state="detached")
+    assert page.eval_on_selector_all("#sampler option", offered) == FLUX_SAMPLERS
+    assert page.input_value("#sampler") == ""  # no longer offered: the default
+    page.select_option("#sampler", "Euler")
+    page.select_option("#checkpoint", "tiny.safetensors")
+    page.wait_for_selector("#sampler option[value='DPM++ 2M Karras']", state="attached")
+    assert page.eval_on_selector_all("#sampler option", offered) == ALL_SAMPLERS
+    assert page.input_value("#sampler") == "Euler"  # still offered: kept

@@ -2,8 +2,9 @@
 
 The body is the envelope ``{"task": ..., "payload": {...}}``. ``txt2img`` and ``img2img`` take and
 return the AUTOMATIC1111 ``/sdapi/v1`` shapes (``{"images": [base64 PNG], "parameters": {...},
-"info": "<json string>"}``); the listing tasks take an empty payload and answer what A1111 (or
-its LoRA / ControlNet extensions) answers on the matching route. The portal validates requests
+"info": "<json string>"}``); the listing tasks take an empty payload (``samplers`` may name a
+checkpoint) and answer what A1111 (or its LoRA / ControlNet extensions) answers on the matching
+route. The portal validates requests
 with these models before any GPU time is spent and parses the server's answers with them; the
 server validates the same requests and builds its answers through the same models, so both sides
 share one set of bounds and one wire shape.
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -72,6 +74,17 @@ def _image_text(value: str | None, *, what: str) -> str | None:
     return value
 
 
+def _plain_checkpoint(value: str, info: ValidationInfo) -> str:
+    # A1111 titles look like "name.safetensors [hash]": keep the name
+    return check_name(_A1111_HASH.sub("", value.strip()), what=info.field_name or "checkpoint")
+
+
+CheckpointName = Annotated[str, Field(max_length=MAX_NAME_CHARS),
+                           AfterValidator(_plain_checkpoint)]
+"""A checkpoint as a request names it: its name, file name or A1111 title (``name.safetensors
+[hash]``, the hash dropped), at most ``MAX_NAME_CHARS`` characters, no path."""
+
+
 # --- requests
 
 
@@ -80,18 +93,9 @@ class OverrideSettings(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    sd_model_checkpoint: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    sd_model_checkpoint: CheckpointName | None = None
     CLIP_stop_at_last_layers: int | None = Field(default=None, ge=1, le=MAX_CLIP_SKIP)
     sd_vae: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
-
-    @field_validator("sd_model_checkpoint")
-    @classmethod
-    def _plain_checkpoint(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        # A1111 titles look like "name.safetensors [hash]": keep the name
-        value = _A1111_HASH.sub("", value.strip())
-        return check_name(value, what="override_settings.sd_model_checkpoint")
 
     @field_validator("sd_vae")
     @classmethod
@@ -423,9 +427,14 @@ class ExtrasSingleImageRequest(BaseModel):
 
 
 class ListingRequest(BaseModel):
-    """A listing task takes an empty payload."""
+    """A listing task's payload: empty, or naming a ``checkpoint`` of the endpoint (the form
+    ``override_settings.sd_model_checkpoint`` takes). Only ``samplers`` reads it (the samplers
+    that checkpoint's family takes); the other listings ignore it. Without it, ``samplers``
+    lists what the endpoint's checkpoints take together."""
 
     model_config = ConfigDict(extra="forbid")
+
+    checkpoint: CheckpointName | None = None
 
 
 # --- answers

@@ -159,13 +159,15 @@ def _offered(names: list[str]) -> str:
 
 def _check_served(request: Txt2ImgRequest, plot: XYPlot, samplers: Sequence[Sampler] | None,
                   loras: Sequence[Lora] | None) -> None:
+    checkpoint = request.override_settings.sd_model_checkpoint
+    model = f" for model {checkpoint!r}" if checkpoint else ""
     for side, axis in (("x", plot.x), ("y", plot.y)):
         if axis.type is AxisType.SAMPLER and samplers is not None:
             known = {name for sampler in samplers for name in (sampler.name, *sampler.aliases)}
             for value in axis.values:
                 if value not in known:
                     raise NotServed(f"xy_plot.{side}", (
-                        f"Sampler {value!r} is not served by this endpoint; "
+                        f"Sampler {value!r} is not served by this endpoint{model}; "
                         f"{_offered([sampler.name for sampler in samplers])}"))
         if axis.type is AxisType.LORA_WEIGHT and loras is not None:
             tag = LORA_TAG.search(request.prompt)
@@ -201,8 +203,10 @@ def plot_requests(request: Txt2ImgRequest, plot: XYPlot, *,
     """One request a cell, row by row (y outer, x inner), each checked against the invocation
     contract's bounds. A random seed (-1) is picked once, so every cell shares it unless the
     seed is an axis; a LoRA weight axis sets the weight of the prompt's first ``<lora:...>``.
-    ``samplers`` and ``loras``, the endpoint's listings where known, must hold every sampler
-    value and the LoRA a weight axis varies (``NotServed`` if not); None is not checked."""
+    ``samplers`` and ``loras``, the endpoint's listings where known (``samplers``: those of the
+    request's ``override_settings.sd_model_checkpoint`` where it names one), must hold every
+    sampler value and the LoRA a weight axis varies (``NotServed`` if not); None is not
+    checked."""
     if request.batch_size != 1 or request.n_iter != 1:
         raise PlotError("xy_plot", "a plot makes one image a cell: set batch_size and n_iter "
                                    "to 1")

@@ -35,8 +35,10 @@ from easel_contracts.invocations import (
     GenerationRequest,
     GenerationResponse,
     Invocation,
+    ListingRequest,
     Loras,
     Options,
+    Samplers,
     Scheduler,
     Schedulers,
     SdModel,
@@ -360,8 +362,7 @@ class Engine:
             "controlnet-models": lambda _request, _arrived: ControlNetModels(
                 model_list=list(self.manager.controlnet_files())
             ),
-            "samplers": lambda _request, _arrived: sampler_listing(
-                [flow_family_of(path) for path in self.manager.checkpoints().values()]),
+            "samplers": lambda request, _arrived: self.samplers(request),
             "schedulers": lambda _request, _arrived: Schedulers(
                 [Scheduler(name=s.lower(), label=s) for s in SCHEDULE_TYPES]
             ),
@@ -377,6 +378,21 @@ class Engine:
             raise TypeError("extra-single-image takes an ExtrasSingleImageRequest")
         job = job or self.image_job()
         return self.manager.upscalers.extras(request, job.check)
+
+    def samplers(self, request: BaseModel) -> Samplers:
+        """The samplers the endpoint's checkpoints take together, or, for a ``checkpoint``, the
+        ones its family takes (flow-matching for SD3.5 / FLUX.1, every A1111 sampler for the
+        others); a checkpoint the endpoint lacks is a 400 naming those it has."""
+        if not isinstance(request, ListingRequest):
+            raise TypeError("samplers takes a ListingRequest")
+        found = self.manager.checkpoints()
+        if request.checkpoint is None:
+            return sampler_listing([flow_family_of(path) for path in found.values()])
+        name = self.manager.lookup_name(request.checkpoint, found)
+        if name is None:
+            raise BadRequest(f"checkpoint {request.checkpoint!r} is not on this endpoint; it has: "
+                             f"{', '.join(found) or 'none'}", field="checkpoint")
+        return sampler_listing([flow_family_of(found[name])])
 
     def image_job(self) -> Job:
         return Job(arrived=self.clock(), deadline_s=self.settings.deadline_seconds,

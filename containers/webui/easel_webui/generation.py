@@ -55,7 +55,7 @@ from easel_contracts.xy_plot import AxisType, FailedCell, XYPlot, failed_cell
 from easel_webui.auth import User
 from easel_webui.downloads import download_name
 from easel_webui.endpoints import Endpoints
-from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError
+from easel_webui.errors import Busy, NotFound, PortalError, UpstreamError, describe_validation
 from easel_webui.grids import with_grid, with_plot_grid
 from easel_webui.live import JobControl, Stop
 from easel_webui.payloads import plot_cells
@@ -394,21 +394,31 @@ class Generation:
             stream.close()
         raise UpstreamError("The model server's stream ended without a result; retry.")
 
-    def listing(self, endpoint: str, task: str) -> BaseModel:
-        """A listing task's answer (its registry response model)."""
+    def listing(self, endpoint: str, task: str, *, checkpoint: str | None = None) -> BaseModel:
+        """A listing task's answer (its registry response model); with ``checkpoint`` (read
+        by ``samplers`` only), the samplers that checkpoint of the endpoint takes."""
         if task not in LISTING_TASKS:
             raise PortalError(f"task: one of {', '.join(LISTING_TASKS)}")
-        return self.invoke(endpoint, task, ListingRequest())
+        try:  # an empty payload without one: what servers from before the field take
+            request = ListingRequest(checkpoint=checkpoint) if checkpoint else ListingRequest()
+        except ValidationError as exc:
+            raise PortalError(describe_validation(list(exc.errors())), status_code=422) \
+                from None
+        return self.invoke(endpoint, task, request)
 
-    def plot_listings(self, endpoint: str, plot: XYPlot) -> dict[str, list[Any]]:
+    def plot_listings(self, endpoint: str, plot: XYPlot,
+                      checkpoint: str | None = None) -> dict[str, list[Any]]:
         """The endpoint's listings a plot's values are checked against (``samplers`` for a
-        sampler axis, ``loras`` for a LoRA weight axis), each only where it answers within
+        sampler axis, those of ``checkpoint``, the plotted request's, where it names one;
+        ``loras`` for a LoRA weight axis), each only where it answers within
         ``LISTING_WAIT_SECONDS``: an endpoint out of service, slow or failing is not checked
         here (its server refuses a cell it cannot make, and the plot keeps the others)."""
         tasks = [_PLOT_LISTINGS[axis.type] for axis in (plot.x, plot.y)
                  if axis.type in _PLOT_LISTINGS]
         try:
-            asked = {task: self._lookups.submit(self.listing, endpoint, task) for task in tasks}
+            asked = {task: self._lookups.submit(
+                self.listing, endpoint, task,
+                checkpoint=checkpoint if task == "samplers" else None) for task in tasks}
         except RuntimeError:  # this task is shutting down: _start answers busy
             return {}
         deadline = time.monotonic() + LISTING_WAIT_SECONDS
@@ -515,7 +525,8 @@ class Generation:
         if task not in GENERATION_TASKS:
             raise PortalError(f"task: one of {', '.join(GENERATION_TASKS)}")
         record = self.endpoints.record(endpoint)
-        cells = (plot_cells(request, plot, **self.plot_listings(endpoint, plot))
+        checkpoint = request.override_settings.sd_model_checkpoint  # its samplers, if named
+        cells = (plot_cells(request, plot, **self.plot_listings(endpoint, plot, checkpoint))
                  if plot is not None else None)
         if record.get("mode", "realtime") == "realtime":  # an async one has up to an hour
             for invocation in cells or [request]:  # refused before any job: what to lower

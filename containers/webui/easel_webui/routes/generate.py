@@ -64,6 +64,17 @@ def generate_options(portal: PortalDep, user: CurrentUser, endpoint: str) -> dic
     return answer
 
 
+@routes.get("/generate/samplers", access=Access.USER)
+def generate_samplers(portal: PortalDep, user: CurrentUser, endpoint: str,
+                      checkpoint: str = "") -> list[dict[str, Any]]:
+    """The samplers the form offers for the chosen model: those ``checkpoint`` (a model of the
+    endpoint, by name or title) takes; without one (the endpoint's default model), those the
+    endpoint's models take together."""
+    portal.endpoints.record(endpoint)
+    listed = portal.generation.listing(endpoint, "samplers", checkpoint=checkpoint or None)
+    return list(listed.model_dump(mode="json"))
+
+
 def _resolve_images(portal: Any, user: Any, body: dict[str, Any]) -> None:
     """`init_image_id`: reuse a gallery image (the user's own) as the img2img input."""
     image_id = body.pop("init_image_id", None)

@@ -181,6 +181,7 @@
         const data = await api("/generate/options?endpoint=" + encodeURIComponent(endpoint.value));
         fillSelect($("#checkpoint"), (data["sd-models"] || []).map((m) => m.title || m.model_name), keep && keep.checkpoint);
         fillSelect($("#sampler"), (data.samplers || []).map((s) => s.name), keep && keep.sampler);
+        if ($("#checkpoint").value) loadSamplers(keep && keep.sampler);
         fillSelect($("#cn-model"), ((data["controlnet-models"] || {}).model_list || []));
         // hires fix: the latent and Lanczos upscalers, then the endpoint's ESRGAN models
         const hr = $("#hr-upscaler");
@@ -199,6 +200,24 @@
         loras.forEach((n) => { if (!known.has(n)) { const o = document.createElement("option"); o.value = n; o.textContent = n; pick.appendChild(o); } });
       } catch (e) { $(".status", gen).textContent = "Could not read the endpoint's models: " + e.message; }
     };
+    // The samplers the chosen model takes (SD3.5 / FLUX.1: flow-matching only); the choice stays
+    // where still offered. Only the answer to the latest change is used.
+    let samplersAsked = 0;
+    const loadSamplers = async (keep) => {
+      if (!endpoint.value) return;
+      const select = $("#sampler");
+      const chosen = keep || select.value;
+      const asked = ++samplersAsked;
+      try {
+        const listed = await api("/generate/samplers?endpoint=" + encodeURIComponent(endpoint.value) +
+          "&checkpoint=" + encodeURIComponent($("#checkpoint").value));
+        if (asked !== samplersAsked) return;
+        const names = listed.map((s) => s.name);
+        fillSelect(select, names);
+        select.value = names.includes(chosen) ? chosen : "";
+      } catch (e) { $(".status", gen).textContent = "Could not read the model's samplers: " + e.message; }
+    };
+    $("#checkpoint").addEventListener("change", () => loadSamplers());
     let sizeChosen = false;
     ["width", "height"].forEach((k) => gen.elements[k].addEventListener("input", () => { sizeChosen = true; }));
     endpoint.addEventListener("change", () => loadOptions());
