@@ -1,4 +1,5 @@
 import json
+from typing import get_args
 
 import pytest
 
@@ -23,6 +24,19 @@ def test_only_step_and_status_are_required():
     assert parsed.total_steps is None and parsed.percent == 0.0
 
 
+def test_a_file_written_before_phases_reads_as_training():
+    assert contract.parse_progress(json.dumps(RUNNING)).phase == "training"
+
+
+def test_a_phase_round_trips_with_its_label():
+    parsed = contract.parse_progress(json.dumps({**RUNNING, "step": 0, "phase": "caching"}))
+    assert parsed.phase == "caching" and parsed.phase_label == "Encoding prompts and caching latents…"
+
+
+def test_every_phase_has_a_label():
+    assert set(contract.PHASE_LABELS) == set(get_args(contract.ProgressPhase))
+
+
 def test_percent_never_passes_100():
     assert contract.Progress(step=12, total_steps=10, status="completed").percent == 100.0
 
@@ -32,6 +46,7 @@ def test_percent_never_passes_100():
     (b"[1, 2]", "not a JSON object"),
     (b'{"step": -1, "status": "running"}', "step"),
     (b'{"step": 1, "status": "exploded"}', "status"),
+    (b'{"step": 0, "status": "running", "phase": "daydreaming"}', "phase"),
     (b'{"step": 1, "status": "running", "loss": NaN}', "loss"),
     (b'{"status": "running"}', "step"),
     (b"\xff\xfe", "not JSON"),

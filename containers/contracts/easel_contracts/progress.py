@@ -23,6 +23,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ProgressStatus = Literal["running", "completed", "failed", "stopped"]
+ProgressPhase = Literal["loading", "class_images", "caching", "first_step", "training", "saving"]
+"""What a job is doing, in the order a job goes through them (``class_images`` only with prior
+preservation). ``first_step`` is the first optimizer step of the run, which carries the
+torch.compile (``compile=true``) and the CUDA-graph capture; ``training`` is every step after."""
+
+PHASE_LABELS: dict[ProgressPhase, str] = {
+    "loading": "Loading the base model…",
+    "class_images": "Generating class images…",
+    "caching": "Encoding prompts and caching latents…",
+    "first_step": "Preparing the first step (compiling, capturing)…",
+    "training": "Training",
+    "saving": "Saving the result…",
+}
+"""What a person reads for each phase (the portal's job page, ``scripts/train.py``)."""
 
 PROGRESS_FILE = "progress.json"          # in the checkpoints folder
 PREVIEW_FOLDER = "preview"               # in the checkpoints folder: step-<N>.png
@@ -49,6 +63,8 @@ class Progress(BaseModel):
     images_per_second: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     eta_seconds: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     status: ProgressStatus
+    # a file written before phases existed was written from the step loop: it reads as training
+    phase: ProgressPhase = "training"
     updated_at: datetime | None = None
 
     @property
@@ -57,6 +73,11 @@ class Progress(BaseModel):
         if not self.total_steps:
             return 0.0
         return round(min(100.0, 100.0 * self.step / self.total_steps), 1)
+
+    @property
+    def phase_label(self) -> str:
+        """The phase in words, for a person watching the job."""
+        return PHASE_LABELS[self.phase]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=1)
