@@ -68,6 +68,31 @@ def test_lora_run_writes_the_layout_report_and_progress(make_job):
         assert all(handle.get_tensor(k).dtype == torch.float16 for k in names)
 
 
+PHASES = ["loading", "caching", "first_step", "training", "saving"]
+
+
+def test_progress_names_each_phase_of_the_job_in_order(make_job, monkeypatch):
+    from easel_training import progress as reporter
+
+    writes = []
+    write = reporter.write_progress
+
+    def recording(path, progress):
+        writes.append((progress.phase, progress.step, progress.status))
+        write(path, progress)
+
+    monkeypatch.setattr(reporter, "write_progress", recording)
+    layout = make_job({})
+    assert run_in_process(layout).status == "completed"
+    phases = [phase for phase, _, _ in writes]
+    assert list(dict.fromkeys(phases)) == PHASES  # every phase, each entered once, in order
+    assert phases == sorted(phases, key=PHASES.index)
+    # before the loop at step 0; the first written step is already "training"
+    assert writes[phases.index("first_step")][:2] == ("first_step", 0)
+    assert writes[phases.index("training")][:2] == ("training", 1)
+    assert writes[-1] == ("saving", 3, "completed")
+
+
 def _check_kohya_file(path, *, rank: int, alpha: float) -> set[str]:
     """Every module has lora_down/lora_up/alpha with the right shapes; returns module names."""
     with safe_open(str(path), "pt") as handle:

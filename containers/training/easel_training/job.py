@@ -124,6 +124,7 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
     from easel_training.base_model import load_base_model
     from easel_training.trainer import DTYPES
 
+    progress.enter("loading", step=0)
     base = load_base_model(paths.channel(MODEL_CHANNEL), paths.scratch, hp.checkpoint,
                            flow_dtype=DTYPES[mixed_precision])
     hp = hp.for_family(base.family)  # rank, learning rate, previews: the family's defaults
@@ -135,9 +136,9 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
     min_side = hp.min_image_side or resolution // 2
     reject_small_images(records, folder=concepts_dir, channel=CONCEPTS_CHANNEL,
                         min_side=min_side)
-    progress.status_only("running", step=0)
     class_records = []
     if hp.with_prior_preservation:
+        progress.enter("class_images", step=0)
         from easel_training.class_images import prepare_class_records
 
         class_records = prepare_class_records(hp=hp, paths=paths, pipe=base.pipe,
@@ -154,6 +155,7 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
                               resolution=resolution)
     trainer = make_trainer(hp=hp, paths=paths, base=base, data=data, accelerator=accelerator,
                            mixed_precision=mixed_precision, stop=stop)
+    progress.enter("caching", step=0)  # both trainers' setup: prompts, latents, device
     trainer.setup()
     result = trainer.run(progress)
     if result.status == "stopped":
@@ -162,6 +164,8 @@ def run_job(*, paths: JobPaths, stop: StopRequest,
         return JobOutcome(status="stopped", step=result.step, result=None, pipeline=base.pipe)
     output = None
     if accelerator.is_main_process:
+        progress.enter("saving", step=result.step,
+                       loss=result.loss_curve[-1] if result.loss_curve else None)
         output = _save_result(hp=hp, paths=paths, base=base, result=result, data=data,
                               job_seconds=time.monotonic() - job_started, resolution=resolution)
         progress.status_only("completed", step=result.step,

@@ -2,8 +2,12 @@
 contract) and metric lines on stdout.
 
 The stdout lines look like ``easel-progress step=12 total_steps=1000 loss=0.1234
-images_per_second=21.5 eta_seconds=46`` so SageMaker metric definitions such as
+images_per_second=21.5 eta_seconds=46 phase=training`` so SageMaker metric definitions such as
 ``loss=([0-9.eE+-]+)`` pick them up.
+
+The job says which phase it is in (``easel_contracts.progress.ProgressPhase``): the job enters
+each phase through :meth:`ProgressReporter.enter`, which writes at once, so a person watching a
+long start (loading a large base model, caching, a compiled first step) sees what it is doing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TextIO
 from easel_contracts.progress import (
     Progress,
     ProgressError,
+    ProgressPhase,
     ProgressStatus,
     finite_or_none,
     parse_progress,
@@ -48,13 +53,15 @@ def mark_failed(path: Path) -> None:
 
 
 def format_metric_line(*, step: int, total_steps: int, loss: float | None,
-                       images_per_second: float, eta_seconds: float | None) -> str:
+                       images_per_second: float, eta_seconds: float | None,
+                       phase: ProgressPhase) -> str:
     parts = [f"step={step}", f"total_steps={total_steps}"]
     if loss is not None and math.isfinite(loss):
         parts.append(f"loss={loss:.6f}")
     parts.append(f"images_per_second={images_per_second:.3f}")
     if eta_seconds is not None:
         parts.append(f"eta_seconds={eta_seconds:.0f}")
+    parts.append(f"phase={phase}")
     return "easel-progress " + " ".join(parts)
 
 
@@ -75,6 +82,7 @@ class ProgressReporter:
         self._last_report = -math.inf
         self._rate_mark: tuple[float, int] | None = None
         self.images_per_second = 0.0
+        self.phase: ProgressPhase = "loading"
 
     def start_timing(self, *, step: int) -> None:
         """Mark the point from which throughput is measured (after model load/caching)."""
@@ -83,8 +91,16 @@ class ProgressReporter:
     def due(self) -> bool:
         return self.enabled and self.clock() - self._last_report >= self.min_interval_s
 
+    def enter(self, phase: ProgressPhase, *, step: int, loss: float | None = None) -> None:
+        """Record that the job moved on to ``phase``, written at once (never throttled away)."""
+        self.report(step=step, loss=loss, phase=phase, force=True)
+
     def report(self, *, step: int, loss: float | None, status: ProgressStatus = "running",
-               force: bool = False) -> None:
+               phase: ProgressPhase | None = None, force: bool = False) -> None:
+        """Write progress.json and a metric line when due; a change of phase is always written."""
+        if phase is not None and phase != self.phase:
+            self.phase = phase
+            force = True
         if not self.enabled or not (force or self.due()):
             return
         now = self.clock()
@@ -103,9 +119,10 @@ class ProgressReporter:
             step=step, total_steps=self.total_steps, loss=finite_or_none(loss),
             images_per_second=round(self.images_per_second, 3),
             eta_seconds=None if eta is None else round(eta, 1), status=status,
-            updated_at=datetime.now(UTC).replace(microsecond=0)))
+            phase=self.phase, updated_at=datetime.now(UTC).replace(microsecond=0)))
         line = format_metric_line(step=step, total_steps=self.total_steps, loss=loss,
-                                  images_per_second=self.images_per_second, eta_seconds=eta)
+                                  images_per_second=self.images_per_second, eta_seconds=eta,
+                                  phase=self.phase)
         print(line, file=self.stream, flush=True)
 
     def status_only(self, status: ProgressStatus, *, step: int, loss: float | None = None) -> None:

@@ -409,6 +409,8 @@ class Trainer:
         total_steps = hp.max_train_steps
         loss_buffer = torch.zeros(max(total_steps - start_step, 1), device=self.device)
         recorded = 0
+        # the first step carries torch.compile and the CUDA-graph capture (minutes at full size)
+        progress.enter("first_step", step=start_step, loss=losses[-1] if losses else None)
         progress.start_timing(step=start_step)
         started = time.monotonic()
         step = start_step
@@ -429,13 +431,16 @@ class Trainer:
             loss = self._train_step(step)
             loss_buffer[step - start_step] = loss
             step += 1
-            if progress.due() or step == total_steps:
+            first = step == start_step + 1
+            if first or progress.due() or step == total_steps:
                 current = flush_losses()[-1]
                 if not math.isfinite(current):
                     raise TrainingRuntimeError(
                         f"the loss became {current} at step {step}: lower learning_rate, use "
                         "mixed_precision=bf16 or no, or check the images")
-                progress.report(step=step, loss=current)
+                progress.report(step=step, loss=current, phase="training")
+            if first:  # the throughput (and so the ETA) of the steps, without the compile
+                progress.start_timing(step=step)
             if hp.checkpointing_steps and step % hp.checkpointing_steps == 0 \
                     and step < total_steps:
                 self._save_checkpoint(step, flush_losses())
