@@ -14,6 +14,7 @@ import pytest
 
 from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
 from easel_contracts.hyperparameters import HyperParameters, field_schemas
+from easel_contracts.progress import PHASE_LABELS
 from easel_contracts.training_record import TrainingJobRecord
 
 from .conftest import BUCKET
@@ -151,6 +152,25 @@ def test_progress_bar_and_previews_from_checkpoints(alice_world):
     assert 'value="50.0"' in page.text and "step 5/10" in page.text
     listing = alice.get("/training")
     assert "easel-dog-v1" in listing.text
+
+
+def test_before_its_first_step_the_job_says_what_it_is_doing(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    alice_world.put("training/easel-dog-v1/checkpoints/progress.json", json.dumps(
+        {"step": 0, "total_steps": 10, "status": "running", "phase": "first_step"}).encode())
+    label = PHASE_LABELS["first_step"]
+    assert alice.get("/training/easel-dog-v1/status").json()["phase_label"] == label
+    assert label in alice.get("/training/easel-dog-v1").text
+    assert label in alice.get("/training").text
+
+
+def test_a_training_job_shows_its_steps_not_a_phase(alice_world):
+    alice = alice_world.signed_in("alice")
+    alice.post("/training", data=_form())
+    alice_world.put("training/easel-dog-v1/checkpoints/progress.json", json.dumps(
+        {"step": 3, "total_steps": 10, "status": "running"}).encode())
+    assert alice.get("/training/easel-dog-v1/status").json()["phase_label"] == ""
 
 
 @pytest.mark.parametrize(("body", "says"), [

@@ -406,12 +406,18 @@ class Training:
         percent = progress.percent if progress else 0.0
         if status == "Completed":
             percent = 100.0
+        # a slow start (a large base model, caching, a compiled first step) says what it is doing
+        phase_label = ""
+        if progress and progress.status == "running" and progress.phase != "training" \
+                and status not in FINAL_STATUSES:
+            phase_label = progress.phase_label
         result = {
             **record.model_dump(), "status": status,
             "secondary_status": live.get("SecondaryStatus", ""),
             "failure": live.get("FailureReason", ""),
             "progress": progress.model_dump(mode="json") if progress else {},
             "progress_problem": problem, "percent": round(percent, 1),
+            "phase_label": phase_label,
             "result_uri": f"{self.bucket.uri}/training/{job}/output/model.tar.gz",
         }
         if previews:
@@ -589,6 +595,7 @@ def _checkpoints(record: TrainingJobRecord) -> str:
 
 
 TIMELINE_LENGTH = 48
+FINAL_STATUSES = ("Completed", "Failed", "Stopped")  # SageMaker's: the job has ended
 # a job whose last checkpoint's LoRA may be published (a completed job publishes its result)
 CHECKPOINT_PUBLISH_STATUSES = ("Stopped", "Failed")
 LORA_HEADER_MAX_BYTES = 16 * 1024 * 1024  # an SDXL LoRA's header is a few hundred KB

@@ -66,8 +66,8 @@ def job_page(request: Request, job: str, portal: PortalDep, user: CurrentUser) -
 def job_status(job: str, portal: PortalDep, user: CurrentUser) -> dict[str, Any]:
     detail = portal.training.job(job, user=user)
     return {k: detail.get(k) for k in ("job", "status", "secondary_status", "failure",
-                                       "progress", "progress_problem", "percent", "previews",
-                                       "published_lora")}
+                                       "progress", "progress_problem", "percent", "phase_label",
+                                       "previews", "published_lora")}
 
 
 @routes.post("/training/{job}/stop", access=Access.USER)

@@ -398,7 +398,7 @@
         try {
           const state = await api(job.dataset.statusUrl);
           $("progress", job).value = state.percent; $(".percent", job).textContent = state.percent;
-          $(".job-status", job).textContent = state.status;
+          $(".job-status", job).textContent = state.status; $(".phase", job).textContent = state.phase_label || "";
           const previews = (state.previews || []).length;
           if (["Completed", "Failed", "Stopped"].includes(state.status) || (last !== null && previews !== last)) { window.location.reload(); return; }
           last = previews;
