@@ -316,6 +316,8 @@ def follow(sagemaker: Any, s3: Any, job_name: str, *, interval: float, quiet: bo
                 details["loss"] = f"{progress.loss:.4f}"
             if progress is not None and progress.eta_seconds is not None:
                 details["eta"] = f"{int(progress.eta_seconds)}s"
+            if progress is not None and progress.phase_note and status not in TERMINAL:
+                details["phase"] = progress.phase_note  # a slow start says what it is doing
             bar.set_postfix(details, refresh=True)
             if status in TERMINAL:
                 if status == "Completed" and bar.total:

@@ -28,9 +28,16 @@ def test_a_file_written_before_phases_reads_as_training():
     assert contract.parse_progress(json.dumps(RUNNING)).phase == "training"
 
 
-def test_a_phase_round_trips_with_its_label():
+def test_a_running_job_outside_its_steps_has_a_note_saying_what_it_does():
     parsed = contract.parse_progress(json.dumps({**RUNNING, "step": 0, "phase": "caching"}))
-    assert parsed.phase == "caching" and parsed.phase_label == "Encoding prompts and caching latents…"
+    assert parsed.phase == "caching"
+    assert parsed.phase_note == contract.PHASE_LABELS["caching"]
+
+
+@pytest.mark.parametrize(("status", "phase"), [("running", "training"), ("failed", "loading"),
+                                               ("completed", "saving")])
+def test_a_training_or_ended_job_has_no_phase_note(status, phase):
+    assert contract.Progress(step=1, status=status, phase=phase).phase_note == ""
 
 
 def test_every_phase_has_a_label():

@@ -10,6 +10,7 @@ from script_support import BUCKET, TABLE
 
 from easel_contracts.concept_uploads import MIN_CONCEPT_IMAGES
 from easel_contracts.hyperparameters import HyperParameters, field_schemas
+from easel_contracts.progress import PHASE_LABELS
 from easel_contracts.training_record import TrainingJobRecord
 from easel_webui.store import deserialize
 from scripts import train
@@ -122,6 +123,27 @@ def test_follow_shows_progress_and_prints_the_result(data, capsys):
     assert code == 0, err
     assert out.strip().startswith("s3://") and "easel-dog" in out
     assert "10/10" in err
+
+
+class _StartingJob:
+    """describe_training_job: in progress once, then completed."""
+
+    def __init__(self) -> None:
+        self.statuses = ["InProgress", "Completed"]
+
+    def describe_training_job(self, TrainingJobName):  # noqa: N803 - boto3's name
+        return {"TrainingJobStatus": self.statuses.pop(0),
+                "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/training/{TrainingJobName}/checkpoints"}}
+
+
+def test_follow_says_what_the_job_does_before_its_first_step(data, capsys):
+    s3 = data.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="training/easel-dog/checkpoints/progress.json",
+                  Body=json.dumps({"step": 0, "total_steps": 10, "status": "running",
+                                   "phase": "first_step"}).encode())
+    code = train.follow(_StartingJob(), s3, "easel-dog", interval=0, quiet=False)
+    assert code == 0
+    assert PHASE_LABELS["first_step"] in capsys.readouterr().err
 
 
 def test_follow_of_an_unknown_job_fails_clearly(data, capsys):

@@ -75,8 +75,11 @@ class Progress(BaseModel):
         return round(min(100.0, 100.0 * self.step / self.total_steps), 1)
 
     @property
-    def phase_label(self) -> str:
-        """The phase in words, for a person watching the job."""
+    def phase_note(self) -> str:
+        """What a running job is doing while it is not in its steps (loading, caching, the first
+        step, saving), in words for a person watching it; empty while it trains or has ended."""
+        if self.status != "running" or self.phase == "training":
+            return ""
         return PHASE_LABELS[self.phase]
 
     def to_json(self) -> str:

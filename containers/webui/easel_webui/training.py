@@ -407,10 +407,7 @@ class Training:
         if status == "Completed":
             percent = 100.0
         # a slow start (a large base model, caching, a compiled first step) says what it is doing
-        phase_label = ""
-        if progress and progress.status == "running" and progress.phase != "training" \
-                and status not in FINAL_STATUSES:
-            phase_label = progress.phase_label
+        phase_label = progress.phase_note if progress and status not in FINAL_STATUSES else ""
         result = {
             **record.model_dump(), "status": status,
             "secondary_status": live.get("SecondaryStatus", ""),
