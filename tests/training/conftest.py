@@ -129,6 +129,34 @@ def make_job(tmp_path, model_channels, monkeypatch) -> Callable[..., JobLayout]:
     return make
 
 
+PHASES = ["loading", "caching", "first_step", "training", "saving"]  # a job without class images
+
+
+def record_progress_writes(patch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
+    """Every progress.json write from now on, as (phase, step, status)."""
+    from easel_training import progress as reporter
+
+    writes: list[tuple[str, int, str]] = []
+    write = reporter.write_progress
+
+    def recording(path, progress):
+        writes.append((progress.phase, progress.step, progress.status))
+        write(path, progress)
+
+    patch.setattr(reporter, "write_progress", recording)
+    return writes
+
+
+def assert_phases_in_order(writes: list[tuple[str, int, str]], *, steps: int) -> None:
+    phases = [phase for phase, _, _ in writes]
+    assert list(dict.fromkeys(phases)) == PHASES  # every phase, each entered once, in order
+    assert phases == sorted(phases, key=PHASES.index)
+    # the first step's phase is written before the loop; the first step done is "training"
+    assert writes[phases.index("first_step")][:2] == ("first_step", 0)
+    assert writes[phases.index("training")][:2] == ("training", 1)
+    assert writes[-1] == ("saving", steps, "completed")
+
+
 def run_in_process(layout: JobLayout, stop=None):
     """Run the job in this process and return its JobOutcome (with the trained pipeline)."""
     from easel_training.job import run_job

@@ -18,7 +18,7 @@ from easel_training import cli
 from easel_training.flow import latent_image_ids, pack_latents, unpack_latents
 from easel_training.flow_schedule import FlowSchedule
 
-from .conftest import run_in_process
+from .conftest import assert_phases_in_order, record_progress_writes, run_in_process
 from .test_resume import RESUME_SETTINGS, StopAfter
 
 FLOW = {"rank": "4", "learning_rate": "0.05", "max_train_steps": "3"}
@@ -33,6 +33,7 @@ def trained(tmp_path_factory, model_channels):
     from .conftest import FAST, JobLayout
 
     done = {}
+    writes: dict[str, list[tuple[str, int, str]]] = {}
 
     def get(family: str):
         if family not in done:
@@ -45,9 +46,11 @@ def trained(tmp_path_factory, model_channels):
                 "validation_steps": "2", "validation_inference_steps": "2"})
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("EASEL_DEVICE", "cpu")
+                writes[family] = record_progress_writes(patch)
                 done[family] = (layout, run_in_process(layout))
         return done[family]
 
+    get.writes = writes  # each family's progress.json writes, as (phase, step, status)
     return get
 
 
@@ -111,6 +114,12 @@ def test_progress_and_previews_are_written(trained, family):
     assert math.isfinite(progress["loss"])
     previews = sorted(p.name for p in (layout.root / "checkpoints" / "preview").iterdir())
     assert previews == ["step-2.png", "step-3.png"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_progress_names_each_phase_of_the_job_in_order(trained, family):
+    trained(family)
+    assert_phases_in_order(trained.writes[family], steps=3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

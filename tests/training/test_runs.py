@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from easel_contracts.progress import RankShare, TrainingReport, parse_progress
 
-from .conftest import SIZE, run_in_process
+from .conftest import SIZE, assert_phases_in_order, record_progress_writes, run_in_process
 
 # fp32 everywhere on the CPU: a LoRA loaded from its file must reproduce the trained model's
 # image up to float rounding in the order of operations.
@@ -68,29 +68,10 @@ def test_lora_run_writes_the_layout_report_and_progress(make_job):
         assert all(handle.get_tensor(k).dtype == torch.float16 for k in names)
 
 
-PHASES = ["loading", "caching", "first_step", "training", "saving"]
-
-
 def test_progress_names_each_phase_of_the_job_in_order(make_job, monkeypatch):
-    from easel_training import progress as reporter
-
-    writes = []
-    write = reporter.write_progress
-
-    def recording(path, progress):
-        writes.append((progress.phase, progress.step, progress.status))
-        write(path, progress)
-
-    monkeypatch.setattr(reporter, "write_progress", recording)
-    layout = make_job({})
-    assert run_in_process(layout).status == "completed"
-    phases = [phase for phase, _, _ in writes]
-    assert list(dict.fromkeys(phases)) == PHASES  # every phase, each entered once, in order
-    assert phases == sorted(phases, key=PHASES.index)
-    # before the loop at step 0; the first written step is already "training"
-    assert writes[phases.index("first_step")][:2] == ("first_step", 0)
-    assert writes[phases.index("training")][:2] == ("training", 1)
-    assert writes[-1] == ("saving", 3, "completed")
+    writes = record_progress_writes(monkeypatch)
+    assert run_in_process(make_job({})).status == "completed"
+    assert_phases_in_order(writes, steps=3)
 
 
 def _check_kohya_file(path, *, rank: int, alpha: float) -> set[str]:
