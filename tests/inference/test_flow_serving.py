@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -178,65 +179,63 @@ def test_real_size_t5_without_its_own_tokenizer_is_refused(flow_dir, tmp_path):
         load_pipeline(root / "Stable-diffusion" / "flux.safetensors")
 
 
-def test_server_warms_up_a_flux_default_model_and_serves_it_through_the_registry(
-        flow_dir, tmp_path):
+@contextmanager
+def _serving(model_dir: Path, default_model: str, cache_dir: Path):
+    """A ready server of ``model_dir`` (the CPU warm-up done) behind a test client."""
+    from fastapi.testclient import TestClient
+    from inference_support import wait_ready
+
+    from easel_inference.app import create_app
+
+    settings = Settings(model_dir=model_dir, default_model=default_model, pipeline_budget=2,
+                        max_pixels=128 * 128, deadline_seconds=3600, lora_cache_dir=cache_dir)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def flux_client(flow_dir, tmp_path_factory):
+    """A server of the flow models with FLUX.1 schnell as its default."""
+    with _serving(flow_dir, "flux", tmp_path_factory.mktemp("cache")) as client:
+        yield client
+
+
+def test_server_warms_up_a_flux_default_model_and_serves_it_through_the_registry(flux_client):
     """Readiness (loading -> warming -> ready), the measured speed of the work cap, and a
     txt2img invocation on FLUX.1 schnell whose unset steps are the family's 4."""
-    from fastapi.testclient import TestClient
-    from inference_support import invoke, wait_ready
+    from inference_support import invoke
 
     from easel_contracts.invocations import MIN_SIDE
-    from easel_inference.app import create_app
 
-    settings = Settings(model_dir=flow_dir, default_model="flux", pipeline_budget=2,
-                        max_pixels=128 * 128, deadline_seconds=3600,
-                        lora_cache_dir=tmp_path / "cache")
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
-        options = invoke(client, "options").json()
-        # on the CPU the warm-up runs 1 step at the smallest side (Engine.warm_up_cpu)
-        assert options["warmed_up"]["model"] == "flux"
-        assert options["warmed_up"]["width"] == MIN_SIDE
-        assert options["speed"]["model"] == "flux"
-        answer = invoke(client, "txt2img", {"prompt": "a fox", "width": 64, "height": 64,
-                                            "seed": 1})
-        assert answer.status_code == 200, answer.text
-        info = json.loads(answer.json()["info"])
-        assert info["steps"] == 4 and info["sd_model_name"] == "flux"
+    options = invoke(flux_client, "options").json()
+    # on the CPU the warm-up runs 1 step at the smallest side (Engine.warm_up_cpu)
+    assert options["warmed_up"]["model"] == "flux"
+    assert options["warmed_up"]["width"] == MIN_SIDE
+    assert options["speed"]["model"] == "flux"
+    answer = invoke(flux_client, "txt2img", {"prompt": "a fox", "width": 64, "height": 64,
+                                             "seed": 1})
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert info["steps"] == 4 and info["sd_model_name"] == "flux"
 
 
-def test_a_server_of_flow_models_lists_only_their_flow_matching_samplers(flow_dir, tmp_path):
-    from fastapi.testclient import TestClient
-    from inference_support import invoke, wait_ready
+def test_a_server_of_flow_models_lists_only_their_flow_matching_samplers(flux_client):
+    from inference_support import invoke
 
-    from easel_inference.app import create_app
-
-    settings = Settings(model_dir=flow_dir, default_model="flux", pipeline_budget=2,
-                        max_pixels=128 * 128, deadline_seconds=3600,
-                        lora_cache_dir=tmp_path / "cache")
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
-        listed = invoke(client, "samplers").json()
+    listed = invoke(flux_client, "samplers").json()
     assert [entry["name"] for entry in listed] == ["Euler", "Heun"]  # FLUX.1 and SD3.5
 
 
 @pytest.fixture(scope="module")
 def mixed_client(flow_dir, tmp_path_factory):
     """A server whose endpoint has a UNet model (``tiny``, SD1.x) beside FLUX.1 and SD3.5."""
-    from fastapi.testclient import TestClient
-    from inference_support import wait_ready
-
-    from easel_inference.app import create_app
     from easel_inference.builder import build_model_dir
 
     root = tmp_path_factory.mktemp("mixed-model")
     shutil.copytree(flow_dir, root, dirs_exist_ok=True)
     build_model_dir(root, name="tiny", seed=3)
-    settings = Settings(model_dir=root, default_model="tiny", pipeline_budget=2,
-                        max_pixels=128 * 128, deadline_seconds=3600,
-                        lora_cache_dir=tmp_path_factory.mktemp("cache"))
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with _serving(root, "tiny", tmp_path_factory.mktemp("cache")) as client:
         yield client
 
 

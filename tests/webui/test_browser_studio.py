@@ -36,11 +36,27 @@ def _drag(tab: Any, points: list[tuple[float, float]]) -> None:
     tab.mouse.up()
 
 
-def _submitted_img2img(tab: Any, world: Any) -> dict[str, Any]:
+def _generated(tab: Any) -> str:
+    """Click Generate and wait for the form's status to settle; its text."""
     tab.click("#generate-button")
     tab.wait_for_function("() => /^(Done|Failed)/.test("
-                           "document.querySelector('#generate-form .status').textContent)")
-    assert tab.text_content("#generate-form .status").startswith("Done")
+                          "document.querySelector('#generate-form .status').textContent)")
+    return tab.text_content("#generate-form .status")
+
+
+def _plotted(tab: Any, x: tuple[str, str], y: tuple[str, str]) -> str:
+    """Generate an X/Y plot of a lighthouse with the (type, values) axes; the status text."""
+    tab.fill("textarea[name=prompt]", "a lighthouse")
+    tab.check("#xy-on")
+    tab.select_option("#xy-x-type", x[0])
+    tab.fill("#xy-x-values", x[1])
+    tab.select_option("#xy-y-type", y[0])
+    tab.fill("#xy-y-values", y[1])
+    return _generated(tab)
+
+
+def _submitted_img2img(tab: Any, world: Any) -> dict[str, Any]:
+    assert _generated(tab).startswith("Done")
     calls = [json.loads(call["Body"]) for call in world.runtime.generations()]
     return next(c["payload"] for c in calls if c["task"] == "img2img")
 
@@ -172,16 +188,8 @@ def test_the_xy_plot_form_yields_a_labelled_grid_in_the_gallery(served, page):  
     world.in_service()
     _sign_in(page, base, "admin", ADMIN_PASSWORD)
     page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
-    page.fill("textarea[name=prompt]", "a lighthouse")
-    page.check("#xy-on")
-    page.select_option("#xy-x-type", "cfg_scale")
-    page.fill("#xy-x-values", "3, 9")
-    page.select_option("#xy-y-type", "sampler")
-    page.fill("#xy-y-values", "Euler a, k_euler_a")
-    page.click("#generate-button")
-    page.wait_for_function("() => /^(Done|Failed)/.test("
-                           "document.querySelector('#generate-form .status').textContent)")
-    assert page.text_content("#generate-form .status").startswith("Done")
+    assert _plotted(page, ("cfg_scale", "3, 9"), ("sampler", "Euler a, k_euler_a")) \
+        .startswith("Done")
     sent = [json.loads(call["Body"])["payload"] for call in world.runtime.generations()]
     assert [(cell["sampler_name"], cell["cfg_scale"]) for cell in sent] == [
         ("Euler a", 3.0), ("Euler a", 9.0), ("k_euler_a", 3.0), ("k_euler_a", 9.0)]
@@ -213,16 +221,7 @@ def test_the_xy_plot_form_says_which_cells_failed(served, page):  # noqa: F811
     page.wait_for_selector("#checkpoint option:nth-child(2)", state="attached")
     # the listing unread from now on: the sampler is not checked up front, the server refuses it
     world.runtime.raw_answers["samplers"] = {"not": "a listing"}
-    page.fill("textarea[name=prompt]", "a lighthouse")
-    page.check("#xy-on")
-    page.select_option("#xy-x-type", "sampler")
-    page.fill("#xy-x-values", "Euler a, DPM++ 2M")
-    page.select_option("#xy-y-type", "seed")
-    page.fill("#xy-y-values", "1")
-    page.click("#generate-button")
-    page.wait_for_function("() => /^(Done|Failed)/.test("
-                           "document.querySelector('#generate-form .status').textContent)")
-    status = page.text_content("#generate-form .status")
+    status = _plotted(page, ("sampler", "Euler a, DPM++ 2M"), ("seed", "1"))
     assert status.startswith("Done") and "1 plot cell(s) failed" in status
     assert "Sampler: DPM++ 2M, Seed: 1: " in status
 
