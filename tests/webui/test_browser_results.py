@@ -1,6 +1,6 @@
 """Issue 18's results pages in a real browser (Debian chromium, test_browser's fixtures): a stopped
 job's timeline with Resume and Publish last checkpoint, and a batch's grid in the gallery beside its images.
-Their screenshots are the README's 13 and 14."""
+Their screenshots are the README's 13 and 14. Also a starting job's phase, followed by the page's poll."""
 
 from __future__ import annotations
 
@@ -91,3 +91,23 @@ def test_a_batchs_grid_shows_in_the_gallery_beside_its_images(served, page):  # 
     seeds = sorted(c.split("seed ")[1][:2] for c in captions if "64x64 · 20 steps" in c)
     assert seeds == ["41", "42", "43", "44"]
     _shot(page, "13-gallery-grid")
+
+
+def test_the_job_page_follows_the_phase_before_the_first_step(served, page):  # noqa: F811
+    """The page says what a starting job does and its poll moves the words on without a reload
+    (the poll's 10 s wait run on Playwright's clock)."""
+    base, world = served
+    page.clock.install()
+    _stopped_job(page, base, world)  # submitted through the form; made running again below
+    world.sagemaker.jobs[JOB]["TrainingJobStatus"] = "InProgress"
+    world.put(CHECKPOINTS + "progress.json", json.dumps(
+        {"step": 0, "total_steps": 800, "status": "running", "phase": "loading"}).encode())
+    page.goto(f"{base}/training/{JOB}")
+    assert page.text_content("#job .phase") == "Loading the base model…"
+    page.evaluate("window.__same_page = true")
+    world.put(CHECKPOINTS + "progress.json", json.dumps(
+        {"step": 0, "total_steps": 800, "status": "running", "phase": "first_step"}).encode())
+    page.clock.run_for(11_000)
+    page.wait_for_function("() => document.querySelector('#job .phase').textContent"
+                           ".startsWith('Preparing the first step')")
+    assert page.evaluate("window.__same_page") is True  # updated in place, not reloaded
