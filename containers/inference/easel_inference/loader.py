@@ -10,6 +10,7 @@ fetched from a model hub.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tempfile
@@ -459,8 +460,21 @@ def load_pipeline(path: str | Path, *, device: str = "cpu", dtype: torch.dtype =
 
 def flow_family_of(path: str | Path) -> ModelFamily | None:
     """SD3.5 / FLUX.1 family of a checkpoint file or folder (read from its header or
-    ``model_index.json``, nothing loaded), or None for any other or an unreadable one."""
+    ``model_index.json``, nothing loaded), or None for any other or an unreadable one. Read
+    once per version of the file (its modification time): the samplers listing asks for every
+    checkpoint of the endpoint on each call."""
     path = Path(path)
+    index = path / "model_index.json"
+    try:
+        version = (index if index.is_file() else path).stat().st_mtime_ns
+    except OSError:
+        return None
+    return _flow_family_read(str(path), version)
+
+
+@functools.lru_cache(maxsize=256)
+def _flow_family_read(where: str, _version: int) -> ModelFamily | None:
+    path = Path(where)
     try:
         if path.is_dir():
             family = detect_diffusers_folder(path).family
